@@ -1,0 +1,137 @@
+"""Self-describing checkpoints: atomic writes, safe loads, official DABNet checkpoints too."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+from torch import nn
+
+from .models import create_model
+from .models.dabnet import block_sizes_from_state_dict, convert_official_state_dict, is_official_state_dict
+
+PathLike = Union[str, os.PathLike]
+CHECKPOINT_FORMAT = "dabnet-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model asked for."""
+
+
+def save_checkpoint(obj: Dict[str, Any], path: PathLike) -> Path:
+    """Write `obj` with torch.save atomically: temp file in the same folder, fsync, os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    # The rename itself must reach the disk, or a crash can leave the old name behind.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def make_checkpoint(model: nn.Module, **extra: Any) -> Dict[str, Any]:
+    """A checkpoint dict that rebuilds `model` with nothing else (name, classes, kwargs, weights)."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if not hasattr(model, "model_name"):
+        raise ValueError("model was not built by dabnet.create_model: its name and arguments are unknown")
+    ckpt: Dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": model.model_name,
+        "num_classes": model.num_classes,
+        "model_kwargs": dict(model.model_kwargs),
+        "model": model.state_dict(),
+    }
+    ckpt.update(extra)
+    return ckpt
+
+
+def read_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Load a checkpoint file with `weights_only=True`, naming the file in any error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (give the path of a .pth file written by dabnet or by the official DABNet code)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+            "It may be truncated (re-copy it) or not a PyTorch checkpoint."
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
+    return obj
+
+
+def _strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _state_dict_of(obj: Dict[str, Any], path: PathLike) -> Dict[str, torch.Tensor]:
+    for key in ("model", "state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            return obj[key]
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj  # a bare state dict
+    raise CheckpointError(f"checkpoint {path} has no weights: expected a 'model' or 'state_dict' entry, found {sorted(obj)[:8]}")
+
+
+def load_model(
+    path: PathLike,
+    num_classes: Optional[int] = None,
+    model_name: Optional[str] = None,
+    map_location: Union[str, torch.device] = "cpu",
+) -> nn.Module:
+    """Build the network a checkpoint describes, load its weights and return it in eval mode.
+
+    Accepts dabnet checkpoints (self-describing) and official DABNet ones (`{"epoch", "model"}`
+    with the official key names, with or without DataParallel's `module.` prefix).
+    """
+    obj = read_checkpoint(path)
+    state_dict = _strip_prefix(_state_dict_of(obj, path))
+    meta: Dict[str, Any] = {}
+    if is_official_state_dict(state_dict):
+        state_dict = convert_official_state_dict(state_dict)
+        info = block_sizes_from_state_dict(state_dict)
+        name, kwargs = model_name or "dabnet", {"block_1": info["block_1"], "block_2": info["block_2"]}
+        found_classes = info.get("num_classes")
+        meta = {"source": "official", "epoch": obj.get("epoch")}
+    else:
+        name = model_name or obj.get("model_name")
+        if name is None:
+            raise CheckpointError(f"checkpoint {path} does not say which model it holds: pass model_name=...")
+        kwargs = dict(obj.get("model_kwargs", {}))
+        found_classes = obj.get("num_classes")
+        meta = {k: v for k, v in obj.items() if k not in ("model", "state_dict", "optimizer", "scheduler", "scaler", "rng")}
+    if found_classes is not None and num_classes is not None and int(num_classes) != int(found_classes):
+        raise CheckpointError(
+            f"checkpoint {path} was trained for {found_classes} classes but {num_classes} were asked for; "
+            f"use num_classes={found_classes} (or drop it), or a checkpoint trained for {num_classes} classes"
+        )
+    classes = int(found_classes if found_classes is not None else (num_classes or 19))
+    model = create_model(name, classes, **kwargs)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit model {name!r} with {classes} classes: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+        )
+    model.checkpoint_meta = meta
+    return model.to(map_location).eval()

@@ -1,0 +1,91 @@
+"""`dabnet demo`: segment the bundled CamVid frames, write pictures, report latency and FPS."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from .data.classes import DATASET_INFO
+from .models import create_model
+from .predict import Segmenter, read_image
+from .visualize import colorize, overlay, side_by_side
+
+
+@dataclass
+class DemoConfig:
+    """Options of `dabnet demo`."""
+
+    checkpoint: Optional[str] = None
+    out: str = "dabnet-demo"
+    threads: Optional[int] = None
+    seed: int = 0
+
+
+def sample_frames() -> List[Path]:
+    """The CamVid val frames shipped inside the package."""
+    folder = resources.files("dabnet") / "assets" / "samples"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
+
+
+def _ground_truth(frame: Path) -> Optional[np.ndarray]:
+    label = frame.with_name(frame.stem + "_label.png")
+    if not label.exists():
+        return None
+    from PIL import Image
+
+    return np.asarray(Image.open(label))
+
+
+def _segmenter(cfg: DemoConfig) -> Segmenter:
+    if cfg.checkpoint:
+        return Segmenter.from_checkpoint(cfg.checkpoint)
+    info = DATASET_INFO["camvid"]
+    torch.manual_seed(cfg.seed)
+    model = create_model("dabnet", num_classes=len(info["classes"]))
+    return Segmenter(model, info["mean"], info["std"], info["classes"], info["palette"])
+
+
+def run_demo(cfg: DemoConfig, log=print) -> dict:
+    """Segment every bundled frame; return the per-frame latencies (ms) and the output folder."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seg = _segmenter(cfg)
+    if not cfg.checkpoint:
+        log("NOTE: no trained weights are bundled yet, so this runs an UNTRAINED DABNet:")
+        log("      the pictures show the pipeline, not a segmentation. Pass --checkpoint to use trained weights.")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = sample_frames()
+    images = [read_image(f) for f in frames]
+    seg.predict(images[0])  # warm-up: first-call allocations stay out of the timings
+    latencies = []
+    from PIL import Image
+
+    for frame, image in zip(frames, images):
+        t0 = time.perf_counter()
+        label = seg.predict(image)
+        ms = (time.perf_counter() - t0) * 1000
+        latencies.append(ms)
+        colour = colorize(label, seg.palette)
+        blend = overlay(image, colour)
+        panels = [image, blend]
+        truth = _ground_truth(frame)
+        if truth is not None:
+            panels.append(colorize(truth, seg.palette))
+        Image.fromarray(label).save(out / f"{frame.stem}_label.png")
+        Image.fromarray(colour).save(out / f"{frame.stem}_color.png")
+        Image.fromarray(blend).save(out / f"{frame.stem}_overlay.png")
+        Image.fromarray(side_by_side(panels)).save(out / f"{frame.stem}_side_by_side.png")
+        log(f"{frame.name}: {image.shape[1]}x{image.shape[0]}  {ms:7.1f} ms")
+    median = float(np.median(latencies))
+    log(f"{len(frames)} frames, median {median:.1f} ms/frame = {1000 / median:.1f} FPS "
+        f"on {torch.get_num_threads()} CPU thread(s), {seg.model.model_name}, batch 1")
+    log(f"pictures (label maps, colour masks, overlays, image | overlay | ground truth): {out.resolve()}{os.sep}")
+    return {"latencies_ms": latencies, "out": str(out), "frames": [f.name for f in frames]}

@@ -1,0 +1,36 @@
+"""Colour masks, overlays and side-by-side pictures of label maps."""
+
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import numpy as np
+
+
+def colorize(label: np.ndarray, palette: Sequence[Tuple[int, int, int]], ignore_colour: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """HxW label map -> HxWx3 uint8 colour mask; ids outside the palette get `ignore_colour`."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[:] = ignore_colour
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[label.astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, colour_mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a colour mask over an RGB image (alpha is the mask's weight)."""
+    if image.shape[:2] != colour_mask.shape[:2]:
+        raise ValueError(f"image {image.shape[:2]} and mask {colour_mask.shape[:2]} differ in size")
+    blended = image.astype(np.float32) * (1 - alpha) + colour_mask.astype(np.float32) * alpha
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def side_by_side(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Concatenate same-height RGB images left to right with a white gap."""
+    h = images[0].shape[0]
+    parts = []
+    for i, im in enumerate(images):
+        if im.shape[0] != h:
+            raise ValueError("side_by_side needs images of one height")
+        if i:
+            parts.append(np.full((h, gap, 3), 255, dtype=np.uint8))
+        parts.append(im)
+    return np.concatenate(parts, axis=1)

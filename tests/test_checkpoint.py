@@ -1,0 +1,108 @@
+"""Checkpoints: the official reference reproduced, official files loaded, ours round-tripped, errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import dabnet
+from dabnet.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
+from dabnet.models.dabnet import DABNet, convert_official_state_dict
+
+
+def _official_file(tmp_path, state_dict, prefix=""):
+    path = tmp_path / f"official{prefix.strip('.') or ''}.pth"
+    torch.save({"epoch": 1000, "model": {prefix + k: v for k, v in state_dict.items()}}, path)
+    return path
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_official_checkpoint_reproduces_reference_output(tmp_path, official_reference, prefix):
+    sd, x, expected = official_reference
+    model = dabnet.load_model(_official_file(tmp_path, sd, prefix), num_classes=19)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == expected.shape
+    assert (out - expected).abs().max().item() < 1e-4
+    assert model.checkpoint_meta["source"] == "official" and model.checkpoint_meta["epoch"] == 1000
+
+
+def test_official_keys_map_one_to_one(official_reference):
+    sd, _, _ = official_reference
+    ours = set(DABNet(19).state_dict())
+    mapped = convert_official_state_dict(sd)
+    assert len(mapped) == len(sd) and set(mapped) == ours
+
+
+def test_official_semantics_kept_where_the_official_code_runs(official_reference):
+    """On sizes where the official max pool needs no padding, our odd-size padding is a no-op."""
+    sd, _, _ = official_reference
+    model = DABNet(19)
+    model.load_state_dict(convert_official_state_dict(sd))
+    model.eval()
+    x = torch.randn(1, 3, 100, 132)  # ceil(H/2), ceil(W/2) even: the official code runs
+    calls = []
+    hook = model.down1.register_forward_hook(lambda m, i, o: calls.append(i[0].shape))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
+    assert calls[0][2] % 2 == 0 and calls[0][3] % 2 == 0
+    # And for odd sizes the pool covers ceil(H/2) rows, matching the stride-2 convolution.
+    y = torch.randn(1, 35, 51, 67)
+    assert model.down1(y).shape[2:] == (26, 34)
+
+
+def test_official_checkpoint_with_wrong_class_count_is_refused(tmp_path, official_reference):
+    sd, _, _ = official_reference
+    with pytest.raises(CheckpointError, match="19 classes but 11"):
+        dabnet.load_model(_official_file(tmp_path, sd), num_classes=11)
+
+
+def test_our_checkpoint_round_trip(tmp_path):
+    model = dabnet.create_model("dabnet_coprime", 7, block_1=2)
+    path = save_checkpoint(make_checkpoint(model, epoch=3, best_miou=0.5, config={"lr": 0.1}), tmp_path / "run" / "last.pth")
+    assert [p.name for p in path.parent.iterdir()] == ["last.pth"]  # no temp file left behind
+    loaded = dabnet.load_model(path)
+    assert loaded.model_name == "dabnet_coprime" and loaded.num_classes == 7 and len(loaded.block1) == 2
+    assert loaded.checkpoint_meta["epoch"] == 3 and loaded.checkpoint_meta["config"] == {"lr": 0.1}
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"a": torch.zeros(1)}, path)
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        save_checkpoint({"a": torch.ones(1)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["a"].item() == 0.0
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        dabnet.load_model(tmp_path / "nope.pth")
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    good = save_checkpoint(make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "good.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="bad.pth"):
+        dabnet.load_model(bad)
+
+
+def test_checkpoint_of_another_network_is_refused(tmp_path):
+    ckpt = make_checkpoint(dabnet.create_model("enet", 11))
+    ckpt["model_name"] = "dabnet"
+    path = save_checkpoint(ckpt, tmp_path / "wrong.pth")
+    with pytest.raises(CheckpointError, match="does not fit model 'dabnet'"):
+        dabnet.load_model(path)
