@@ -37,6 +37,37 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_dataset, format_report, is_clean
+
+    reports = check_dataset(args.dataset, args.root, args.splits or None, progress=not args.quiet)
+    print(format_report(reports))
+    clean = is_clean(reports)
+    print("dataset is clean" if clean else "dataset has problems (see PROBLEM lines above)")
+    return 0 if clean else 1
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from .data.datasets import build_dataset
+    from .data.stats import class_weights, compute_stats
+
+    ds = build_dataset(args.dataset, args.root, args.split)
+    stats = compute_stats(ds, progress=True)
+    enet = class_weights(stats, "enet", args.enet_c)
+    median = class_weights(stats, "median")
+    if args.json:
+        print(json.dumps({"dataset": ds.name, "images": stats.images, "mean": stats.mean, "std": stats.std,
+                          "frequencies": dict(zip(ds.classes, stats.frequencies.tolist())),
+                          "enet_weights": dict(zip(ds.classes, enet.tolist())), "enet_c": args.enet_c,
+                          "median_frequency_weights": dict(zip(ds.classes, median.tolist()))}, indent=2))  # fmt: skip
+        return 0
+    print(f"{ds.name}: {stats.images} images; mean RGB {[round(v, 2) for v in stats.mean]}, std RGB {[round(v, 2) for v in stats.std]}")
+    print(f"{'class':<16} {'pixels %':>9} {'ENet w (c=' + str(args.enet_c) + ')':>16} {'median-freq w':>14}")
+    for name, p, w1, w2 in zip(ds.classes, stats.frequencies, enet, median):
+        print(f"{name:<16} {100 * p:9.2f} {w1:16.3f} {w2:14.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `dabnet` subcommand."""
     from . import __version__
@@ -57,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="dabnet-demo", help="output folder (default: ./dabnet-demo)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     p.set_defaults(func=_cmd_demo)
+
+    data = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
+    datasets = ["camvid", "cityscapes", "folder"]
+    p = data.add_parser("check", help="scan every image and mask; exit 0 only when the dataset is clean")
+    p.add_argument("dataset", choices=datasets)
+    p.add_argument("root", help="dataset root (for 'folder': the dataset YAML or its folder)")
+    p.add_argument("--splits", nargs="*", help="splits to scan (default: train val test, or the YAML's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_data_check)
+    p = data.add_parser("stats", help="channel mean/std, class frequencies and class weights of a split")
+    p.add_argument("dataset", choices=datasets)
+    p.add_argument("root")
+    p.add_argument("--split", default="train", help="train, val, trainval (CamVid), test, or a YAML split")
+    p.add_argument("--enet-c", type=float, default=1.02, help="c of the ENet weights 1/ln(c+p) (official code: 1.10)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_data_stats)
     return parser
 
 

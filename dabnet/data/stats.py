@@ -1,0 +1,134 @@
+"""Dataset statistics: channel mean/std, class pixel frequencies, ENet and median-frequency weights.
+
+One vectorised pass over the files (a bincount per mask), cached on disk keyed by the file list,
+its sizes and modification times, so a second run on the same data is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List, Union
+
+import numpy as np
+
+from .datasets import IGNORE_INDEX, SegmentationDataset
+
+
+@dataclass
+class DatasetStats:
+    """Per-channel RGB mean/std (0-255) and per-class pixel counts (ignored pixels excluded)."""
+
+    mean: List[float]
+    std: List[float]
+    class_pixels: List[int]
+    image_pixels_with_class: List[int]  # total pixels of the images in which each class appears
+    images: int
+    ignored_pixels: int
+
+    @property
+    def frequencies(self) -> np.ndarray:
+        """p_c: each class's share of the labelled (non-ignored) pixels."""
+        counts = np.asarray(self.class_pixels, dtype=np.float64)
+        return counts / max(counts.sum(), 1.0)
+
+
+def enet_weights(frequencies: np.ndarray, c: float = 1.02) -> np.ndarray:
+    """ENet class weights w = 1 / ln(c + p) (Paszke et al.; the official DABNet code uses c = 1.10)."""
+    return 1.0 / np.log(c + np.asarray(frequencies, dtype=np.float64))
+
+
+def median_frequency_weights(stats: DatasetStats) -> np.ndarray:
+    """Median frequency balancing (Eigen & Fergus): w = median(f) / f, f over images where c appears."""
+    counts = np.asarray(stats.class_pixels, dtype=np.float64)
+    present = np.asarray(stats.image_pixels_with_class, dtype=np.float64)
+    freq = np.divide(counts, present, out=np.zeros_like(counts), where=present > 0)
+    median = np.median(freq[freq > 0]) if (freq > 0).any() else 1.0
+    return np.divide(median, freq, out=np.zeros_like(freq), where=freq > 0)
+
+
+def class_weights(stats: DatasetStats, method: str = "enet", c: float = 1.02) -> np.ndarray:
+    """Weights by `method`: 'enet', 'median' (median-frequency balancing) or 'none' (all ones)."""
+    if method == "enet":
+        return enet_weights(stats.frequencies, c)
+    if method == "median":
+        return median_frequency_weights(stats)
+    if method == "none":
+        return np.ones(len(stats.class_pixels))
+    raise ValueError(f"unknown class-weight method {method!r}; choose enet, median or none")
+
+
+class StatsAccumulator:
+    """Running sums behind `DatasetStats`, fed one (image, class-id mask) pair at a time."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.c = num_classes
+        self.class_pixels = np.zeros(num_classes, dtype=np.int64)
+        self.with_class = np.zeros(num_classes, dtype=np.int64)
+        self.s1 = np.zeros(3, dtype=np.float64)
+        self.s2 = np.zeros(3, dtype=np.float64)
+        self.n = 0
+        self.images = 0
+        self.ignored = 0
+
+    def add(self, image: np.ndarray, mask: np.ndarray) -> None:
+        px = image.reshape(-1, 3).astype(np.float64)
+        self.s1 += px.sum(0)
+        self.s2 += np.einsum("ij,ij->j", px, px)
+        self.n += px.shape[0]
+        counts = np.bincount(mask.ravel(), minlength=256)
+        self.class_pixels += counts[: self.c]
+        self.with_class += (counts[: self.c] > 0) * mask.size
+        self.ignored += int(counts[IGNORE_INDEX])
+        self.images += 1
+
+    def result(self) -> DatasetStats:
+        mean = self.s1 / max(self.n, 1)
+        std = np.sqrt(np.maximum(self.s2 / max(self.n, 1) - mean**2, 0.0))
+        return DatasetStats(
+            mean.tolist(), std.tolist(), self.class_pixels.tolist(), self.with_class.tolist(), self.images, self.ignored
+        )
+
+
+def _cache_key(dataset: SegmentationDataset) -> str:
+    h = hashlib.sha256()
+    h.update(dataset.lut.tobytes())
+    for img, mask in dataset.pairs:
+        for p in (img, mask):
+            st = p.stat()
+            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    """Where statistics are cached: $DABNET_CACHE, else ~/.cache/dabnet."""
+    return Path(os.environ.get("DABNET_CACHE", Path.home() / ".cache" / "dabnet"))
+
+
+def compute_stats(
+    dataset: SegmentationDataset, cache_dir: Union[Path, str, None, bool] = None, progress: bool = False
+) -> DatasetStats:
+    """Statistics of every (image, mask) pair of `dataset`; `cache_dir=False` turns the cache off."""
+    cache_file = None
+    if cache_dir is not False:
+        cache_file = Path(cache_dir or default_cache_dir()) / f"stats-{_cache_key(dataset)}.json"
+        if cache_file.is_file():
+            return DatasetStats(**json.loads(cache_file.read_text()))
+    acc = StatsAccumulator(dataset.num_classes)
+    indices = range(len(dataset))
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"statistics of {dataset.name}", unit="img")
+    for i in indices:
+        acc.add(*dataset.load_pair(i))
+    stats = acc.result()
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(stats)))
+        os.replace(tmp, cache_file)
+    return stats

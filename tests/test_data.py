@@ -1,0 +1,339 @@
+"""Datasets, transforms, statistics and `dabnet data check` on tiny synthetic trees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from dabnet.cli import main
+from dabnet.data.check import check_dataset, is_clean
+from dabnet.data.classes import CAMVID_PALETTE, CITYSCAPES_TRAIN_TO_LABEL_ID
+from dabnet.data.datasets import (
+    CamVid,
+    Cityscapes,
+    DatasetError,
+    FolderDataset,
+    SplitNotFoundError,
+    build_dataset,
+    train_ids_to_label_ids,
+)
+from dabnet.data.stats import class_weights, compute_stats, enet_weights
+from dabnet.data.transforms import TrainTransform
+
+H, W = 48, 64
+
+
+def _label_blocks(rng: np.random.Generator, num_classes: int, ignore: int) -> np.ndarray:
+    """A mask of 8x8 blocks of random classes, with some ignored blocks."""
+    blocks = rng.integers(0, num_classes, size=(H // 8, W // 8))
+    blocks[0, 0] = ignore
+    return np.kron(blocks, np.ones((8, 8), dtype=np.int64)).astype(np.uint8)
+
+
+def _colour_image(mask: np.ndarray) -> np.ndarray:
+    """An image whose colour encodes its label: alignment can be read back from the pixels."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(CAMVID_PALETTE)] = CAMVID_PALETTE
+    lut[255] = lut[11] = (255, 255, 255)
+    return lut[mask]
+
+
+def make_camvid(root: Path, splits=("train", "val"), n: int = 4, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(n):
+            mask = _label_blocks(rng, 11, 11)
+            Image.fromarray(_colour_image(mask)).save(root / split / f"f{i:03d}.png")
+            Image.fromarray(mask).save(root / f"{split}annot" / f"f{i:03d}.png")
+    return root
+
+
+@pytest.fixture()
+def camvid_tree(tmp_path) -> Path:
+    return make_camvid(tmp_path / "camvid")
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_camvid_splits(camvid_tree):
+    assert len(CamVid(camvid_tree, "train")) == 4
+    assert len(CamVid(camvid_tree, "trainval")) == 8
+    image, mask = CamVid(camvid_tree, "val")[0]
+    assert image.shape == (H, W, 3) and mask.shape == (H, W)
+    assert set(np.unique(mask)) <= set(range(11)) | {255}  # raw 11 comes out as 255
+    assert 255 in np.unique(mask)
+
+
+def test_camvid_missing_split_is_a_clear_error(camvid_tree):
+    with pytest.raises(SplitNotFoundError, match=r"split 'test' not found.*Splits present.*train, val"):
+        CamVid(camvid_tree, "test")
+
+
+def test_missing_root_names_it(tmp_path):
+    with pytest.raises(DatasetError, match="nowhere"):
+        build_dataset("camvid", tmp_path / "nowhere", "train")
+
+
+def _make_cityscapes(root: Path, train_ids: bool = False) -> Path:
+    for split in ("train", "val"):
+        for city in ("aachen", "bonn"):
+            img_dir = root / "leftImg8bit" / split / city
+            gt_dir = root / "gtFine" / split / city
+            img_dir.mkdir(parents=True)
+            gt_dir.mkdir(parents=True)
+            for k in range(2):
+                base = f"{city}_{k:06d}_000019"
+                Image.fromarray(np.full((H, W, 3), 100, np.uint8)).save(img_dir / f"{base}_leftImg8bit.png")
+                ids = np.zeros((H, W), np.uint8)
+                ids[:, :16] = 7  # road
+                ids[:, 16:32] = 26  # car
+                ids[:, 32:48] = 33  # bicycle
+                ids[:, 48:] = 4  # static -> ignore
+                Image.fromarray(ids).save(gt_dir / f"{base}_gtFine_labelIds.png")
+                if train_ids:
+                    lut = np.full(256, 255, np.uint8)
+                    lut[CITYSCAPES_TRAIN_TO_LABEL_ID] = np.arange(19)
+                    Image.fromarray(lut[ids]).save(gt_dir / f"{base}_gtFine_labelTrainIds.png")
+    return root
+
+
+@pytest.mark.parametrize("train_ids", [False, True])
+def test_cityscapes_maps_label_ids_to_train_ids(tmp_path, train_ids):
+    ds = Cityscapes(_make_cityscapes(tmp_path / "cs", train_ids), "val")
+    assert len(ds) == 4 and ds.num_classes == 19
+    assert ds.pairs[0][1].name.endswith("labelTrainIds.png" if train_ids else "labelIds.png")
+    _, mask = ds[0]
+    assert (mask[:, :16] == 0).all() and (mask[:, 16:32] == 13).all()
+    assert (mask[:, 32:48] == 18).all() and (mask[:, 48:] == 255).all()
+
+
+def test_cityscapes_reverse_map_for_submissions():
+    pred = np.arange(19, dtype=np.uint8).reshape(1, 19)
+    assert train_ids_to_label_ids(pred).tolist()[0] == CITYSCAPES_TRAIN_TO_LABEL_ID
+
+
+def _make_folder(root: Path, id_map=None) -> Path:
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((H, W, 3), 50 * i, np.uint8)).save(root / "images" / split / f"img{i}.jpg")
+            m = np.zeros((H, W), np.uint8)
+            m[: H // 2] = 10 if id_map else 1
+            m[-4:] = 255
+            Image.fromarray(m).save(root / "masks" / split / f"img{i}.png")
+    spec = {
+        "name": "toy",
+        "classes": ["background", "thing"],
+        "palette": [[0, 0, 0], [255, 0, 0]],
+        "ignore_index": 255,
+        "splits": {s: {"images": f"images/{s}", "masks": f"masks/{s}"} for s in ("train", "val")},
+    }
+    if id_map:
+        spec["id_map"] = id_map
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    return root / "dataset.yaml"
+
+
+@pytest.mark.parametrize("id_map", [None, {0: 0, 10: 1}])
+def test_folder_dataset(tmp_path, id_map):
+    ds = FolderDataset(_make_folder(tmp_path / "toy", id_map), "train")
+    assert len(ds) == 3 and ds.classes == ["background", "thing"] and ds.palette[1] == (255, 0, 0)
+    _, mask = ds[1]
+    assert set(np.unique(mask)) == {0, 1, 255}
+
+
+def test_folder_yaml_errors(tmp_path):
+    spec_path = _make_folder(tmp_path / "toy")
+    spec = yaml.safe_load(spec_path.read_text())
+    spec["clases"] = spec.pop("classes")
+    spec_path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(DatasetError, match="unknown key"):
+        FolderDataset(spec_path, "train")
+    with pytest.raises(DatasetError, match="dataset.yaml"):
+        FolderDataset(tmp_path / "elsewhere", "train")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _first(root: Path, split="train"):
+    return root / split / "f000.png", root / f"{split}annot" / "f000.png"
+
+
+def test_image_without_mask(camvid_tree):
+    _first(camvid_tree)[1].unlink()
+    with pytest.raises(DatasetError, match=r"1 image\(s\) without a mask.*f000.png"):
+        CamVid(camvid_tree, "train")
+
+
+def test_mask_without_image(camvid_tree):
+    _first(camvid_tree)[0].unlink()
+    with pytest.raises(DatasetError, match=r"1 mask\(s\) without an image.*f000.png"):
+        CamVid(camvid_tree, "train")
+
+
+def test_corrupt_and_truncated_images(camvid_tree):
+    img, _ = _first(camvid_tree)
+    img.write_bytes(b"not a png at all")
+    with pytest.raises(DatasetError, match=r"corrupt or truncated image .*f000.png"):
+        CamVid(camvid_tree, "train")[0]
+    data = (camvid_tree / "train" / "f001.png").read_bytes()
+    (camvid_tree / "train" / "f001.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"f001.png"):
+        CamVid(camvid_tree, "train")[1]
+
+
+def test_size_mismatch(camvid_tree):
+    _, mask = _first(camvid_tree)
+    Image.fromarray(np.zeros((H + 2, W), np.uint8)).save(mask)
+    with pytest.raises(DatasetError, match=r"size mismatch: image .*f000.png is 64x48 but mask .*f000.png is 64x50"):
+        CamVid(camvid_tree, "train")[0]
+
+
+def test_three_channel_mask(camvid_tree):
+    _, mask = _first(camvid_tree)
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(mask)
+    with pytest.raises(DatasetError, match=r"mask .*f000.png has 3 channels"):
+        CamVid(camvid_tree, "train")[0]
+
+
+def test_label_out_of_range(camvid_tree):
+    _, mask = _first(camvid_tree)
+    m = np.zeros((H, W), np.uint8)
+    m[0, 0] = 12
+    m[1, 1] = 200
+    Image.fromarray(m).save(mask)
+    with pytest.raises(DatasetError, match=r"f000.png holds label values \[12, 200\] outside the 11 classes"):
+        CamVid(camvid_tree, "train")[0]
+
+
+def test_data_check_reports_every_problem_and_exit_code(camvid_tree, capsys):
+    assert main(["data", "check", "camvid", str(camvid_tree), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[train] 4 image/mask pairs, 0 problem(s)" in out and "[test] absent" in out and "dataset is clean" in out
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(_first(camvid_tree)[1])
+    (camvid_tree / "val" / "f002.png").write_bytes(b"garbage")
+    reports = check_dataset("camvid", str(camvid_tree), progress=False)
+    assert len(reports["train"].problems) == 1 and len(reports["val"].problems) == 1 and not is_clean(reports)
+    assert main(["data", "check", "camvid", str(camvid_tree), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM: mask" in out and "PROBLEM: corrupt or truncated image" in out
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def test_train_transform_keeps_labels_valid_and_aligned(camvid_tree):
+    tf = TrainTransform(crop_size=(40, 56), ignore_index=255, to_tensor=False)
+    ds = CamVid(camvid_tree, "train", transform=tf)
+    lut = np.zeros((256, 3), dtype=np.int64)
+    lut[:11] = CAMVID_PALETTE
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            image, mask = ds[i]
+            assert image.shape == (40, 56, 3) and mask.shape == (40, 56)
+            assert set(np.unique(mask)) <= set(range(11)) | {255}
+            # Inside a labelled region (5x5 neighbourhood of one label) the image must carry that
+            # label's colour exactly; only borders may blend. Any shift or lone flip breaks this.
+            padded = np.pad(mask, 2, constant_values=254)  # crop edges are never interior
+            interior = np.ones_like(mask, dtype=bool)
+            for dy in range(5):
+                for dx in range(5):
+                    interior &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]] == mask
+            interior &= mask != 255
+            assert interior.sum() > 200
+            diff = np.abs(image.astype(np.int64) - lut[mask]).sum(-1)
+            assert (diff[interior] <= 3).all(), (epoch, i, diff[interior].max())
+
+
+def test_padding_uses_zero_image_and_ignore_mask(camvid_tree):
+    tf = TrainTransform(crop_size=(80, 100), scales=(1.0,), flip=False, to_tensor=False)
+    image, mask = CamVid(camvid_tree, "train", transform=tf)[0]
+    assert (mask[H:] == 255).all() and (mask[:, W:] == 255).all()
+    assert (image[H:] == 0).all() and (image[:, W:] == 0).all()
+
+
+def test_normalisation_and_tensor_types(camvid_tree):
+    tf = TrainTransform(crop_size=(32, 32), mean=(10.0, 20.0, 30.0), std=(2.0, 2.0, 2.0))
+    image, mask = CamVid(camvid_tree, "train", transform=tf)[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 32, 32) and mask.dtype == torch.int64
+    raw = CamVid(camvid_tree, "train", transform=TrainTransform(crop_size=(32, 32), to_tensor=False))[0][0]
+    torch.testing.assert_close(image[1], (torch.from_numpy(raw[..., 1].astype(np.float32)) - 20.0) / 2.0)
+
+
+def _batches(ds, workers):
+    loader = DataLoader(ds, batch_size=2, num_workers=workers, shuffle=False)
+    return [m for _, m in loader]
+
+
+def test_augmentation_is_reproducible_across_worker_counts(camvid_tree):
+    ds = CamVid(camvid_tree, "train", transform=TrainTransform(crop_size=(32, 40)), seed=7)
+    ds.set_epoch(3)
+    a, b = _batches(ds, 0), _batches(ds, 2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    ds.set_epoch(4)
+    assert not all(torch.equal(x, y) for x, y in zip(a, _batches(ds, 0)))
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_stats_by_hand(tmp_path):
+    root = tmp_path / "cv"
+    (root / "train").mkdir(parents=True)
+    (root / "trainannot").mkdir()
+    masks = [np.zeros((4, 4), np.uint8), np.zeros((4, 4), np.uint8)]
+    masks[0][:2] = 1  # image 0: 8 px class 0, 8 px class 1
+    masks[1][0, 0] = 11  # image 1: 15 px class 0, 1 ignored
+    for i, m in enumerate(masks):
+        Image.fromarray(np.full((4, 4, 3), (10 * (i + 1), 0, 255), np.uint8)).save(root / "train" / f"{i}.png")
+        Image.fromarray(m).save(root / "trainannot" / f"{i}.png")
+    st = compute_stats(CamVid(root, "train"), cache_dir=False)
+    assert st.class_pixels[:2] == [23, 8] and st.ignored_pixels == 1
+    np.testing.assert_allclose(st.mean, [15.0, 0.0, 255.0])
+    np.testing.assert_allclose(st.std, [5.0, 0.0, 0.0])
+    p = np.array([23, 8] + [0] * 9) / 31
+    np.testing.assert_allclose(class_weights(st, "enet", 1.02), 1 / np.log(1.02 + p))
+    np.testing.assert_allclose(enet_weights(p, 1.10), 1 / np.log(1.10 + p))
+    # Median frequency: f0 = 23/32, f1 = 8/16; median of present = (23/32 + 1/2) / 2.
+    med = (23 / 32 + 0.5) / 2
+    np.testing.assert_allclose(class_weights(st, "median")[:2], [med / (23 / 32), med / 0.5])
+    assert class_weights(st, "median")[2] == 0.0
+
+
+def test_stats_are_cached_by_file_list(camvid_tree, tmp_path):
+    cache = tmp_path / "cache"
+    ds = CamVid(camvid_tree, "train")
+    first = compute_stats(ds, cache_dir=cache)
+    files = list(cache.iterdir())
+    assert len(files) == 1
+    assert compute_stats(ds, cache_dir=cache) == first
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(_first(camvid_tree)[1])  # data changed: new key
+    second = compute_stats(ds, cache_dir=cache)
+    assert len(list(cache.iterdir())) == 2 and second.class_pixels != first.class_pixels
+
+
+# ----------------------------------------------------------------------------- shared CamVid
+
+
+@pytest.mark.integration
+def test_shared_camvid(camvid_root):
+    assert len(CamVid(camvid_root, "train")) == 367 and len(CamVid(camvid_root, "val")) == 101
+    assert len(CamVid(camvid_root, "trainval")) == 468
+    with pytest.raises(SplitNotFoundError):
+        CamVid(camvid_root, "test")
+    image, mask = CamVid(camvid_root, "val")[0]
+    assert image.shape == (360, 480, 3) and mask.shape == (360, 480)
+    reports = check_dataset("camvid", str(camvid_root), splits=["val"], progress=False)
+    assert is_clean(reports) and reports["val"].pairs == 101
