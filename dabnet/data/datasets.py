@@ -48,7 +48,7 @@ def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
     except FileNotFoundError:
         raise DatasetError(f"image file missing: {path}") from None
     except Exception as e:
@@ -63,7 +63,7 @@ def read_mask(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             mode = im.mode
-            arr = np.asarray(im)
+            arr = np.array(im)
     except FileNotFoundError:
         raise DatasetError(f"mask file missing: {path}") from None
     except Exception as e:
