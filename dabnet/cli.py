@@ -68,6 +68,32 @@ def _cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig, build_config
+    from .train import train
+
+    cfg = build_config(TrainConfig, args.config, args.set or [], out=args.out)
+    summary = train(cfg, resume=args.resume, restart=args.restart)
+    if "interrupted" in summary:
+        import signal
+
+        return 128 + int(getattr(signal, summary["interrupted"]))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .config import EvalConfig, build_config
+    from .evaluate import run_evaluation
+
+    cfg = build_config(
+        EvalConfig, None, args.set or [], checkpoint=args.checkpoint, dataset=args.dataset, data_root=args.data_root,
+        split=args.split, flip=args.flip or None, scales=args.scales, json=args.json, confusion_png=args.confusion_png,
+        batch_size=args.batch_size, device=args.device,
+    )  # fmt: skip
+    run_evaluation(cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `dabnet` subcommand."""
     from . import __version__
@@ -88,6 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="dabnet-demo", help="output folder (default: ./dabnet-demo)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train a network (the paper's recipes ship as configs)")
+    p.add_argument("--config", required=True, help="YAML path or shipped config name: camvid, camvid_paper, cityscapes, folder_example")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config option (repeatable)")
+    p.add_argument("--out", default=None, help="run folder (default: the config's `out`)")
+    p.add_argument("--resume", default=None, metavar="CKPT", help="resume from this checkpoint (default: OUT/last.pth when present)")
+    p.add_argument("--restart", action="store_true", help="ignore OUT/last.pth and start from scratch")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default="camvid", choices=["camvid", "cityscapes", "folder"])
+    p.add_argument("--data-root", default="../shared/data/camvid")
+    p.add_argument("--split", default="val")
+    p.add_argument("--flip", action="store_true", help="add horizontally flipped predictions")
+    p.add_argument("--scales", type=float, nargs="+", default=None, help="multi-scale testing, e.g. 0.75 1 1.25")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None, metavar="FILE", help="write miou, per_class_iou, pixel_acc, images")
+    p.add_argument("--confusion-png", default=None, metavar="FILE", help="draw the confusion matrix")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any eval option")
+    p.set_defaults(func=_cmd_eval)
 
     data = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
     datasets = ["camvid", "cityscapes", "folder"]

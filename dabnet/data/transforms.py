@@ -20,8 +20,8 @@ PAPER_SCALES: Tuple[float, ...] = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """Resize to (H, W): bilinear for the image, nearest neighbour for the mask (labels never blend)."""
     h, w = size
-    img = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-    msk = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+    img = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    msk = np.array(Image.fromarray(mask).resize((w, h), Image.NEAREST))
     return img, msk
 
 

@@ -1,0 +1,153 @@
+"""Plain training and evaluation functions: one epoch of training, one pass of evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .metrics import ConfusionMatrix
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops and keeps the last good checkpoint."""
+
+
+def poly_warmup_lambda(total_iters: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 1 / 3) -> Callable[[int], float]:
+    """LR factor per iteration: poly decay (1 - it/total)^power, times a linear warm-up from `warmup_ratio`."""
+
+    def factor(it: int) -> float:
+        poly = max(0.0, 1.0 - it / max(total_iters, 1)) ** power
+        if it < warmup_iters:
+            return poly * (warmup_ratio + (1.0 - warmup_ratio) * it / warmup_iters)
+        return poly
+
+    return factor
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed-precision context: bf16 (CPU or CUDA) or fp16 (CUDA), else a no-op."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    amp: str = "none",
+    scaler: Optional[torch.amp.GradScaler] = None,
+    grad_clip: float = 0.0,
+    channels_last: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_step: Optional[Callable[[int, float, float, float], None]] = None,
+) -> Dict[str, float]:
+    """Train over `batches`; stops early (cleanly, between steps) when `should_stop()` turns true."""
+    model.train()
+    total_loss, steps, images = 0.0, 0, 0
+    t0 = time.perf_counter()
+    stopped = False
+    for x, y in batches:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()} after {steps} step(s) of this epoch")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        scheduler.step()
+        steps += 1
+        images += x.shape[0]
+        total_loss += loss.item()
+        if on_step is not None:
+            on_step(steps, loss.item(), optimizer.param_groups[0]["lr"], images / (time.perf_counter() - t0))
+        if should_stop():
+            stopped = True
+            break
+    seconds = time.perf_counter() - t0
+    return {
+        "loss": total_loss / max(steps, 1),
+        "steps": steps,
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": images / max(seconds, 1e-9),
+        "stopped": stopped,
+    }
+
+
+def predict_logits(
+    model: nn.Module,
+    x: torch.Tensor,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    amp: str = "none",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Summed softmax over test-time scales (and horizontal flips), at the input's size."""
+    size = (x.shape[2], x.shape[3])
+    out: Optional[torch.Tensor] = None
+    for s in scales:
+        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        views = [xs, xs.flip(3)] if flip else [xs]
+        for k, v in enumerate(views):
+            if channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+            with autocast(x.device, amp):
+                logits = model(v).float()
+            if k == 1:
+                logits = logits.flip(3)
+            if logits.shape[2:] != x.shape[2:]:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            prob = logits.softmax(1) if (len(scales) > 1 or flip) else logits
+            out = prob if out is None else out + prob
+    assert out is not None
+    return out
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[Tuple[Union[torch.Tensor, List[torch.Tensor]], Union[torch.Tensor, List[torch.Tensor]]]],
+    num_classes: int,
+    device: torch.device,
+    ignore_index: int = 255,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    amp: str = "none",
+    channels_last: bool = False,
+) -> ConfusionMatrix:
+    """Confusion matrix of whole, full-resolution images, summed over DDP ranks."""
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index, device)
+    for images, masks in batches:
+        # Batches of one size arrive stacked; images of mixed sizes arrive as lists.
+        pairs = [(images, masks)] if isinstance(images, torch.Tensor) else [(i[None], m[None]) for i, m in zip(images, masks)]
+        for x, y in pairs:
+            x, y = x.to(device), y.to(device)
+            pred = predict_logits(model, x, scales, flip, amp, channels_last).argmax(1)
+            cm.update(pred, y)
+    return cm.all_reduce()

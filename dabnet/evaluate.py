@@ -1,0 +1,81 @@
+"""`dabnet eval`: mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from .checkpoint import CheckpointError, load_model
+from .config import EvalConfig
+from .data.datasets import build_dataset
+from .data.transforms import EvalTransform
+from .distributed import init_distributed
+from .engine import evaluate
+from .metrics import per_class_table
+
+
+def save_confusion_png(mat: np.ndarray, class_names, path: str) -> None:
+    """Row-normalised confusion matrix (rows: truth) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = mat.sum(1, keepdims=True)
+    norm = np.divide(mat, rows, out=np.zeros(mat.shape, dtype=np.float64), where=rows > 0)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * n, 0.8 + 0.45 * n), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    for i in range(n):
+        for j in range(n):
+            if norm[i, j] >= 0.01:
+                ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
+    """Evaluate `cfg.checkpoint` on `cfg.split`; returns the JSON-ready result."""
+    device, _ = init_distributed(cfg.device)
+    model = load_model(cfg.checkpoint, map_location=device)
+    meta = getattr(model, "checkpoint_meta", {})
+    probe = build_dataset(cfg.dataset, cfg.data_root, cfg.split)
+    if model.num_classes != probe.num_classes:
+        raise CheckpointError(
+            f"checkpoint {cfg.checkpoint} predicts {model.num_classes} classes but {probe.name} has {probe.num_classes}; "
+            "evaluate it on a dataset with the same classes"
+        )
+    mean, std = meta.get("mean", probe.mean), meta.get("std", probe.std)
+    ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, EvalTransform(mean, std))
+    from .train import collate_eval
+
+    loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_eval)
+    cm = evaluate(model, loader, ds.num_classes, device, ds.ignore_index, scales=cfg.scales, flip=cfg.flip)
+    res = cm.compute()
+    result = {
+        "miou": res["miou"],
+        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(ds.classes, res["iou"])},
+        "pixel_acc": res["pixel_acc"],
+        "images": len(ds),
+    }
+    log(f"{cfg.checkpoint} on {ds.name}: {len(ds)} images, scales {list(cfg.scales)}, flip {cfg.flip}")
+    log(per_class_table(res["iou"], ds.classes))
+    log(f"mIoU {100 * res['miou']:.2f}%   pixel accuracy {100 * res['pixel_acc']:.2f}%")
+    if cfg.json:
+        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.json).write_text(json.dumps(result, indent=2))
+        log(f"wrote {cfg.json}")
+    if cfg.confusion_png:
+        save_confusion_png(cm.mat.cpu().numpy(), ds.classes, cfg.confusion_png)
+        log(f"wrote {cfg.confusion_png}")
+    return result

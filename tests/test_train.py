@@ -1,0 +1,291 @@
+"""Training and evaluation: losses, metrics, schedule, configs, runs, exact resume, DDP, eval."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dabnet
+import dabnet.train as train_mod
+from dabnet.checkpoint import CheckpointError
+from dabnet.config import ConfigError, EvalConfig, TrainConfig, build_config
+from dabnet.engine import NonFiniteLossError, poly_warmup_lambda
+from dabnet.evaluate import run_evaluation
+from dabnet.losses import CrossEntropy, OHEMCrossEntropy
+from dabnet.metrics import ConfusionMatrix
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_data import make_camvid  # noqa: E402
+
+# ----------------------------------------------------------------------------- losses
+
+
+def _logits_target(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 4, 5, 6, generator=g)
+    target = torch.randint(0, 4, (2, 5, 6), generator=g)
+    target[0, 0, :3] = 255
+    return logits, target
+
+
+def test_uniform_weights_equal_unweighted():
+    logits, target = _logits_target()
+    plain = CrossEntropy(None)(logits, target)
+    torch.testing.assert_close(CrossEntropy(torch.full((4,), 3.0))(logits, target), plain)
+    valid = target != 255
+    by_hand = -F.log_softmax(logits, 1).gather(1, target.clamp(max=3)[:, None])[:, 0][valid].mean()
+    torch.testing.assert_close(plain, by_hand)
+
+
+def test_ohem_threshold_one_is_cross_entropy():
+    logits, target = _logits_target(1)
+    w = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    torch.testing.assert_close(OHEMCrossEntropy(w, thresh=1.0, min_kept=0)(logits, target), CrossEntropy(w)(logits, target))
+
+
+def test_ohem_keeps_only_hard_pixels_and_at_least_min_kept():
+    logits, target = _logits_target(2)
+    valid = target != 255
+    p = F.softmax(logits, 1).gather(1, target.clamp(max=3)[:, None])[:, 0]
+    nll = -F.log_softmax(logits, 1).gather(1, target.clamp(max=3)[:, None])[:, 0]
+    hard = valid & (p < 0.3)
+    torch.testing.assert_close(OHEMCrossEntropy(thresh=0.3, min_kept=0)(logits, target), nll[hard].mean())
+    k = int(hard.sum()) + 5  # more than the threshold keeps: the k hardest pixels
+    kth = p[valid].sort().values[k - 1]
+    keep = valid & (p <= kth)
+    torch.testing.assert_close(OHEMCrossEntropy(thresh=0.3, min_kept=k)(logits, target), nll[keep].mean())
+
+
+# ----------------------------------------------------------------------------- metrics, schedule
+
+
+def test_confusion_matrix_by_hand():
+    cm = ConfusionMatrix(3)
+    target = torch.tensor([[0, 0, 1, 1, 255, 2]])
+    pred = torch.tensor([[0, 1, 1, 1, 0, 0]])
+    cm.update(pred, target)
+    assert cm.mat.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    res = cm.compute()
+    # IoU: class 0: 1 / (2 + 2 - 1) = 1/3; class 1: 2 / (3 + 2 - 2) = 2/3; class 2: 0 / (1 + 0) = 0.
+    np.testing.assert_allclose(res["iou"], [1 / 3, 2 / 3, 0.0])
+    assert res["miou"] == pytest.approx(1 / 3) and res["pixel_acc"] == pytest.approx(3 / 5)
+
+
+def test_miou_counts_only_present_classes():
+    cm = ConfusionMatrix(4)
+    cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 1]))
+    res = cm.compute()
+    assert res["miou"] == 1.0 and np.isnan(res["iou"][2]) and np.isnan(res["iou"][3])
+
+
+def test_poly_schedule_with_warmup():
+    f = poly_warmup_lambda(100, 0.9, warmup_iters=10, warmup_ratio=1 / 3)
+    assert f(0) == pytest.approx(1 / 3)
+    assert f(5) == pytest.approx((1 - 0.05) ** 0.9 * (1 / 3 + 2 / 3 * 0.5))
+    assert f(10) == pytest.approx(0.9**0.9)
+    assert f(100) == 0.0
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_shipped_configs_load_with_paper_values():
+    cs = build_config(TrainConfig, "cityscapes")
+    assert (cs.optimizer, cs.lr, cs.momentum, cs.weight_decay, cs.batch_size) == ("sgd", 4.5e-2, 0.9, 1e-4, 8)
+    assert cs.crop_size == [512, 1024] and cs.loss == "ohem" and cs.ohem_thresh == 0.7 and cs.epochs == 1000
+    cv = build_config(TrainConfig, "configs/camvid.yaml")
+    assert (cv.optimizer, cv.lr, cv.weight_decay, cv.batch_size, cv.class_weights) == ("adam", 1e-3, 2e-4, 16, "enet")
+    assert build_config(TrainConfig, "camvid_paper").optimizer == "sgd"
+    assert build_config(TrainConfig, "folder_example").dataset == "folder"
+
+
+def test_overrides_and_unknown_keys(tmp_path):
+    cfg = build_config(TrainConfig, "camvid", ["lr=0.01", "crop_size=[64, 96]", "flip=false", "ohem_min_kept=1000", "mean=none"])
+    assert cfg.lr == 0.01 and cfg.crop_size == [64, 96] and cfg.flip is False and cfg.ohem_min_kept == 1000
+    with pytest.raises(ConfigError, match=r"unknown option 'learning_rate'.*valid options:.*lr"):
+        build_config(TrainConfig, "camvid", ["learning_rate=0.1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\nbatchsize: 4\n")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['batchsize'\]"):
+        build_config(TrainConfig, str(bad))
+    with pytest.raises(ConfigError, match="expects true or false"):
+        build_config(TrainConfig, "camvid", ["flip=maybe"])
+    with pytest.raises(ConfigError, match="not found"):
+        build_config(TrainConfig, "no_such_config")
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+@pytest.fixture(scope="module")
+def tiny_camvid(tmp_path_factory) -> Path:
+    return make_camvid(tmp_path_factory.mktemp("data") / "camvid", n=8)
+
+
+def _cfg(root: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data_root=str(root), out=str(out), epochs=3, batch_size=2, crop_size=[32, 48], workers=0,
+                warmup_iters=2, val_batch_size=4, check_data=False)  # fmt: skip
+    base.update(kw)
+    return build_config(TrainConfig, "camvid", **base)
+
+
+def test_training_writes_everything_a_person_wants(tiny_camvid, tmp_path):
+    out = tmp_path / "run"
+    summary = train_mod.train(_cfg(tiny_camvid, out, check_data=True), log=lambda *a: None)
+    for name in ["last.pth", "best.pth", "config.yaml", "metrics.jsonl", "metrics.csv", "loss.png", "miou.png"]:
+        assert (out / name).is_file(), name
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert all(0 <= h["val_miou"] <= 1 and h["train_loss"] > 0 for h in history)
+    assert summary["best_miou"] == max(h["val_miou"] for h in history)
+    model = dabnet.load_model(out / "best.pth")
+    meta = model.checkpoint_meta
+    assert meta["class_names"][0] == "Sky" and meta["config"]["batch_size"] == 2 and meta["best_miou"] == summary["best_miou"]
+    assert (out / "metrics.csv").read_text().startswith("epoch,iteration,lr,train_loss")
+
+
+def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train_mod.train(_cfg(tiny_camvid, straight, epochs=4), log=lambda *a: None)
+
+    real = train_mod.train_one_epoch
+    calls = {"n": 0}
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # deliver a real SIGTERM after the first step of epoch 3
+            should_stop = kwargs["should_stop"]
+            steps = {"k": 0}
+
+            def stop_after_one():
+                steps["k"] += 1
+                if steps["k"] == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return should_stop()
+
+            kwargs["should_stop"] = stop_after_one
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", killed_in_epoch_3)
+    resumed = tmp_path / "resumed"
+    result = train_mod.train(_cfg(tiny_camvid, resumed, epochs=4), log=lambda *a: None)
+    assert result["interrupted"] == "SIGTERM" and result["epoch"] == 2 and result["iter_in_epoch"] == 1
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    train_mod.train(_cfg(tiny_camvid, resumed, epochs=4), log=lambda *a: None)
+    a = torch.load(straight / "last.pth", weights_only=True)
+    b = torch.load(resumed / "last.pth", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    assert [h["val_miou"] for h in a["history"]] == [h["val_miou"] for h in b["history"]]
+
+
+def test_sigint_from_outside_saves_and_exits_cleanly(tiny_camvid, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dabnet", "train", "--config", "camvid", "--out", str(out)] + sum(
+        (["--set", s] for s in [f"data_root={tiny_camvid}", "epochs=200", "batch_size=2", "crop_size=[32,48]",
+                                "workers=0", "check_data=false", "val_every=100"]), [])  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import time
+
+    deadline = time.time() + 120
+    while not (out / "last.pth").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "SIGINT: saved" in output and "Traceback" not in output
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    assert not ckpt["finished"] and ckpt["epoch"] >= 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_camvid, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real = train_mod.build_loss
+
+    def poisoned(*a, **k):
+        loss = real(*a, **k)
+        calls = {"n": 0}
+        orig = loss.forward
+
+        def forward(logits, target):
+            calls["n"] += 1
+            value = orig(logits, target)
+            return value * float("nan") if calls["n"] > 5 else value  # 4 steps per epoch: NaN in epoch 2
+
+        loss.forward = forward
+        return loss
+
+    monkeypatch.setattr(train_mod, "build_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan.*epoch 2.*last good checkpoint is kept"):
+        train_mod.train(_cfg(tiny_camvid, out), log=lambda *a: None)
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
+
+
+def test_bad_inputs_are_clear(tiny_camvid, tmp_path):
+    with pytest.raises(ValueError, match="CamVid root not found"):
+        train_mod.train(_cfg(tmp_path / "missing", tmp_path / "r1"), log=lambda *a: None)
+    wrong = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 19)), tmp_path / "c19.pth")
+    with pytest.raises(CheckpointError, match="19 classes but 11"):
+        train_mod.train(_cfg(tiny_camvid, tmp_path / "r2", init_from=str(wrong)), log=lambda *a: None)
+    with pytest.raises(CheckpointError, match="predicts 19 classes"):
+        run_evaluation(EvalConfig(checkpoint=str(wrong), data_root=str(tiny_camvid), workers=0), log=lambda *a: None)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
+def test_torchrun_two_processes_on_cpu(tiny_camvid, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "dabnet",
+           "train", "--config", "camvid", "--out", str(out)] + sum(
+        (["--set", s] for s in [f"data_root={tiny_camvid}", "epochs=2", "batch_size=2", "crop_size=[32,48]",
+                                "workers=0", "check_data=false", "warmup_iters=1", "sync_bn=true"]), [])  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(h["val_miou"] is not None for h in history)
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    assert ckpt["iteration"] == 2 * 8 // (2 * 2)  # 8 images, 2 processes x batch 2: 2 steps per epoch
+    assert res.stdout.count("epoch 2/2  loss") == 1  # only rank 0 logs
+    assert "sync_bn ignored" in res.stdout  # SyncBatchNorm is CUDA-only: said, not crashed
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def test_eval_json_png_flip_multiscale(tiny_camvid, tmp_path, capsys):
+    out = tmp_path / "run"
+    train_mod.train(_cfg(tiny_camvid, out, epochs=1), log=lambda *a: None)
+    js, png = tmp_path / "eval.json", tmp_path / "cm.png"
+    from dabnet.cli import main
+
+    assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data-root", str(tiny_camvid), "--json", str(js),
+                 "--confusion-png", str(png)]) == 0  # fmt: skip
+    result = json.loads(js.read_text())
+    assert set(result) == {"miou", "per_class_iou", "pixel_acc", "images"} and result["images"] == 8
+    assert 0 <= result["miou"] <= 1 and "Sky" in result["per_class_iou"] and png.stat().st_size > 1000
+    assert "mIoU" in capsys.readouterr().out
+    hist = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert result["miou"] == pytest.approx(hist["val_miou"], abs=1e-6)  # eval == validation during training
+    tta = run_evaluation(EvalConfig(checkpoint=str(out / "best.pth"), data_root=str(tiny_camvid), workers=0, flip=True,
+                                    scales=[0.75, 1.0, 1.25]), log=lambda *a: None)  # fmt: skip
+    assert 0 <= tta["miou"] <= 1
+
+
+def test_eval_accepts_official_checkpoints(tmp_path, official_reference):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_data import _make_cityscapes
+
+    root = _make_cityscapes(tmp_path / "cs")
+    sd, _, _ = official_reference
+    ckpt = tmp_path / "official.pth"
+    torch.save({"epoch": 1, "model": {"module." + k: v for k, v in sd.items()}}, ckpt)
+    res = run_evaluation(EvalConfig(checkpoint=str(ckpt), dataset="cityscapes", data_root=str(root), workers=0), log=lambda *a: None)
+    assert res["images"] == 4 and len(res["per_class_iou"]) == 19
