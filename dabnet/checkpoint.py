@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -61,11 +62,62 @@ def make_checkpoint(model: nn.Module, **extra: Any) -> Dict[str, Any]:
     return ckpt
 
 
-def read_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Load a checkpoint file with `weights_only=True`, naming the file in any error."""
+# Weights shipped inside the package, addressable by name wherever a checkpoint path is accepted.
+PRETRAINED = {"dabnet-camvid": "weights/dabnet-camvid.safetensors"}
+
+
+def resolve_checkpoint(name_or_path: PathLike) -> Path:
+    """A file path, or the packaged file behind a pretrained name such as 'dabnet-camvid'."""
+    key = str(name_or_path)
+    if key in PRETRAINED:
+        from importlib import resources
+
+        path = Path(str(resources.files("dabnet") / PRETRAINED[key]))
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights {key!r} are not in this installation ({path} is missing)")
+        return path
+    return Path(name_or_path)
+
+
+def save_safetensors(ckpt: Dict[str, Any], path: PathLike) -> Path:
+    """Weights as safetensors, the checkpoint's description as JSON strings in the header."""
+    from safetensors.torch import save_file
+
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {k: json.dumps(v) for k, v in ckpt.items() if k != "model"}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)  # package data must be readable by every user
+    os.replace(tmp, path)
+    return path
+
+
+def _read_safetensors(path: Path) -> Dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"cannot read safetensors file {path}: {e}") from e
+    obj: Dict[str, Any] = {k: json.loads(v) for k, v in meta.items()}
+    obj["model"] = state
+    return obj
+
+
+def read_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Load a checkpoint (.pth with `weights_only=True`, or .safetensors), naming the file in any error."""
+    path = resolve_checkpoint(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        return _read_safetensors(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (give the path of a .pth file written by dabnet or by the official DABNet code)")
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (give a .pth/.safetensors file written by dabnet or the official DABNet "
+            f"code, or a bundled name: {', '.join(PRETRAINED)})"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or unsafe files

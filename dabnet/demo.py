@@ -12,6 +12,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from .checkpoint import resolve_checkpoint
 from .data.classes import DATASET_INFO
 from .models import create_model
 from .predict import Segmenter, read_image
@@ -43,6 +44,15 @@ def _ground_truth(frame: Path) -> Optional[np.ndarray]:
     return np.asarray(Image.open(label))
 
 
+def bundled_weights_available() -> bool:
+    """True when this installation ships the trained `dabnet-camvid` weights."""
+    try:
+        resolve_checkpoint("dabnet-camvid")
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _segmenter(cfg: DemoConfig) -> Segmenter:
     if cfg.checkpoint:
         return Segmenter.from_checkpoint(cfg.checkpoint)
@@ -56,10 +66,16 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     """Segment every bundled frame; return the per-frame latencies (ms) and the output folder."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.checkpoint is None and bundled_weights_available():
+        cfg = DemoConfig(**{**cfg.__dict__, "checkpoint": "dabnet-camvid"})
     seg = _segmenter(cfg)
     if not cfg.checkpoint:
-        log("NOTE: no trained weights are bundled yet, so this runs an UNTRAINED DABNet:")
+        log("NOTE: no trained weights are bundled in this installation, so this runs an UNTRAINED DABNet:")
         log("      the pictures show the pipeline, not a segmentation. Pass --checkpoint to use trained weights.")
+    else:
+        meta = getattr(seg.model, "checkpoint_meta", {})
+        miou = f", CamVid val mIoU {100 * meta['val_miou']:.1f}%" if meta.get("val_miou") is not None else ""
+        log(f"weights: {cfg.checkpoint} ({seg.model.model_name}, {seg.model.num_classes} classes{miou})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     frames = sample_frames()

@@ -1,0 +1,76 @@
+"""Safetensors weights, names of bundled weights, and the trained model shipped in the package."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dabnet
+from dabnet.checkpoint import PRETRAINED, make_checkpoint, resolve_checkpoint, save_safetensors
+from dabnet.demo import DemoConfig, bundled_weights_available, run_demo, sample_frames
+from dabnet.predict import Segmenter, read_image
+
+REQUIRED_META = ["model_name", "num_classes", "class_names", "palette", "mean", "std", "config", "data_splits",
+                 "val_miou", "val_per_class_iou", "sample_frames_miou", "epoch"]  # fmt: skip
+
+
+def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path):
+    model = dabnet.create_model("dabnet", 11, block_2=4)
+    ckpt = make_checkpoint(model, class_names=["a"] * 11, mean=[1.0, 2.0, 3.0], std=[4.0, 5.0, 6.0], val_miou=0.5)
+    path = save_safetensors(ckpt, tmp_path / "w.safetensors")
+    loaded = dabnet.load_model(path)
+    assert len(loaded.block2) == 4 and loaded.checkpoint_meta["val_miou"] == 0.5
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+    seg = Segmenter.from_checkpoint(path)
+    assert seg.class_names == ["a"] * 11
+    torch.testing.assert_close(seg._mean.flatten(), torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_unknown_name_lists_bundled_names(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dabnet-camvid"):
+        dabnet.load_model(tmp_path / "dabnet-camvdi")
+
+
+bundled = pytest.mark.skipif(not bundled_weights_available(), reason="no trained weights in this checkout")
+
+
+@bundled
+def test_bundled_weights_load_by_name_with_complete_metadata():
+    path = resolve_checkpoint("dabnet-camvid")
+    assert path.stat().st_size <= 4 * 2**20 and str(path).endswith(PRETRAINED["dabnet-camvid"])
+    model = dabnet.load_model("dabnet-camvid")
+    meta = model.checkpoint_meta
+    missing = [k for k in REQUIRED_META if k not in meta]
+    assert not missing, missing
+    assert model.model_name == "dabnet" and model.num_classes == 11 and len(meta["class_names"]) == 11
+    assert meta["data_splits"]["val"] == "val" and meta["config"]["dataset"] == "camvid"
+    assert 0 < meta["val_miou"] <= 1 and set(meta["val_per_class_iou"]) == set(meta["class_names"])
+
+
+@bundled
+def test_bundled_model_keeps_its_accuracy_on_the_sample_frames():
+    """Regression guard: loading, preprocessing and the network must reproduce the recorded figure."""
+    from PIL import Image
+
+    from dabnet.metrics import ConfusionMatrix
+
+    seg = Segmenter.from_checkpoint("dabnet-camvid")
+    cm = ConfusionMatrix(11)
+    for frame in sample_frames():
+        label = np.asarray(Image.open(frame.with_name(frame.stem + "_label.png"))).copy()
+        label[label == 11] = 255
+        cm.update(torch.from_numpy(seg.predict(read_image(frame))), torch.from_numpy(label))
+    recorded = seg.model.checkpoint_meta["sample_frames_miou"]
+    assert cm.compute()["miou"] >= recorded - 0.005
+
+
+@bundled
+def test_demo_uses_the_bundled_weights(tmp_path):
+    lines = []
+    run_demo(DemoConfig(out=str(tmp_path / "demo")), log=lines.append)
+    text = "\n".join(lines)
+    assert "weights: dabnet-camvid" in text and "UNTRAINED" not in text
+    assert len(list((tmp_path / "demo").glob("*_overlay.png"))) == len(sample_frames())
