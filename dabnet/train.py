@@ -253,8 +253,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
             scaler=scaler.state_dict() if scaler is not None else None, rng=_rng_state(device), finished=finished,
         )  # fmt: skip
 
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-                        pin_memory=device.type == "cuda")  # fmt: skip
+    if cfg.data_on_device:
+        from .data.device import DeviceBatches
+
+        loader = DeviceBatches(train_ds, sampler, cfg.batch_size, device, tuple(cfg.crop_size), cfg.scales, cfg.flip,
+                               train_ds.mean, train_ds.std, progress=main)  # fmt: skip
+    else:
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                            drop_last=True, pin_memory=device.type == "cuda")  # fmt: skip
     val_loader = None
     if val_ds is not None:
         shard = list(range(D.rank(), len(val_ds), D.world_size()))  # no padding: every image counted once

@@ -233,28 +233,32 @@ def test_data_check_reports_every_problem_and_exit_code(camvid_tree, capsys):
 # ----------------------------------------------------------------------------- transforms
 
 
+def assert_aligned(image: np.ndarray, mask: np.ndarray, min_interior: int = 200) -> None:
+    """Inside a labelled region (5x5 neighbourhood of one label) the image must carry that label's
+    colour; only borders may blend. Any shift or lone flip of image or mask breaks this."""
+    lut = np.zeros((256, 3), dtype=np.int64)
+    lut[:11] = CAMVID_PALETTE
+    padded = np.pad(mask, 2, constant_values=254)  # crop edges are never interior
+    interior = np.ones_like(mask, dtype=bool)
+    for dy in range(5):
+        for dx in range(5):
+            interior &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]] == mask
+    interior &= mask != 255
+    assert interior.sum() >= min_interior
+    diff = np.abs(image.astype(np.int64) - lut[mask]).sum(-1)
+    assert (diff[interior] <= 3).all(), diff[interior].max()
+
+
 def test_train_transform_keeps_labels_valid_and_aligned(camvid_tree):
     tf = TrainTransform(crop_size=(40, 56), ignore_index=255, to_tensor=False)
     ds = CamVid(camvid_tree, "train", transform=tf)
-    lut = np.zeros((256, 3), dtype=np.int64)
-    lut[:11] = CAMVID_PALETTE
     for epoch in range(6):
         ds.set_epoch(epoch)
         for i in range(len(ds)):
             image, mask = ds[i]
             assert image.shape == (40, 56, 3) and mask.shape == (40, 56)
             assert set(np.unique(mask)) <= set(range(11)) | {255}
-            # Inside a labelled region (5x5 neighbourhood of one label) the image must carry that
-            # label's colour exactly; only borders may blend. Any shift or lone flip breaks this.
-            padded = np.pad(mask, 2, constant_values=254)  # crop edges are never interior
-            interior = np.ones_like(mask, dtype=bool)
-            for dy in range(5):
-                for dx in range(5):
-                    interior &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]] == mask
-            interior &= mask != 255
-            assert interior.sum() > 200
-            diff = np.abs(image.astype(np.int64) - lut[mask]).sum(-1)
-            assert (diff[interior] <= 3).all(), (epoch, i, diff[interior].max())
+            assert_aligned(image, mask)
 
 
 def test_padding_uses_zero_image_and_ignore_mask(camvid_tree):
@@ -337,3 +341,38 @@ def test_shared_camvid(camvid_root):
     assert image.shape == (360, 480, 3) and mask.shape == (360, 480)
     reports = check_dataset("camvid", str(camvid_root), splits=["val"], progress=False)
     assert is_clean(reports) and reports["val"].pairs == 101
+
+
+# ----------------------------------------------------------------------------- data_on_device
+
+
+def test_device_batches_match_the_cpu_pipeline_on_cpu(camvid_tree):
+    from torch.utils.data.distributed import DistributedSampler
+
+    from dabnet.data.device import DeviceBatches
+
+    ds = CamVid(camvid_tree, "train", seed=3)
+    sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
+    dev = DeviceBatches(ds, sampler, 2, torch.device("cpu"), (32, 40), [0.75, 1.0, 1.5], True, (0, 0, 0), (1, 1, 1))
+    cpu = CamVid(camvid_tree, "train", transform=TrainTransform((32, 40), (0.75, 1.0, 1.5), True, to_tensor=False), seed=3)
+    first = {}
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        cpu.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        order = list(iter(sampler))
+        batches = list(dev)
+        assert len(batches) == len(dev) == 2
+        first[epoch] = batches[0][0]
+        for b, (images, masks) in enumerate(batches):
+            assert images.shape == (2, 3, 32, 40) and masks.dtype == torch.int64
+            assert set(masks.unique().tolist()) <= set(range(11)) | {255}
+            for k in range(2):
+                # The same per-sample draws as the CPU pipeline: the same scale, crop and flip.
+                _, ref_mask = cpu[order[2 * b + k]]
+                assert (masks[k].numpy() == ref_mask).mean() > 0.97  # rounding differs on borders only
+                assert_aligned(images[k].permute(1, 2, 0).numpy(), masks[k].numpy(), min_interior=50)
+    ds.set_epoch(1)
+    sampler.set_epoch(1)
+    assert torch.equal(list(dev)[0][0], first[1])  # reproducible for a given seed and epoch
+    assert not torch.equal(first[1], first[2])

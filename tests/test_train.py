@@ -153,6 +153,13 @@ def test_training_writes_everything_a_person_wants(tiny_camvid, tmp_path):
     assert (out / "metrics.csv").read_text().startswith("epoch,iteration,lr,train_loss")
 
 
+def test_data_on_device_trains_on_cpu(tiny_camvid, tmp_path):
+    out = tmp_path / "dev"
+    summary = train_mod.train(_cfg(tiny_camvid, out, epochs=2, data_on_device=True), log=lambda *a: None)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and history[1]["iteration"] == 8 and summary["best_miou"] >= 0
+
+
 def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train_mod.train(_cfg(tiny_camvid, straight, epochs=4), log=lambda *a: None)
