@@ -145,6 +145,16 @@ def _state_dict_of(obj: Dict[str, Any], path: PathLike) -> Dict[str, torch.Tenso
     raise CheckpointError(f"checkpoint {path} has no weights: expected a 'model' or 'state_dict' entry, found {sorted(obj)[:8]}")
 
 
+def input_normalisation(meta: Dict[str, Any], default_mean, default_std):
+    """(mean, std) a loaded model expects: its checkpoint's, else the dataset's. Official DABNet
+    checkpoints were trained on mean-subtracted RGB without std division, so their std is 1."""
+    if "mean" in meta and "std" in meta:
+        return tuple(meta["mean"]), tuple(meta["std"])
+    if meta.get("source") == "official":
+        return tuple(default_mean), (1.0, 1.0, 1.0)
+    return tuple(default_mean), tuple(default_std)
+
+
 def load_model(
     path: PathLike,
     num_classes: Optional[int] = None,

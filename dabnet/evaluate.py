@@ -9,7 +9,7 @@ from typing import Any, Dict
 import numpy as np
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError, input_normalisation, load_model
 from .config import EvalConfig
 from .data.datasets import build_dataset
 from .data.transforms import EvalTransform
@@ -55,7 +55,7 @@ def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
             f"checkpoint {cfg.checkpoint} predicts {model.num_classes} classes but {probe.name} has {probe.num_classes}; "
             "evaluate it on a dataset with the same classes"
         )
-    mean, std = meta.get("mean", probe.mean), meta.get("std", probe.std)
+    mean, std = input_normalisation(meta, probe.mean, probe.std)
     ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, EvalTransform(mean, std))
     from .train import collate_eval
 

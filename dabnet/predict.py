@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_model
+from .checkpoint import input_normalisation, load_model
 from .data.classes import DATASET_INFO, default_palette
 
 PathLike = Union[str, os.PathLike]
@@ -76,12 +76,13 @@ class Segmenter:
         model = load_model(path)
         meta = getattr(model, "checkpoint_meta", {})
         info = DATASET_INFO["camvid" if model.num_classes == 11 else "cityscapes"]
+        mean, std = input_normalisation(meta, info["mean"], info["std"])
         return cls(
             model,
-            mean=meta.get("mean", info["mean"]),
-            std=meta.get("std", info["std"]),
-            class_names=meta.get("class_names"),
-            palette=meta.get("palette"),
+            mean=mean,
+            std=std,
+            class_names=meta.get("class_names", info["classes"]),
+            palette=meta.get("palette", info["palette"]),
             device=device,
         )
 

@@ -106,3 +106,12 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
     path = save_checkpoint(ckpt, tmp_path / "wrong.pth")
     with pytest.raises(CheckpointError, match="does not fit model 'dabnet'"):
         dabnet.load_model(path)
+
+
+def test_official_checkpoints_expect_mean_subtraction_only(tmp_path, official_reference):
+    from dabnet.predict import Segmenter
+
+    sd, _, _ = official_reference
+    seg = Segmenter.from_checkpoint(_official_file(tmp_path, sd))
+    assert seg._inv_std.flatten().tolist() == [1.0, 1.0, 1.0]
+    assert seg.class_names[0] == "road" and len(seg.class_names) == 19  # Cityscapes, by class count
