@@ -94,6 +94,36 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .predict import Segmenter, expand_inputs, predict_images, predict_video
+
+    images, videos, missing = expand_inputs(args.inputs)
+    for item in missing:
+        print(f"dabnet predict: nothing found at {item!r}", file=sys.stderr)
+    if not images and not videos:
+        print("dabnet predict: error: no input images or videos", file=sys.stderr)
+        return 2
+    seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend)
+    out = Path(args.out)
+    failed = bool(missing)
+    if images:
+        failed |= bool(predict_images(seg, images, out, args.format, args.batch_size)["skipped"])
+    for video in videos:
+        predict_video(seg, video, out, args.max_frames)
+    return 1 if failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import run_export
+
+    res = run_export(args.checkpoint, args.format, args.out)
+    print(f"exported {res['path']} ({res['format']}); checked against PyTorch at {res['checked_sizes']}: "
+          f"max abs error {res['max_abs_error']:.2e} (< 1e-4)")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `dabnet` subcommand."""
     from . import __version__
@@ -136,6 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion-png", default=None, metavar="FILE", help="draw the confusion matrix")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any eval option")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="segment images, folders, globs, videos or a webcam")
+    p.add_argument("inputs", nargs="+", help="image files, folders, globs ('data/*.jpg'), videos, or a webcam index")
+    p.add_argument("--checkpoint", default="dabnet-camvid", help="checkpoint, .onnx file or bundled name (default dabnet-camvid)")
+    p.add_argument("--out", default="predictions")
+    p.add_argument("--format", choices=["default", "cityscapes"], default="default",
+                   help="cityscapes: labelId PNGs for the benchmark server instead of label/colour/overlay")  # fmt: skip
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--max-frames", type=int, default=0, help="stop videos/webcams after N frames (0: all)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export to ONNX (dynamic H, W) or TorchScript, checked against PyTorch")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)
 
     data = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
     datasets = ["camvid", "cityscapes", "folder"]

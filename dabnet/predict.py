@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -71,9 +72,25 @@ class Segmenter:
         self._inv_std = 1.0 / torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
     @classmethod
-    def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device] = "cpu") -> "Segmenter":
-        """A Segmenter whose normalisation, class names and colours come from the checkpoint."""
-        model = load_model(path)
+    def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device] = "cpu", backend: str = "torch") -> "Segmenter":
+        """A Segmenter whose normalisation, class names and colours come from the checkpoint.
+
+        `backend="onnxruntime"` runs an exported .onnx file (or exports a checkpoint to a temporary one).
+        """
+        if backend not in ("torch", "onnxruntime"):
+            raise ValueError(f"unknown backend {backend!r}; choose torch or onnxruntime")
+        if str(path).endswith(".onnx") or backend == "onnxruntime":
+            from .export import OrtModel, export_onnx
+
+            if not str(path).endswith(".onnx"):
+                import tempfile
+
+                onnx_path = Path(tempfile.mkdtemp(prefix="dabnet-")) / "model.onnx"
+                export_onnx(load_model(path), onnx_path)
+                path = onnx_path
+            model = OrtModel(path)
+        else:
+            model = load_model(path)
         meta = getattr(model, "checkpoint_meta", {})
         info = DATASET_INFO["camvid" if model.num_classes == 11 else "cityscapes"]
         mean, std = input_normalisation(meta, info["mean"], info["std"])
@@ -109,3 +126,134 @@ class Segmenter:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """HxW uint8 label map of one RGB (or grayscale/RGBA) image."""
         return self.predict_batch([image])[0]
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Union[Path, int]], List[str]]:
+    """Split command-line inputs into image files, video sources (files or webcam indices) and
+    inputs that matched nothing. Folders give their images (sorted); globs are expanded."""
+    import glob
+
+    images: List[Path] = []
+    videos: List[Union[Path, int]] = []
+    missing: List[str] = []
+    for item in inputs:
+        if item.isdigit() and not Path(item).exists():
+            videos.append(int(item))  # a webcam index
+            continue
+        paths = [Path(p) for p in sorted(glob.glob(item))] if any(c in item for c in "*?[") else [Path(item)]
+        if not paths or not all(p.exists() for p in paths):
+            missing.append(item)
+            continue
+        for p in paths:
+            if p.is_dir():
+                images += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+                videos += sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES)
+            elif p.suffix.lower() in VIDEO_SUFFIXES:
+                videos.append(p)
+            else:
+                images.append(p)
+    return images, videos, missing
+
+
+def _write_outputs(seg: Segmenter, image: np.ndarray, label: np.ndarray, out: Path, stem: str, fmt: str) -> None:
+    from PIL import Image
+
+    from .visualize import colorize, overlay
+
+    if fmt == "cityscapes":
+        from .data.datasets import train_ids_to_label_ids
+
+        Image.fromarray(train_ids_to_label_ids(label)).save(out / f"{stem}.png")
+        return
+    colour = colorize(label, seg.palette)
+    Image.fromarray(label).save(out / f"{stem}_label.png")
+    Image.fromarray(colour).save(out / f"{stem}_color.png")
+    Image.fromarray(overlay(image, colour)).save(out / f"{stem}_overlay.png")
+
+
+def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = "default", batch_size: int = 1, log=print) -> Dict[str, Any]:
+    """Segment image files in batches; unreadable files are reported and skipped."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    done, failed, seconds = 0, [], 0.0
+    bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
+    for start in range(0, len(paths), batch_size):
+        batch, names = [], []
+        for p in paths[start : start + batch_size]:
+            try:
+                batch.append(to_rgb(read_image(p)))
+                names.append(p)
+            except (ImageReadError, FileNotFoundError, ValueError) as e:
+                failed.append(str(p))
+                bar.write(f"skipped {p}: {e}")
+                bar.update(1)
+        if not batch:
+            continue
+        t0 = time.perf_counter()
+        labels = seg.predict_batch(batch)
+        seconds += time.perf_counter() - t0
+        for p, image, label in zip(names, batch, labels):
+            stem = p.stem[: -len("_leftImg8bit")] + "_leftImg8bit" if fmt == "cityscapes" and p.stem.endswith("_leftImg8bit") else p.stem
+            _write_outputs(seg, image, label, out, stem, fmt)
+        done += len(batch)
+        bar.update(len(batch))
+        bar.set_postfix(fps=f"{done / max(seconds, 1e-9):.1f}")
+    bar.close()
+    fps = done / seconds if seconds else 0.0
+    log(f"{done} image(s) segmented, {len(failed)} skipped, {fps:.1f} FPS (model time) -> {out}")
+    return {"images": done, "skipped": failed, "fps": fps}
+
+
+def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frames: int = 0, log=print) -> Dict[str, Any]:
+    """Segment a video file or webcam stream frame by frame; writes an overlaid video."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise RuntimeError("video needs OpenCV: pip install 'dabnet[video]'") from e
+    from tqdm import tqdm
+
+    from .visualize import colorize, overlay
+
+    cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+    if not cap.isOpened():
+        raise ImageReadError(f"cannot open video {source}: not a readable video file or camera")
+    fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not isinstance(source, int) else 0
+    name = f"webcam{source}" if isinstance(source, int) else Path(source).stem
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{name}_overlay.mp4"
+    writer = None
+    frames, seconds = 0, 0.0
+    bar = tqdm(total=total or None, desc=name, unit="frame", dynamic_ncols=True)
+    try:
+        while not max_frames or frames < max_frames:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            t0 = time.perf_counter()
+            label = seg.predict(rgb)
+            seconds += time.perf_counter() - t0
+            blend = overlay(rgb, colorize(label, seg.palette))
+            if writer is None:
+                h, w = rgb.shape[:2]
+                writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
+            writer.write(cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
+            frames += 1
+            bar.update(1)
+            bar.set_postfix(fps=f"{frames / max(seconds, 1e-9):.1f}")
+    except KeyboardInterrupt:  # a webcam runs until Ctrl-C; keep what was written
+        pass
+    finally:
+        bar.close()
+        cap.release()
+        if writer is not None:
+            writer.release()
+    fps = frames / seconds if seconds else 0.0
+    log(f"{name}: {frames} frame(s), {fps:.1f} FPS (model time) -> {target}")
+    return {"frames": frames, "fps": fps, "video": str(target)}
