@@ -1,7 +1,9 @@
-"""Model complexity (parameters, MACs) and the registry table behind `dabnet models`."""
+"""Model complexity (parameters, MACs), `dabnet models`, and the speed benchmark behind `dabnet bench`."""
 
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -54,3 +56,112 @@ def format_models_table(rows: List[Dict[str, object]], size: Tuple[int, int]) ->
     for r in rows:
         lines.append(f"{r['model']:<20} {r['params']:>12,} {r['gmacs']:>16.2f}  {r['description']}")
     return "\n".join(lines)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(seconds: float = 2.0, n: int = 1024, device: str = "cpu") -> float:
+    """Achieved fp32 matmul rate (GFLOP/s) on this machine: the ceiling that convolutions approach."""
+    dev = torch.device(device)
+    a = torch.randn(n, n, device=dev)
+    b = torch.randn(n, n, device=dev)
+    torch.mm(a, b)
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        _sync(dev)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(dev)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def benchmark(
+    models: Sequence[str] = ("dabnet",),
+    sizes: Sequence[Tuple[int, int]] = ((512, 1024),),
+    backends: Sequence[str] = ("eager",),
+    precision: str = "fp32",
+    frames: int = 100,
+    warmup: int = 10,
+    device: str = "cpu",
+    num_classes: int = 19,
+    checkpoint: Optional[str] = None,
+    paper_protocol: bool = True,
+    log=print,
+) -> List[Dict[str, object]]:
+    """Time each (model, size, backend) at batch 1, the paper's Table 5 protocol: warm-up, then
+    `frames` timed forward passes; backends are interleaved frame by frame so that a noisy machine
+    affects them alike. `paper_protocol` adds eager runs without no_grad (as the paper timed)."""
+    from .backends import prepare
+    from .checkpoint import load_model
+
+    dev = torch.device(device)
+    rows: List[Dict[str, object]] = []
+    for name in models:
+        model = load_model(checkpoint) if checkpoint else create_model(name, num_classes)
+        model = model.eval().to(dev)
+        params = count_params(model)
+        for size in sizes:
+            x = torch.randn(1, 3, size[0], size[1], device=dev)
+            macs = model_complexity(model.model_name, model.num_classes, size)["gmacs"] if not checkpoint else count_macs(model, size) / 1e9
+            runners = {}
+            for b in backends:
+                try:
+                    runners[(b, precision, "inference")] = prepare(model, b, precision, device, check_export=bool(checkpoint))
+                except Exception as e:  # e.g. max-unpooling nets cannot be traced for ONNX
+                    log(f"{model.model_name:<10} {size[0]}x{size[1]:<5} {b:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+            if paper_protocol:
+                runners[("eager", "fp32", "paper (autograd on)")] = lambda t, m=model: m(t)
+            times: Dict[tuple, List[float]] = {k: [] for k in runners}
+            for _ in range(warmup):
+                for run in runners.values():
+                    run(x)
+            for _ in range(frames):
+                for key, run in runners.items():
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    run(x)
+                    _sync(dev)
+                    times[key].append((time.perf_counter() - t0) * 1000)
+            for (b, prec, protocol), ts in times.items():
+                med = statistics.median(ts)
+                row = {"model": model.model_name, "size": f"{size[0]}x{size[1]}", "backend": b, "precision": prec,
+                       "protocol": protocol, "ms_median": round(med, 3), "ms_mean": round(statistics.fmean(ts), 3),
+                       "fps": round(1000 / med, 2), "params": params, "gmacs": round(macs, 3), "frames": frames,
+                       "device": str(dev)}  # fmt: skip
+                rows.append(row)
+                log(format_bench_row(row))
+    return rows
+
+
+def format_bench_row(r: Dict[str, object]) -> str:
+    return (f"{r['model']:<10} {r['size']:>9} {r['backend']:<12} {r['precision']:<5} {r['protocol']:<20} "
+            f"{r['ms_median']:>9.1f} ms {r['fps']:>8.1f} FPS {r['params']:>11,} {r['gmacs']:>8.2f} GMACs")  # fmt: skip
+
+
+def plot_bench(rows: List[Dict[str, object]], path: str, miou: Optional[Dict[str, float]] = None) -> None:
+    """FPS against parameters (or against mIoU where given), one point per model, log scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    for r in rows:
+        if r["protocol"] != "inference":
+            continue
+        xv = 100 * miou[r["model"]] if miou and r["model"] in miou else r["params"] / 1e6
+        ax.scatter(xv, r["fps"], s=30)
+        ax.annotate(f"{r['model']} {r['backend']} {r['size']}", (xv, r["fps"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("mIoU (%)" if miou else "parameters (M)")
+    if not miou:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylabel("frames per second (batch 1)")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -105,7 +105,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not images and not videos:
         print("dabnet predict: error: no input images or videos", file=sys.stderr)
         return 2
-    seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend)
+    seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend, precision=args.precision)
     out = Path(args.out)
     failed = bool(missing)
     if images:
@@ -121,6 +121,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
     res = run_export(args.checkpoint, args.format, args.out)
     print(f"exported {res['path']} ({res['format']}); checked against PyTorch at {res['checked_sizes']}: "
           f"max abs error {res['max_abs_error']:.2e} (< 1e-4)")  # fmt: skip
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import benchmark, plot_bench
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rows = benchmark(args.models, args.sizes, args.backends, args.precision, args.frames, args.warmup, args.device,
+                     checkpoint=args.checkpoint, paper_protocol=not args.no_paper_protocol)  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_bench(rows, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -173,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions")
     p.add_argument("--format", choices=["default", "cityscapes"], default="default",
                    help="cityscapes: labelId PNGs for the benchmark server instead of label/colour/overlay")  # fmt: skip
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    p.add_argument("--backend", choices=["eager", "fold", "compile", "onnxruntime"], default="eager",
+                   help="how to run the network (docs/SPEED.md compares them)")  # fmt: skip
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--max-frames", type=int, default=0, help="stop videos/webcams after N frames (0: all)")
@@ -184,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench", help="the paper's speed protocol (Table 5) on this machine")
+    p.add_argument("--models", nargs="+", default=["dabnet", "enet", "espnet", "icnet", "segnet", "erfnet"])
+    p.add_argument("--sizes", nargs="+", type=parse_size, default=[(256, 512), (512, 1024), (1024, 2048)])
+    p.add_argument("--backends", nargs="+", default=["eager"], help="eager fold compile onnxruntime")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--frames", type=int, default=100, help="timed frames per measurement (the paper: 100)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--checkpoint", default=None, help="time these weights instead of fresh models")
+    p.add_argument("--no-paper-protocol", action="store_true", help="skip the eager runs without no_grad")
+    p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--plot", default=None, metavar="PNG", help="FPS against parameters")
+    p.set_defaults(func=_cmd_bench)
 
     data = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
     datasets = ["camvid", "cityscapes", "folder"]

@@ -62,9 +62,11 @@ class Segmenter:
         class_names: Optional[Sequence[str]] = None,
         palette: Optional[Sequence[Tuple[int, int, int]]] = None,
         device: Union[str, torch.device] = "cpu",
+        runner=None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self._run = runner if runner is not None else self.model  # a backend from dabnet.backends.prepare
         n = int(getattr(model, "num_classes", len(class_names or [])))
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
         self.palette = [tuple(c) for c in palette] if palette else default_palette(n)
@@ -72,25 +74,25 @@ class Segmenter:
         self._inv_std = 1.0 / torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
     @classmethod
-    def from_checkpoint(cls, path: PathLike, device: Union[str, torch.device] = "cpu", backend: str = "torch") -> "Segmenter":
+    def from_checkpoint(
+        cls, path: PathLike, device: Union[str, torch.device] = "cpu", backend: str = "eager", precision: str = "fp32"
+    ) -> "Segmenter":
         """A Segmenter whose normalisation, class names and colours come from the checkpoint.
 
-        `backend="onnxruntime"` runs an exported .onnx file (or exports a checkpoint to a temporary one).
+        `backend` is one of dabnet.backends.BACKENDS (eager, fold, compile, onnxruntime); an
+        exported .onnx file always runs with ONNX Runtime.
         """
-        if backend not in ("torch", "onnxruntime"):
-            raise ValueError(f"unknown backend {backend!r}; choose torch or onnxruntime")
-        if str(path).endswith(".onnx") or backend == "onnxruntime":
-            from .export import OrtModel, export_onnx
+        from .backends import prepare
 
-            if not str(path).endswith(".onnx"):
-                import tempfile
+        runner = None
+        if str(path).endswith(".onnx"):
+            from .export import OrtModel
 
-                onnx_path = Path(tempfile.mkdtemp(prefix="dabnet-")) / "model.onnx"
-                export_onnx(load_model(path), onnx_path)
-                path = onnx_path
             model = OrtModel(path)
         else:
             model = load_model(path)
+            if backend != "eager" or precision != "fp32":
+                runner = prepare(model, backend, precision, str(device))
         meta = getattr(model, "checkpoint_meta", {})
         info = DATASET_INFO["camvid" if model.num_classes == 11 else "cityscapes"]
         mean, std = input_normalisation(meta, info["mean"], info["std"])
@@ -101,6 +103,7 @@ class Segmenter:
             class_names=meta.get("class_names", info["classes"]),
             palette=meta.get("palette", info["palette"]),
             device=device,
+            runner=runner,
         )
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -117,7 +120,7 @@ class Segmenter:
         for i, im in enumerate(images):
             by_size.setdefault(im.shape[:2], []).append(i)
         for idx in by_size.values():
-            logits = self.model(self.preprocess([images[i] for i in idx]))
+            logits = self._run(self.preprocess([images[i] for i in idx]))
             labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
             for j, i in enumerate(idx):
                 out[i] = labels[j]

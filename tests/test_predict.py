@@ -133,3 +133,53 @@ def test_torchscript_export_and_cli(ckpt, tmp_path, capsys):
 def test_untraceable_net_is_a_clear_export_error(tmp_path):
     with pytest.raises(ExportError, match="use --format onnx"):
         export_torchscript(dabnet.create_model("enet", 11), tmp_path / "e.pt")
+
+
+@pytest.mark.parametrize("backend", ["eager", "fold", "compile", "onnxruntime"])
+def test_every_backend_agrees_with_eager_fp32(ckpt, backend):
+    from dabnet.backends import prepare
+
+    model = dabnet.load_model(ckpt)
+    x = torch.randn(1, 3, 72, 96)
+    with torch.inference_mode():
+        ref = model(x)
+    out = prepare(model, backend)(x)
+    assert out.shape == ref.shape and (out - ref).abs().max() < 1e-3
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.999
+    if backend == "compile":
+        return  # the Segmenter path is the same for every backend; compiling twice costs a minute
+    seg = Segmenter.from_checkpoint(ckpt, backend=backend)
+    image = np.random.default_rng(0).integers(0, 255, (72, 96, 3), dtype=np.uint8)
+    assert (seg.predict(image) == Segmenter.from_checkpoint(ckpt).predict(image)).mean() > 0.999
+
+
+def test_bf16_precision_runs_and_mostly_agrees(ckpt):
+    seg = Segmenter.from_checkpoint(ckpt, precision="bf16")
+    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    assert (seg.predict(image) == Segmenter.from_checkpoint(ckpt).predict(image)).mean() > 0.9
+
+
+def test_folding_batchnorm_removes_them_and_keeps_outputs():
+    from dabnet.backends import fold_batchnorm
+
+    model = dabnet.create_model("dabnet", 11).eval()
+    folded = fold_batchnorm(model)
+    n_bn = lambda m: sum(isinstance(q, torch.nn.BatchNorm2d) for q in m.modules())  # noqa: E731
+    assert n_bn(folded) < n_bn(model) // 2
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-3)
+
+
+def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    assert main(["bench", "--models", "dabnet", "enet", "--sizes", "64x96", "--backends", "eager", "fold",
+                 "--frames", "2", "--warmup", "1", "--json", str(js), "--plot", str(png)]) == 0  # fmt: skip
+    import json
+
+    rows = json.loads(js.read_text())
+    keys = {"model", "size", "backend", "precision", "ms_median", "fps", "params", "gmacs"}
+    assert all(keys <= set(r) for r in rows) and png.stat().st_size > 1000
+    assert {(r["model"], r["backend"], r["protocol"]) for r in rows} >= {
+        ("dabnet", "eager", "inference"), ("dabnet", "fold", "inference"), ("dabnet", "eager", "paper (autograd on)")}
+    assert all(r["fps"] > 0 and r["params"] > 0 for r in rows)
