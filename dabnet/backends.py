@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, List
 
@@ -38,6 +39,15 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
+def cpu_has_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX); without them
+    bf16 autocast is emulated and many times slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _precision_context(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -54,6 +64,11 @@ def prepare(
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     dev = torch.device(device)
     model = model.eval().to(dev)
+    if precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+        warnings.warn(
+            f"bf16 on a CPU without bf16 hardware ({torch.backends.cpu.get_cpu_capability()}) is emulated and far "
+            "slower than fp32; use precision='fp32' here", stacklevel=2,
+        )
     if backend == "onnxruntime":
         if precision != "fp32":
             raise ValueError("the onnxruntime backend runs fp32 only")

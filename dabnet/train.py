@@ -185,8 +185,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
         ckpt = read_checkpoint(last_path)
     if ckpt is not None and ckpt.get("format") is None:
         raise CheckpointError(f"{resume or last_path} is not a dabnet training checkpoint (use init_from= for weights)")
-    if ckpt is not None and ckpt.get("finished"):
-        log(f"{last_path if not resume else resume} already finished {ckpt['epoch']} epochs; use --restart or another --out")
+    if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
+        # A longer schedule (--set epochs=N) continues a finished run; the poly decay stretches to it.
+        log(f"{last_path if not resume else resume} already finished {ckpt['epoch']} epochs; raise epochs, use --restart or another --out")
         return {"best_miou": ckpt.get("best_miou"), "epoch": ckpt["epoch"], "out": str(out), "finished": True}
     torch.manual_seed(cfg.seed)
 

@@ -151,6 +151,10 @@ def test_training_writes_everything_a_person_wants(tiny_camvid, tmp_path):
     meta = model.checkpoint_meta
     assert meta["class_names"][0] == "Sky" and meta["config"]["batch_size"] == 2 and meta["best_miou"] == summary["best_miou"]
     assert (out / "metrics.csv").read_text().startswith("epoch,iteration,lr,train_loss")
+    # Re-running a finished run does nothing; a longer schedule continues it.
+    assert train_mod.train(_cfg(tiny_camvid, out, check_data=True), log=lambda *a: None)["finished"]
+    train_mod.train(_cfg(tiny_camvid, out, epochs=4), log=lambda *a: None)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
 
 
 def test_data_on_device_trains_on_cpu(tiny_camvid, tmp_path):
