@@ -300,3 +300,43 @@ def test_eval_accepts_official_checkpoints(tmp_path, official_reference):
     torch.save({"epoch": 1, "model": {"module." + k: v for k, v in sd.items()}}, ckpt)
     res = run_evaluation(EvalConfig(checkpoint=str(ckpt), dataset="cityscapes", data_root=str(root), workers=0), log=lambda *a: None)
     assert res["images"] == 4 and len(res["per_class_iou"]) == 19
+
+
+def test_gradient_clipping_bounds_the_step():
+    from dabnet.engine import train_one_epoch
+
+    def step(clip):
+        torch.manual_seed(0)
+        model = dabnet.create_model("dabnet", 3)
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+        batch = [(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))]
+        train_one_epoch(model, batch, CrossEntropy(), opt, sched, torch.device("cpu"), grad_clip=clip)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+
+    assert step(0.5).norm() <= 0.5 + 1e-4  # SGD with lr 1: the step is the clipped gradient
+    assert step(0.0).norm() > 0.5
+
+
+def test_training_on_a_user_folder_dataset(tmp_path):
+    from test_data import _make_folder
+
+    spec = _make_folder(tmp_path / "toy")
+    cfg = build_config(TrainConfig, "folder_example", data_root=str(spec), out=str(tmp_path / "run"), epochs=1,
+                       batch_size=2, crop_size=[32, 32], workers=0, check_data=True, val_batch_size=2)  # fmt: skip
+    summary = train_mod.train(cfg, log=lambda *a: None)
+    model = dabnet.load_model(tmp_path / "run" / "last.pth")
+    assert model.num_classes == 2 and model.checkpoint_meta["class_names"] == ["background", "thing"]
+    assert summary["best_miou"] >= 0
+
+
+def test_bad_files_stop_training_before_it_starts(tiny_camvid, tmp_path):
+    import shutil
+
+    root = tmp_path / "camvid"
+    shutil.copytree(tiny_camvid, root)
+    (root / "val" / "f001.png").write_bytes(b"junk")
+    with pytest.raises(ValueError, match=r"(?s)1 problem\(s\) in camvid:val, found before training.*f001.png.*dabnet data check"):
+        train_mod.train(_cfg(root, tmp_path / "run", check_data=True), log=lambda *a: None)
+    assert not (tmp_path / "run" / "last.pth").exists()
