@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from .checkpoint import resolve_checkpoint
-from .data.classes import DATASET_INFO
+from .data.classes import CAMVID_IGNORE_INDEX, DATASET_INFO
 from .models import create_model
 from .predict import Segmenter, read_image
 from .visualize import colorize, overlay, side_by_side
@@ -35,13 +36,16 @@ def sample_frames() -> List[Path]:
     return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
 
 
-def _ground_truth(frame: Path) -> Optional[np.ndarray]:
+def sample_ground_truth(frame: Path) -> Optional[np.ndarray]:
+    """The CamVid label map shipped beside a sample frame (ignore = 255), if any."""
     label = frame.with_name(frame.stem + "_label.png")
     if not label.exists():
         return None
     from PIL import Image
 
-    return np.asarray(Image.open(label))
+    truth = np.array(Image.open(label))
+    truth[truth == CAMVID_IGNORE_INDEX] = 255
+    return truth
 
 
 def bundled_weights_available() -> bool:
@@ -67,7 +71,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.checkpoint is None and bundled_weights_available():
-        cfg = DemoConfig(**{**cfg.__dict__, "checkpoint": "dabnet-camvid"})
+        cfg = dataclasses.replace(cfg, checkpoint="dabnet-camvid")
     seg = _segmenter(cfg)
     if not cfg.checkpoint:
         log("NOTE: no trained weights are bundled in this installation, so this runs an UNTRAINED DABNet:")
@@ -92,7 +96,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         colour = colorize(label, seg.palette)
         blend = overlay(image, colour)
         panels = [image, blend]
-        truth = _ground_truth(frame)
+        truth = sample_ground_truth(frame)
         if truth is not None:
             panels.append(colorize(truth, seg.palette))
         Image.fromarray(label).save(out / f"{frame.stem}_label.png")

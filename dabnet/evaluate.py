@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import CheckpointError, input_normalisation, load_model
 from .config import EvalConfig
-from .data.datasets import build_dataset
+from .data.datasets import build_dataset, collate_eval
 from .data.transforms import EvalTransform
 from .distributed import init_distributed
 from .engine import evaluate
@@ -57,8 +57,6 @@ def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
         )
     mean, std = input_normalisation(meta, probe.mean, probe.std)
     ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, EvalTransform(mean, std))
-    from .train import collate_eval
-
     loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_eval)
     cm = evaluate(model, loader, ds.num_classes, device, ds.ignore_index, scales=cfg.scales, flip=cfg.flip)
     res = cm.compute()

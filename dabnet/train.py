@@ -20,7 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 from . import distributed as D
 from .checkpoint import CheckpointError, load_model, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
-from .data.datasets import DatasetError, SegmentationDataset, build_dataset
+from .data.datasets import DatasetError, SegmentationDataset, build_dataset, collate_eval
 from .data.stats import class_weights, compute_stats
 from .data.transforms import EvalTransform, TrainTransform
 from .engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
@@ -46,14 +46,6 @@ class ResumableSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.inner) - self.skip_batches * self.batch_size
-
-
-def collate_eval(batch):
-    """Stack whole images of one size; keep lists when sizes differ (user folders)."""
-    images, masks = zip(*batch)
-    if all(i.shape == images[0].shape for i in images):
-        return torch.stack(images), torch.stack(masks)
-    return list(images), list(masks)
 
 
 class StopFlag:

@@ -16,14 +16,13 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
 from dabnet.benchmark import count_params
 from dabnet.checkpoint import read_checkpoint, save_safetensors
 from dabnet.config import EvalConfig
-from dabnet.demo import sample_frames
+from dabnet.demo import sample_frames, sample_ground_truth
 from dabnet.evaluate import run_evaluation
 from dabnet.metrics import ConfusionMatrix
 from dabnet.predict import Segmenter, read_image
@@ -36,12 +35,8 @@ KEEP = ["model_name", "num_classes", "model_kwargs", "class_names", "palette", "
 def sample_frames_miou(seg: Segmenter) -> float:
     """mIoU of the model on the val frames bundled with the demo (the regression guard's figure)."""
     cm = ConfusionMatrix(seg.model.num_classes)
-    from PIL import Image
-
     for frame in sample_frames():
-        label = np.asarray(Image.open(frame.with_name(frame.stem + "_label.png"))).copy()
-        label[label == 11] = 255
-        cm.update(torch.from_numpy(seg.predict(read_image(frame))), torch.from_numpy(label))
+        cm.update(torch.from_numpy(seg.predict(read_image(frame))), torch.from_numpy(sample_ground_truth(frame)))
     return cm.compute()["miou"]
 
 

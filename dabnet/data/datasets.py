@@ -378,7 +378,9 @@ def build_dataset(name: str, root: PathLike, split: str, transform: Optional[Cal
     return DATASETS[name](root, split, transform=transform, seed=seed)
 
 
-def collate_images(batch):
-    """Default collation, kept explicit so that evaluation of whole images of one size batches."""
+def collate_eval(batch):
+    """Stack whole images of one size; keep lists when sizes differ (a user's folders)."""
     images, masks = zip(*batch)
-    return torch.stack(images), torch.stack(masks)
+    if all(i.shape == images[0].shape for i in images):
+        return torch.stack(images), torch.stack(masks)
+    return list(images), list(masks)
