@@ -143,6 +143,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeConfig, serve
+
+    serve(ServeConfig(checkpoint=args.checkpoint, backend=args.backend, host=args.host, port=args.port,
+                      max_queue=args.max_queue, max_bytes=args.max_mb * 2**20, max_pixels=args.max_pixels,
+                      timeout_s=args.timeout))  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `dabnet` subcommand."""
     from . import __version__
@@ -220,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE")
     p.add_argument("--plot", default=None, metavar="PNG", help="FPS against parameters")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("serve", help="HTTP API and web page for segmentation")
+    p.add_argument("--checkpoint", default="dabnet-camvid")
+    p.add_argument("--backend", choices=["eager", "fold", "compile", "onnxruntime"], default="fold")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 503")
+    p.add_argument("--max-mb", type=int, default=20, help="request body limit in MiB (413 beyond)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="decoded image limit (413 beyond)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504")
+    p.set_defaults(func=_cmd_serve)
 
     data = sub.add_parser("data", help="inspect a dataset").add_subparsers(dest="data_command", required=True)
     datasets = ["camvid", "cityscapes", "folder"]

@@ -1,0 +1,246 @@
+"""`dabnet serve`: an HTTP API and a web page for segmentation that hold up under load and bad input.
+
+One model, loaded once, runs in one inference thread fed by a bounded queue; concurrent requests for
+images of one size are batched. A full queue answers 503 at once (with Retry-After), a body over the
+byte limit 413, an image over the pixel limit 413, a request that waits too long 504, and anything
+that is not a readable image a 4xx with a reason. No request can name a file on the server.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at run time.
+import asyncio
+import io
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .predict import Segmenter
+from .visualize import colorize, overlay
+
+
+@dataclass
+class ServeConfig:
+    """Options of `dabnet serve`."""
+
+    checkpoint: str = "dabnet-camvid"
+    backend: str = "eager"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_queue: int = 16  # requests waiting for the model; beyond it: 503
+    max_bytes: int = 20 * 2**20  # request body limit: 413
+    max_pixels: int = 4096 * 4096  # decoded size limit (decompression bombs): 413
+    timeout_s: float = 30.0  # waiting + inference time per request: 504
+    max_batch: int = 4  # same-size requests run together
+    batch_wait_ms: float = 2.0  # how long the worker waits to fill a batch
+
+
+class HTTPProblem(Exception):
+    """An error answer: status code, message and optional headers."""
+
+    def __init__(self, status: int, detail: str, headers: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
+    """Bytes -> HxWx3 uint8 RGB; the pixel count is checked from the header before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise HTTPProblem(400, "empty body: send an image (PNG, JPEG, ...)")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise HTTPProblem(415, "the body is not an image format this server reads (PNG, JPEG, BMP, TIFF, WebP)") from None
+    except Exception as e:
+        raise HTTPProblem(400, f"unreadable image: {e}") from None
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise HTTPProblem(400, f"zero-sized image ({w}x{h})")
+    if w * h > max_pixels:
+        raise HTTPProblem(413, f"image of {w}x{h} = {w * h} pixels is over this server's limit of {max_pixels}")
+    try:
+        im.load()
+        return np.asarray(im.convert("RGB"))
+    except Exception as e:  # truncated data, corrupt streams, bombs that lie in their header
+        raise HTTPProblem(400, f"image data is truncated or corrupt: {e}") from None
+
+
+class InferenceWorker:
+    """One thread that owns the model; requests come through a bounded queue and are batched."""
+
+    def __init__(self, seg: Segmenter, cfg: ServeConfig) -> None:
+        self.seg, self.cfg = seg, cfg
+        self.queue: "queue.Queue[Tuple[np.ndarray, asyncio.AbstractEventLoop, asyncio.Future]]" = queue.Queue(cfg.max_queue)
+        self.thread = threading.Thread(target=self._run, name="dabnet-inference", daemon=True)
+        self.thread.start()
+
+    def submit(self, image: np.ndarray) -> "asyncio.Future[Tuple[np.ndarray, float]]":
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        try:
+            self.queue.put_nowait((image, loop, fut))
+        except queue.Full:
+            raise HTTPProblem(503, "the server is busy: try again shortly", {"Retry-After": "1"}) from None
+        return fut
+
+    def _take_batch(self) -> List[Tuple[np.ndarray, Any, Any]]:
+        first = self.queue.get()
+        batch = [first]
+        deadline = time.perf_counter() + self.cfg.batch_wait_ms / 1000
+        while len(batch) < self.cfg.max_batch:
+            try:
+                item = self.queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            batch.append(item)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            live = [b for b in batch if not b[2].cancelled()]
+            if not live:
+                continue
+            t0 = time.perf_counter()
+            try:
+                labels = self.seg.predict_batch([b[0] for b in live])
+                ms = (time.perf_counter() - t0) * 1000
+                for (_, loop, fut), label in zip(live, labels):
+                    _post(loop, _resolve, fut, (label, ms))
+            except Exception as e:  # the model failed on this input: answer, keep serving
+                for _, loop, fut in live:
+                    _post(loop, _fail, fut, e)
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn, fut: asyncio.Future, value) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, fut, value)
+    except RuntimeError:  # that request's event loop has closed: nobody is waiting any more
+        pass
+
+
+def _resolve(fut: asyncio.Future, value) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _fail(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
+    """The FastAPI application (model loaded once, here)."""
+    from fastapi import FastAPI, Query, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+    seg = seg or Segmenter.from_checkpoint(cfg.checkpoint, backend=cfg.backend)
+    worker = InferenceWorker(seg, cfg)
+    model_info = {
+        "name": getattr(seg.model, "model_name", "model"),
+        "checkpoint": cfg.checkpoint,
+        "backend": cfg.backend,
+        "num_classes": len(seg.class_names),
+        "classes": seg.class_names,
+        "colors": [list(map(int, c)) for c in seg.palette],
+        "normalisation": {"mean": seg._mean.flatten().tolist(), "std": (1 / seg._inv_std.flatten()).tolist(), "scale": "0-255 RGB"},
+        "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s, "max_queue": cfg.max_queue},
+    }
+    app = FastAPI(title="dabnet", version="1", description="Real-time semantic segmentation with DABNet.")
+    app.state.worker = worker
+
+    @app.exception_handler(HTTPProblem)
+    async def _problem(request: Request, exc: HTTPProblem):
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.get("/healthz")
+    async def healthz() -> Dict[str, Any]:
+        return {"status": "ok", "queue": worker.queue.qsize()}
+
+    @app.get("/v1/model")
+    async def model() -> Dict[str, Any]:
+        return model_info
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return (resources.files("dabnet") / "assets" / "index.html").read_text()
+
+    async def _read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cfg.max_bytes:
+            raise HTTPProblem(413, f"request body of {length} bytes is over the limit of {cfg.max_bytes}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cfg.max_bytes:
+                raise HTTPProblem(413, f"request body is over the limit of {cfg.max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _image_bytes(request: Request) -> bytes:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await _read_body(request)
+        if ctype == "multipart/form-data":
+            request._body = body  # the size-checked body, already read: let the form parser reuse it
+            form = await request.form()
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPProblem(400, "multipart request without a 'file' field")
+            return await upload.read()
+        if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
+            return body
+        raise HTTPProblem(415, f"content type {ctype!r} is not accepted: send image/* bytes or multipart with a 'file' field")
+
+    @app.post(
+        "/v1/segment",
+        responses={200: {"content": {"application/json": {}, "image/png": {}}}, 400: {}, 413: {}, 415: {}, 503: {}, 504: {}},
+    )
+    async def segment(
+        request: Request,
+        format: str = Query("json", pattern="^(json|label|overlay)$", description="json, label (PNG of class ids) or overlay (PNG)"),
+    ):
+        """Segment one image (raw image bytes, or multipart with a 'file' field)."""
+        t0 = time.perf_counter()
+        image = decode_image(await _image_bytes(request), cfg.max_pixels)
+        fut = worker.submit(image)
+        try:
+            label, model_ms = await asyncio.wait_for(fut, timeout=cfg.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPProblem(504, f"no answer within {cfg.timeout_s} s: the server is overloaded") from None
+        total_ms = (time.perf_counter() - t0) * 1000
+        headers = {"X-Latency-Ms": f"{total_ms:.1f}", "X-Model-Ms": f"{model_ms:.1f}"}
+        if format == "label":
+            return Response(_png(label), media_type="image/png", headers=headers)
+        if format == "overlay":
+            return Response(_png(overlay(image, colorize(label, seg.palette))), media_type="image/png", headers=headers)
+        counts = np.bincount(label.ravel(), minlength=len(seg.class_names))
+        fractions = {n: round(float(c) / label.size, 6) for n, c in zip(seg.class_names, counts)}
+        return JSONResponse(
+            {"width": int(image.shape[1]), "height": int(image.shape[0]), "class_fractions": fractions,
+             "latency_ms": round(total_ms, 2), "model_ms": round(model_ms, 2), "model": model_info["name"]},
+            headers=headers,
+        )  # fmt: skip
+
+    return app
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Run the app with uvicorn (127.0.0.1 unless told otherwise)."""
+    import uvicorn
+
+    app = create_app(cfg)
+    print(f"dabnet serve: {cfg.checkpoint} ({cfg.backend}) on http://{cfg.host}:{cfg.port}/  (API docs: /docs)")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -1,0 +1,201 @@
+"""`dabnet serve`: API, page, limits, bad input, overload, fuzzing, and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+import dabnet  # noqa: E402
+from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD  # noqa: E402
+from dabnet.predict import Segmenter  # noqa: E402
+from dabnet.serve import HTTPProblem, InferenceWorker, ServeConfig, create_app  # noqa: E402
+
+
+def _segmenter() -> Segmenter:
+    torch.manual_seed(0)
+    return Segmenter(dabnet.create_model("dabnet", 11), CAMVID_MEAN, CAMVID_STD, CAMVID_CLASSES, CAMVID_PALETTE)
+
+
+class SlowSegmenter(Segmenter):
+    def __init__(self, delay: float) -> None:
+        seg = _segmenter()
+        super().__init__(seg.model, CAMVID_MEAN, CAMVID_STD, CAMVID_CLASSES, CAMVID_PALETTE)
+        self.delay = delay
+
+    def predict_batch(self, images):
+        time.sleep(self.delay)
+        return super().predict_batch(images)
+
+
+def _png(shape=(60, 80, 3), seed=0) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = create_app(ServeConfig(checkpoint="test", max_bytes=2**20, max_pixels=1_000_000), seg=_segmenter())
+    with TestClient(app) as c:
+        yield c
+
+
+def test_health_model_page_and_openapi(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    info = client.get("/v1/model").json()
+    assert info["classes"] == CAMVID_CLASSES and len(info["colors"]) == 11 and info["normalisation"]["mean"][0] == pytest.approx(CAMVID_MEAN[0])
+    page = client.get("/")
+    assert page.status_code == 200 and "Drop an image" in page.text
+    assert "/v1/segment" in client.get("/openapi.json").json()["paths"]
+
+
+def test_segment_json_label_overlay_and_multipart(client):
+    res = client.post("/v1/segment", content=_png(), headers={"content-type": "image/png"})
+    assert res.status_code == 200
+    body = res.json()
+    assert (body["width"], body["height"]) == (80, 60) and body["latency_ms"] > 0
+    assert sum(body["class_fractions"].values()) == pytest.approx(1.0, abs=1e-4)
+    label = np.asarray(Image.open(io.BytesIO(client.post("/v1/segment?format=label", content=_png(), headers={"content-type": "image/png"}).content)))
+    assert label.shape == (60, 80) and label.max() < 11
+    res = client.post("/v1/segment?format=overlay", files={"file": ("x.png", _png((33, 47, 3)), "image/png")})
+    assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+    assert np.asarray(Image.open(io.BytesIO(res.content))).shape == (33, 47, 3)
+    gray = io.BytesIO()
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(gray, format="JPEG")
+    assert client.post("/v1/segment", content=gray.getvalue(), headers={"content-type": "image/jpeg"}).json()["width"] == 30
+
+
+@pytest.mark.parametrize(
+    "body, ctype, status, words",
+    [
+        (b"", "image/png", 400, "empty"),
+        (b"hello, I am not an image", "image/png", 415, "not an image"),
+        (_png()[:200], "image/png", 400, "truncated"),
+        (_png(), "text/plain", 415, "content type"),
+        (b"\0" * (2**20 + 10), "image/png", 413, "over the limit"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client, body, ctype, status, words):
+    res = client.post("/v1/segment", content=body, headers={"content-type": ctype})
+    assert res.status_code == status and words in res.json()["detail"]
+
+
+def test_decompression_bomb_is_refused_before_decoding(client):
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(buf, format="PNG")  # 16 Mpixel in a few kB
+    assert len(buf.getvalue()) < 100_000
+    res = client.post("/v1/segment", content=buf.getvalue(), headers={"content-type": "image/png"})
+    assert res.status_code == 413 and "pixels" in res.json()["detail"]
+
+
+def test_bad_format_and_multipart_without_file(client):
+    assert client.post("/v1/segment?format=jpeg", content=_png(), headers={"content-type": "image/png"}).status_code == 422
+    assert client.post("/v1/segment", data={"other": "x"}, files={"nofile": ("a.txt", b"x", "text/plain")}).status_code == 400
+
+
+def test_full_queue_answers_503_at_once():
+    async def scenario():
+        worker = InferenceWorker(SlowSegmenter(0.5), ServeConfig(max_queue=2, max_batch=1))
+        image = np.zeros((32, 32, 3), np.uint8)
+        futures = [worker.submit(image)]
+        await asyncio.sleep(0.1)  # the worker takes the first one
+        futures += [worker.submit(image), worker.submit(image)]
+        t0 = time.perf_counter()
+        with pytest.raises(HTTPProblem) as e:
+            worker.submit(image)
+        assert e.value.status == 503 and e.value.headers["Retry-After"] == "1" and time.perf_counter() - t0 < 0.05
+        labels = await asyncio.gather(*futures)
+        assert all(lab[0].shape == (32, 32) for lab in labels)
+
+    asyncio.run(scenario())
+
+
+def test_slow_model_answers_504():
+    app = create_app(ServeConfig(checkpoint="test", timeout_s=0.2), seg=SlowSegmenter(1.0))
+    with TestClient(app) as c:
+        res = c.post("/v1/segment", content=_png(), headers={"content-type": "image/png"})
+        assert res.status_code == 504
+        assert c.get("/healthz").status_code == 200
+
+
+def test_concurrent_requests_are_batched_and_all_answered():
+    app = create_app(ServeConfig(checkpoint="test", max_batch=4, batch_wait_ms=50), seg=_segmenter())
+    results = []
+    with TestClient(app) as c:
+        threads = [threading.Thread(target=lambda: results.append(
+            c.post("/v1/segment", content=_png(seed=1), headers={"content-type": "image/png"}).status_code)) for _ in range(8)]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == [200] * 8
+
+
+def test_fuzz_random_bytes_never_take_the_server_down(client):
+    rng = np.random.default_rng(0)
+    prefixes = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"RIFF\0\0\0\0WEBP"]
+    for i in range(150):
+        body = prefixes[i % len(prefixes)] + rng.integers(0, 256, int(rng.integers(0, 3000)), dtype=np.uint8).tobytes()
+        res = client.post("/v1/segment", content=body, headers={"content-type": "image/png"})
+        assert 400 <= res.status_code < 500 or res.status_code == 200, (i, res.status_code, res.text[:200])
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it)")
+def test_page_in_headless_chromium(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+
+    from dabnet.demo import sample_frames
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(checkpoint="test"), seg=_segmenter()),
+                                           host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                      "--disable-component-update", "--disable-sync"],  # fmt: skip
+            )
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#legend span")
+            assert page.locator("#legend span").count() == 11
+            page.set_input_files("#file", str(sample_frames()[0]))
+            page.wait_for_selector("#overlay", timeout=60_000)
+            page.wait_for_function("document.querySelector('#overlay').naturalWidth > 0")
+            assert page.evaluate("document.querySelector('#overlay').naturalWidth") == 480
+            assert "Done in" in page.inner_text("#status")
+            page.screenshot(path=str(tmp_path / "page.png"))
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
