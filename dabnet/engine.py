@@ -56,7 +56,19 @@ def train_one_epoch(
     total_loss, steps, images = 0.0, 0, 0
     t0 = time.perf_counter()
     stopped = False
-    for x, y in batches:
+    it = iter(batches)
+    while True:
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        except Exception:
+            # A signal sent to the whole process group (a cluster's SIGTERM) can kill loader
+            # workers before this loop sees its stop flag: that is the stop, not a crash.
+            if should_stop():
+                stopped = True
+                break
+            raise
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if channels_last:

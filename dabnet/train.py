@@ -73,6 +73,12 @@ class StopFlag:
             signal.signal(s, h)
 
 
+def _worker_ignores_sigint(worker_id: int) -> None:
+    """Ctrl-C reaches every process of the terminal's group: loader workers leave it to the main
+    process, which saves and stops at the next step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _resolve_device(cfg: TrainConfig) -> torch.device:
     device, _ = D.init_distributed(cfg.device)
     return device
@@ -253,7 +259,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
                                train_ds.mean, train_ds.std, progress=main)  # fmt: skip
     else:
         loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            drop_last=True, pin_memory=device.type == "cuda")  # fmt: skip
+                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_sigint)  # fmt: skip
     val_loader = None
     if val_ds is not None:
         shard = list(range(D.rank(), len(val_ds), D.world_size()))  # no padding: every image counted once

@@ -218,6 +218,27 @@ def test_sigint_from_outside_saves_and_exits_cleanly(tiny_camvid, tmp_path):
     assert not ckpt["finished"] and ckpt["epoch"] >= 1
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_the_whole_process_group_with_loader_workers(tiny_camvid, tmp_path, sig):
+    """Ctrl-C in a terminal, or a scheduler's SIGTERM, reaches the loader workers too."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dabnet", "train", "--config", "camvid", "--out", str(out)] + sum(
+        (["--set", s] for s in [f"data_root={tiny_camvid}", "epochs=200", "batch_size=2", "crop_size=[32,48]",
+                                "workers=2", "check_data=false", "val_every=100"]), [])  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    import time
+
+    deadline = time.time() + 120
+    while not (out / "last.pth").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.killpg(proc.pid, sig)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, output[-1500:]
+    assert "saved" in output and "Traceback" not in output
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] >= 1
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_camvid, tmp_path, monkeypatch):
     out = tmp_path / "run"
     real = train_mod.build_loss
