@@ -73,10 +73,13 @@ class StopFlag:
             signal.signal(s, h)
 
 
-def _worker_ignores_sigint(worker_id: int) -> None:
-    """Ctrl-C reaches every process of the terminal's group: loader workers leave it to the main
-    process, which saves and stops at the next step."""
+def _worker_ignores_stop_signals(worker_id: int) -> None:
+    """Ctrl-C, or a scheduler's SIGTERM, reaches every process of the group. A worker killed by it
+    would make PyTorch raise in the main process at any point, even mid-step; so workers leave the
+    signal to the main process, which saves and stops at the next step boundary. They still exit
+    through the loader's shutdown, or by its watchdog if the main process dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _resolve_device(cfg: TrainConfig) -> torch.device:
@@ -259,7 +262,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
                                train_ds.mean, train_ds.std, progress=main)  # fmt: skip
     else:
         loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_sigint)  # fmt: skip
+                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     val_loader = None
     if val_ds is not None:
         shard = list(range(D.rank(), len(val_ds), D.world_size()))  # no padding: every image counted once
