@@ -63,8 +63,8 @@ def train_one_epoch(
         except StopIteration:
             break
         except Exception:
-            # A signal sent to the whole process group (a cluster's SIGTERM) can kill loader
-            # workers before this loop sees its stop flag: that is the stop, not a crash.
+            # The trainer's loader workers ignore SIGINT/SIGTERM, but a loader that fails while a
+            # stop was requested (a worker killed along with the group) ends the epoch as that stop.
             if should_stop():
                 stopped = True
                 break
