@@ -49,14 +49,13 @@ def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
     device, _ = init_distributed(cfg.device)
     model = load_model(cfg.checkpoint, map_location=device)
     meta = getattr(model, "checkpoint_meta", {})
-    probe = build_dataset(cfg.dataset, cfg.data_root, cfg.split)
-    if model.num_classes != probe.num_classes:
+    ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split)
+    if model.num_classes != ds.num_classes:
         raise CheckpointError(
-            f"checkpoint {cfg.checkpoint} predicts {model.num_classes} classes but {probe.name} has {probe.num_classes}; "
+            f"checkpoint {cfg.checkpoint} predicts {model.num_classes} classes but {ds.name} has {ds.num_classes}; "
             "evaluate it on a dataset with the same classes"
         )
-    mean, std = input_normalisation(meta, probe.mean, probe.std)
-    ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, EvalTransform(mean, std))
+    ds.transform = EvalTransform(*input_normalisation(meta, ds.mean, ds.std))
     loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_eval)
     cm = evaluate(model, loader, ds.num_classes, device, ds.ignore_index, scales=cfg.scales, flip=cfg.flip)
     res = cm.compute()

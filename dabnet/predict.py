@@ -13,27 +13,9 @@ from torch import nn
 
 from .checkpoint import input_normalisation, load_model
 from .data.classes import DATASET_INFO, default_palette
+from .data.datasets import IMAGE_SUFFIXES, ImageReadError, read_image  # noqa: F401  (public here too)
 
 PathLike = Union[str, os.PathLike]
-
-
-class ImageReadError(ValueError):
-    """An image file that cannot be decoded."""
-
-
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB (grayscale and RGBA converted), naming the file on error."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageReadError(f"cannot read image {path}: {e}. The file is corrupt, truncated or not an image.") from e
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -132,7 +114,6 @@ class Segmenter:
 
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Union[Path, int]], List[str]]:
@@ -201,8 +182,7 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
         labels = seg.predict_batch(batch)
         seconds += time.perf_counter() - t0
         for p, image, label in zip(names, batch, labels):
-            stem = p.stem[: -len("_leftImg8bit")] + "_leftImg8bit" if fmt == "cityscapes" and p.stem.endswith("_leftImg8bit") else p.stem
-            _write_outputs(seg, image, label, out, stem, fmt)
+            _write_outputs(seg, image, label, out, p.stem, fmt)
         done += len(batch)
         bar.update(len(batch))
         bar.set_postfix(fps=f"{done / max(seconds, 1e-9):.1f}")

@@ -102,11 +102,10 @@ def _set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
 
 def build_datasets(cfg: TrainConfig):
     """Train and val datasets with the paper's augmentation and the resolved normalisation."""
-    probe = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split)
-    mean = tuple(cfg.mean) if cfg.mean is not None else probe.mean
-    std = tuple(cfg.std) if cfg.std is not None else probe.std
-    train_tf = TrainTransform(tuple(cfg.crop_size), tuple(cfg.scales), cfg.flip, mean, std, probe.ignore_index)
-    train_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, train_tf, seed=cfg.seed)
+    train_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, seed=cfg.seed)
+    mean = tuple(cfg.mean) if cfg.mean is not None else train_ds.mean
+    std = tuple(cfg.std) if cfg.std is not None else train_ds.std
+    train_ds.transform = TrainTransform(tuple(cfg.crop_size), tuple(cfg.scales), cfg.flip, mean, std, train_ds.ignore_index)
     val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, EvalTransform(mean, std)) if cfg.val_split else None
     train_ds.mean, train_ds.std = mean, std
     return train_ds, val_ds

@@ -41,18 +41,34 @@ class SplitNotFoundError(DatasetError):
     """The folder of a whole split is absent (e.g. a CamVid copy without its test split)."""
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image fully (truncation is caught here, not mid-training) as HxWx3 uint8 RGB."""
+class ImageReadError(ValueError):
+    """An image file that cannot be decoded."""
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Decode an image fully (truncation shows here, not later) as writable HxWx3 uint8 RGB;
+    grayscale and RGBA are converted. A missing file is FileNotFoundError."""
     from PIL import Image
 
+    path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()
             return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
     except FileNotFoundError:
-        raise DatasetError(f"image file missing: {path}") from None
+        raise
     except Exception as e:
-        raise DatasetError(f"corrupt or truncated image {path}: {e}. Re-export or remove this file.") from e
+        raise ImageReadError(f"corrupt or truncated image {path}: {e}. Re-export or remove this file.") from e
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """`read_image` for a dataset's files: every failure is a DatasetError naming the file."""
+    try:
+        return read_image(path)
+    except FileNotFoundError:
+        raise DatasetError(f"image file missing: {path}") from None
+    except ImageReadError as e:
+        raise DatasetError(str(e)) from e.__cause__
 
 
 def read_mask(path: Path) -> np.ndarray:
