@@ -2,7 +2,13 @@
 
 - `eager`: the network as trained (fp32, or bf16 autocast with precision="bf16").
 - `fold`: BatchNorm folded into the convolution before it (eval-mode algebra, same outputs).
-- `compile`: `torch.compile` with inductor freezing (weights treated as constants) on the folded net.
+- `compile`: `torch.compile` with inductor freezing (weights treated as constants) on the folded net;
+  on CUDA with `mode="reduce-overhead"` (CUDA graphs: one launch per frame).
+
+On CUDA every backend but onnxruntime runs channels_last with `cudnn.benchmark`; `precision`
+fp16/bf16 is autocast.
+- `int8`: static int8 quantization (PT2E, X86 inductor quantizer, calibrated on train frames),
+  compiled by inductor; PReLU and upsampling stay in float (CPU only, needs torchao).
 - `onnxruntime`: the ONNX export run by ONNX Runtime (CPU).
 """
 
@@ -19,8 +25,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-BACKENDS: List[str] = ["eager", "fold", "compile", "onnxruntime"]
-PRECISIONS: List[str] = ["fp32", "bf16"]
+BACKENDS: List[str] = ["eager", "fold", "compile", "int8", "onnxruntime"]
+PRECISIONS: List[str] = ["fp32", "bf16", "fp16"]
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -49,8 +55,8 @@ def cpu_has_bf16() -> bool:
 
 
 def _precision_context(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     if precision != "fp32":
         raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     return contextlib.nullcontext()
@@ -69,6 +75,12 @@ def prepare(
             f"bf16 on a CPU without bf16 hardware ({torch.backends.cpu.get_cpu_capability()}) is emulated and far "
             "slower than fp32; use precision='fp32' here", stacklevel=2,
         )
+    if backend == "int8":
+        if precision != "fp32" or dev.type != "cpu":
+            raise ValueError("the int8 backend runs on the CPU and takes fp32 input (leave precision at fp32)")
+        from .quantize import int8_runner
+
+        return int8_runner(model)
     if backend == "onnxruntime":
         if precision != "fp32":
             raise ValueError("the onnxruntime backend runs fp32 only")
@@ -77,15 +89,26 @@ def prepare(
         path = Path(tempfile.mkdtemp(prefix="dabnet-ort-")) / "model.onnx"
         export_onnx(model.cpu(), path, check=check_export)
         return OrtModel(path)
+    if precision == "fp16" and dev.type != "cuda":
+        raise ValueError("fp16 runs on CUDA only; on a CPU use fp32 (or int8 / bf16, see docs/SPEED.md)")
     net = model if backend == "eager" else fold_batchnorm(model)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest algorithms
+        net = net.to(memory_format=torch.channels_last)  # tensor-core convolutions want NHWC
     if backend == "compile":
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # fold weights as constants: conv+bn/bias fusion, no weight copies
-        net = torch.compile(net)
+        net = torch.compile(net, mode="reduce-overhead" if dev.type == "cuda" else None)
+
+    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    graphs = backend == "compile" and dev.type == "cuda"
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), _precision_context(precision, dev):
-            return net(x.to(dev)).float()
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+                return net(x.to(dev, memory_format=fmt)).float().clone()  # the graph's output buffer is reused
+            return net(x.to(dev, memory_format=fmt)).float()
 
     return run

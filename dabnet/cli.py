@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="dabnet", description="Real-time semantic segmentation with DABNet.")
     parser.add_argument("--version", action="version", version=f"dabnet {__version__}")
+    from .backends import BACKENDS, PRECISIONS
+
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list the registered networks with parameters and GMACs")
@@ -201,9 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions")
     p.add_argument("--format", choices=["default", "cityscapes"], default="default",
                    help="cityscapes: labelId PNGs for the benchmark server instead of label/colour/overlay")  # fmt: skip
-    p.add_argument("--backend", choices=["eager", "fold", "compile", "onnxruntime"], default="eager",
-                   help="how to run the network (docs/SPEED.md compares them)")  # fmt: skip
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--backend", choices=BACKENDS, default="fold",
+                   help="how to run the network (docs/SPEED.md compares them; int8 needs torchao)")  # fmt: skip
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16/fp16 autocast (fp16: CUDA only)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--max-frames", type=int, default=0, help="stop videos/webcams after N frames (0: all)")
@@ -218,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="the paper's speed protocol (Table 5) on this machine")
     p.add_argument("--models", nargs="+", default=["dabnet", "enet", "espnet", "icnet", "segnet", "erfnet"])
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(256, 512), (512, 1024), (1024, 2048)])
-    p.add_argument("--backends", nargs="+", default=["eager"], help="eager fold compile onnxruntime")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--backends", nargs="+", default=["eager"], choices=BACKENDS, metavar="BACKEND", help=" ".join(BACKENDS))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16/fp16 autocast (fp16: CUDA only)")
     p.add_argument("--frames", type=int, default=100, help="timed frames per measurement (the paper: 100)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--device", default="cpu")
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="HTTP API and web page for segmentation")
     p.add_argument("--checkpoint", default="dabnet-camvid")
-    p.add_argument("--backend", choices=["eager", "fold", "compile", "onnxruntime"], default="fold")
+    p.add_argument("--backend", choices=BACKENDS, default="fold")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-queue", type=int, default=16, help="waiting requests before 503")

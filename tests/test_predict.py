@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -150,7 +152,64 @@ def test_every_backend_agrees_with_eager_fp32(ckpt, backend):
         return  # the Segmenter path is the same for every backend; compiling twice costs a minute
     seg = Segmenter.from_checkpoint(ckpt, backend=backend)
     image = np.random.default_rng(0).integers(0, 255, (72, 96, 3), dtype=np.uint8)
-    assert (seg.predict(image) == Segmenter.from_checkpoint(ckpt).predict(image)).mean() > 0.999
+    assert (seg.predict(image) == Segmenter.from_checkpoint(ckpt, backend="eager").predict(image)).mean() > 0.999
+
+
+def test_int8_backend_keeps_real_frames_labels():
+    """PT2E int8 (bundled weights, bundled train frames for calibration) against eager fp32 on the
+    bundled val frames; a size that is not a multiple of 8 runs the folded fp32 net instead."""
+    pytest.importorskip("torchao")
+    from dabnet.backends import prepare
+    from dabnet.demo import sample_frames
+
+    model = dabnet.load_model("dabnet-camvid")
+    seg = Segmenter.from_checkpoint("dabnet-camvid", backend="eager")
+    run = prepare(model, "int8")
+    for size, min_agreement in [((248, 184), 0.97), ((241, 179), 0.9999)]:
+        frames = [np.asarray(Image.open(p).convert("RGB").resize(size)) for p in sample_frames()[:2]]
+        x = torch.cat([seg.preprocess([f]) for f in frames])
+        with torch.inference_mode():
+            ref = model(x)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = run(x)
+        assert out.shape == ref.shape
+        assert (out.argmax(1) == ref.argmax(1)).float().mean() > min_agreement
+        assert any("not a multiple of 8" in str(w.message) for w in caught) == (size[0] % 8 != 0)
+
+
+def test_int8_backend_without_torchao_says_how_to_install(monkeypatch):
+    import sys
+
+    from dabnet.backends import prepare
+
+    for name in [n for n in sys.modules if n.split(".")[0] == "torchao"] + ["torchao"]:
+        monkeypatch.setitem(sys.modules, name, None)  # a None entry makes the import raise ImportError
+    with pytest.raises(ImportError, match=r"dabnet\[int8\]"):
+        prepare(dabnet.create_model("dabnet", 11), "int8")
+
+
+def test_fp16_on_a_cpu_is_a_clear_error():
+    from dabnet.backends import prepare
+
+    with pytest.raises(ValueError, match="fp16 runs on CUDA only"):
+        prepare(dabnet.create_model("dabnet", 11), "fold", "fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend,precision", [("fold", "fp16"), ("compile", "fp16"), ("compile", "bf16")])
+def test_cuda_backends_agree_with_eager_fp32(ckpt, backend, precision):
+    from dabnet.backends import prepare
+
+    model = dabnet.load_model(ckpt)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.inference_mode():
+        ref = model(x)
+    run = prepare(model, backend, precision, "cuda")
+    first = run(x)
+    second = run(x + 1)  # CUDA graphs reuse their output buffer: the first result must survive
+    assert first.device.type == "cuda" and (first.cpu().argmax(1) == ref.argmax(1)).float().mean() > 0.99
+    assert not torch.equal(first, second)
 
 
 def test_bf16_precision_runs_and_mostly_agrees(ckpt):

@@ -1,0 +1,136 @@
+"""Static int8 post-training quantization for CPU inference (PT2E, X86 inductor quantizer).
+
+The network is exported with dynamic batch, height and width, annotated by torchao's
+`X86InductorQuantizer` (per-channel symmetric int8 weights, uint8 activations), calibrated on
+training frames and compiled by inductor with freezing, which lowers the quantized convolutions to
+oneDNN int8 kernels. Operators the quantizer does not annotate (PReLU, bilinear upsampling) stay in
+float. Needs `pip install "dabnet[int8]"` (torchao).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def calibration_frames() -> List[Path]:
+    """The CamVid *train* frames bundled for calibration (6 frames from the 3 train sequences)."""
+    folder = resources.files("dabnet") / "assets" / "calib"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
+
+
+def _torchao():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # torchao logs (at import) that its CUDA-only extensions cannot load on a CPU build
+            previous = logging.root.manager.disable
+            logging.disable(logging.WARNING)
+            try:
+                from torchao.quantization.pt2e import quantizer as _q  # noqa: F401
+                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+                from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+            finally:
+                logging.disable(previous)
+    except ImportError as e:
+        raise ImportError('the int8 backend needs torchao: pip install "dabnet[int8]" (or pip install torchao)') from e
+    return prepare_pt2e, convert_pt2e, xiq
+
+
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], keep_float: Sequence[str] = ()) -> nn.Module:
+    """An int8 copy of `model` (eval mode, CPU) calibrated on normalised NCHW tensors.
+
+    The result accepts any batch size and any height and width that are multiples of
+    `model.size_multiple`; `keep_float` names submodules (e.g. "classifier") left in float.
+    """
+    prepare_pt2e, convert_pt2e, xiq = _torchao()
+    batches = [c.float().cpu() for c in calibration]
+    if not batches:
+        raise ValueError("int8 calibration needs at least one image")
+    m = int(getattr(model, "size_multiple", 8))
+    h0, w0 = (max(2, s // m) for s in batches[0].shape[-2:])
+    n = torch.export.Dim("batch", min=1, max=1024)
+    h = torch.export.Dim("h", min=1, max=8192 // m)
+    w = torch.export.Dim("w", min=1, max=8192 // m)
+    example = torch.zeros(2, 3, h0 * m, w0 * m)
+    model = model.eval().cpu()
+    with torch.no_grad():
+        graph = torch.export.export(model, (example,), dynamic_shapes=({0: n, 2: m * h, 3: m * w},)).module()
+        quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+        for name in keep_float:
+            quantizer.set_module_name_qconfig(name, None)
+        prepared = prepare_pt2e(graph, quantizer)
+        for x in batches:
+            ph, pw = (-x.shape[-2]) % m, (-x.shape[-1]) % m  # observers only need the value ranges
+            prepared(nn.functional.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x)
+        return convert_pt2e(prepared)
+
+
+def first_and_last_convs(model: nn.Module) -> List[str]:
+    """Names of the first and last Conv2d: the layers that see raw pixels and emit logits."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return sorted({names[0], names[-1]}) if names else []
+
+
+def int8_runner(
+    model: nn.Module, calibration: Optional[Iterable[torch.Tensor]] = None, keep_float: Optional[Sequence[str]] = None
+):
+    """A callable `tensor -> fp32 logits` running the int8 network compiled by inductor.
+
+    By default the first and last convolutions stay in float (quantizing the normalised RGB input
+    to 8 bits cost DABNet most of its int8 mIoU loss on CamVid val: docs/SPEED.md). The int8 graph
+    takes sizes that are multiples of `model.size_multiple`; other sizes run the BatchNorm-folded
+    float network instead (padding or resizing them changed up to 10% of DABNet's labels at small
+    sizes), with a warning. Without `calibration` the bundled train frames are used, normalised as
+    the model expects. The first call at each new input size compiles (tens of seconds on 2 cores).
+    """
+    from .backends import fold_batchnorm
+
+    import torch._inductor.config as inductor_config
+
+    if calibration is None:
+        calibration = bundled_calibration(model)
+    if keep_float is None:
+        keep_float = first_and_last_convs(model)
+    qmodel = quantize_int8(model, calibration, keep_float)
+    inductor_config.freezing = True  # int8 weights become constants: prepacked oneDNN int8 convolutions
+    compiled = torch.compile(qmodel)
+    m = int(getattr(model, "size_multiple", 8))
+    fallback = fold_batchnorm(model)
+    warned = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().cpu()
+        with torch.no_grad():
+            if x.shape[-2] % m == 0 and x.shape[-1] % m == 0:
+                return compiled(x).float()
+            if not warned:
+                warnings.warn(f"int8 backend: {tuple(x.shape[-2:])} is not a multiple of {m}; such frames run in fp32", stacklevel=2)
+                warned.append(True)
+            return fallback(x)
+
+    return run
+
+
+def bundled_calibration(model: nn.Module) -> List[torch.Tensor]:
+    """The bundled calibration frames as normalised 1x3xHxW tensors for `model`."""
+    from .checkpoint import input_normalisation
+    from .data.classes import DATASET_INFO
+    from .data.datasets import read_image
+
+    info = DATASET_INFO["camvid" if getattr(model, "num_classes", 11) == 11 else "cityscapes"]
+    mean, std = input_normalisation(getattr(model, "checkpoint_meta", {}), info["mean"], info["std"])
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    out = []
+    for path in calibration_frames():
+        rgb = np.ascontiguousarray(read_image(path))
+        out.append((torch.from_numpy(rgb).permute(2, 0, 1)[None].float() - mean_t) / std_t)
+    return out
