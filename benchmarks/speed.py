@@ -90,6 +90,9 @@ def main() -> None:
     print(f"fp32 matmul peak {peak:.1f} GFLOP/s")
     rows = benchmark(["dabnet"], [(512, 1024), (360, 480)], args.backends, frames=args.frames, warmup=3,
                      checkpoint=args.checkpoint)  # fmt: skip
+    # NHWC on this CPU, timed right after (its own segment of the run, against the same eager fp32 rows)
+    rows += benchmark(["dabnet"], [(512, 1024), (360, 480)], ["eager", "fold"], frames=max(3, args.frames // 2), warmup=2,
+                      checkpoint=args.checkpoint, paper_protocol=False, channels_last=True)  # fmt: skip
     if args.bf16:  # minutes per frame on CPUs without bf16 hardware (AVX2 only)
         rows += benchmark(["dabnet"], [(360, 480)], ["eager", "fold"], precision="bf16", frames=3, warmup=1,
                           checkpoint=args.checkpoint, paper_protocol=False)  # fmt: skip

@@ -5,8 +5,8 @@
 - `compile`: `torch.compile` with inductor freezing (weights treated as constants) on the folded net;
   on CUDA with `mode="reduce-overhead"` (CUDA graphs: one launch per frame).
 
-On CUDA every backend but onnxruntime runs channels_last with `cudnn.benchmark`; `precision`
-fp16/bf16 is autocast.
+`channels_last` (NHWC tensors; default on CUDA, off on a CPU) applies to eager, fold and compile.
+On CUDA these run with `cudnn.benchmark`; `precision` fp16/bf16 is autocast.
 - `int8`: static int8 quantization (PT2E, X86 inductor quantizer, calibrated on train frames),
   compiled by inductor; PReLU and upsampling stay in float (CPU only, needs torchao).
 - `onnxruntime`: the ONNX export run by ONNX Runtime (CPU).
@@ -19,7 +19,7 @@ import copy
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
@@ -63,9 +63,15 @@ def _precision_context(precision: str, device: torch.device):
 
 
 def prepare(
-    model: nn.Module, backend: str = "eager", precision: str = "fp32", device: str = "cpu", check_export: bool = True
+    model: nn.Module,
+    backend: str = "eager",
+    precision: str = "fp32",
+    device: str = "cpu",
+    check_export: bool = True,
+    channels_last: Optional[bool] = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A callable that runs `model` (eval mode) with `backend` and returns fp32 logits."""
+    """A callable that runs `model` (eval mode) with `backend` and returns fp32 logits;
+    `channels_last=None` means NHWC on CUDA (tensor cores want it) and NCHW on a CPU."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     dev = torch.device(device)
@@ -92,16 +98,19 @@ def prepare(
     if precision == "fp16" and dev.type != "cuda":
         raise ValueError("fp16 runs on CUDA only; on a CPU use fp32 (or int8 / bf16, see docs/SPEED.md)")
     net = model if backend == "eager" else fold_batchnorm(model)
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest algorithms
-        net = net.to(memory_format=torch.channels_last)  # tensor-core convolutions want NHWC
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     if backend == "compile":
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # fold weights as constants: conv+bn/bias fusion, no weight copies
         net = torch.compile(net, mode="reduce-overhead" if dev.type == "cuda" else None)
 
-    fmt = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     graphs = backend == "compile" and dev.type == "cuda"
 
     def run(x: torch.Tensor) -> torch.Tensor:

@@ -90,11 +90,13 @@ def benchmark(
     num_classes: int = 19,
     checkpoint: Optional[str] = None,
     paper_protocol: bool = True,
+    channels_last: Optional[bool] = None,
     log=print,
 ) -> List[Dict[str, object]]:
     """Time each (model, size, backend) at batch 1, the paper's Table 5 protocol: warm-up, then
     `frames` timed forward passes; backends are interleaved frame by frame so that a noisy machine
-    affects them alike. `paper_protocol` adds eager runs without no_grad (as the paper timed)."""
+    affects them alike. `paper_protocol` adds eager runs without no_grad (as the paper timed);
+    `channels_last` is passed to `dabnet.backends.prepare` (rows then name the backend `NAME+cl`)."""
     from .backends import prepare
     from .checkpoint import load_model
 
@@ -110,7 +112,10 @@ def benchmark(
             runners = {}
             for b in backends:
                 try:
-                    runners[(b, precision, "inference")] = prepare(model, b, precision, device, check_export=bool(checkpoint))
+                    label = f"{b}+cl" if channels_last and b not in ("int8", "onnxruntime") else b
+                    runners[(label, precision, "inference")] = prepare(
+                        model, b, precision, device, check_export=bool(checkpoint), channels_last=channels_last
+                    )
                 except Exception as e:  # e.g. max-unpooling nets cannot be traced for ONNX
                     log(f"{model.model_name:<10} {size[0]}x{size[1]:<5} {b:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
             if paper_protocol:

@@ -105,7 +105,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not images and not videos:
         print("dabnet predict: error: no input images or videos", file=sys.stderr)
         return 2
-    seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend, precision=args.precision)
+    seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend, precision=args.precision,
+                                    channels_last=args.channels_last)  # fmt: skip
     out = Path(args.out)
     failed = bool(missing)
     if images:
@@ -132,7 +133,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     rows = benchmark(args.models, args.sizes, args.backends, args.precision, args.frames, args.warmup, args.device,
-                     checkpoint=args.checkpoint, paper_protocol=not args.no_paper_protocol)  # fmt: skip
+                     checkpoint=args.checkpoint, paper_protocol=not args.no_paper_protocol,
+                     channels_last=args.channels_last)  # fmt: skip
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
@@ -206,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="fold",
                    help="how to run the network (docs/SPEED.md compares them; int8 needs torchao)")  # fmt: skip
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16/fp16 autocast (fp16: CUDA only)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC tensors (default: on for CUDA, off for a CPU)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--max-frames", type=int, default=0, help="stop videos/webcams after N frames (0: all)")
@@ -222,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(256, 512), (512, 1024), (1024, 2048)])
     p.add_argument("--backends", nargs="+", default=["eager"], choices=BACKENDS, metavar="BACKEND", help=" ".join(BACKENDS))
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16/fp16 autocast (fp16: CUDA only)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC tensors (default: on for CUDA, off for a CPU)")  # fmt: skip
     p.add_argument("--frames", type=int, default=100, help="timed frames per measurement (the paper: 100)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--device", default="cpu")

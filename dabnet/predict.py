@@ -57,7 +57,12 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(
-        cls, path: PathLike, device: Union[str, torch.device] = "cpu", backend: str = "fold", precision: str = "fp32"
+        cls,
+        path: PathLike,
+        device: Union[str, torch.device] = "cpu",
+        backend: str = "fold",
+        precision: str = "fp32",
+        channels_last: Optional[bool] = None,
     ) -> "Segmenter":
         """A Segmenter whose normalisation, class names and colours come from the checkpoint.
 
@@ -74,8 +79,8 @@ class Segmenter:
             model = OrtModel(path)
         else:
             model = load_model(path)
-            if backend != "eager" or precision != "fp32":
-                runner = prepare(model, backend, precision, str(device))
+            if backend != "eager" or precision != "fp32" or channels_last is not None:
+                runner = prepare(model, backend, precision, str(device), channels_last=channels_last)
         meta = getattr(model, "checkpoint_meta", {})
         info = DATASET_INFO["camvid" if model.num_classes == 11 else "cityscapes"]
         mean, std = input_normalisation(meta, info["mean"], info["std"])

@@ -189,6 +189,21 @@ def test_int8_backend_without_torchao_says_how_to_install(monkeypatch):
         prepare(dabnet.create_model("dabnet", 11), "int8")
 
 
+@pytest.mark.parametrize("backend", ["eager", "fold"])
+def test_channels_last_agrees_with_eager_fp32(ckpt, backend):
+    from dabnet.backends import prepare
+
+    model = dabnet.load_model(ckpt)
+    x = torch.randn(1, 3, 72, 96)
+    with torch.inference_mode():
+        ref = model(x)
+    out = prepare(model, backend, channels_last=True)(x)
+    assert (out - ref).abs().max() < 1e-3
+    seg = Segmenter.from_checkpoint(ckpt, backend=backend, channels_last=True)
+    image = np.random.default_rng(1).integers(0, 255, (72, 96, 3), dtype=np.uint8)
+    assert (seg.predict(image) == Segmenter.from_checkpoint(ckpt, backend="eager").predict(image)).mean() > 0.999
+
+
 def test_fp16_on_a_cpu_is_a_clear_error():
     from dabnet.backends import prepare
 
@@ -242,3 +257,6 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert {(r["model"], r["backend"], r["protocol"]) for r in rows} >= {
         ("dabnet", "eager", "inference"), ("dabnet", "fold", "inference"), ("dabnet", "eager", "paper (autograd on)")}
     assert all(r["fps"] > 0 and r["params"] > 0 for r in rows)
+    assert main(["bench", "--models", "dabnet", "--sizes", "64x96", "--backends", "fold", "--channels-last",
+                 "--frames", "1", "--warmup", "0", "--no-paper-protocol", "--json", str(js)]) == 0  # fmt: skip
+    assert [r["backend"] for r in json.loads(js.read_text())] == ["fold+cl"]
