@@ -47,6 +47,14 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if clean else 1
 
 
+def _cmd_data_pack(args: argparse.Namespace) -> int:
+    from .data.pack import pack_camvid
+
+    res = pack_camvid(args.root, args.out, args.splits, args.quality)
+    print(f"packed {res['images']} into {res['out']} ({res['mb']} MB)")
+    return 0
+
+
 def _cmd_data_stats(args: argparse.Namespace) -> int:
     from .data.datasets import build_dataset
     from .data.stats import class_weights, compute_stats
@@ -264,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enet-c", type=float, default=1.02, help="c of the ENet weights 1/ln(c+p) (official code: 1.10)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_data_stats)
+    p = data.add_parser("pack", help="compact CamVid copy (JPEG frames + PNG labels) to carry to a GPU machine")
+    p.add_argument("root", help="CamVid root (SegNet layout)")
+    p.add_argument("out", help="output folder, same layout (keep it git-ignored, e.g. data_packed/camvid)")
+    p.add_argument("--splits", nargs="+", default=["train", "val"])
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (4:4:4 chroma)")
+    p.set_defaults(func=_cmd_data_pack)
     return parser
 
 

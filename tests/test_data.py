@@ -376,3 +376,14 @@ def test_device_batches_match_the_cpu_pipeline_on_cpu(camvid_tree):
     sampler.set_epoch(1)
     assert torch.equal(list(dev)[0][0], first[1])  # reproducible for a given seed and epoch
     assert not torch.equal(first[1], first[2])
+
+
+def test_pack_camvid_keeps_labels_exact_and_images_close(camvid_tree, tmp_path):
+    out = tmp_path / "packed"
+    assert main(["data", "pack", str(camvid_tree), str(out), "--splits", "train", "val"]) == 0
+    for split in ("train", "val"):
+        src, packed = CamVid(camvid_tree, split), CamVid(out, split)
+        assert len(packed) == len(src) and all(p[0].suffix == ".jpg" for p in packed.pairs)
+        for (img_a, mask_a), (img_b, mask_b) in zip(src, packed):
+            assert np.array_equal(mask_a, mask_b)
+            assert np.abs(img_a.astype(int) - img_b.astype(int)).mean() < 3
