@@ -59,7 +59,7 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], keep_fl
     n = torch.export.Dim("batch", min=1, max=1024)
     h = torch.export.Dim("h", min=1, max=8192 // m)
     w = torch.export.Dim("w", min=1, max=8192 // m)
-    example = torch.zeros(2, 3, h0 * m, w0 * m)
+    example = torch.zeros(2, batches[0].shape[1], h0 * m, w0 * m)
     model = model.eval().cpu()
     with torch.no_grad():
         graph = torch.export.export(model, (example,), dynamic_shapes=({0: n, 2: m * h, 3: m * w},)).module()
