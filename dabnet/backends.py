@@ -4,12 +4,12 @@
 - `fold`: BatchNorm folded into the convolution before it (eval-mode algebra, same outputs).
 - `compile`: `torch.compile` with inductor freezing (weights treated as constants) on the folded net;
   on CUDA with `mode="reduce-overhead"` (CUDA graphs: one launch per frame).
-
-`channels_last` (NHWC tensors; default on CUDA, off on a CPU) applies to eager, fold and compile.
-On CUDA these run with `cudnn.benchmark`; `precision` fp16/bf16 is autocast.
 - `int8`: static int8 quantization (PT2E, X86 inductor quantizer, calibrated on train frames),
   compiled by inductor; PReLU and upsampling stay in float (CPU only, needs torchao).
 - `onnxruntime`: the ONNX export run by ONNX Runtime (CPU).
+
+`channels_last` (NHWC tensors; default on CUDA, off on a CPU) applies to eager, fold and compile.
+On CUDA these run with `cudnn.benchmark`; `precision` fp16/bf16 is autocast.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ def prepare(
         channels_last = dev.type == "cuda"
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest algorithms
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    if channels_last:  # on a copy: the caller's model keeps its layout
+        net = (copy.deepcopy(net) if net is model else net).to(memory_format=torch.channels_last)
     if backend == "compile":
         import torch._inductor.config as inductor_config
 
