@@ -88,11 +88,9 @@ def main() -> None:
     t0 = time.time()
     peak = measure_matmul_peak()
     print(f"fp32 matmul peak {peak:.1f} GFLOP/s")
-    rows = benchmark(["dabnet"], [(512, 1024), (360, 480)], args.backends, frames=args.frames, warmup=3,
+    timed = args.backends + [f"{b}+cl" for b in args.backends if b in ("eager", "fold")]  # NHWC, interleaved too
+    rows = benchmark(["dabnet"], [(512, 1024), (360, 480)], timed, frames=args.frames, warmup=3,
                      checkpoint=args.checkpoint)  # fmt: skip
-    # NHWC on this CPU, timed right after (its own segment of the run, against the same eager fp32 rows)
-    rows += benchmark(["dabnet"], [(512, 1024), (360, 480)], ["eager", "fold"], frames=max(3, args.frames // 2), warmup=2,
-                      checkpoint=args.checkpoint, paper_protocol=False, channels_last=True)  # fmt: skip
     if args.bf16:  # minutes per frame on CPUs without bf16 hardware (AVX2 only)
         rows += benchmark(["dabnet"], [(360, 480)], ["eager", "fold"], precision="bf16", frames=3, warmup=1,
                           checkpoint=args.checkpoint, paper_protocol=False)  # fmt: skip
@@ -126,7 +124,7 @@ def main() -> None:
     for r in rows:
         ratio = base(r["size"]) / r["ms_median"]
         frac = 100 * 2 * r["gmacs"] / (r["ms_median"] / 1000) / peak
-        m = miou.get(r["backend"]) if r["precision"] == "fp32" and r["protocol"] == "inference" else None
+        m = miou.get(r["backend"]) if r["precision"] in ("fp32", "int8") and r["protocol"] == "inference" else None
         lines.append(f"| {r['size']} | {r['backend']} | {r['precision']} | {r['protocol']} | {r['ms_median']:.1f} | {r['fps']:.1f} | "
                      f"{ratio:.2f}x | {frac:.0f}% | {'' if m is None else f'{100 * m:.2f}%'} |")  # fmt: skip
     lines += [

@@ -96,7 +96,8 @@ def benchmark(
     """Time each (model, size, backend) at batch 1, the paper's Table 5 protocol: warm-up, then
     `frames` timed forward passes; backends are interleaved frame by frame so that a noisy machine
     affects them alike. `paper_protocol` adds eager runs without no_grad (as the paper timed);
-    `channels_last` is passed to `dabnet.backends.prepare` (rows then name the backend `NAME+cl`)."""
+    `channels_last` is passed to `dabnet.backends.prepare` (rows then name the backend `NAME+cl`);
+    a backend written `NAME+cl` runs channels_last on its own, beside the others."""
     from .backends import prepare
     from .checkpoint import load_model
 
@@ -110,11 +111,14 @@ def benchmark(
             x = torch.randn(1, 3, size[0], size[1], device=dev)
             macs = model_complexity(model.model_name, model.num_classes, size)["gmacs"] if not checkpoint else count_macs(model, size) / 1e9
             runners = {}
-            for b in backends:
+            for label in backends:
+                b, cl = (label[:-3], True) if label.endswith("+cl") else (label, channels_last)
                 try:
-                    label = f"{b}+cl" if channels_last and b not in ("int8", "onnxruntime") else b
-                    runners[(label, precision, "inference")] = prepare(
-                        model, b, precision, device, check_export=bool(checkpoint), channels_last=channels_last
+                    if cl and b not in ("int8", "onnxruntime"):
+                        label = f"{b}+cl"
+                    prec = "int8" if b == "int8" else precision  # int8 weights and activations inside
+                    runners[(label, prec, "inference")] = prepare(
+                        model, b, precision, device, check_export=bool(checkpoint), channels_last=cl
                     )
                 except Exception as e:  # e.g. max-unpooling nets cannot be traced for ONNX
                     log(f"{model.model_name:<10} {size[0]}x{size[1]:<5} {b:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")

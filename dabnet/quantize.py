@@ -66,7 +66,9 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], keep_fl
         quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
         for name in keep_float:
             quantizer.set_module_name_qconfig(name, None)
-        prepared = prepare_pt2e(graph, quantizer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # notes on ops it leaves in float (e.g. max-pool after a float PReLU)
+            prepared = prepare_pt2e(graph, quantizer)
         for x in batches:
             ph, pw = (-x.shape[-2]) % m, (-x.shape[-1]) % m  # observers only need the value ranges
             prepared(nn.functional.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x)

@@ -260,3 +260,7 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert main(["bench", "--models", "dabnet", "--sizes", "64x96", "--backends", "fold", "--channels-last",
                  "--frames", "1", "--warmup", "0", "--no-paper-protocol", "--json", str(js)]) == 0  # fmt: skip
     assert [r["backend"] for r in json.loads(js.read_text())] == ["fold+cl"]
+    from dabnet.benchmark import benchmark
+
+    rows = benchmark(["dabnet"], [(32, 48)], ["eager", "fold+cl"], frames=1, warmup=0, paper_protocol=False, log=print)
+    assert [(r["backend"], r["precision"]) for r in rows] == [("eager", "fp32"), ("fold+cl", "fp32")]
