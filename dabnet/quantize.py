@@ -34,7 +34,6 @@ def _torchao():
             previous = logging.root.manager.disable
             logging.disable(logging.WARNING)
             try:
-                from torchao.quantization.pt2e import quantizer as _q  # noqa: F401
                 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
                 from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
             finally:
