@@ -81,6 +81,12 @@ class Segmenter:
             model = load_model(path)
             if backend != "eager" or precision != "fp32" or channels_last is not None:
                 runner = prepare(model, backend, precision, str(device), channels_last=channels_last)
+        return cls.for_model(model, device, runner)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, device: Union[str, torch.device] = "cpu", runner=None) -> "Segmenter":
+        """A Segmenter for a loaded model: normalisation, class names and colours from its checkpoint
+        metadata, else from CamVid (11 classes) or Cityscapes."""
         meta = getattr(model, "checkpoint_meta", {})
         info = DATASET_INFO["camvid" if model.num_classes == 11 else "cityscapes"]
         mean, std = input_normalisation(meta, info["mean"], info["std"])

@@ -15,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -122,16 +121,8 @@ def int8_runner(
 
 def bundled_calibration(model: nn.Module) -> List[torch.Tensor]:
     """The bundled calibration frames as normalised 1x3xHxW tensors for `model`."""
-    from .checkpoint import input_normalisation
-    from .data.classes import DATASET_INFO
     from .data.datasets import read_image
+    from .predict import Segmenter
 
-    info = DATASET_INFO["camvid" if getattr(model, "num_classes", 11) == 11 else "cityscapes"]
-    mean, std = input_normalisation(getattr(model, "checkpoint_meta", {}), info["mean"], info["std"])
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    out = []
-    for path in calibration_frames():
-        rgb = np.ascontiguousarray(read_image(path))
-        out.append((torch.from_numpy(rgb).permute(2, 0, 1)[None].float() - mean_t) / std_t)
-    return out
+    seg = Segmenter.for_model(model)  # the normalisation the model was trained with
+    return [seg.preprocess([read_image(path)]) for path in calibration_frames()]
