@@ -6,16 +6,13 @@ that about 4x while the labels stay lossless, so train + val fit in a few tens o
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
-from typing import Dict, Sequence, Union
+from typing import Dict, Sequence
 
 from PIL import Image
 
-from .datasets import CamVid
-
-PathLike = Union[str, os.PathLike]
+from .datasets import CamVid, PathLike
 
 
 def pack_camvid(root: PathLike, out: PathLike, splits: Sequence[str] = ("train", "val"), quality: int = 95) -> Dict[str, object]:
