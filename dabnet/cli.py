@@ -95,7 +95,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = build_config(
         EvalConfig, None, args.set or [], checkpoint=args.checkpoint, dataset=args.dataset, data_root=args.data_root,
-        split=args.split, flip=args.flip or None, scales=args.scales, json=args.json, confusion_png=args.confusion_png,
+        split=args.split, sequences=args.sequences, exclude_sequences=args.exclude_sequences, flip=args.flip or None, scales=args.scales, json=args.json, confusion_png=args.confusion_png,
         batch_size=args.batch_size, device=args.device,
     )  # fmt: skip
     run_evaluation(cfg)
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="camvid", choices=["camvid", "cityscapes", "folder"])
     p.add_argument("--data-root", default="../shared/data/camvid")
     p.add_argument("--split", default="val")
+    p.add_argument("--sequences", nargs="+", default=None, metavar="PREFIX",
+                   help="only frames whose file names start with these (whole drives, e.g. 0006R0)")  # fmt: skip
+    p.add_argument("--exclude-sequences", nargs="+", default=None, metavar="PREFIX", help="leave these sequences out")
     p.add_argument("--flip", action="store_true", help="add horizontally flipped predictions")
     p.add_argument("--scales", type=float, nargs="+", default=None, help="multi-scale testing, e.g. 0.75 1 1.25")
     p.add_argument("--batch-size", type=int, default=None)

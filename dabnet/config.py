@@ -26,6 +26,10 @@ class TrainConfig:
     data_root: str = "../shared/data/camvid"
     train_split: str = "train"
     val_split: str = "val"
+    # Whole sequences (file-name prefixes, e.g. CamVid's 0006R0) taken out of train_split and validated
+    # on: a drive never trained on, the honest proxy for a test set of new drives. When set, best.pth
+    # is selected on them; val_split is then in-sequence validation (the held-out drives leave it too).
+    holdout: List[str] = field(default_factory=list)
     crop_size: List[int] = field(default_factory=lambda: [360, 480])
     scales: List[float] = field(default_factory=lambda: [0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     flip: bool = True
@@ -77,6 +81,8 @@ class EvalConfig:
     dataset: str = "camvid"
     data_root: str = "../shared/data/camvid"
     split: str = "val"
+    sequences: List[str] = field(default_factory=list)  # keep only frames whose names start with these
+    exclude_sequences: List[str] = field(default_factory=list)  # leave these sequences out
     batch_size: int = 1
     flip: bool = False
     scales: List[float] = field(default_factory=lambda: [1.0])

@@ -49,7 +49,7 @@ def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
     device, _ = init_distributed(cfg.device)
     model = load_model(cfg.checkpoint, map_location=device)
     meta = getattr(model, "checkpoint_meta", {})
-    ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split)
+    ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, include=cfg.sequences, exclude=cfg.exclude_sequences)
     if model.num_classes != ds.num_classes:
         raise CheckpointError(
             f"checkpoint {cfg.checkpoint} predicts {model.num_classes} classes but {ds.name} has {ds.num_classes}; "

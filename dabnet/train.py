@@ -20,7 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 from . import distributed as D
 from .checkpoint import CheckpointError, load_model, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
-from .data.datasets import DatasetError, SegmentationDataset, build_dataset, collate_eval
+from .data.datasets import DatasetError, SegmentationDataset, build_dataset, collate_eval, select_sequences
 from .data.stats import class_weights, compute_stats
 from .data.transforms import EvalTransform, TrainTransform
 from .engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
@@ -101,14 +101,27 @@ def _set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
 
 
 def build_datasets(cfg: TrainConfig):
-    """Train and val datasets with the paper's augmentation and the resolved normalisation."""
-    train_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, seed=cfg.seed)
+    """The train dataset with the paper's augmentation, and the validation sets by name ('holdout':
+    the held-out sequences of train_split; 'val': val_split without them), normalised alike."""
+    train_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, seed=cfg.seed, exclude=cfg.holdout)
     mean = tuple(cfg.mean) if cfg.mean is not None else train_ds.mean
     std = tuple(cfg.std) if cfg.std is not None else train_ds.std
     train_ds.transform = TrainTransform(tuple(cfg.crop_size), tuple(cfg.scales), cfg.flip, mean, std, train_ds.ignore_index)
-    val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, EvalTransform(mean, std)) if cfg.val_split else None
     train_ds.mean, train_ds.std = mean, std
-    return train_ds, val_ds
+    val_sets = {}
+    if cfg.holdout:
+        val_sets["holdout"] = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, EvalTransform(mean, std), include=cfg.holdout)
+    if cfg.val_split:
+        val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, EvalTransform(mean, std))
+        drop = tuple(s for s in cfg.holdout if any(i.name.startswith(s) for i, _ in val_ds.pairs))
+        if not all(i.name.startswith(drop) for i, _ in val_ds.pairs):  # drop=(): startswith(()) is False
+            val_sets["val"] = select_sequences(val_ds, exclude=drop)
+    return train_ds, val_sets
+
+
+def selection_set(cfg: TrainConfig) -> Optional[str]:
+    """The validation set best.pth is chosen on: the held-out sequences when there are any."""
+    return "holdout" if cfg.holdout else ("val" if cfg.val_split else None)
 
 
 def _check_files(cfg: TrainConfig, log) -> None:
@@ -139,7 +152,8 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 def _write_logs(out: Path, history: List[Dict[str, Any]], class_names: List[str]) -> None:
     """metrics.jsonl, metrics.csv and the loss/mIoU curves, rewritten from the checkpoint's history."""
     (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    keys = ["epoch", "iteration", "lr", "train_loss", "images_per_s", "val_miou", "val_pixel_acc", "seconds"]
+    keys = ["epoch", "iteration", "lr", "train_loss", "images_per_s", "val_miou", "val_pixel_acc", "holdout_miou",
+            "holdout_pixel_acc", "seconds"]
     rows = [",".join(keys)] + [",".join("" if h.get(k) is None else str(h.get(k)) for k in keys) for h in history]
     (out / "metrics.csv").write_text("\n".join(rows) + "\n")
     try:
@@ -149,14 +163,18 @@ def _write_logs(out: Path, history: List[Dict[str, Any]], class_names: List[str]
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    for key, name, label in [("train_loss", "loss.png", "train loss"), ("val_miou", "miou.png", "val mIoU")]:
-        pts = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
-        if not pts:
+    for keys, name, ylabel in [(["train_loss"], "loss.png", "train loss"), (["val_miou", "holdout_miou"], "miou.png", "mIoU")]:
+        curves = {k: [(h["epoch"], h[k]) for h in history if h.get(k) is not None] for k in keys}
+        curves = {k: pts for k, pts in curves.items() if pts}
+        if not curves:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-        ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None)
+        for k, pts in curves.items():
+            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=k.replace("_miou", ""))
+        if len(curves) > 1:
+            ax.legend()
         ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / name)
@@ -194,7 +212,13 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
     if cfg.check_data and main and ckpt is None:
         _check_files(cfg, log)
     D.barrier()
-    train_ds, val_ds = build_datasets(cfg)
+    train_ds, val_sets = build_datasets(cfg)
+    select_on = selection_set(cfg)
+    for key, ds in val_sets.items():
+        if set(ds.pairs) & set(train_ds.pairs):
+            chosen = ", and best.pth is chosen on it" if key == select_on else ""
+            log(f"warning: {key} set {ds.name} holds images of the training set {train_ds.name}: its mIoU measures "
+                f"fitting, not generalisation{chosen}. Validate on a held-out sequence (--set holdout=[PREFIX]).")
     stats = compute_stats(train_ds, progress=main) if cfg.class_weights != "none" else None
     weights = None
     if stats is not None:
@@ -245,7 +269,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
         log(f"resuming {out} at epoch {start_epoch + 1}, iteration {skip} of {iters_per_epoch}")
     if main:
         save_config(cfg, out / "config.yaml")
-    meta = dict(train_ds.describe(), config=dataclasses.asdict(cfg), data_splits={"train": cfg.train_split, "val": cfg.val_split})
+    meta = dict(train_ds.describe(), config=dataclasses.asdict(cfg), selected_on=select_on,
+                data_splits={"train": cfg.train_split, "val": cfg.val_split, "holdout": list(cfg.holdout)})
 
     def checkpoint(epoch: int, iter_in_epoch: int, finished: bool = False) -> Dict[str, Any]:
         return make_checkpoint(
@@ -262,11 +287,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
     else:
         loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                             drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
-    val_loader = None
-    if val_ds is not None:
-        shard = list(range(D.rank(), len(val_ds), D.world_size()))  # no padding: every image counted once
-        val_loader = DataLoader(torch.utils.data.Subset(val_ds, shard), batch_size=cfg.val_batch_size,
-                                num_workers=min(cfg.workers, 2), collate_fn=collate_eval)  # fmt: skip
+    val_loaders = {}
+    for key, ds in val_sets.items():
+        shard = list(range(D.rank(), len(ds), D.world_size()))  # no padding: every image counted once
+        val_loaders[key] = DataLoader(torch.utils.data.Subset(ds, shard), batch_size=cfg.val_batch_size,
+                                      num_workers=min(cfg.workers, 2), collate_fn=collate_eval)  # fmt: skip
     writer = _tensorboard(out) if main else None
     stop = StopFlag()
     stop.install()
@@ -309,16 +334,18 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
                       "train_loss": round(result["loss"], 6), "images_per_s": round(result["images_per_s"], 2),
                       "seconds": round(result["seconds"], 2), "val_miou": None, "val_pixel_acc": None}  # fmt: skip
             last_epoch = epoch + 1 == cfg.epochs
-            if val_loader is not None and ((epoch + 1) % max(cfg.val_every, 1) == 0 or last_epoch):
-                metrics = evaluate(model, val_loader, train_ds.num_classes, device, train_ds.ignore_index,
-                                   amp=cfg.amp, channels_last=cfg.channels_last).compute()  # fmt: skip
-                record["val_miou"] = round(metrics["miou"], 6)
-                record["val_pixel_acc"] = round(metrics["pixel_acc"], 6)
-                record["val_iou"] = [None if np.isnan(v) else round(float(v), 6) for v in metrics["iou"]]
+            if (epoch + 1) % max(cfg.val_every, 1) == 0 or last_epoch:
+                for key, val_loader in val_loaders.items():
+                    metrics = evaluate(model, val_loader, train_ds.num_classes, device, train_ds.ignore_index,
+                                       amp=cfg.amp, channels_last=cfg.channels_last).compute()  # fmt: skip
+                    record[f"{key}_miou"] = round(metrics["miou"], 6)
+                    record[f"{key}_pixel_acc"] = round(metrics["pixel_acc"], 6)
+                    record[f"{key}_iou"] = [None if np.isnan(v) else round(float(v), 6) for v in metrics["iou"]]
             history.append(record)
-            improved = record["val_miou"] is not None and record["val_miou"] > best_miou
+            score = record.get(f"{select_on}_miou")
+            improved = score is not None and score > best_miou
             if improved:
-                best_miou = record["val_miou"]
+                best_miou = score
             if main:
                 state = checkpoint(epoch + 1, 0, finished=last_epoch)
                 save_checkpoint(state, last_path)
@@ -329,7 +356,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
                     for k in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc"):
                         if record.get(k) is not None:
                             writer.add_scalar(k, record[k], epoch + 1)
-            miou = "" if record["val_miou"] is None else f"  val mIoU {100 * record['val_miou']:.2f}%{' (best)' if improved else ''}"
+            miou = "".join(f"  {k} mIoU {100 * record[f'{k}_miou']:.2f}%{' (best)' if improved and k == select_on else ''}"
+                           for k in val_sets if record.get(f"{k}_miou") is not None)
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
                 f"{record['images_per_s']:.1f} img/s{miou}")  # fmt: skip
             if stop():
@@ -346,5 +374,5 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
         if writer is not None:
             writer.close()
     summary = {"epochs": cfg.epochs, "best_miou": best_miou, "out": str(out), "minutes": round((time.time() - t_start) / 60, 2)}
-    log(f"done: {cfg.epochs} epochs, best val mIoU {100 * best_miou:.2f}% -> {best_path}" if best_miou >= 0 else f"done -> {last_path}")
+    log(f"done: {cfg.epochs} epochs, best {select_on} mIoU {100 * best_miou:.2f}% -> {best_path}" if best_miou >= 0 else f"done -> {last_path}")
     return summary

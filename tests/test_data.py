@@ -44,15 +44,19 @@ def _colour_image(mask: np.ndarray) -> np.ndarray:
     return lut[mask]
 
 
-def make_camvid(root: Path, splits=("train", "val"), n: int = 4, seed: int = 0) -> Path:
+def make_camvid(root: Path, splits=("train", "val"), n: int = 4, seed: int = 0, sequences=None) -> Path:
+    """A tiny CamVid tree; with `sequences` ({split: [prefix, ...]}) frame i of a split is named
+    after drive i % len(prefixes), as CamVid names frames ('0016E5_00002.png')."""
     rng = np.random.default_rng(seed)
     for split in splits:
         (root / split).mkdir(parents=True)
         (root / f"{split}annot").mkdir()
         for i in range(n):
             mask = _label_blocks(rng, 11, 11)
-            Image.fromarray(_colour_image(mask)).save(root / split / f"f{i:03d}.png")
-            Image.fromarray(mask).save(root / f"{split}annot" / f"f{i:03d}.png")
+            seqs = (sequences or {}).get(split)
+            name = f"{seqs[i % len(seqs)]}_{i:05d}.png" if seqs else f"f{i:03d}.png"
+            Image.fromarray(_colour_image(mask)).save(root / split / name)
+            Image.fromarray(mask).save(root / f"{split}annot" / name)
     return root
 
 
@@ -71,6 +75,26 @@ def test_camvid_splits(camvid_tree):
     assert image.shape == (H, W, 3) and mask.shape == (H, W)
     assert set(np.unique(mask)) <= set(range(11)) | {255}  # raw 11 comes out as 255
     assert 255 in np.unique(mask)
+
+
+def test_whole_sequences_are_kept_or_left_out_by_file_name_prefix(tmp_path):
+    root = make_camvid(tmp_path / "cv", n=6, sequences={"train": ["0001TP", "0006R0", "0016E5"], "val": ["0016E5"]})
+    train = build_dataset("camvid", root, "trainval", exclude=["0006R0"])
+    assert len(train) == 10 and not any(i.name.startswith("0006R0") for i, _ in train.pairs)
+    assert train.name == "camvid:trainval-0006R0"
+    held = build_dataset("camvid", root, "train", include=["0006R0"])
+    assert len(held) == 2 and all(i.name.startswith("0006R0") for i, _ in held.pairs)
+    assert len(build_dataset("camvid", root, "train", include=["0001TP", "0016E5"])) == 4
+    with pytest.raises(DatasetError, match=r"no frame of camvid:val starts with '0006R0'.*present.*0016E5"):
+        build_dataset("camvid", root, "val", include=["0006R0"])
+    with pytest.raises(DatasetError, match="leaves no frame"):
+        build_dataset("camvid", root, "val", exclude=["0016E5"])
+
+
+def test_folder_datasets_hold_out_their_own_sequences(tmp_path):
+    spec = _make_folder(tmp_path / "toy")  # img0, img1, img2: any file-name prefix names a sequence
+    assert [i.name for i, _ in build_dataset("folder", spec, "train", exclude=["img0"]).pairs] == ["img1.jpg", "img2.jpg"]
+    assert [i.name for i, _ in build_dataset("folder", spec, "val", include=["img2"]).pairs] == ["img2.jpg"]
 
 
 def test_camvid_missing_split_is_a_clear_error(camvid_tree):

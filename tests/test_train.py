@@ -106,6 +106,8 @@ def test_shipped_configs_load_with_paper_values():
     assert (cv.optimizer, cv.lr, cv.weight_decay, cv.batch_size, cv.class_weights) == ("adam", 1e-3, 2e-4, 16, "enet")
     assert build_config(TrainConfig, "camvid_paper").optimizer == "sgd"
     assert build_config(TrainConfig, "folder_example").dataset == "folder"
+    ho = build_config(TrainConfig, "camvid_holdout")
+    assert (ho.train_split, ho.holdout, ho.val_split, ho.crop_size, ho.batch_size, ho.enet_c) == ("trainval", ["0006R0"], None, [360, 480], 16, 1.10)
 
 
 def test_overrides_and_unknown_keys(tmp_path):
@@ -155,6 +157,25 @@ def test_training_writes_everything_a_person_wants(tiny_camvid, tmp_path):
     assert train_mod.train(_cfg(tiny_camvid, out, check_data=True), log=lambda *a: None)["finished"]
     train_mod.train(_cfg(tiny_camvid, out, epochs=4), log=lambda *a: None)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_holdout_drive_is_left_out_of_training_validated_on_and_selects_best(tmp_path):
+    root = make_camvid(tmp_path / "cv", n=8, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
+    out = tmp_path / "run"
+    logs = []
+    cfg = _cfg(root, out, epochs=2, train_split="trainval", holdout=["0006R0"])
+    summary = train_mod.train(cfg, log=logs.append)
+    assert any("training dabnet on camvid:trainval-0006R0 (12 images" in m for m in logs)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["holdout_miou"] is not None and h["val_miou"] is not None for h in history)
+    assert summary["best_miou"] == max(h["holdout_miou"] for h in history)  # chosen on the held-out drive
+    assert any("val" in m and "holdout" in m and "warning" in m for m in logs)  # val (0016E5) is trained on
+    meta = dabnet.load_model(out / "best.pth").checkpoint_meta
+    assert meta["selected_on"] == "holdout" and meta["data_splits"]["holdout"] == ["0006R0"]
+    assert "holdout_miou" in (out / "metrics.csv").read_text().splitlines()[0]
+    res = run_evaluation(EvalConfig(checkpoint=str(out / "best.pth"), data_root=str(root), split="train",
+                                    sequences=["0006R0"], workers=0), log=lambda *a: None)  # fmt: skip
+    assert res["images"] == 4 and res["miou"] == pytest.approx(meta["best_miou"], abs=1e-6)
 
 
 def test_data_on_device_trains_on_cpu(tiny_camvid, tmp_path):

@@ -387,11 +387,39 @@ def FolderDataset(spec_path: PathLike, split: str = "train", transform: Optional
 DATASETS: Dict[str, Callable[..., SegmentationDataset]] = {"camvid": CamVid, "cityscapes": Cityscapes, "folder": FolderDataset}
 
 
-def build_dataset(name: str, root: PathLike, split: str, transform: Optional[Callable] = None, seed: int = 0) -> SegmentationDataset:
-    """`camvid`, `cityscapes` (root folder) or `folder` (path of the dataset YAML)."""
+def sequence_of(path: PathLike) -> str:
+    """The sequence (drive, camera) a frame comes from: its file name up to the first '_'
+    (CamVid '0016E5_07959.png' -> '0016E5'; Cityscapes 'aachen_000000_..' -> 'aachen')."""
+    return Path(path).name.split("_", 1)[0]
+
+
+def select_sequences(ds: SegmentationDataset, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> SegmentationDataset:
+    """Keep the frames whose file name starts with one of `include` (all when empty) and none of
+    `exclude`: whole video sequences held out, so that validation measures a drive never trained on."""
+    include, exclude = tuple(include or ()), tuple(exclude or ())
+    if not include and not exclude:
+        return ds
+    present = sorted({sequence_of(i) for i, _ in ds.pairs})
+    for prefix in include + exclude:
+        if not any(i.name.startswith(prefix) for i, _ in ds.pairs):
+            raise DatasetError(f"no frame of {ds.name} starts with {prefix!r}; sequences present (file-name prefixes): {', '.join(present)}")
+    kept = [(i, m) for i, m in ds.pairs if (not include or i.name.startswith(include)) and not i.name.startswith(exclude)]
+    if not kept:
+        raise DatasetError(f"{ds.name}: keeping {list(include) or 'all'} and leaving out {list(exclude)} leaves no frame")
+    ds.pairs = kept
+    ds.name += "".join(f"+{s}" for s in include) + "".join(f"-{s}" for s in exclude)
+    return ds
+
+
+def build_dataset(
+    name: str, root: PathLike, split: str, transform: Optional[Callable] = None, seed: int = 0,
+    include: Sequence[str] = (), exclude: Sequence[str] = (),
+) -> SegmentationDataset:  # fmt: skip
+    """`camvid`, `cityscapes` (root folder) or `folder` (path of the dataset YAML); `include`/`exclude`
+    keep or drop whole sequences by file-name prefix (see `select_sequences`)."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name](root, split, transform=transform, seed=seed)
+    return select_sequences(DATASETS[name](root, split, transform=transform, seed=seed), include, exclude)
 
 
 def collate_eval(batch):
