@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
-from dabnet.backends import prepare
 from dabnet.benchmark import benchmark, measure_matmul_peak, plot_bench
 from dabnet.checkpoint import load_model
 from dabnet.metrics import ConfusionMatrix
+from dabnet.runtimes import prepare
+from dabnet.segmenter import calibration_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 # DABNet's dense 3x3 convolutions (in, out, H, W at 512x1024 input): stem, block 1, block 2.
@@ -33,7 +34,7 @@ def conv_throughput(frames: int = 10) -> list:
 
     import torch._inductor.config as inductor_config
 
-    from dabnet.quantize import quantize_int8
+    from dabnet.runtimes.int8 import quantize_int8
 
     inductor_config.freezing = True
     rows = []
@@ -67,7 +68,8 @@ def backend_miou(checkpoint: str, backends, data_root: str) -> dict:
     samples = [ds[i] for i in range(len(ds))]
     out = {}
     for b in backends:
-        run = prepare(model, b)
+        calibration = calibration_batches(mean, std) if b == "int8" else None
+        run = prepare(model, b, calibration=calibration)
         cm = ConfusionMatrix(11)
         for x, y in samples:
             cm.update(run(x[None]).argmax(1), y[None])

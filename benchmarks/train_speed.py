@@ -52,7 +52,7 @@ def plain_loop(device, batch, crop, steps, repeats, warmup) -> List[float]:
     return rates
 
 
-def our_loop(device, batch, crop, steps, repeats, warmup, amp="none", channels_last=False, compile=False) -> List[float]:
+def our_loop(device, batch, crop, steps, repeats, warmup, precision="fp32", channels_last=False, compile=False) -> List[float]:
     """engine.train_one_epoch with the given switches (what `dabnet train` runs)."""
     torch.manual_seed(0)
     model = dabnet.create_model("dabnet", 11).to(device).train()
@@ -61,14 +61,14 @@ def our_loop(device, batch, crop, steps, repeats, warmup, amp="none", channels_l
     fwd = torch.compile(model) if compile else model
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     batches, _, _ = _data(batch, crop, device, steps)
     loss_fn = CrossEntropy(None).to(device)
     rates = []
     for r in range(warmup + repeats):
         _sync(device)
         t0 = time.perf_counter()
-        res = train_one_epoch(fwd, batches, loss_fn, opt, sched, device, amp, scaler, 0.0, channels_last)
+        res = train_one_epoch(fwd, batches, loss_fn, opt, sched, device, precision, scaler, 0.0, channels_last)
         _sync(device)
         if r >= warmup:
             rates.append(res["images"] / (time.perf_counter() - t0))
@@ -96,12 +96,12 @@ def main() -> None:
     variants: Dict[str, dict] = {
         "eager": {},
         "channels_last": {"channels_last": True},
-        "bf16": {"amp": "bf16"},
+        "bf16": {"precision": "bf16"},
         "compile": {"compile": True},
     }
     if device.type == "cuda":
-        variants["fp16 + channels_last"] = {"amp": "fp16", "channels_last": True}
-        variants["bf16 + channels_last + compile"] = {"amp": "bf16", "channels_last": True, "compile": True}
+        variants["fp16 + channels_last"] = {"precision": "fp16", "channels_last": True}
+        variants["bf16 + channels_last + compile"] = {"precision": "bf16", "channels_last": True, "compile": True}
     if args.variants:
         variants = {k: v for k, v in variants.items() if k in args.variants}
     common = (device, args.batch, crop, args.steps, args.repeats, args.warmup)

@@ -2,7 +2,7 @@
 
 from .checkpoint import load_model, save_checkpoint
 from .models import create_model, list_models
-from .predict import Segmenter
+from .segmenter import Segmenter
 
 __version__ = "0.1.0"
 __all__ = ["Segmenter", "create_model", "list_models", "load_model", "save_checkpoint", "__version__"]

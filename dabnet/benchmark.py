@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .config import BenchConfig
 from .models import create_model, list_models, model_description
 
 
@@ -96,10 +97,11 @@ def benchmark(
     """Time each (model, size, backend) at batch 1, the paper's Table 5 protocol: warm-up, then
     `frames` timed forward passes; backends are interleaved frame by frame so that a noisy machine
     affects them alike. `paper_protocol` adds eager runs without no_grad (as the paper timed);
-    `channels_last` is passed to `dabnet.backends.prepare` (rows then name the backend `NAME+cl`);
+    `channels_last` is passed to `dabnet.runtimes.prepare` (rows then name the backend `NAME+cl`);
     a backend written `NAME+cl` runs channels_last on its own, beside the others."""
-    from .backends import prepare
-    from .checkpoint import load_model
+    from .checkpoint import inference_spec, load_model
+    from .runtimes import prepare
+    from .segmenter import calibration_batches
 
     dev = torch.device(device)
     rows: List[Dict[str, object]] = []
@@ -117,9 +119,9 @@ def benchmark(
                     if cl and b not in ("int8", "onnxruntime"):
                         label = f"{b}+cl"
                     prec = "int8" if b == "int8" else precision  # int8 weights and activations inside
-                    runners[(label, prec, "inference")] = prepare(
-                        model, b, precision, device, check_export=bool(checkpoint), channels_last=cl
-                    )
+                    spec = inference_spec(model)
+                    calibration = calibration_batches(spec["mean"], spec["std"]) if b == "int8" else None
+                    runners[(label, prec, "inference")] = prepare(model, b, precision, device, channels_last=cl, calibration=calibration)
                 except Exception as e:  # e.g. max-unpooling nets cannot be traced for ONNX
                     log(f"{model.model_name:<10} {size[0]}x{size[1]:<5} {b:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
             if paper_protocol:
@@ -174,3 +176,22 @@ def plot_bench(rows: List[Dict[str, object]], path: str, miou: Optional[Dict[str
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def run_bench(cfg: BenchConfig, log=print) -> List[Dict[str, object]]:
+    """`dabnet bench`: time, then write the JSON and the plot when asked."""
+    import json
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rows = benchmark(cfg.models, cfg.sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, cfg.device,
+                     checkpoint=cfg.checkpoint, paper_protocol=not cfg.no_paper_protocol,
+                     channels_last=cfg.channels_last, log=log)  # fmt: skip
+    if cfg.json:
+        with open(cfg.json, "w") as f:
+            json.dump(rows, f, indent=2)
+        log(f"wrote {cfg.json}")
+    if cfg.plot:
+        plot_bench(rows, cfg.plot)
+        log(f"wrote {cfg.plot}")
+    return rows

@@ -11,10 +11,11 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import nn
 
+from .data.classes import DATASET_INFO
+from .data.datasets import PathLike
 from .models import create_model
 from .models.dabnet import block_sizes_from_state_dict, convert_official_state_dict, is_official_state_dict
 
-PathLike = Union[str, os.PathLike]
 CHECKPOINT_FORMAT = "dabnet-checkpoint/1"
 
 
@@ -153,6 +154,17 @@ def input_normalisation(meta: Dict[str, Any], default_mean, default_std):
     if meta.get("source") == "official":
         return tuple(default_mean), (1.0, 1.0, 1.0)
     return tuple(default_mean), tuple(default_std)
+
+
+def inference_spec(model: Any) -> Dict[str, Any]:
+    """What using a loaded model needs besides its weights (as timm's pretrained configs keep it):
+    mean, std, class names and colours from its checkpoint metadata, else from CamVid (11 classes)
+    or Cityscapes."""
+    meta = getattr(model, "checkpoint_meta", {})
+    info = DATASET_INFO["camvid" if model.num_classes == 11 else "cityscapes"]
+    mean, std = input_normalisation(meta, info["mean"], info["std"])
+    return {"mean": mean, "std": std, "class_names": list(meta.get("class_names", info["classes"])),
+            "palette": [tuple(c) for c in meta.get("palette", info["palette"])]}  # fmt: skip
 
 
 def load_model(

@@ -6,9 +6,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
+
+from .data.datasets import DATASETS
+from .precision import PRECISIONS
+from .runtimes import BACKENDS
 
 T = TypeVar("T")
 
@@ -60,7 +64,7 @@ class TrainConfig:
     ohem_thresh: float = 0.7
     ohem_min_kept: Optional[int] = None  # None: batch * H * W / 16, as the paper
     # speed
-    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (fp16 on CUDA only); formerly `amp` (none = fp32)
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
@@ -73,29 +77,186 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
-@dataclass
-class EvalConfig:
-    """Options of `dabnet eval`."""
-
-    checkpoint: str = ""
-    dataset: str = "camvid"
-    data_root: str = "../shared/data/camvid"
-    split: str = "val"
-    sequences: List[str] = field(default_factory=list)  # keep only frames whose names start with these
-    exclude_sequences: List[str] = field(default_factory=list)  # leave these sequences out
-    batch_size: int = 1
-    flip: bool = False
-    scales: List[float] = field(default_factory=lambda: [1.0])
-    workers: int = 2
-    device: str = "auto"
-    json: Optional[str] = None
-    confusion_png: Optional[str] = None
-
-
 def config_names() -> List[str]:
     """Names of the configs shipped in dabnet/configs."""
     folder = resources.files("dabnet") / "configs"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def parse_size(text: str) -> Tuple[int, int]:
+    """'512x1024' -> (512, 1024): height x width."""
+    import argparse
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH (e.g. 512x1024), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **cli: Any) -> Any:
+    """A config field whose metadata carries its command-line help and, in `cli`, argparse details:
+    choices, positional, required, nargs, type, metavar, flag (another option name), hidden (no flag)."""
+    meta = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DATASET_CHOICES = list(DATASETS)
+
+
+@dataclass
+class EvalConfig:
+    """mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset split."""
+
+    checkpoint: str = option("", "checkpoint, bundled name or official DABNet checkpoint", required=True)
+    dataset: str = option("camvid", "dataset kind", choices=DATASET_CHOICES)
+    data_root: str = option("../shared/data/camvid", "dataset root (for 'folder': the dataset YAML)")
+    split: str = option("val", "split to evaluate")
+    sequences: List[str] = option(help="only frames whose file names start with these (whole drives, e.g. 0006R0)",
+                                  factory=list, metavar="PREFIX")  # fmt: skip
+    exclude_sequences: List[str] = option(help="leave these sequences out", factory=list, metavar="PREFIX")
+    batch_size: int = option(1, "images per forward pass")
+    flip: bool = option(False, "add horizontally flipped predictions")
+    scales: List[float] = option(help="test-time scales, e.g. 0.75 1 1.25", factory=lambda: [1.0])
+    workers: int = option(2, "data loader processes")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    json: Optional[str] = option(None, "write miou, per_class_iou, pixel_acc, images to this file", metavar="FILE")
+    confusion_png: Optional[str] = option(None, "draw the confusion matrix to this PNG", metavar="FILE")
+
+
+@dataclass
+class TrainCommand:
+    """Train a network (the paper's recipes ship as configs); every TrainConfig option can be --set."""
+
+    config: str = option("", "YAML path or shipped config name: " + ", ".join(config_names()), required=True)
+    set: List[str] = option(help="override any config option (repeatable)", factory=list, nargs=None, action="append",
+                            metavar="KEY=VALUE")  # fmt: skip
+    out: Optional[str] = option(None, "run folder (default: the config's `out`)")
+    resume: Optional[str] = option(None, "resume from this checkpoint (default: OUT/last.pth when present)", metavar="CKPT")
+    restart: bool = option(False, "ignore OUT/last.pth and start from scratch", flag_only=True)
+
+
+@dataclass
+class ModelsConfig:
+    """List the registered networks with parameters and GMACs."""
+
+    names: List[str] = option(help="models to show (default: all)", factory=list, positional=True, nargs="*")
+    size: Tuple[int, int] = option((512, 1024), "input HxW for GMACs", type=parse_size)
+    num_classes: int = option(19, "classes of the networks counted")
+    json: bool = option(False, "print JSON instead of a table", flag_only=True)
+
+
+@dataclass
+class DemoConfig:
+    """Segment the bundled street frames, write pictures and report the FPS."""
+
+    checkpoint: Optional[str] = option(None, "weights to use (default: the bundled dabnet-camvid)")
+    out: str = option("dabnet-demo", "output folder")
+    threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
+    seed: int = option(0, "seed of the untrained network used when no weights are bundled", hidden=True)
+
+
+@dataclass
+class PredictConfig:
+    """Segment images, folders, globs, videos or a webcam."""
+
+    inputs: List[str] = option(help="image files, folders, globs ('data/*.jpg'), videos, or a webcam index",
+                               factory=list, positional=True, nargs="+")  # fmt: skip
+    checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name")
+    out: str = option("predictions", "output folder")
+    format: str = option("default", "cityscapes: labelId PNGs for the benchmark server instead of label/colour/overlay",
+                         choices=["default", "cityscapes"])  # fmt: skip
+    backend: str = option("fold", "how to run the network (docs/SPEED.md compares them; int8 needs torchao)", choices=BACKENDS)
+    precision: str = option("fp32", "bf16/fp16 autocast (fp16: CUDA only)", choices=PRECISIONS)
+    channels_last: Optional[bool] = option(None, "NHWC tensors (default: on for CUDA, off for a CPU)")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    batch_size: int = option(1, "images per forward pass")
+    max_frames: int = option(0, "stop videos/webcams after N frames (0: all)")
+
+
+@dataclass
+class ExportConfig:
+    """Export to ONNX (dynamic H, W) or TorchScript, checked against PyTorch."""
+
+    checkpoint: str = option("", "checkpoint or bundled name", required=True)
+    format: str = option("onnx", "file format", choices=["onnx", "torchscript"], required=True)
+    out: str = option("", "output file", required=True)
+
+
+@dataclass
+class BenchConfig:
+    """The paper's speed protocol (Table 5) on this machine."""
+
+    models: List[str] = option(help="networks to time", factory=lambda: ["dabnet", "enet", "espnet", "icnet", "segnet", "erfnet"])
+    sizes: List[Tuple[int, int]] = option(help="input sizes HxW", factory=lambda: [(256, 512), (512, 1024), (1024, 2048)],
+                                          type=parse_size)  # fmt: skip
+    backends: List[str] = option(help="backends, interleaved frame by frame", factory=lambda: ["eager"], choices=BACKENDS,
+                                 metavar="BACKEND")  # fmt: skip
+    precision: str = option("fp32", "bf16/fp16 autocast (fp16: CUDA only)", choices=PRECISIONS)
+    channels_last: Optional[bool] = option(None, "NHWC tensors (default: on for CUDA, off for a CPU)")
+    frames: int = option(100, "timed frames per measurement (the paper: 100)")
+    warmup: int = option(10, "untimed frames first")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
+    checkpoint: Optional[str] = option(None, "time these weights instead of fresh models")
+    no_paper_protocol: bool = option(False, "skip the eager runs without no_grad", flag_only=True)
+    json: Optional[str] = option(None, "write the rows as JSON", metavar="FILE")
+    plot: Optional[str] = option(None, "plot FPS against parameters", metavar="PNG")
+
+
+@dataclass
+class ServeConfig:
+    """HTTP API and web page for segmentation."""
+
+    checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name")
+    backend: str = option("fold", "how to run the network", choices=BACKENDS)
+    host: str = option("127.0.0.1", "address to bind (default: this machine only)")
+    port: int = option(8000, "TCP port")
+    max_queue: int = option(16, "waiting requests before 503")
+    max_mb: float = option(20.0, "request body limit in MiB (413 beyond)")
+    max_pixels: int = option(4096 * 4096, "decoded image limit in pixels (413 beyond)")
+    timeout_s: float = option(30.0, "seconds per request before 504", flag="--timeout", metavar="SECONDS")
+    max_batch: int = option(4, "same-size requests run together")
+    batch_wait_ms: float = option(2.0, "how long the worker waits to fill a batch")
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 2**20)
+
+
+@dataclass
+class DataCheckConfig:
+    """Scan every image and mask; exit 0 only when the dataset is clean."""
+
+    dataset: str = option("camvid", "dataset kind", choices=DATASET_CHOICES, positional=True)
+    root: str = option("", "dataset root (for 'folder': the dataset YAML or its folder)", positional=True)
+    splits: List[str] = option(help="splits to scan (default: train val test, or the YAML's)", factory=list, nargs="*")
+    quiet: bool = option(False, "no progress bar", flag_only=True)
+
+
+@dataclass
+class DataStatsConfig:
+    """Channel mean/std, class frequencies and class weights of a split."""
+
+    dataset: str = option("camvid", "dataset kind", choices=DATASET_CHOICES, positional=True)
+    root: str = option("", "dataset root (for 'folder': the dataset YAML)", positional=True)
+    split: str = option("train", "train, val, trainval (CamVid), test, or a YAML split")
+    enet_c: float = option(1.02, "c of the ENet weights 1/ln(c+p) (official code: 1.10)")
+    json: bool = option(False, "print JSON instead of a table", flag_only=True)
+
+
+@dataclass
+class DataPackConfig:
+    """Compact CamVid copy (JPEG frames + PNG labels) to carry to a GPU machine."""
+
+    root: str = option("", "CamVid root (SegNet layout)", positional=True)
+    out: str = option("", "output folder, same layout (keep it git-ignored, e.g. data_packed/camvid)", positional=True)
+    splits: List[str] = option(help="splits to pack", factory=lambda: ["train", "val"])
+    quality: int = option(95, "JPEG quality (4:4:4 chroma)")
 
 
 def find_config(name_or_path: str) -> Path:
@@ -132,6 +293,17 @@ def _coerce(cls: Type[T], key: str, value: Any) -> Any:
         raise ConfigError(f"{key} expects a {type(default).__name__}, got {value!r}") from None
 
 
+# Options renamed since; old configs, commands and run folders keep working: old name -> (new name, value map).
+RENAMED: Dict[str, Any] = {"amp": ("precision", {"none": "fp32", None: "fp32"})}
+
+
+def _renamed(key: str, value: Any, valid: set) -> Tuple[str, Any]:
+    if key in RENAMED and key not in valid and RENAMED[key][0] in valid:
+        new, values = RENAMED[key]
+        return new, values.get(value, value)
+    return key, value
+
+
 def build_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[str] = (), **kwargs: Any) -> T:
     """Defaults < YAML file < keyword arguments < `key=value` overrides; unknown keys are errors."""
     valid = {f.name for f in dataclasses.fields(cls)}
@@ -144,6 +316,7 @@ def build_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[s
             raise ConfigError(f"{cfg_path} is not valid YAML: {e}") from e
         if not isinstance(loaded, dict):
             raise ConfigError(f"{cfg_path} must hold a mapping of option: value")
+        loaded = dict(_renamed(k, v, valid) for k, v in loaded.items())
         unknown = sorted(set(loaded) - valid)
         if unknown:
             raise ConfigError(f"{cfg_path}: unknown option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
@@ -154,6 +327,8 @@ def build_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[s
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         key = key.strip()
+        if key in RENAMED and RENAMED[key][0] in valid:
+            key, value = _renamed(key, value.strip().lower(), valid)
         if key not in valid:
             raise ConfigError(f"unknown option {key!r} in --set; valid options: {', '.join(sorted(valid))}")
         values[key] = _coerce(cls, key, value)

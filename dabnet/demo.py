@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import List, Optional
@@ -14,20 +13,13 @@ import numpy as np
 import torch
 
 from .checkpoint import resolve_checkpoint
+from .config import DemoConfig
 from .data.classes import CAMVID_IGNORE_INDEX, DATASET_INFO
+from .data.datasets import read_image
 from .models import create_model
-from .predict import Segmenter, read_image
-from .visualize import colorize, overlay, side_by_side
-
-
-@dataclass
-class DemoConfig:
-    """Options of `dabnet demo`."""
-
-    checkpoint: Optional[str] = None
-    out: str = "dabnet-demo"
-    threads: Optional[int] = None
-    seed: int = 0
+from .predict import write_outputs
+from .segmenter import Segmenter
+from .visualize import colorize, side_by_side
 
 
 def sample_frames() -> List[Path]:
@@ -77,9 +69,9 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         log("NOTE: no trained weights are bundled in this installation, so this runs an UNTRAINED DABNet:")
         log("      the pictures show the pipeline, not a segmentation. Pass --checkpoint to use trained weights.")
     else:
-        meta = getattr(seg.model, "checkpoint_meta", {})
+        meta = seg.meta
         miou = f", CamVid val mIoU {100 * meta['val_miou']:.1f}%" if meta.get("val_miou") is not None else ""
-        log(f"weights: {cfg.checkpoint} ({seg.model.model_name}, {seg.model.num_classes} classes{miou})")
+        log(f"weights: {cfg.checkpoint} ({seg.model_name}, {len(seg.class_names)} classes{miou})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     frames = sample_frames()
@@ -93,19 +85,14 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         label = seg.predict(image)
         ms = (time.perf_counter() - t0) * 1000
         latencies.append(ms)
-        colour = colorize(label, seg.palette)
-        blend = overlay(image, colour)
-        panels = [image, blend]
+        panels = [image, write_outputs(image, label, seg.palette, out, frame.stem)]
         truth = sample_ground_truth(frame)
         if truth is not None:
             panels.append(colorize(truth, seg.palette))
-        Image.fromarray(label).save(out / f"{frame.stem}_label.png")
-        Image.fromarray(colour).save(out / f"{frame.stem}_color.png")
-        Image.fromarray(blend).save(out / f"{frame.stem}_overlay.png")
         Image.fromarray(side_by_side(panels)).save(out / f"{frame.stem}_side_by_side.png")
         log(f"{frame.name}: {image.shape[1]}x{image.shape[0]}  {ms:7.1f} ms")
     median = float(np.median(latencies))
     log(f"{len(frames)} frames, median {median:.1f} ms/frame = {1000 / median:.1f} FPS "
-        f"on {torch.get_num_threads()} CPU thread(s), {seg.model.model_name}, batch 1")
+        f"on {torch.get_num_threads()} CPU thread(s), {seg.model_name}, backend {seg.backend}, batch 1")
     log(f"pictures (label maps, colour masks, overlays, image | overlay | ground truth): {out.resolve()}{os.sep}")
     return {"latencies_ms": latencies, "out": str(out), "frames": [f.name for f in frames]}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .metrics import ConfusionMatrix
+from .precision import autocast
 
 
 class NonFiniteLossError(RuntimeError):
@@ -29,14 +29,6 @@ def poly_warmup_lambda(total_iters: int, power: float = 0.9, warmup_iters: int =
     return factor
 
 
-def autocast(device: torch.device, amp: str):
-    """Mixed-precision context: bf16 (CPU or CUDA) or fp16 (CUDA), else a no-op."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
@@ -44,7 +36,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
-    amp: str = "none",
+    precision: str = "fp32",
     scaler: Optional[torch.amp.GradScaler] = None,
     grad_clip: float = 0.0,
     channels_last: bool = False,
@@ -73,7 +65,7 @@ def train_one_epoch(
         y = y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
+        with autocast(device, precision):
             logits = model(x)
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
@@ -116,7 +108,7 @@ def predict_logits(
     x: torch.Tensor,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
-    amp: str = "none",
+    precision: str = "fp32",
     channels_last: bool = False,
 ) -> torch.Tensor:
     """Summed softmax over test-time scales (and horizontal flips), at the input's size."""
@@ -128,7 +120,7 @@ def predict_logits(
         for k, v in enumerate(views):
             if channels_last:
                 v = v.contiguous(memory_format=torch.channels_last)
-            with autocast(x.device, amp):
+            with autocast(x.device, precision):
                 logits = model(v).float()
             if k == 1:
                 logits = logits.flip(3)
@@ -149,7 +141,7 @@ def evaluate(
     ignore_index: int = 255,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
-    amp: str = "none",
+    precision: str = "fp32",
     channels_last: bool = False,
 ) -> ConfusionMatrix:
     """Confusion matrix of whole, full-resolution images, summed over DDP ranks."""
@@ -160,6 +152,6 @@ def evaluate(
         pairs = [(images, masks)] if isinstance(images, torch.Tensor) else [(i[None], m[None]) for i, m in zip(images, masks)]
         for x, y in pairs:
             x, y = x.to(device), y.to(device)
-            pred = predict_logits(model, x, scales, flip, amp, channels_last).argmax(1)
+            pred = predict_logits(model, x, scales, flip, precision, channels_last).argmax(1)
             cm.update(pred, y)
     return cm.all_reduce()

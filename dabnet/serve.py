@@ -12,30 +12,14 @@ import io
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .predict import Segmenter
+from .config import ServeConfig
+from .segmenter import Segmenter
 from .visualize import colorize, overlay
-
-
-@dataclass
-class ServeConfig:
-    """Options of `dabnet serve`."""
-
-    checkpoint: str = "dabnet-camvid"
-    backend: str = "eager"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_queue: int = 16  # requests waiting for the model; beyond it: 503
-    max_bytes: int = 20 * 2**20  # request body limit: 413
-    max_pixels: int = 4096 * 4096  # decoded size limit (decompression bombs): 413
-    timeout_s: float = 30.0  # waiting + inference time per request: 504
-    max_batch: int = 4  # same-size requests run together
-    batch_wait_ms: float = 2.0  # how long the worker waits to fill a batch
 
 
 class HTTPProblem(Exception):
@@ -150,13 +134,13 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     seg = seg or Segmenter.from_checkpoint(cfg.checkpoint, backend=cfg.backend)
     worker = InferenceWorker(seg, cfg)
     model_info = {
-        "name": getattr(seg.model, "model_name", "model"),
+        "name": seg.model_name,
         "checkpoint": cfg.checkpoint,
         "backend": cfg.backend,
         "num_classes": len(seg.class_names),
         "classes": seg.class_names,
         "colors": [list(map(int, c)) for c in seg.palette],
-        "normalisation": {"mean": seg._mean.flatten().tolist(), "std": (1 / seg._inv_std.flatten()).tolist(), "scale": "0-255 RGB"},
+        "normalisation": {"mean": list(seg.mean), "std": list(seg.std), "scale": "0-255 RGB"},
         "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s, "max_queue": cfg.max_queue},
     }
     app = FastAPI(title="dabnet", version="1", description="Real-time semantic segmentation with DABNet.")

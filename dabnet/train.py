@@ -8,8 +8,9 @@ import itertools
 import json
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -189,46 +190,89 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False, log=print) -> Dict[str, Any]:
-    """Run (or continue) training as `cfg` says; returns a summary. Exits cleanly on SIGINT/SIGTERM."""
-    device = _resolve_device(cfg)
-    main = D.is_main()
-    log = log if main else (lambda *a, **k: None)
-    out = Path(cfg.out)
-    last_path, best_path = out / "last.pth", out / "best.pth"
-    ckpt = None
-    if resume:
-        ckpt = read_checkpoint(resume)
-    elif last_path.exists() and not restart:
-        ckpt = read_checkpoint(last_path)
-    if ckpt is not None and ckpt.get("format") is None:
-        raise CheckpointError(f"{resume or last_path} is not a dabnet training checkpoint (use init_from= for weights)")
-    if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
-        # A longer schedule (--set epochs=N) continues a finished run; the poly decay stretches to it.
-        log(f"{last_path if not resume else resume} already finished {ckpt['epoch']} epochs; raise epochs, use --restart or another --out")
-        return {"best_miou": ckpt.get("best_miou"), "epoch": ckpt["epoch"], "out": str(out), "finished": True}
-    torch.manual_seed(cfg.seed)
+@dataclass
+class RunState:
+    """Where a run stands, all a resume needs besides the weights, optimiser and RNG: converted to and
+    from the checkpoint's keys here only (the layout older checkpoints have, plus the loss sums)."""
 
-    if cfg.check_data and main and ckpt is None:
-        _check_files(cfg, log)
-    D.barrier()
-    train_ds, val_sets = build_datasets(cfg)
-    select_on = selection_set(cfg)
-    for key, ds in val_sets.items():
-        if set(ds.pairs) & set(train_ds.pairs):
-            chosen = ", and best.pth is chosen on it" if key == select_on else ""
-            log(f"warning: {key} set {ds.name} holds images of the training set {train_ds.name}: its mIoU measures "
-                f"fitting, not generalisation{chosen}. Validate on a held-out sequence (--set holdout=[PREFIX]).")
-    stats = compute_stats(train_ds, progress=main) if cfg.class_weights != "none" else None
-    weights = None
-    if stats is not None:
-        weights = torch.tensor(class_weights(stats, cfg.class_weights, cfg.enet_c), dtype=torch.float32, device=device)
-        log("class weights (" + cfg.class_weights + "): " + ", ".join(f"{n} {w:.2f}" for n, w in zip(train_ds.classes, weights.tolist())))
+    epoch: int = 0  # epochs completed
+    iter_in_epoch: int = 0  # steps of the next epoch already trained (after a mid-epoch stop)
+    best_miou: float = -1.0
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    loss_sum: float = 0.0  # loss summed over this epoch's steps so far, so that a resumed epoch's
+    loss_steps: int = 0  # train_loss is the mean of the whole epoch, not of the part after the resume
 
-    model = create_model(cfg.model, train_ds.num_classes, **cfg.model_kwargs)
-    if cfg.init_from and ckpt is None:
-        source = load_model(cfg.init_from, num_classes=train_ds.num_classes, model_name=cfg.model)
-        model.load_state_dict(source.state_dict())
+    KEYS = ("epoch", "iter_in_epoch", "best_miou", "history", "loss_sum", "loss_steps")
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Dict[str, Any]) -> "RunState":
+        defaults = cls()
+        return cls(**{k: ckpt[k] if ckpt.get(k) is not None else getattr(defaults, k) for k in cls.KEYS})
+
+    def to_checkpoint(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k in self.KEYS}
+
+
+@dataclass
+class Run:
+    """The pieces of a training run, built once from its config."""
+
+    cfg: TrainConfig
+    device: torch.device
+    out: Path
+    model: nn.Module
+    forward: nn.Module  # the model as trained: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: Optional[torch.amp.GradScaler]
+    loss_fn: nn.Module
+    train_ds: SegmentationDataset
+    sampler: ResumableSampler
+    loader: Any
+    val_loaders: Dict[str, DataLoader]
+    select_on: Optional[str]
+    meta: Dict[str, Any]
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return len(self.sampler.inner) // self.cfg.batch_size
+
+    def checkpoint(self, state: RunState, finished: bool = False) -> Dict[str, Any]:
+        """Everything to resume exactly (or to use the model), in one self-describing dict."""
+        return make_checkpoint(
+            self.model, **self.meta, **state.to_checkpoint(), iteration=self.scheduler.last_epoch,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None, rng=_rng_state(self.device),
+            finished=finished,
+        )  # fmt: skip
+
+    def restore(self, ckpt: Dict[str, Any]) -> RunState:
+        """Load weights, optimiser, schedule, scaler and RNG from a training checkpoint."""
+        if ckpt.get("num_classes") != self.train_ds.num_classes:
+            raise CheckpointError(f"cannot resume: checkpoint has {ckpt.get('num_classes')} classes, dataset {self.train_ds.num_classes}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"], self.device)
+        return RunState.from_checkpoint(ckpt)
+
+
+def _class_weights(cfg: TrainConfig, train_ds: SegmentationDataset, device: torch.device, log) -> Optional[torch.Tensor]:
+    if cfg.class_weights == "none":
+        return None
+    stats = compute_stats(train_ds, progress=D.is_main())
+    weights = torch.tensor(class_weights(stats, cfg.class_weights, cfg.enet_c), dtype=torch.float32, device=device)
+    log(f"class weights ({cfg.class_weights}): " + ", ".join(f"{n} {w:.2f}" for n, w in zip(train_ds.classes, weights.tolist())))
+    return weights
+
+
+def _build_model(cfg: TrainConfig, num_classes: int, device: torch.device, init: bool, log) -> Tuple[nn.Module, nn.Module]:
+    """(model, forward): the network on its device, and what the steps call (DDP, compiled)."""
+    model = create_model(cfg.model, num_classes, **cfg.model_kwargs)
+    if cfg.init_from and init:
+        model.load_state_dict(load_model(cfg.init_from, num_classes=num_classes, model_name=cfg.model).state_dict())
         log(f"initialised from {cfg.init_from}")
     model.to(device)
     if cfg.channels_last:
@@ -239,140 +283,179 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
         else:
             log("sync_bn ignored: PyTorch's SyncBatchNorm runs on CUDA only; each CPU process keeps its own statistics")
     net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if D.is_dist() else model
-    fwd = torch.compile(net) if cfg.compile else net
+    return model, (torch.compile(net) if cfg.compile else net)
 
-    sampler = ResumableSampler(train_ds, cfg.seed, cfg.batch_size)
-    iters_per_epoch = len(sampler.inner) // cfg.batch_size
-    if iters_per_epoch == 0:
-        raise DatasetError(f"{train_ds.name} has {len(train_ds)} images per process, fewer than batch_size={cfg.batch_size}")
-    total_iters = cfg.epochs * iters_per_epoch
-    optimizer = _optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_warmup_lambda(total_iters, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio)
-    )
-    scaler = torch.amp.GradScaler(device.type) if (cfg.amp == "fp16" and device.type == "cuda") else None
-    min_kept = cfg.ohem_min_kept if cfg.ohem_min_kept is not None else cfg.batch_size * cfg.crop_size[0] * cfg.crop_size[1] // 16
-    loss_fn = build_loss(cfg.loss, weights, train_ds.ignore_index, cfg.ohem_thresh, min_kept).to(device)
 
-    start_epoch, skip, best_miou, history = 0, 0, -1.0, []
-    if ckpt is not None:
-        if ckpt.get("num_classes") != train_ds.num_classes:
-            raise CheckpointError(f"cannot resume: checkpoint has {ckpt.get('num_classes')} classes, dataset {train_ds.num_classes}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], device)
-        start_epoch, skip = ckpt["epoch"], ckpt.get("iter_in_epoch", 0)
-        best_miou, history = ckpt.get("best_miou", -1.0), list(ckpt.get("history", []))
-        log(f"resuming {out} at epoch {start_epoch + 1}, iteration {skip} of {iters_per_epoch}")
-    if main:
-        save_config(cfg, out / "config.yaml")
-    meta = dict(train_ds.describe(), config=dataclasses.asdict(cfg), selected_on=select_on,
-                data_splits={"train": cfg.train_split, "val": cfg.val_split, "holdout": list(cfg.holdout)})
-
-    def checkpoint(epoch: int, iter_in_epoch: int, finished: bool = False) -> Dict[str, Any]:
-        return make_checkpoint(
-            model, **meta, epoch=epoch, iter_in_epoch=iter_in_epoch, iteration=scheduler.last_epoch,
-            best_miou=best_miou, history=history, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if scaler is not None else None, rng=_rng_state(device), finished=finished,
-        )  # fmt: skip
-
+def _loaders(cfg: TrainConfig, train_ds: SegmentationDataset, val_sets, sampler: ResumableSampler, device: torch.device):
     if cfg.data_on_device:
         from .data.device import DeviceBatches
 
-        loader = DeviceBatches(train_ds, sampler, cfg.batch_size, device, tuple(cfg.crop_size), cfg.scales, cfg.flip,
-                               train_ds.mean, train_ds.std, progress=main)  # fmt: skip
+        loader: Any = DeviceBatches(train_ds, sampler, cfg.batch_size, device, tuple(cfg.crop_size), cfg.scales, cfg.flip,
+                                    train_ds.mean, train_ds.std, progress=D.is_main())  # fmt: skip
     else:
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            drop_last=True, pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+                            pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     val_loaders = {}
     for key, ds in val_sets.items():
         shard = list(range(D.rank(), len(ds), D.world_size()))  # no padding: every image counted once
         val_loaders[key] = DataLoader(torch.utils.data.Subset(ds, shard), batch_size=cfg.val_batch_size,
                                       num_workers=min(cfg.workers, 2), collate_fn=collate_eval)  # fmt: skip
-    writer = _tensorboard(out) if main else None
+    return loader, val_loaders
+
+
+def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
+    """Datasets, model, optimiser, schedule, scaler, loss and loaders of `cfg` (`fresh`: not a resume)."""
+    torch.manual_seed(cfg.seed)
+    if cfg.check_data and D.is_main() and fresh:
+        _check_files(cfg, log)
+    D.barrier()
+    train_ds, val_sets = build_datasets(cfg)
+    select_on = selection_set(cfg)
+    for key, ds in val_sets.items():
+        if set(ds.pairs) & set(train_ds.pairs):
+            chosen = ", and best.pth is chosen on it" if key == select_on else ""
+            log(f"warning: {key} set {ds.name} holds images of the training set {train_ds.name}: its mIoU measures "
+                f"fitting, not generalisation{chosen}. Validate on a held-out sequence (--set holdout=[PREFIX]).")
+    weights = _class_weights(cfg, train_ds, device, log)
+    model, forward = _build_model(cfg, train_ds.num_classes, device, fresh, log)
+    sampler = ResumableSampler(train_ds, cfg.seed, cfg.batch_size)
+    iters_per_epoch = len(sampler.inner) // cfg.batch_size
+    if iters_per_epoch == 0:
+        raise DatasetError(f"{train_ds.name} has {len(train_ds)} images per process, fewer than batch_size={cfg.batch_size}")
+    optimizer = _optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_warmup_lambda(cfg.epochs * iters_per_epoch, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio)
+    )
+    scaler = torch.amp.GradScaler(device.type) if (cfg.precision == "fp16" and device.type == "cuda") else None
+    min_kept = cfg.ohem_min_kept if cfg.ohem_min_kept is not None else cfg.batch_size * cfg.crop_size[0] * cfg.crop_size[1] // 16
+    loss_fn = build_loss(cfg.loss, weights, train_ds.ignore_index, cfg.ohem_thresh, min_kept).to(device)
+    loader, val_loaders = _loaders(cfg, train_ds, val_sets, sampler, device)
+    meta = dict(train_ds.describe(), config=dataclasses.asdict(cfg), selected_on=select_on, hardware=D.describe_hardware(device),
+                data_splits={"train": cfg.train_split, "val": cfg.val_split, "holdout": list(cfg.holdout)})  # fmt: skip
+    return Run(cfg, device, Path(cfg.out), model, forward, optimizer, scheduler, scaler, loss_fn, train_ds, sampler, loader,
+               val_loaders, select_on, meta)  # fmt: skip
+
+
+def _progress(run: Run, state: RunState) -> Tuple[Any, Callable[..., None]]:
+    """A progress bar for the epoch (rank 0) and the step callback that feeds it."""
+    bar = None
+    if D.is_main():
+        from tqdm import tqdm
+
+        bar = tqdm(total=run.iters_per_epoch, initial=state.iter_in_epoch, desc=f"epoch {state.epoch + 1}/{run.cfg.epochs}",
+                   leave=False, dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+
+    def on_step(step: int, loss: float, lr: float, ips: float) -> None:
+        if bar is not None:
+            bar.update(1)
+            if step % max(run.cfg.log_every, 1) == 0 or step == 1:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+
+    return bar, on_step
+
+
+def end_of_epoch(run: Run, state: RunState, result: Dict[str, Any], writer, log) -> None:
+    """Validate when due, record the epoch, save last.pth (and best.pth), write the logs."""
+    cfg, epoch = run.cfg, state.epoch + 1
+    record = {"epoch": epoch, "iteration": run.scheduler.last_epoch, "lr": run.optimizer.param_groups[0]["lr"],
+              "train_loss": round(state.loss_sum / max(state.loss_steps, 1), 6), "images_per_s": round(result["images_per_s"], 2),
+              "seconds": round(result["seconds"], 2), "val_miou": None, "val_pixel_acc": None}  # fmt: skip
+    finished = epoch == cfg.epochs
+    if epoch % max(cfg.val_every, 1) == 0 or finished:
+        for key, loader in run.val_loaders.items():
+            metrics = evaluate(run.model, loader, run.train_ds.num_classes, run.device, run.train_ds.ignore_index,
+                               precision=cfg.precision, channels_last=cfg.channels_last).compute()  # fmt: skip
+            record[f"{key}_miou"] = round(metrics["miou"], 6)
+            record[f"{key}_pixel_acc"] = round(metrics["pixel_acc"], 6)
+            record[f"{key}_iou"] = [None if np.isnan(v) else round(float(v), 6) for v in metrics["iou"]]
+    score = record.get(f"{run.select_on}_miou")
+    improved = score is not None and score > state.best_miou
+    state.history.append(record)
+    state.epoch, state.iter_in_epoch, state.loss_sum, state.loss_steps = epoch, 0, 0.0, 0
+    if improved:
+        state.best_miou = score
+    if D.is_main():
+        ckpt = run.checkpoint(state, finished=finished)
+        save_checkpoint(ckpt, run.out / "last.pth")
+        if improved:
+            save_checkpoint(ckpt, run.out / "best.pth")
+        _write_logs(run.out, state.history, run.train_ds.classes)
+        if writer is not None:
+            for k in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "holdout_miou"):
+                if record.get(k) is not None:
+                    writer.add_scalar(k, record[k], epoch)
+    mious = "".join(f"  {k} mIoU {100 * record[f'{k}_miou']:.2f}%{' (best)' if improved and k == run.select_on else ''}"
+                    for k in run.val_loaders if record.get(f"{k}_miou") is not None)  # fmt: skip
+    log(f"epoch {epoch}/{cfg.epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s{mious}")
+
+
+def stop_run(run: Run, state: RunState, signum: int, log) -> Dict[str, Any]:
+    """The one way a run stops early: save where it stands and say how to go on."""
+    if D.is_main():
+        save_checkpoint(run.checkpoint(state), run.out / "last.pth")
+    name = signal.Signals(signum).name
+    where = f"at epoch {state.epoch + 1}, iteration {state.iter_in_epoch}" if state.iter_in_epoch else f"after epoch {state.epoch}"
+    log(f"{name}: saved {run.out / 'last.pth'} {where}; run the same command to resume")
+    return {"interrupted": name, "epoch": state.epoch, "iter_in_epoch": state.iter_in_epoch, "best_miou": state.best_miou, "out": str(run.out)}
+
+
+def _resume_point(cfg: TrainConfig, resume: Optional[str], restart: bool) -> Optional[Dict[str, Any]]:
+    """The checkpoint to continue from: --resume, else OUT/last.pth unless --restart."""
+    last = Path(cfg.out) / "last.pth"
+    path = resume or (last if last.exists() and not restart else None)
+    ckpt = read_checkpoint(path) if path else None
+    if ckpt is not None and ckpt.get("format") is None:
+        raise CheckpointError(f"{path} is not a dabnet training checkpoint (use init_from= for weights)")
+    return ckpt
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False, log=print) -> Dict[str, Any]:
+    """Run (or continue) training as `cfg` says; returns a summary. Exits cleanly on SIGINT/SIGTERM."""
+    device = _resolve_device(cfg)
+    log = log if D.is_main() else (lambda *a, **k: None)
+    ckpt = _resume_point(cfg, resume, restart)
+    if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
+        # A longer schedule (--set epochs=N) continues a finished run; the poly decay stretches to it.
+        log(f"{resume or Path(cfg.out) / 'last.pth'} already finished {ckpt['epoch']} epochs; raise epochs, use --restart or another --out")
+        return {"best_miou": ckpt.get("best_miou"), "epoch": ckpt["epoch"], "out": cfg.out, "finished": True}
+    run = build_run(cfg, device, fresh=ckpt is None, log=log)
+    state = run.restore(ckpt) if ckpt is not None else RunState()
+    if ckpt is not None:
+        log(f"resuming {run.out} at epoch {state.epoch + 1}, iteration {state.iter_in_epoch} of {run.iters_per_epoch}")
+    if D.is_main():
+        save_config(cfg, run.out / "config.yaml")
+    writer = _tensorboard(run.out) if D.is_main() else None
     stop = StopFlag()
     stop.install()
-    log(f"training {cfg.model} on {train_ds.name} ({len(train_ds)} images, {iters_per_epoch} it/epoch, "
-        f"{D.world_size()} process(es), {device}) for {cfg.epochs} epochs -> {out}")  # fmt: skip
+    log(f"training {cfg.model} on {run.train_ds.name} ({len(run.train_ds)} images, {run.iters_per_epoch} it/epoch, "
+        f"{D.world_size()} process(es), {device}) for {cfg.epochs} epochs -> {run.out}")  # fmt: skip
     t_start = time.time()
-    epoch = start_epoch
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            train_ds.set_epoch(epoch)
-            sampler.set_epoch(epoch, skip)
-            bar = None
-            if main:
-                from tqdm import tqdm
-
-                bar = tqdm(total=iters_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                           dynamic_ncols=True, mininterval=1.0)  # fmt: skip
-
-            def on_step(step, loss, lr, ips, bar=bar):
-                if bar is not None:
-                    bar.update(1)
-                    if step % max(cfg.log_every, 1) == 0 or step == 1:
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-
+        while state.epoch < cfg.epochs:
+            run.train_ds.set_epoch(state.epoch)
+            run.sampler.set_epoch(state.epoch, state.iter_in_epoch)
+            bar, on_step = _progress(run, state)
             try:
-                result = train_one_epoch(fwd, loader, loss_fn, optimizer, scheduler, device, cfg.amp, scaler,
-                                         cfg.grad_clip, cfg.channels_last, should_stop=stop, on_step=on_step)  # fmt: skip
+                result = train_one_epoch(run.forward, run.loader, run.loss_fn, run.optimizer, run.scheduler, device,
+                                         cfg.precision, run.scaler, cfg.grad_clip, cfg.channels_last, should_stop=stop,
+                                         on_step=on_step)  # fmt: skip
             finally:
                 if bar is not None:
                     bar.close()
-            done = skip + result["steps"]
-            skip = 0
-            if result["stopped"] and done < iters_per_epoch:
-                if main:
-                    save_checkpoint(checkpoint(epoch, done), last_path)
-                name = signal.Signals(stop.signum).name
-                log(f"{name}: saved {last_path} at epoch {epoch + 1}, iteration {done}; run the same command to resume")
-                return {"interrupted": name, "epoch": epoch, "iter_in_epoch": done, "best_miou": best_miou, "out": str(out)}
-            record = {"epoch": epoch + 1, "iteration": scheduler.last_epoch, "lr": optimizer.param_groups[0]["lr"],
-                      "train_loss": round(result["loss"], 6), "images_per_s": round(result["images_per_s"], 2),
-                      "seconds": round(result["seconds"], 2), "val_miou": None, "val_pixel_acc": None}  # fmt: skip
-            last_epoch = epoch + 1 == cfg.epochs
-            if (epoch + 1) % max(cfg.val_every, 1) == 0 or last_epoch:
-                for key, val_loader in val_loaders.items():
-                    metrics = evaluate(model, val_loader, train_ds.num_classes, device, train_ds.ignore_index,
-                                       amp=cfg.amp, channels_last=cfg.channels_last).compute()  # fmt: skip
-                    record[f"{key}_miou"] = round(metrics["miou"], 6)
-                    record[f"{key}_pixel_acc"] = round(metrics["pixel_acc"], 6)
-                    record[f"{key}_iou"] = [None if np.isnan(v) else round(float(v), 6) for v in metrics["iou"]]
-            history.append(record)
-            score = record.get(f"{select_on}_miou")
-            improved = score is not None and score > best_miou
-            if improved:
-                best_miou = score
-            if main:
-                state = checkpoint(epoch + 1, 0, finished=last_epoch)
-                save_checkpoint(state, last_path)
-                if improved:
-                    save_checkpoint(state, best_path)
-                _write_logs(out, history, train_ds.classes)
-                if writer is not None:
-                    for k in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc"):
-                        if record.get(k) is not None:
-                            writer.add_scalar(k, record[k], epoch + 1)
-            miou = "".join(f"  {k} mIoU {100 * record[f'{k}_miou']:.2f}%{' (best)' if improved and k == select_on else ''}"
-                           for k in val_sets if record.get(f"{k}_miou") is not None)
-            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  "
-                f"{record['images_per_s']:.1f} img/s{miou}")  # fmt: skip
+            state.iter_in_epoch += result["steps"]
+            state.loss_sum += result["loss"] * result["steps"]
+            state.loss_steps += result["steps"]
+            if state.iter_in_epoch >= run.iters_per_epoch or not result["stopped"]:  # the loader ran dry: epoch done
+                end_of_epoch(run, state, result, writer, log)
             if stop():
-                name = signal.Signals(stop.signum).name
-                log(f"{name}: saved {last_path} after epoch {epoch + 1}; run the same command to resume")
-                return {"interrupted": name, "epoch": epoch + 1, "iter_in_epoch": 0, "best_miou": best_miou, "out": str(out)}
+                return stop_run(run, state, stop.signum, log)
     except NonFiniteLossError as e:
-        raise NonFiniteLossError(
-            f"{e} (epoch {epoch + 1}). Training stopped; the last good checkpoint is kept at {last_path}. "
-            "Lower lr, enable grad_clip, or check the data."
-        ) from None
+        raise NonFiniteLossError(f"{e} (epoch {state.epoch + 1}). Training stopped; the last good checkpoint is kept at "
+                                 f"{run.out / 'last.pth'}. Lower lr, enable grad_clip, or check the data.") from None  # fmt: skip
     finally:
         stop.restore()
         if writer is not None:
             writer.close()
-    summary = {"epochs": cfg.epochs, "best_miou": best_miou, "out": str(out), "minutes": round((time.time() - t_start) / 60, 2)}
-    log(f"done: {cfg.epochs} epochs, best {select_on} mIoU {100 * best_miou:.2f}% -> {best_path}" if best_miou >= 0 else f"done -> {last_path}")
-    return summary
+    best = run.out / "best.pth"
+    log(f"done: {cfg.epochs} epochs, best {run.select_on} mIoU {100 * state.best_miou:.2f}% -> {best}" if state.best_miou >= 0 else f"done -> {run.out / 'last.pth'}")
+    return {"epochs": cfg.epochs, "best_miou": state.best_miou, "out": str(run.out), "minutes": round((time.time() - t_start) / 60, 2)}

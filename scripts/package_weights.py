@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-
 from dabnet.benchmark import count_params
 from dabnet.checkpoint import read_checkpoint, save_safetensors
 from dabnet.config import EvalConfig
+from dabnet.data.datasets import read_image
 from dabnet.demo import sample_frames, sample_ground_truth
 from dabnet.evaluate import run_evaluation
 from dabnet.metrics import ConfusionMatrix
-from dabnet.predict import Segmenter, read_image
+from dabnet.segmenter import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ["model_name", "num_classes", "model_kwargs", "class_names", "palette", "ignore_index", "raw_ignore",

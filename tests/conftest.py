@@ -1,4 +1,5 @@
-"""Shared fixtures: paths of the shared data and the official reference, skipping when absent."""
+"""Shared fixtures: tiny synthetic datasets (CamVid, Cityscapes, folder layouts) built on demand, and
+the shared data and official reference, skipping when absent."""
 
 from __future__ import annotations
 
@@ -7,11 +8,111 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from PIL import Image
+
+from dabnet.data.classes import CAMVID_PALETTE, CITYSCAPES_TRAIN_TO_LABEL_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REFERENCE_NPZ = SHARED / "reference" / "official_dabnet_19cls.npz"
 CAMVID_ROOT = SHARED / "data" / "camvid"
+SIZE = H, W = 48, 64  # every synthetic image
+
+
+def _label_blocks(rng: np.random.Generator, num_classes: int, ignore: int) -> np.ndarray:
+    """A mask of 8x8 blocks of random classes, with some ignored blocks."""
+    blocks = rng.integers(0, num_classes, size=(H // 8, W // 8))
+    blocks[0, 0] = ignore
+    return np.kron(blocks, np.ones((8, 8), dtype=np.int64)).astype(np.uint8)
+
+
+def _colour_image(mask: np.ndarray) -> np.ndarray:
+    """An image whose colour encodes its label: alignment can be read back from the pixels."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(CAMVID_PALETTE)] = CAMVID_PALETTE
+    lut[255] = lut[11] = (255, 255, 255)
+    return lut[mask]
+
+
+def build_camvid(root: Path, splits=("train", "val"), n: int = 4, seed: int = 0, sequences=None) -> Path:
+    """A tiny CamVid tree; with `sequences` ({split: [prefix, ...]}) frame i of a split is named
+    after drive i % len(prefixes), as CamVid names frames ('0016E5_00002.png')."""
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(n):
+            mask = _label_blocks(rng, 11, 11)
+            seqs = (sequences or {}).get(split)
+            name = f"{seqs[i % len(seqs)]}_{i:05d}.png" if seqs else f"f{i:03d}.png"
+            Image.fromarray(_colour_image(mask)).save(root / split / name)
+            Image.fromarray(mask).save(root / f"{split}annot" / name)
+    return root
+
+
+def build_cityscapes(root: Path, train_ids: bool = False) -> Path:
+    for split in ("train", "val"):
+        for city in ("aachen", "bonn"):
+            img_dir = root / "leftImg8bit" / split / city
+            gt_dir = root / "gtFine" / split / city
+            img_dir.mkdir(parents=True)
+            gt_dir.mkdir(parents=True)
+            for k in range(2):
+                base = f"{city}_{k:06d}_000019"
+                Image.fromarray(np.full((H, W, 3), 100, np.uint8)).save(img_dir / f"{base}_leftImg8bit.png")
+                ids = np.zeros((H, W), np.uint8)
+                ids[:, :16] = 7  # road
+                ids[:, 16:32] = 26  # car
+                ids[:, 32:48] = 33  # bicycle
+                ids[:, 48:] = 4  # static -> ignore
+                Image.fromarray(ids).save(gt_dir / f"{base}_gtFine_labelIds.png")
+                if train_ids:
+                    lut = np.full(256, 255, np.uint8)
+                    lut[CITYSCAPES_TRAIN_TO_LABEL_ID] = np.arange(19)
+                    Image.fromarray(lut[ids]).save(gt_dir / f"{base}_gtFine_labelTrainIds.png")
+    return root
+
+
+def build_folder(root: Path, id_map=None) -> Path:
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((H, W, 3), 50 * i, np.uint8)).save(root / "images" / split / f"img{i}.jpg")
+            m = np.zeros((H, W), np.uint8)
+            m[: H // 2] = 10 if id_map else 1
+            m[-4:] = 255
+            Image.fromarray(m).save(root / "masks" / split / f"img{i}.png")
+    spec = {
+        "name": "toy",
+        "classes": ["background", "thing"],
+        "palette": [[0, 0, 0], [255, 0, 0]],
+        "ignore_index": 255,
+        "splits": {s: {"images": f"images/{s}", "masks": f"masks/{s}"} for s in ("train", "val")},
+    }
+    if id_map:
+        spec["id_map"] = id_map
+    (root / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    return root / "dataset.yaml"
+
+
+@pytest.fixture(scope="session")
+def make_camvid():
+    """`make_camvid(root, splits=("train", "val"), n=4, seed=0, sequences=None)`: a tiny CamVid tree."""
+    return build_camvid
+
+
+@pytest.fixture(scope="session")
+def make_cityscapes():
+    """`make_cityscapes(root, train_ids=False)`: a tiny Cityscapes tree (labelIds or labelTrainIds)."""
+    return build_cityscapes
+
+
+@pytest.fixture(scope="session")
+def make_folder():
+    """`make_folder(root, id_map=None)`: a tiny folder dataset; returns its dataset.yaml."""
+    return build_folder
 
 
 @pytest.fixture(autouse=True)

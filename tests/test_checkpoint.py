@@ -109,9 +109,9 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
 
 
 def test_official_checkpoints_expect_mean_subtraction_only(tmp_path, official_reference):
-    from dabnet.predict import Segmenter
+    from dabnet.segmenter import Segmenter
 
     sd, _, _ = official_reference
     seg = Segmenter.from_checkpoint(_official_file(tmp_path, sd))
-    assert seg._inv_std.flatten().tolist() == [1.0, 1.0, 1.0]
+    assert list(seg.std) == [1.0, 1.0, 1.0]
     assert seg.class_names[0] == "road" and len(seg.class_names) == 19  # Cityscapes, by class count

@@ -7,10 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dabnet.cli import main
-from dabnet.demo import DemoConfig, run_demo, sample_frames
+from dabnet.config import DemoConfig
+from dabnet.demo import run_demo, sample_frames
 
 
 def test_models_table(capsys):
@@ -55,6 +57,47 @@ def test_demo_writes_pictures_and_reports_fps(tmp_path):
     assert "FPS" in text and str((tmp_path / "demo").resolve()) in text
 
 
+@pytest.mark.slow
 def test_python_dash_m_runs():
     out = subprocess.run([sys.executable, "-m", "dabnet", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("dabnet ")
+
+
+def _commands():
+    from dabnet.cli import COMMANDS, DATA_COMMANDS
+
+    return [([n], cls) for n, (cls, _) in COMMANDS.items()] + [(["data", n], cls) for n, (cls, _) in DATA_COMMANDS.items()]
+
+
+@pytest.mark.parametrize("words,cls", _commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_every_option_default_comes_from_its_config_dataclass(words, cls, capsys):
+    """One source of truth: the parser's defaults and help are the dataclass's, for every command."""
+    import dataclasses
+
+    from dabnet.cli import build_parser
+
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[words[0]]
+    if len(words) == 2:
+        sub = sub._subparsers._group_actions[0].choices[words[1]]
+    actions = {a.dest: a for a in sub._actions}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("hidden"):
+            assert f.name not in actions
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        action = actions[f.name]
+        assert action.help == f.metadata["help"] and action.help, f.name
+        if not action.required:
+            assert action.default == default, f.name
+    with pytest.raises(SystemExit):
+        main(words + ["--help"])
+    assert " ".join(cls.__doc__.split()) in " ".join(capsys.readouterr().out.split())  # help text, wrapped
+
+
+def test_serve_backend_default_is_the_same_everywhere():
+    from dabnet.cli import build_parser
+    from dabnet.config import ServeConfig
+
+    args = build_parser().parse_args(["serve"])
+    assert args.backend == ServeConfig().backend == "fold" and args.timeout_s == ServeConfig().timeout_s

@@ -26,42 +26,11 @@ from dabnet.data.datasets import (
 from dabnet.data.stats import class_weights, compute_stats, enet_weights
 from dabnet.data.transforms import TrainTransform
 
-H, W = 48, 64
-
-
-def _label_blocks(rng: np.random.Generator, num_classes: int, ignore: int) -> np.ndarray:
-    """A mask of 8x8 blocks of random classes, with some ignored blocks."""
-    blocks = rng.integers(0, num_classes, size=(H // 8, W // 8))
-    blocks[0, 0] = ignore
-    return np.kron(blocks, np.ones((8, 8), dtype=np.int64)).astype(np.uint8)
-
-
-def _colour_image(mask: np.ndarray) -> np.ndarray:
-    """An image whose colour encodes its label: alignment can be read back from the pixels."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(CAMVID_PALETTE)] = CAMVID_PALETTE
-    lut[255] = lut[11] = (255, 255, 255)
-    return lut[mask]
-
-
-def make_camvid(root: Path, splits=("train", "val"), n: int = 4, seed: int = 0, sequences=None) -> Path:
-    """A tiny CamVid tree; with `sequences` ({split: [prefix, ...]}) frame i of a split is named
-    after drive i % len(prefixes), as CamVid names frames ('0016E5_00002.png')."""
-    rng = np.random.default_rng(seed)
-    for split in splits:
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
-        for i in range(n):
-            mask = _label_blocks(rng, 11, 11)
-            seqs = (sequences or {}).get(split)
-            name = f"{seqs[i % len(seqs)]}_{i:05d}.png" if seqs else f"f{i:03d}.png"
-            Image.fromarray(_colour_image(mask)).save(root / split / name)
-            Image.fromarray(mask).save(root / f"{split}annot" / name)
-    return root
+H, W = 48, 64  # the size of the images the conftest builders write
 
 
 @pytest.fixture()
-def camvid_tree(tmp_path) -> Path:
+def camvid_tree(tmp_path, make_camvid) -> Path:
     return make_camvid(tmp_path / "camvid")
 
 
@@ -77,7 +46,7 @@ def test_camvid_splits(camvid_tree):
     assert 255 in np.unique(mask)
 
 
-def test_whole_sequences_are_kept_or_left_out_by_file_name_prefix(tmp_path):
+def test_whole_sequences_are_kept_or_left_out_by_file_name_prefix(tmp_path, make_camvid):
     root = make_camvid(tmp_path / "cv", n=6, sequences={"train": ["0001TP", "0006R0", "0016E5"], "val": ["0016E5"]})
     train = build_dataset("camvid", root, "trainval", exclude=["0006R0"])
     assert len(train) == 10 and not any(i.name.startswith("0006R0") for i, _ in train.pairs)
@@ -91,8 +60,8 @@ def test_whole_sequences_are_kept_or_left_out_by_file_name_prefix(tmp_path):
         build_dataset("camvid", root, "val", exclude=["0016E5"])
 
 
-def test_folder_datasets_hold_out_their_own_sequences(tmp_path):
-    spec = _make_folder(tmp_path / "toy")  # img0, img1, img2: any file-name prefix names a sequence
+def test_folder_datasets_hold_out_their_own_sequences(tmp_path, make_folder):
+    spec = make_folder(tmp_path / "toy")  # img0, img1, img2: any file-name prefix names a sequence
     assert [i.name for i, _ in build_dataset("folder", spec, "train", exclude=["img0"]).pairs] == ["img1.jpg", "img2.jpg"]
     assert [i.name for i, _ in build_dataset("folder", spec, "val", include=["img2"]).pairs] == ["img2.jpg"]
 
@@ -107,32 +76,9 @@ def test_missing_root_names_it(tmp_path):
         build_dataset("camvid", tmp_path / "nowhere", "train")
 
 
-def _make_cityscapes(root: Path, train_ids: bool = False) -> Path:
-    for split in ("train", "val"):
-        for city in ("aachen", "bonn"):
-            img_dir = root / "leftImg8bit" / split / city
-            gt_dir = root / "gtFine" / split / city
-            img_dir.mkdir(parents=True)
-            gt_dir.mkdir(parents=True)
-            for k in range(2):
-                base = f"{city}_{k:06d}_000019"
-                Image.fromarray(np.full((H, W, 3), 100, np.uint8)).save(img_dir / f"{base}_leftImg8bit.png")
-                ids = np.zeros((H, W), np.uint8)
-                ids[:, :16] = 7  # road
-                ids[:, 16:32] = 26  # car
-                ids[:, 32:48] = 33  # bicycle
-                ids[:, 48:] = 4  # static -> ignore
-                Image.fromarray(ids).save(gt_dir / f"{base}_gtFine_labelIds.png")
-                if train_ids:
-                    lut = np.full(256, 255, np.uint8)
-                    lut[CITYSCAPES_TRAIN_TO_LABEL_ID] = np.arange(19)
-                    Image.fromarray(lut[ids]).save(gt_dir / f"{base}_gtFine_labelTrainIds.png")
-    return root
-
-
 @pytest.mark.parametrize("train_ids", [False, True])
-def test_cityscapes_maps_label_ids_to_train_ids(tmp_path, train_ids):
-    ds = Cityscapes(_make_cityscapes(tmp_path / "cs", train_ids), "val")
+def test_cityscapes_maps_label_ids_to_train_ids(tmp_path, train_ids, make_cityscapes):
+    ds = Cityscapes(make_cityscapes(tmp_path / "cs", train_ids), "val")
     assert len(ds) == 4 and ds.num_classes == 19
     assert ds.pairs[0][1].name.endswith("labelTrainIds.png" if train_ids else "labelIds.png")
     _, mask = ds[0]
@@ -145,39 +91,16 @@ def test_cityscapes_reverse_map_for_submissions():
     assert train_ids_to_label_ids(pred).tolist()[0] == CITYSCAPES_TRAIN_TO_LABEL_ID
 
 
-def _make_folder(root: Path, id_map=None) -> Path:
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(np.full((H, W, 3), 50 * i, np.uint8)).save(root / "images" / split / f"img{i}.jpg")
-            m = np.zeros((H, W), np.uint8)
-            m[: H // 2] = 10 if id_map else 1
-            m[-4:] = 255
-            Image.fromarray(m).save(root / "masks" / split / f"img{i}.png")
-    spec = {
-        "name": "toy",
-        "classes": ["background", "thing"],
-        "palette": [[0, 0, 0], [255, 0, 0]],
-        "ignore_index": 255,
-        "splits": {s: {"images": f"images/{s}", "masks": f"masks/{s}"} for s in ("train", "val")},
-    }
-    if id_map:
-        spec["id_map"] = id_map
-    (root / "dataset.yaml").write_text(yaml.safe_dump(spec))
-    return root / "dataset.yaml"
-
-
 @pytest.mark.parametrize("id_map", [None, {0: 0, 10: 1}])
-def test_folder_dataset(tmp_path, id_map):
-    ds = FolderDataset(_make_folder(tmp_path / "toy", id_map), "train")
+def test_folder_dataset(tmp_path, id_map, make_folder):
+    ds = FolderDataset(make_folder(tmp_path / "toy", id_map), "train")
     assert len(ds) == 3 and ds.classes == ["background", "thing"] and ds.palette[1] == (255, 0, 0)
     _, mask = ds[1]
     assert set(np.unique(mask)) == {0, 1, 255}
 
 
-def test_folder_yaml_errors(tmp_path):
-    spec_path = _make_folder(tmp_path / "toy")
+def test_folder_yaml_errors(tmp_path, make_folder):
+    spec_path = make_folder(tmp_path / "toy")
     spec = yaml.safe_load(spec_path.read_text())
     spec["clases"] = spec.pop("classes")
     spec_path.write_text(yaml.safe_dump(spec))

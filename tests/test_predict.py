@@ -13,8 +13,10 @@ import dabnet
 from dabnet.checkpoint import make_checkpoint, save_checkpoint
 from dabnet.cli import main
 from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD
-from dabnet.export import ExportError, OrtModel, export_onnx, export_torchscript
-from dabnet.predict import Segmenter, expand_inputs
+from dabnet.export import ExportError, export_onnx, export_torchscript
+from dabnet.predict import expand_inputs
+from dabnet.runtimes.onnx import OrtRunner
+from dabnet.segmenter import Segmenter
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,7 @@ def test_onnx_export_matches_pytorch_and_runs_in_predict(ckpt, images, tmp_path)
     model = dabnet.load_model(ckpt)
     res = export_onnx(model, tmp_path / "m.onnx")
     assert res["max_abs_error"] < 1e-4 and [97, 131] in res["checked_sizes"]
-    ort_model = OrtModel(tmp_path / "m.onnx")
+    ort_model = OrtRunner(tmp_path / "m.onnx")
     assert ort_model.checkpoint_meta["class_names"] == CAMVID_CLASSES and ort_model.num_classes == 11
     x = torch.randn(2, 3, 75, 100)  # dynamic batch, height and width
     with torch.inference_mode():
@@ -137,9 +139,9 @@ def test_untraceable_net_is_a_clear_export_error(tmp_path):
         export_torchscript(dabnet.create_model("enet", 11), tmp_path / "e.pt")
 
 
-@pytest.mark.parametrize("backend", ["eager", "fold", "compile", "onnxruntime"])
+@pytest.mark.parametrize("backend", ["eager", "fold", pytest.param("compile", marks=pytest.mark.slow), "onnxruntime"])
 def test_every_backend_agrees_with_eager_fp32(ckpt, backend):
-    from dabnet.backends import prepare
+    from dabnet.runtimes import prepare
 
     model = dabnet.load_model(ckpt)
     x = torch.randn(1, 3, 72, 96)
@@ -155,16 +157,18 @@ def test_every_backend_agrees_with_eager_fp32(ckpt, backend):
     assert (seg.predict(image) == Segmenter.from_checkpoint(ckpt, backend="eager").predict(image)).mean() > 0.999
 
 
+@pytest.mark.slow
 def test_int8_backend_keeps_real_frames_labels():
     """PT2E int8 (bundled weights, bundled train frames for calibration) against eager fp32 on the
     bundled val frames; a size that is not a multiple of 8 runs the folded fp32 net instead."""
     pytest.importorskip("torchao")
-    from dabnet.backends import prepare
     from dabnet.demo import sample_frames
+    from dabnet.runtimes import prepare
+    from dabnet.segmenter import calibration_batches
 
     model = dabnet.load_model("dabnet-camvid")
     seg = Segmenter.from_checkpoint("dabnet-camvid", backend="eager")
-    run = prepare(model, "int8")
+    run = prepare(model, "int8", calibration=calibration_batches(seg.mean, seg.std))
     for size, min_agreement in [((248, 184), 0.97), ((241, 179), 0.9999)]:
         frames = [np.asarray(Image.open(p).convert("RGB").resize(size)) for p in sample_frames()[:2]]
         x = torch.cat([seg.preprocess([f]) for f in frames])
@@ -181,17 +185,19 @@ def test_int8_backend_keeps_real_frames_labels():
 def test_int8_backend_without_torchao_says_how_to_install(monkeypatch):
     import sys
 
-    from dabnet.backends import prepare
+    from dabnet.runtimes import prepare
 
     for name in [n for n in sys.modules if n.split(".")[0] == "torchao"] + ["torchao"]:
         monkeypatch.setitem(sys.modules, name, None)  # a None entry makes the import raise ImportError
     with pytest.raises(ImportError, match=r"dabnet\[int8\]"):
+        prepare(dabnet.create_model("dabnet", 11), "int8", calibration=[torch.zeros(1, 3, 64, 64)])
+    with pytest.raises(ValueError, match="needs calibration batches"):
         prepare(dabnet.create_model("dabnet", 11), "int8")
 
 
 @pytest.mark.parametrize("backend", ["eager", "fold"])
 def test_channels_last_agrees_with_eager_fp32(ckpt, backend):
-    from dabnet.backends import prepare
+    from dabnet.runtimes import prepare
 
     model = dabnet.load_model(ckpt)
     x = torch.randn(1, 3, 72, 96)
@@ -205,7 +211,7 @@ def test_channels_last_agrees_with_eager_fp32(ckpt, backend):
 
 
 def test_fp16_on_a_cpu_is_a_clear_error():
-    from dabnet.backends import prepare
+    from dabnet.runtimes import prepare
 
     with pytest.raises(ValueError, match="fp16 runs on CUDA only"):
         prepare(dabnet.create_model("dabnet", 11), "fold", "fp16")
@@ -214,7 +220,7 @@ def test_fp16_on_a_cpu_is_a_clear_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend,precision", [("fold", "fp16"), ("compile", "fp16"), ("compile", "bf16")])
 def test_cuda_backends_agree_with_eager_fp32(ckpt, backend, precision):
-    from dabnet.backends import prepare
+    from dabnet.runtimes import prepare
 
     model = dabnet.load_model(ckpt)
     x = torch.randn(2, 3, 64, 96)
@@ -234,7 +240,7 @@ def test_bf16_precision_runs_and_mostly_agrees(ckpt):
 
 
 def test_folding_batchnorm_removes_them_and_keeps_outputs():
-    from dabnet.backends import fold_batchnorm
+    from dabnet.runtimes import fold_batchnorm
 
     model = dabnet.create_model("dabnet", 11).eval()
     folded = fold_batchnorm(model)

@@ -7,8 +7,10 @@ import torch
 
 import dabnet
 from dabnet.checkpoint import PRETRAINED, make_checkpoint, resolve_checkpoint, save_safetensors
-from dabnet.demo import DemoConfig, bundled_weights_available, run_demo, sample_frames
-from dabnet.predict import Segmenter, read_image
+from dabnet.config import DemoConfig
+from dabnet.data.datasets import read_image
+from dabnet.demo import bundled_weights_available, run_demo, sample_frames
+from dabnet.segmenter import Segmenter
 
 REQUIRED_META = ["model_name", "num_classes", "class_names", "palette", "mean", "std", "config", "data_splits",
                  "val_miou", "val_per_class_iou", "sample_frames_miou", "epoch"]  # fmt: skip
@@ -25,7 +27,7 @@ def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path):
         torch.testing.assert_close(loaded(x), model.eval()(x))
     seg = Segmenter.from_checkpoint(path)
     assert seg.class_names == ["a"] * 11
-    torch.testing.assert_close(seg._mean.flatten(), torch.tensor([1.0, 2.0, 3.0]))
+    torch.testing.assert_close(torch.tensor(seg.mean), torch.tensor([1.0, 2.0, 3.0]))
 
 
 def test_unknown_name_lists_bundled_names(tmp_path):
@@ -59,7 +61,7 @@ def test_bundled_model_keeps_its_accuracy_on_the_sample_frames():
     cm = ConfusionMatrix(11)
     for frame in sample_frames():
         cm.update(torch.from_numpy(seg.predict(read_image(frame))), torch.from_numpy(sample_ground_truth(frame)))
-    recorded = seg.model.checkpoint_meta["sample_frames_miou"]
+    recorded = seg.meta["sample_frames_miou"]
     assert cm.compute()["miou"] >= recorded - 0.005
 
 

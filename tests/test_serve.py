@@ -18,9 +18,10 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import dabnet  # noqa: E402
+from dabnet.config import ServeConfig  # noqa: E402
 from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD  # noqa: E402
-from dabnet.predict import Segmenter  # noqa: E402
-from dabnet.serve import HTTPProblem, InferenceWorker, ServeConfig, create_app  # noqa: E402
+from dabnet.segmenter import Segmenter  # noqa: E402
+from dabnet.serve import HTTPProblem, InferenceWorker, create_app  # noqa: E402
 
 
 def _segmenter() -> Segmenter:
@@ -48,7 +49,7 @@ def _png(shape=(60, 80, 3), seed=0) -> bytes:
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app(ServeConfig(checkpoint="test", max_bytes=2**20, max_pixels=1_000_000), seg=_segmenter())
+    app = create_app(ServeConfig(checkpoint="test", max_mb=1, max_pixels=1_000_000), seg=_segmenter())
     with TestClient(app) as c:
         yield c
 
@@ -163,6 +164,7 @@ def _free_port() -> int:
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it)")
 def test_page_in_headless_chromium(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")

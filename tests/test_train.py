@@ -23,9 +23,6 @@ from dabnet.evaluate import run_evaluation
 from dabnet.losses import CrossEntropy, OHEMCrossEntropy
 from dabnet.metrics import ConfusionMatrix
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_data import make_camvid  # noqa: E402
-
 # ----------------------------------------------------------------------------- losses
 
 
@@ -119,6 +116,12 @@ def test_overrides_and_unknown_keys(tmp_path):
     bad.write_text("epochs: 3\nbatchsize: 4\n")
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['batchsize'\]"):
         build_config(TrainConfig, str(bad))
+    # `amp` was renamed `precision`: old YAMLs and commands keep working
+    assert build_config(TrainConfig, "camvid", ["amp=bf16"]).precision == "bf16"
+    assert build_config(TrainConfig, "camvid", ["amp=none"]).precision == "fp32"
+    old_yaml = tmp_path / "old.yaml"
+    old_yaml.write_text("amp: none\nepochs: 3\n")
+    assert build_config(TrainConfig, str(old_yaml)).precision == "fp32"
     with pytest.raises(ConfigError, match="expects true or false"):
         build_config(TrainConfig, "camvid", ["flip=maybe"])
     with pytest.raises(ConfigError, match="not found"):
@@ -129,7 +132,7 @@ def test_overrides_and_unknown_keys(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_camvid(tmp_path_factory) -> Path:
+def tiny_camvid(tmp_path_factory, make_camvid) -> Path:
     return make_camvid(tmp_path_factory.mktemp("data") / "camvid", n=8)
 
 
@@ -159,7 +162,7 @@ def test_training_writes_everything_a_person_wants(tiny_camvid, tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
 
 
-def test_holdout_drive_is_left_out_of_training_validated_on_and_selects_best(tmp_path):
+def test_holdout_drive_is_left_out_of_training_validated_on_and_selects_best(tmp_path, make_camvid):
     root = make_camvid(tmp_path / "cv", n=8, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
     out = tmp_path / "run"
     logs = []
@@ -218,8 +221,30 @@ def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypa
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
     assert [h["val_miou"] for h in a["history"]] == [h["val_miou"] for h in b["history"]]
+    # The interrupted epoch's train_loss is the mean over all of its steps, not only those after the resume.
+    assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-6)
 
 
+def test_checkpoints_written_before_the_redesign_still_resume(tiny_camvid, tmp_path):
+    """The layout of a pre-RunState checkpoint (no loss sums, `amp` in its config, no holdout keys)
+    resumes: this pins the keys train.RunState reads."""
+    out = tmp_path / "old"
+    train_mod.train(_cfg(tiny_camvid, out, epochs=1), log=lambda *a: None)
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    old = {k: v for k, v in ckpt.items() if k not in ("loss_sum", "loss_steps", "selected_on", "hardware")}
+    old["config"] = {("amp" if k == "precision" else k): ("none" if k == "precision" else v) for k, v in ckpt["config"].items()}
+    old["data_splits"] = {"train": "train", "val": "val"}
+    assert set(old) == {"format", "model_name", "num_classes", "model_kwargs", "model", "dataset", "class_names", "palette",
+                        "ignore_index", "raw_ignore", "mean", "std", "config", "data_splits", "epoch", "iter_in_epoch",
+                        "iteration", "best_miou", "history", "optimizer", "scheduler", "scaler", "rng", "finished"}  # fmt: skip
+    dabnet.save_checkpoint(old, out / "last.pth")
+    assert dabnet.load_model(out / "last.pth").num_classes == 11
+    summary = train_mod.train(_cfg(tiny_camvid, out, epochs=2), log=lambda *a: None)
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2] and summary["best_miou"] >= 0
+
+
+@pytest.mark.slow
 def test_sigint_from_outside_saves_and_exits_cleanly(tiny_camvid, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "dabnet", "train", "--config", "camvid", "--out", str(out)] + sum(
@@ -239,6 +264,7 @@ def test_sigint_from_outside_saves_and_exits_cleanly(tiny_camvid, tmp_path):
     assert not ckpt["finished"] and ckpt["epoch"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_to_the_whole_process_group_with_loader_workers(tiny_camvid, tmp_path, sig):
     """Ctrl-C in a terminal, or a scheduler's SIGTERM, reaches the loader workers too."""
@@ -293,6 +319,7 @@ def test_bad_inputs_are_clear(tiny_camvid, tmp_path):
         run_evaluation(EvalConfig(checkpoint=str(wrong), data_root=str(tiny_camvid), workers=0), log=lambda *a: None)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
 def test_torchrun_two_processes_on_cpu(tiny_camvid, tmp_path):
     out = tmp_path / "ddp"
@@ -332,11 +359,8 @@ def test_eval_json_png_flip_multiscale(tiny_camvid, tmp_path, capsys):
     assert 0 <= tta["miou"] <= 1
 
 
-def test_eval_accepts_official_checkpoints(tmp_path, official_reference):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_data import _make_cityscapes
-
-    root = _make_cityscapes(tmp_path / "cs")
+def test_eval_accepts_official_checkpoints(tmp_path, official_reference, make_cityscapes):
+    root = make_cityscapes(tmp_path / "cs")
     sd, _, _ = official_reference
     ckpt = tmp_path / "official.pth"
     torch.save({"epoch": 1, "model": {"module." + k: v for k, v in sd.items()}}, ckpt)
@@ -361,10 +385,8 @@ def test_gradient_clipping_bounds_the_step():
     assert step(0.0).norm() > 0.5
 
 
-def test_training_on_a_user_folder_dataset(tmp_path):
-    from test_data import _make_folder
-
-    spec = _make_folder(tmp_path / "toy")
+def test_training_on_a_user_folder_dataset(tmp_path, make_folder):
+    spec = make_folder(tmp_path / "toy")
     cfg = build_config(TrainConfig, "folder_example", data_root=str(spec), out=str(tmp_path / "run"), epochs=1,
                        batch_size=2, crop_size=[32, 32], workers=0, check_data=True, val_batch_size=2)  # fmt: skip
     summary = train_mod.train(cfg, log=lambda *a: None)

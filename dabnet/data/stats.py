@@ -132,3 +132,21 @@ def compute_stats(
         tmp.write_text(json.dumps(asdict(stats)))
         os.replace(tmp, cache_file)
     return stats
+
+
+def stats_report(kind: str, root: Union[str, os.PathLike], split: str = "train", enet_c: float = 1.02, as_json: bool = False) -> str:
+    """`dabnet data stats`: mean/std, class frequencies and both kinds of class weights, as a table or JSON."""
+    from .datasets import build_dataset
+
+    ds = build_dataset(kind, root, split)
+    stats = compute_stats(ds, progress=True)
+    enet, median = class_weights(stats, "enet", enet_c), class_weights(stats, "median")
+    if as_json:
+        return json.dumps({"dataset": ds.name, "images": stats.images, "mean": stats.mean, "std": stats.std,
+                           "frequencies": dict(zip(ds.classes, stats.frequencies.tolist())),
+                           "enet_weights": dict(zip(ds.classes, enet.tolist())), "enet_c": enet_c,
+                           "median_frequency_weights": dict(zip(ds.classes, median.tolist()))}, indent=2)  # fmt: skip
+    lines = [f"{ds.name}: {stats.images} images; mean RGB {[round(v, 2) for v in stats.mean]}, std RGB {[round(v, 2) for v in stats.std]}",
+             f"{'class':<16} {'pixels %':>9} {'ENet w (c=' + str(enet_c) + ')':>16} {'median-freq w':>14}"]  # fmt: skip
+    lines += [f"{n:<16} {100 * p:9.2f} {w1:16.3f} {w2:14.3f}" for n, p, w1, w2 in zip(ds.classes, stats.frequencies, enet, median)]
+    return "\n".join(lines)

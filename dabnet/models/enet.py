@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import init_weights, pad_to_multiple
+from .layers import PaddedNet, init_weights
 from .registry import register_model
 
 
@@ -106,7 +106,7 @@ def _stage23(ch: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(*[Bottleneck(ch, kind, d, dropout) for kind, d in layout])
 
 
-class ENet(nn.Module):
+class ENet(PaddedNet):
     """ENet: initial block, five bottleneck stages, transposed-conv classifier."""
 
     size_multiple = 8  # inputs are padded to this multiple; exported graphs need it
@@ -126,9 +126,8 @@ class ENet(nn.Module):
         self.fullconv = nn.ConvTranspose2d(16, num_classes, 2, 2, bias=False)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        x = pad_to_multiple(x, self.size_multiple)  # three exact halvings for the unpooling indices
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        # three exact halvings for the unpooling indices
         out = self.initial(x)
         out, idx1 = self.down1(out)
         out = self.stage1(out)
@@ -136,7 +135,7 @@ class ENet(nn.Module):
         out = self.stage3(self.stage2(out))
         out = self.stage4(self.up4(out, idx2))
         out = self.stage5(self.up5(out, idx1))
-        return self.fullconv(out)[:, :, :h, :w]
+        return self.fullconv(out)
 
 
 @register_model("enet", "ENet (Paszke et al. 2016)")

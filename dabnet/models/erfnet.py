@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ERFNetDecoder, NonBottleneck1D, init_weights, pad_to_multiple
+from .layers import ERFNetDecoder, NonBottleneck1D, PaddedNet, init_weights
 from .registry import register_model
 
 
@@ -27,7 +27,7 @@ class DownsamplerBlock(nn.Module):
         return F.relu(self.bn(torch.cat([self.conv(x), self.pool(x)], 1)))
 
 
-class ERFNet(nn.Module):
+class ERFNet(PaddedNet):
     """ERFNet: 16 encoder layers of factorised residual blocks, ERFNet decoder."""
 
     size_multiple = 8  # inputs are padded to this multiple; exported graphs need it
@@ -43,10 +43,8 @@ class ERFNet(nn.Module):
         self.decoder = ERFNetDecoder(128, num_classes)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        x = pad_to_multiple(x, self.size_multiple)
-        return self.decoder(self.encoder(x))[:, :, :h, :w]
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
 
 
 @register_model("erfnet", "ERFNet (Romera et al. 2018)")

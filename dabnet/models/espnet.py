@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import BNPReLU, ConvBNPReLU, init_weights, pad_to_multiple
+from .layers import BNPReLU, ConvBNPReLU, PaddedNet, init_weights
 from .registry import register_model
 
 
@@ -43,7 +43,7 @@ class ESPModule(nn.Module):
         return self.norm(out)
 
 
-class ESPNet(nn.Module):
+class ESPNet(PaddedNet):
     """ESPNet encoder (ESPNet-C) with the paper's decoder of stride-2 transposed convolutions."""
 
     size_multiple = 8  # inputs are padded to this multiple; exported graphs need it
@@ -69,9 +69,8 @@ class ESPNet(nn.Module):
         self.classifier = nn.ConvTranspose2d(c, c, 2, 2, bias=False)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        x = pad_to_multiple(x, self.size_multiple)  # the decoder's stride-2 transposed convs need exact halvings
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        # the decoder's stride-2 transposed convs need exact halvings
         in1 = self.sample(x)
         in2 = self.sample(in1)
         out0 = self.b1(torch.cat([self.level1(x), in1], 1))
@@ -81,8 +80,7 @@ class ESPNet(nn.Module):
         out2 = self.b3(torch.cat([out2_0, self.level3(out2_0)], 1))
         l3 = self.up_l3(self.classifier_l3(out2))
         l23 = self.up_l2(self.combine_l23(torch.cat([self.classifier_l2(out1), l3], 1)))
-        out = self.classifier(self.combine_l1(torch.cat([l23, out0], 1)))
-        return out[:, :, :h, :w]
+        return self.classifier(self.combine_l1(torch.cat([l23, out0], 1)))
 
 
 @register_model("espnet", "ESPNet (Mehta et al. 2018)")

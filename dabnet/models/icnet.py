@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvBNReLU, init_weights, pad_to_multiple, resize_to
+from .layers import ConvBNReLU, PaddedNet, init_weights, resize_to
 from .registry import register_model
 
 
@@ -57,7 +57,7 @@ class CascadeFeatureFusion(nn.Module):
         return F.relu(self.low(low) + self.high(high))
 
 
-class ICNet(nn.Module):
+class ICNet(PaddedNet):
     """ICNet with a ResNet-50 backbone shared by the 1/2 and 1/4 branches."""
 
     size_multiple = 32  # inputs are padded to this multiple; exported graphs need it
@@ -87,9 +87,7 @@ class ICNet(nn.Module):
             out = out + resize_to(F.adaptive_avg_pool2d(x, b), size)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        x = pad_to_multiple(x, self.size_multiple)
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         hp, wp = x.shape[2], x.shape[3]
         f1 = self.sub1(x)  # 1/8
         x2 = resize_to(x, (hp // 2, wp // 2))
@@ -98,8 +96,7 @@ class ICNet(nn.Module):
         f4 = self.reduce(self._pyramid_pool(self.layer4(self.layer3(f4))))  # 1/32
         f = self.cff_12(self.cff_24(f4, f2), f1)
         f = resize_to(f, (f.shape[2] * 2, f.shape[3] * 2))
-        out = resize_to(self.classifier(f), (hp, wp))
-        return out[:, :, :h, :w]
+        return resize_to(self.classifier(f), (hp, wp))
 
 
 @register_model("icnet", "ICNet, ResNet-50 (Zhao et al. 2018)")

@@ -90,6 +90,21 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph))
 
 
+class PaddedNet(nn.Module):
+    """Base of networks that need H and W divisible by `size_multiple` (max-unpooling, exact
+    stride-2 halvings): `forward` pads the input, runs `forward_padded`, and crops the logits back to
+    the input's size, so that they accept any H and W."""
+
+    size_multiple = 8  # exported graphs take multiples of this
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # each network defines its own
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        return self.forward_padded(pad_to_multiple(x, self.size_multiple))[:, :, :h, :w]
+
+
 class NonBottleneck1D(nn.Module):
     """ERFNet's residual block: two pairs of 3x1/1x3 convolutions, the second pair dilated."""
 

@@ -12,7 +12,7 @@ from typing import List
 import torch
 from torch import nn
 
-from .layers import ConvBNReLU, init_weights, pad_to_multiple
+from .layers import ConvBNReLU, PaddedNet, init_weights
 from .registry import register_model
 
 _ENCODER = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
@@ -26,7 +26,7 @@ def _stage(channels: List[int], in_ch: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class SegNet(nn.Module):
+class SegNet(PaddedNet):
     """SegNet with batch normalisation after every convolution."""
 
     size_multiple = 32  # inputs are padded to this multiple; exported graphs need it
@@ -49,16 +49,16 @@ class SegNet(nn.Module):
         self.classifier = nn.Conv2d(64, num_classes, 3, padding=1)
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        out = pad_to_multiple(x, self.size_multiple)  # five exact halvings
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        # five exact halvings
+        out = x
         indices: List[torch.Tensor] = []
         for enc in self.encoders:
             out, idx = self.pool(enc(out))
             indices.append(idx)
         for i, dec in enumerate(self.decoders):
             out = dec(self.unpool(out, indices[len(indices) - 1 - i]))
-        return self.classifier(out)[:, :, :h, :w]
+        return self.classifier(out)
 
 
 @register_model("segnet", "SegNet (Badrinarayanan et al. 2017)")

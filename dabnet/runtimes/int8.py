@@ -1,4 +1,4 @@
-"""Static int8 post-training quantization for CPU inference (PT2E, X86 inductor quantizer).
+"""The `int8` runtime: static int8 post-training quantization for CPU inference (PT2E, X86 inductor quantizer).
 
 The network is exported with dynamic batch, height and width, annotated by torchao's
 `X86InductorQuantizer` (per-channel symmetric int8 weights, uint8 activations), calibrated on
@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import logging
 import warnings
-from importlib import resources
-from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-
-def calibration_frames() -> List[Path]:
-    """The CamVid *train* frames bundled for calibration (6 frames from the 3 train sequences)."""
-    folder = resources.files("dabnet") / "assets" / "calib"
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
+from .pytorch import fold_batchnorm
 
 
 def _torchao():
@@ -80,23 +74,19 @@ def first_and_last_convs(model: nn.Module) -> List[str]:
 
 
 def int8_runner(
-    model: nn.Module, calibration: Optional[Iterable[torch.Tensor]] = None, keep_float: Optional[Sequence[str]] = None
-):
-    """A callable `tensor -> fp32 logits` running the int8 network compiled by inductor.
+    model: nn.Module, calibration: Iterable[torch.Tensor], keep_float: Optional[Sequence[str]] = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A callable `tensor -> fp32 logits` running the int8 network compiled by inductor, calibrated on
+    `calibration` (normalised NCHW batches, as the model expects them: train frames, never test ones).
 
     By default the first and last convolutions stay in float (quantizing the normalised RGB input
     to 8 bits cost DABNet most of its int8 mIoU loss on CamVid val: docs/SPEED.md). The int8 graph
     takes sizes that are multiples of `model.size_multiple`; other sizes run the BatchNorm-folded
     float network instead (padding or resizing them changed up to 10% of DABNet's labels at small
-    sizes), with a warning. Without `calibration` the bundled train frames are used, normalised as
-    the model expects. The first call at each new input size compiles (tens of seconds on 2 cores).
+    sizes), with a warning. The first call at each new input size compiles (tens of seconds on 2 cores).
     """
-    from .backends import fold_batchnorm
-
     import torch._inductor.config as inductor_config
 
-    if calibration is None:
-        calibration = bundled_calibration(model)
     if keep_float is None:
         keep_float = first_and_last_convs(model)
     qmodel = quantize_int8(model, calibration, keep_float)
@@ -117,12 +107,3 @@ def int8_runner(
             return fallback(x)
 
     return run
-
-
-def bundled_calibration(model: nn.Module) -> List[torch.Tensor]:
-    """The bundled calibration frames as normalised 1x3xHxW tensors for `model`."""
-    from .data.datasets import read_image
-    from .predict import Segmenter
-
-    seg = Segmenter.for_model(model)  # the normalisation the model was trained with
-    return [seg.preprocess([read_image(path)]) for path in calibration_frames()]

@@ -1,0 +1,36 @@
+"""Numeric precision of a forward pass: fp32, or bf16/fp16 autocast; one helper for training and inference."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import List, Union
+
+import torch
+
+PRECISIONS: List[str] = ["fp32", "bf16", "fp16"]
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: Union[str, torch.device]) -> None:
+    """A clear error for an unknown precision, or fp16 where only CUDA has it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise ValueError("fp16 runs on CUDA only; on a CPU use fp32 or bf16 (see docs/SPEED.md)")
+
+
+def autocast(device: Union[str, torch.device], precision: str = "fp32"):
+    """bf16/fp16 autocast on `device`, or a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    check_precision(precision, device)
+    return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision])
+
+
+def cpu_has_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX); without them
+    bf16 autocast is emulated and many times slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -1,0 +1,84 @@
+"""The `onnxruntime` runtime: a network written to ONNX (dynamic batch, height and width, with the
+class names, colours and normalisation in its metadata) and run by ONNX Runtime on the CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+from torch import nn
+
+from ..data.datasets import PathLike
+
+META_KEYS = ("model_name", "num_classes", "class_names", "palette", "mean", "std", "val_miou", "source")
+
+
+def model_metadata(model: nn.Module) -> Dict[str, Any]:
+    """What an exported file carries so that it can be used without its checkpoint."""
+    meta = dict(getattr(model, "checkpoint_meta", {}))
+    meta.update(model_name=model.model_name, num_classes=model.num_classes)
+    return {k: meta[k] for k in META_KEYS if k in meta}
+
+
+def export_sizes(model: nn.Module) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """One size the network needs no padding for, and one odd size that exercises the dynamic axes."""
+    m = getattr(model, "size_multiple", 8)
+    return (45 * m, 60 * m) if m <= 8 else (12 * m, 15 * m), (97, 131)
+
+
+def write_onnx(model: nn.Module, path: PathLike, opset: int = 17) -> Path:
+    """Write `model` (eval mode) as ONNX with dynamic batch/H/W and its metadata; no check."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.randn(1, 3, *export_sizes(model)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic
+        torch.onnx.export(
+            model.eval(), (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=opset,
+            dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
+            dynamo=False,
+        )  # fmt: skip
+    proto = onnx.load(str(path))
+    for k, v in model_metadata(model).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, json.dumps(v)
+    onnx.save(proto, str(path))
+    return path
+
+
+class OrtRunner:
+    """An ONNX file run by ONNX Runtime: `NCHW tensor -> fp32 logits`, with the file's metadata."""
+
+    def __init__(self, path: PathLike, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.checkpoint_meta = {k: json.loads(v) for k, v in props.items()}
+        self.model_name = self.checkpoint_meta.get("model_name", Path(path).stem) + " (onnxruntime)"
+        self.num_classes = int(self.checkpoint_meta.get("num_classes", self.session.get_outputs()[0].shape[1]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"input": x.detach().cpu().float().contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def onnx_runner(model: nn.Module) -> OrtRunner:
+    """`model` exported to a temporary ONNX file and loaded by ONNX Runtime; the file is removed once
+    the session holds the graph."""
+    folder = tempfile.mkdtemp(prefix="dabnet-ort-")
+    try:
+        return OrtRunner(write_onnx(model.cpu(), Path(folder) / "model.onnx"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,69 @@
+"""PyTorch runtimes: `eager` (the network as trained), `fold` (BatchNorm folded into the convolution
+before it: eval-mode algebra, same outputs, faster) and `compile` (`torch.compile` with inductor
+freezing on the folded net; on CUDA with CUDA graphs). channels_last and cudnn.benchmark on CUDA."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ..precision import autocast, check_precision, cpu_has_bf16
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of `model` in which every Conv2d directly followed by a BatchNorm2d (inside one
+    Sequential) absorbs it; the BatchNorm becomes an Identity. Eval-mode outputs are unchanged."""
+    folded = copy.deepcopy(model).eval()
+    for seq in folded.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = nn.Identity()
+    return folded
+
+
+def torch_runner(
+    model: nn.Module, backend: str = "eager", precision: str = "fp32", device: str = "cpu", channels_last: Optional[bool] = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A callable `NCHW tensor -> fp32 logits` for backend eager, fold or compile;
+    `channels_last=None` means NHWC on CUDA (tensor cores want it) and NCHW on a CPU."""
+    dev = torch.device(device)
+    check_precision(precision, dev)
+    if precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+        warnings.warn(
+            f"bf16 on a CPU without bf16 hardware ({torch.backends.cpu.get_cpu_capability()}) is emulated and far "
+            "slower than fp32; use precision='fp32' here", stacklevel=3,
+        )  # fmt: skip
+    model = model.eval().to(dev)
+    net = model if backend == "eager" else fold_batchnorm(model)
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest algorithms
+    if channels_last:  # on a copy: the caller's model keeps its layout
+        net = (copy.deepcopy(net) if net is model else net).to(memory_format=torch.channels_last)
+    if backend == "compile":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True  # fold weights as constants: conv+bn/bias fusion, no weight copies
+        net = torch.compile(net, mode="reduce-overhead" if dev.type == "cuda" else None)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    graphs = backend == "compile" and dev.type == "cuda"
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(dev, precision):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+                return net(x.to(dev, memory_format=fmt)).float().clone()  # the graph's output buffer is reused
+            return net(x.to(dev, memory_format=fmt)).float()
+
+    return run

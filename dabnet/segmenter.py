@@ -1,0 +1,119 @@
+"""`Segmenter`: a model loaded once, run by one of the runtimes, turning RGB images into label maps."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import inference_spec, load_model
+from .data.classes import default_palette
+from .data.datasets import PathLike, read_image
+from .preprocessing import Normalize
+from .runtimes import prepare
+from .runtimes.onnx import OrtRunner
+
+
+def calibration_frames() -> List[Path]:
+    """The CamVid *train* frames bundled for int8 calibration (6 frames from the 3 train sequences)."""
+    folder = resources.files("dabnet") / "assets" / "calib"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
+
+
+def calibration_batches(mean: Sequence[float], std: Sequence[float]) -> List[torch.Tensor]:
+    """The bundled calibration frames as 1x3xHxW tensors normalised with `mean`/`std`."""
+    normalize = Normalize(mean, std)
+    return [normalize([read_image(path)]) for path in calibration_frames()]
+
+
+class Segmenter:
+    """Load a model once and segment RGB images: `predict(HxWx3 uint8) -> HxW uint8`.
+
+    `model` is a network (run as is unless `runner` is given) or a runner that carries its own
+    metadata (an ONNX file's `OrtRunner`). `mean`/`std` are the 0-255 RGB normalisation."""
+
+    def __init__(
+        self,
+        model: Any,
+        mean: Sequence[float],
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        class_names: Optional[Sequence[str]] = None,
+        palette: Optional[Sequence[Tuple[int, int, int]]] = None,
+        device: Union[str, torch.device] = "cpu",
+        runner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        backend: str = "eager",
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval() if isinstance(model, nn.Module) else model
+        self.run = runner if runner is not None else self.model
+        self.backend = backend if runner is not None or isinstance(model, nn.Module) else type(model).__name__
+        n = int(getattr(model, "num_classes", len(class_names or [])))
+        self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
+        self.palette = [tuple(c) for c in palette] if palette else default_palette(n)
+        self.normalize = Normalize(mean, std, self.device)
+        self.mean, self.std = self.normalize.mean, self.normalize.std
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.model, "model_name", "model"))
+
+    @property
+    def meta(self) -> dict:
+        """The checkpoint metadata of the model (empty for a bare network)."""
+        return dict(getattr(self.model, "checkpoint_meta", {}))
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: PathLike,
+        device: Union[str, torch.device] = "cpu",
+        backend: str = "fold",
+        precision: str = "fp32",
+        channels_last: Optional[bool] = None,
+    ) -> "Segmenter":
+        """A Segmenter whose normalisation, class names and colours come from the checkpoint.
+
+        `backend` is one of dabnet.runtimes.BACKENDS (eager, fold, compile, int8, onnxruntime); the
+        default, BatchNorm folding, gives eager's outputs faster with no start-up cost. An exported
+        .onnx file always runs with ONNX Runtime. int8 calibrates on the bundled train frames.
+        """
+        if str(path).endswith(".onnx"):
+            return cls.for_model(OrtRunner(path), device, backend="onnxruntime")
+        model = load_model(path)
+        runner = None
+        if backend != "eager" or precision != "fp32" or channels_last is not None:
+            spec = inference_spec(model)
+            calibration = calibration_batches(spec["mean"], spec["std"]) if backend == "int8" else None
+            runner = prepare(model, backend, precision, str(device), channels_last=channels_last, calibration=calibration)
+        return cls.for_model(model, device, runner, backend)
+
+    @classmethod
+    def for_model(cls, model: Any, device: Union[str, torch.device] = "cpu", runner=None, backend: str = "eager") -> "Segmenter":
+        """A Segmenter for a loaded model, described by `checkpoint.inference_spec`."""
+        return cls(model, device=device, runner=runner, backend=backend, **inference_spec(model))
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Stack same-size RGB uint8 images into a normalised NCHW float tensor."""
+        return self.normalize(images)
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Label maps for a list of images; images of one size run as one batch."""
+        out: List[Optional[np.ndarray]] = [None] * len(images)
+        by_size: dict = {}
+        for i, im in enumerate(images):
+            by_size.setdefault(im.shape[:2], []).append(i)
+        for idx in by_size.values():
+            logits = self.run(self.preprocess([images[i] for i in idx]))
+            labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
+            for j, i in enumerate(idx):
+                out[i] = labels[j]
+        return out  # type: ignore[return-value]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """HxW uint8 label map of one RGB (or grayscale/RGBA) image."""
+        return self.predict_batch([image])[0]
