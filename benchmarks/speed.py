@@ -4,7 +4,8 @@ protocol for the comparison networks, all measured on this machine in one run.
     python benchmarks/speed.py --checkpoint dabnet-camvid --data-root ../shared/data/camvid
 
 Backend accuracy is measured on CamVid val with the trained weights (mIoU change against eager
-fp32). Every timing is a median over interleaved frames (see `dabnet.benchmark.benchmark`).
+fp32), through `dabnet eval --backend B --precision P`. Every timing is a median over interleaved
+frames (see `dabnet.benchmark.benchmark`). Pause anything else running on the machine first.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from pathlib import Path
 import torch
 
 from dabnet.benchmark import benchmark, measure_matmul_peak, plot_bench
-from dabnet.checkpoint import load_model
-from dabnet.metrics import ConfusionMatrix
-from dabnet.runtimes import prepare
-from dabnet.segmenter import calibration_batches
+from dabnet.config import EvalConfig
+from dabnet.evaluate import run_evaluation
+from dabnet.precision import cpu_flags, cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 # DABNet's dense 3x3 convolutions (in, out, H, W at 512x1024 input): stem, block 1, block 2.
@@ -56,48 +56,45 @@ def conv_throughput(frames: int = 10) -> list:
     return rows
 
 
-def backend_miou(checkpoint: str, backends, data_root: str) -> dict:
-    """CamVid val mIoU of each backend (whole 360x480 images, batch 1)."""
-    from dabnet.checkpoint import input_normalisation
-    from dabnet.data.datasets import CamVid
-    from dabnet.data.transforms import EvalTransform
-
-    model = load_model(checkpoint)
-    mean, std = input_normalisation(model.checkpoint_meta, (0, 0, 0), (1, 1, 1))
-    ds = CamVid(data_root, "val", transform=EvalTransform(mean, std))
-    samples = [ds[i] for i in range(len(ds))]
+def backend_miou(checkpoint: str, labels, data_root: str) -> dict:
+    """CamVid val mIoU of each backend label (NAME or NAME:PRECISION), through `dabnet eval`'s code."""
     out = {}
-    for b in backends:
-        calibration = calibration_batches(mean, std) if b == "int8" else None
-        run = prepare(model, b, calibration=calibration)
-        cm = ConfusionMatrix(11)
-        for x, y in samples:
-            cm.update(run(x[None]).argmax(1), y[None])
-        out[b] = cm.compute()["miou"]
+    for label in labels:
+        backend, _, precision = label.partition(":")
+        cfg = EvalConfig(checkpoint=checkpoint, data_root=data_root, split="val", workers=0, device="cpu",
+                         backend=backend, precision=precision or "fp32")  # fmt: skip
+        out[label] = run_evaluation(cfg, log=lambda *a: None)["miou"]
+        print(f"  {label}: CamVid val mIoU {100 * out[label]:.2f}%")
     return out
+
+
+def default_backends() -> list:
+    """Every backend and precision that runs on this CPU (bf16 only where it is native)."""
+    labels = ["eager", "fold", "compile", "int8", "onnxruntime", "openvino:fp32", "openvino:int8", "auto"]
+    if cpu_has_bf16():
+        labels[1:1] = ["eager:bf16"]
+        labels[4:4] = ["compile:bf16"]
+        labels.insert(labels.index("openvino:int8"), "openvino:bf16")
+    return labels
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="dabnet-camvid")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "camvid"))
-    ap.add_argument("--backends", nargs="+", default=["eager", "fold", "compile", "int8", "onnxruntime"])
+    ap.add_argument("--backends", nargs="+", default=default_backends(), help="NAME or NAME:PRECISION (openvino:int8)")
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--table5-frames", type=int, default=5)
-    ap.add_argument("--bf16", action="store_true", help="also time bf16 autocast (only useful with bf16 hardware)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "SPEED.md"))
     args = ap.parse_args()
     t0 = time.time()
+    cpu = cpu_flags()
     peak = measure_matmul_peak()
-    print(f"fp32 matmul peak {peak:.1f} GFLOP/s")
+    print(f"{cpu['model']} ({' '.join(cpu['flags'])}): fp32 matmul peak {peak:.1f} GFLOP/s")
     timed = args.backends + [f"{b}+cl" for b in args.backends if b in ("eager", "fold")]  # NHWC, interleaved too
     rows = benchmark(["dabnet"], [(512, 1024), (360, 480)], timed, frames=args.frames, warmup=3,
                      checkpoint=args.checkpoint)  # fmt: skip
-    if args.bf16:  # minutes per frame on CPUs without bf16 hardware (AVX2 only)
-        rows += benchmark(["dabnet"], [(360, 480)], ["eager", "fold"], precision="bf16", frames=3, warmup=1,
-                          checkpoint=args.checkpoint, paper_protocol=False)  # fmt: skip
     miou = backend_miou(args.checkpoint, args.backends, args.data_root)
-    print("CamVid val mIoU per backend:", miou)
     convs = conv_throughput() if "int8" in args.backends else []
     table5 = benchmark(["dabnet", "enet", "espnet", "erfnet", "icnet", "segnet"], [(256, 512), (512, 1024)], ["eager"],
                        frames=args.table5_frames, warmup=1)  # fmt: skip
@@ -113,28 +110,33 @@ def main() -> None:
     lines = [
         "# Speed on this machine",
         "",
-        f"Generated by `python benchmarks/speed.py` ({(time.time() - t0) / 60:.0f} minutes) on {torch.get_num_threads()} CPU "
-        f"threads, torch {torch.__version__}, no GPU. Batch 1, median over interleaved frames after warm-up. "
+        f"Generated by `python benchmarks/speed.py` ({(time.time() - t0) / 60:.0f} minutes) on **{cpu['model']}** "
+        f"(flags: {' '.join(cpu['flags']) or 'none of AVX2/AVX512/VNNI/BF16/AMX'}; PyTorch capability {cpu['capability']}), "
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, OpenVINO {_version('openvino')}, NNCF "
+        f"{_version('nncf')}, no GPU. Batch 1, median over interleaved frames after warm-up. "
         f"Measured fp32 matmul peak of this machine: **{peak:.0f} GFLOP/s** (1024x1024 sgemm, best of 2 s); "
         "'peak %' is the rate a run reaches counting 2 FLOPs per MAC of `dabnet models`, against that peak.",
         "",
         f"## DABNet ({args.checkpoint}), CPU backends",
         "",
-        "| size | backend | precision | protocol | ms (median) | FPS | vs eager fp32 | peak % | CamVid val mIoU |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| size | backend | precision | protocol | ms (median) | FPS | vs eager fp32 | peak % | CamVid val mIoU | change |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ratio = base(r["size"]) / r["ms_median"]
         frac = 100 * 2 * r["gmacs"] / (r["ms_median"] / 1000) / peak
-        m = miou.get(r["backend"]) if r["precision"] in ("fp32", "int8") and r["protocol"] == "inference" else None
+        m = miou.get(_label_of(r, args.backends)) if r["protocol"] == "inference" else None
+        change = "" if m is None or "eager" not in miou else f"{100 * (m - miou['eager']):+.2f}"
         lines.append(f"| {r['size']} | {r['backend']} | {r['precision']} | {r['protocol']} | {r['ms_median']:.1f} | {r['fps']:.1f} | "
-                     f"{ratio:.2f}x | {frac:.0f}% | {'' if m is None else f'{100 * m:.2f}%'} |")  # fmt: skip
+                     f"{ratio:.2f}x | {frac:.0f}% | {'' if m is None else f'{100 * m:.2f}%'} | {change} |")  # fmt: skip
     lines += [
         "",
         "`paper (autograd on)` is the paper's protocol: the forward pass without `no_grad`, so the",
         "FPS it reports include autograd's bookkeeping; `inference` runs under `torch.inference_mode()`.",
-        "`int8` counts int8 operations against the fp32 peak. Its mIoU change against eager fp32: "
-        + (f"{100 * (miou['int8'] - miou['eager']):+.2f} points." if "int8" in miou and "eager" in miou else "not measured."),
+        "int8 rows count int8 operations against the fp32 peak. `auto (openvino)` is the default backend",
+        "(`dabnet.runtimes.choose_auto`); its mIoU is `dabnet eval --backend auto`. `change` is the mIoU",
+        "change against eager fp32, in points, on all 101 CamVid val images at 360x480 (`dabnet eval",
+        "--backend B --precision P`). `+cl` rows run channels_last.",
         "",
         "## The paper's Table 5 protocol, comparison networks (eager fp32, fresh weights)",
         "",
@@ -154,16 +156,38 @@ def main() -> None:
             "|---|---:|---:|---:|",
         ]
         lines += [f"| {c['shape']} | {c['fp32']:.0f} | {c['int8']:.0f} | {c['int8'] / c['fp32']:.2f}x |" for c in convs]
+        vnni = any(f in cpu["flags"] for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
         lines += [
             "",
-            f"This CPU ({torch.backends.cpu.get_cpu_capability()}) has no VNNI/AMX int8 instructions, so int8",
-            "convolutions gain at most this ratio over fp32; with DABNet's "
+            f"This CPU {'has' if vnni else 'has no'} VNNI/AMX int8 dot-product instructions. With DABNet's "
             f"{2 * rows[0]['gmacs']:.1f} GFLOP at 512x1024 and the fp32 peak above, fp32 cannot go below "
             f"{1000 * 2 * rows[0]['gmacs'] / peak:.0f} ms a frame.",
         ]
     lines += ["", "![FPS against parameters at 512x1024](speed_cpu.png)", ""]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _label_of(row: dict, labels) -> str:
+    """The --backends label a benchmark row came from (for its mIoU)."""
+    if row["backend"].startswith("auto"):
+        return "auto"
+    for label in labels:
+        name, _, prec = label.partition(":")
+        if name == row["backend"] and (prec or "fp32") == row["precision"]:
+            return label
+        if name == row["backend"] and name == "int8":
+            return label
+    return ""
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 if __name__ == "__main__":

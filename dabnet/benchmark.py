@@ -80,6 +80,28 @@ def measure_matmul_peak(seconds: float = 2.0, n: int = 1024, device: str = "cpu"
     return best
 
 
+def _runner(model: nn.Module, label: str, precision: str, device: str, channels_last: Optional[bool]):
+    """((row backend, precision, protocol), runner) for a backend label: NAME, NAME+cl (channels_last)
+    or NAME:PRECISION (e.g. openvino:int8); `auto` is resolved to what it picks here."""
+    from .checkpoint import inference_spec
+    from .runtimes import choose_auto, prepare
+    from .segmenter import calibration_batches
+
+    label, _, prec = label.partition(":")
+    prec = prec or precision
+    b, cl = (label[:-3], True) if label.endswith("+cl") else (label, channels_last)
+    if b == "auto":
+        b, prec, _ = choose_auto(device)
+        label = f"auto ({b})"
+    elif cl and b not in ("int8", "onnxruntime", "openvino"):
+        label = f"{b}+cl"
+    quantized = b == "int8" or prec == "int8"
+    spec = inference_spec(model)
+    calibration = calibration_batches(spec["mean"], spec["std"]) if quantized else None
+    runner = prepare(model, b, "fp32" if b == "int8" else prec, device, channels_last=cl, calibration=calibration)
+    return (label, "int8" if quantized else prec, "inference"), runner
+
+
 def benchmark(
     models: Sequence[str] = ("dabnet",),
     sizes: Sequence[Tuple[int, int]] = ((512, 1024),),
@@ -98,10 +120,9 @@ def benchmark(
     `frames` timed forward passes; backends are interleaved frame by frame so that a noisy machine
     affects them alike. `paper_protocol` adds eager runs without no_grad (as the paper timed);
     `channels_last` is passed to `dabnet.runtimes.prepare` (rows then name the backend `NAME+cl`);
-    a backend written `NAME+cl` runs channels_last on its own, beside the others."""
-    from .checkpoint import inference_spec, load_model
-    from .runtimes import prepare
-    from .segmenter import calibration_batches
+    a backend written `NAME+cl` runs channels_last on its own, beside the others, and `NAME:PRECISION`
+    at its own precision (e.g. `openvino:int8`)."""
+    from .checkpoint import load_model
 
     dev = torch.device(device)
     rows: List[Dict[str, object]] = []
@@ -114,16 +135,11 @@ def benchmark(
             macs = model_complexity(model.model_name, model.num_classes, size)["gmacs"] if not checkpoint else count_macs(model, size) / 1e9
             runners = {}
             for label in backends:
-                b, cl = (label[:-3], True) if label.endswith("+cl") else (label, channels_last)
                 try:
-                    if cl and b not in ("int8", "onnxruntime"):
-                        label = f"{b}+cl"
-                    prec = "int8" if b == "int8" else precision  # int8 weights and activations inside
-                    spec = inference_spec(model)
-                    calibration = calibration_batches(spec["mean"], spec["std"]) if b == "int8" else None
-                    runners[(label, prec, "inference")] = prepare(model, b, precision, device, channels_last=cl, calibration=calibration)
+                    key, runner = _runner(model, label, precision, device, channels_last)
+                    runners[key] = runner
                 except Exception as e:  # e.g. max-unpooling nets cannot be traced for ONNX
-                    log(f"{model.model_name:<10} {size[0]}x{size[1]:<5} {b:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+                    log(f"{model.model_name:<10} {size[0]}x{size[1]:<5} {label:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
             if paper_protocol:
                 runners[("eager", "fp32", "paper (autograd on)")] = lambda t, m=model: m(t)
             times: Dict[tuple, List[float]] = {k: [] for k in runners}

@@ -76,6 +76,33 @@ class TrainConfig:
     out: str = "runs/camvid"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
+    def __post_init__(self) -> None:
+        """Every option checked before any data is read; errors name the option and what is valid."""
+        from .models import list_models
+
+        check_choice("dataset", self.dataset, DATASET_CHOICES)
+        check_choice("model", self.model, list_models())
+        check_choice("optimizer", self.optimizer, ["adam", "adamw", "sgd"])
+        check_choice("loss", self.loss, ["ce", "ohem"])
+        check_choice("class_weights", self.class_weights, ["enet", "median", "none"])
+        check_choice("precision", self.precision, ["fp32", "bf16", "fp16"])
+        require(_positive_ints(self.crop_size, 2), "crop_size", self.crop_size, "[HEIGHT, WIDTH], two positive integers")
+        require(_positive_numbers(self.scales), "scales", self.scales, "a list of positive numbers, e.g. [0.75, 1.0, 1.5]")
+        check_counts(self, epochs=1, batch_size=1, val_batch_size=1, workers=0, val_every=1, log_every=1, warmup_iters=0)
+        require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a positive number")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        require(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", self.betas, "two numbers in [0, 1)")
+        require(0 < self.warmup_ratio <= 1, "warmup_ratio", self.warmup_ratio, "a number in (0, 1]")
+        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+        require(0 < self.ohem_thresh <= 1, "ohem_thresh", self.ohem_thresh, "a probability in (0, 1]")
+        require(self.enet_c > 1, "enet_c", self.enet_c, "a number > 1 (the ENet weights are 1 / ln(c + p))")
+        require(self.mean is None or len(self.mean) == 3, "mean", self.mean, "null or three numbers (0-255 RGB)")
+        require(self.std is None or _positive_numbers(self.std) and len(self.std) == 3, "std", self.std, "null or three positive numbers")
+        require(isinstance(self.holdout, list) and all(isinstance(h, str) and h for h in self.holdout), "holdout", self.holdout,
+                "a list of file-name prefixes, e.g. [0006R0]")  # fmt: skip
+        check_device(self.device)
+
 
 def config_names() -> List[str]:
     """Names of the configs shipped in dabnet/configs."""
@@ -108,6 +135,43 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
 DATASET_CHOICES = list(DATASETS)
 
 
+def require(ok: bool, option: str, value: Any, valid: str) -> None:
+    """A ConfigError naming the option, the value given and what is valid, unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{option}={value!r} is not valid: {valid}")
+
+
+def _positive_ints(v: Any, n: int) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == n and all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v)
+
+
+def _positive_numbers(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(i, (int, float)) and not isinstance(i, bool) and i > 0 for i in v)
+
+
+def check_device(device: str) -> None:
+    """auto, cpu, cuda or cuda:N, and CUDA only where this PyTorch build and machine have it."""
+    import torch
+
+    ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    require(ok, "device", device, "auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        raise ConfigError(f"device={device!r} is not available: this PyTorch ({torch.__version__}) is {build}; use device=cpu")
+
+
+def check_counts(cfg: Any, **minimum: int) -> None:
+    """Each named integer option is at least its minimum."""
+    for name, low in minimum.items():
+        value = getattr(cfg, name)
+        if value is not None:
+            require(isinstance(value, int) and not isinstance(value, bool) and value >= low, name, value, f"an integer >= {low}")
+
+
+def check_choice(option: str, value: Any, choices) -> None:
+    require(value in choices, option, value, "one of " + ", ".join(map(str, choices)))
+
+
 @dataclass
 class EvalConfig:
     """mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset split."""
@@ -124,8 +188,19 @@ class EvalConfig:
     scales: List[float] = option(help="test-time scales, e.g. 0.75 1 1.25", factory=lambda: [1.0])
     workers: int = option(2, "data loader processes")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    backend: str = option("auto", "how to run the network: auto picks the fastest accurate one and says why", choices=BACKENDS)
+    precision: str = option("fp32", "fp32, bf16/fp16 autocast, or int8 with the openvino backend (auto chooses its own)",
+                            choices=PRECISIONS)  # fmt: skip
     json: Optional[str] = option(None, "write miou, per_class_iou, pixel_acc, images to this file", metavar="FILE")
     confusion_png: Optional[str] = option(None, "draw the confusion matrix to this PNG", metavar="FILE")
+
+    def __post_init__(self) -> None:
+        check_choice("dataset", self.dataset, DATASET_CHOICES)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_counts(self, batch_size=1, workers=0)
+        require(_positive_numbers(self.scales), "scales", self.scales, "positive numbers, e.g. 0.75 1 1.25")
+        check_device(self.device)
 
 
 @dataclass
@@ -157,6 +232,7 @@ class DemoConfig:
     checkpoint: Optional[str] = option(None, "weights to use (default: the bundled dabnet-camvid)")
     out: str = option("dabnet-demo", "output folder")
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
+    backend: str = option("auto", "how to run the network: auto picks the fastest accurate one and says why", choices=BACKENDS)
     seed: int = option(0, "seed of the untrained network used when no weights are bundled", hidden=True)
 
 
@@ -170,12 +246,21 @@ class PredictConfig:
     out: str = option("predictions", "output folder")
     format: str = option("default", "cityscapes: labelId PNGs for the benchmark server instead of label/colour/overlay",
                          choices=["default", "cityscapes"])  # fmt: skip
-    backend: str = option("fold", "how to run the network (docs/SPEED.md compares them; int8 needs torchao)", choices=BACKENDS)
-    precision: str = option("fp32", "bf16/fp16 autocast (fp16: CUDA only)", choices=PRECISIONS)
+    backend: str = option("auto", "how to run the network: auto picks the fastest accurate one for the device and says "
+                          "why (docs/SPEED.md compares them; int8 needs torchao)", choices=BACKENDS)  # fmt: skip
+    precision: str = option("fp32", "fp32, bf16/fp16 autocast (fp16: CUDA only), or int8 with the openvino backend; "
+                            "auto chooses its own", choices=PRECISIONS)  # fmt: skip
     channels_last: Optional[bool] = option(None, "NHWC tensors (default: on for CUDA, off for a CPU)")
     device: str = option("cpu", "cpu, cuda or cuda:N")
     batch_size: int = option(1, "images per forward pass")
     max_frames: int = option(0, "stop videos/webcams after N frames (0: all)")
+
+    def __post_init__(self) -> None:
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_counts(self, batch_size=1, max_frames=0)
+        require(not Path(self.out).exists() or Path(self.out).is_dir(), "out", self.out, "a folder (this is an existing file)")
+        check_device(self.device)
 
 
 @dataclass
@@ -183,8 +268,8 @@ class ExportConfig:
     """Export to ONNX (dynamic H, W) or TorchScript, checked against PyTorch."""
 
     checkpoint: str = option("", "checkpoint or bundled name", required=True)
-    format: str = option("onnx", "file format", choices=["onnx", "torchscript"], required=True)
-    out: str = option("", "output file", required=True)
+    format: str = option("onnx", "file format", choices=["onnx", "torchscript", "openvino"], required=True)
+    out: str = option("", "output file (openvino: NAME.xml, written with NAME.bin)", required=True)
 
 
 @dataclass
@@ -196,7 +281,8 @@ class BenchConfig:
                                           type=parse_size)  # fmt: skip
     backends: List[str] = option(help="backends, interleaved frame by frame", factory=lambda: ["eager"], choices=BACKENDS,
                                  metavar="BACKEND")  # fmt: skip
-    precision: str = option("fp32", "bf16/fp16 autocast (fp16: CUDA only)", choices=PRECISIONS)
+    precision: str = option("fp32", "fp32, bf16/fp16 autocast (fp16: CUDA only), or int8 with the openvino backend",
+                            choices=PRECISIONS)  # fmt: skip
     channels_last: Optional[bool] = option(None, "NHWC tensors (default: on for CUDA, off for a CPU)")
     frames: int = option(100, "timed frames per measurement (the paper: 100)")
     warmup: int = option(10, "untimed frames first")
@@ -207,13 +293,18 @@ class BenchConfig:
     json: Optional[str] = option(None, "write the rows as JSON", metavar="FILE")
     plot: Optional[str] = option(None, "plot FPS against parameters", metavar="PNG")
 
+    def __post_init__(self) -> None:
+        check_counts(self, frames=1, warmup=0, threads=1)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_device(self.device)
+
 
 @dataclass
 class ServeConfig:
     """HTTP API and web page for segmentation."""
 
     checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name")
-    backend: str = option("fold", "how to run the network", choices=BACKENDS)
+    backend: str = option("auto", "how to run the network: auto picks the fastest accurate one and says why", choices=BACKENDS)
     host: str = option("127.0.0.1", "address to bind (default: this machine only)")
     port: int = option(8000, "TCP port")
     max_queue: int = option(16, "waiting requests before 503")
@@ -222,6 +313,14 @@ class ServeConfig:
     timeout_s: float = option(30.0, "seconds per request before 504", flag="--timeout", metavar="SECONDS")
     max_batch: int = option(4, "same-size requests run together")
     batch_wait_ms: float = option(2.0, "how long the worker waits to fill a batch")
+
+    def __post_init__(self) -> None:
+        check_choice("backend", self.backend, BACKENDS)
+        check_counts(self, max_queue=1, max_pixels=1, max_batch=1)
+        require(0 <= self.port <= 65535, "port", self.port, "a TCP port, 0-65535")
+        require(self.max_mb > 0, "max_mb", self.max_mb, "a positive size in MiB")
+        require(self.timeout_s > 0, "timeout", self.timeout_s, "a positive number of seconds")
+        require(self.batch_wait_ms >= 0, "batch_wait_ms", self.batch_wait_ms, "a number >= 0")
 
     @property
     def max_bytes(self) -> int:
@@ -257,6 +356,9 @@ class DataPackConfig:
     out: str = option("", "output folder, same layout (keep it git-ignored, e.g. data_packed/camvid)", positional=True)
     splits: List[str] = option(help="splits to pack", factory=lambda: ["train", "val"])
     quality: int = option(95, "JPEG quality (4:4:4 chroma)")
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.quality, int) and 1 <= self.quality <= 100, "quality", self.quality, "1-100")
 
 
 def find_config(name_or_path: str) -> Path:

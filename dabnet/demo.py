@@ -49,9 +49,9 @@ def bundled_weights_available() -> bool:
     return True
 
 
-def _segmenter(cfg: DemoConfig) -> Segmenter:
+def _segmenter(cfg: DemoConfig, log) -> Segmenter:
     if cfg.checkpoint:
-        return Segmenter.from_checkpoint(cfg.checkpoint)
+        return Segmenter.from_checkpoint(cfg.checkpoint, backend=cfg.backend, log=log)
     info = DATASET_INFO["camvid"]
     torch.manual_seed(cfg.seed)
     model = create_model("dabnet", num_classes=len(info["classes"]))
@@ -64,7 +64,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         torch.set_num_threads(cfg.threads)
     if cfg.checkpoint is None and bundled_weights_available():
         cfg = dataclasses.replace(cfg, checkpoint="dabnet-camvid")
-    seg = _segmenter(cfg)
+    seg = _segmenter(cfg, log)
     if not cfg.checkpoint:
         log("NOTE: no trained weights are bundled in this installation, so this runs an UNTRAINED DABNet:")
         log("      the pictures show the pipeline, not a segmentation. Pass --checkpoint to use trained weights.")

@@ -63,16 +63,7 @@ def describe_hardware(device: torch.device) -> str:
     """The machine a run trains on, for logs and model cards: GPU name, or CPU model, ISA level and threads."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} x{world_size()}"
-    model, flags = "", []
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-        present = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-        flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in present]
-    except OSError:
-        pass
-    import platform
+    from .precision import cpu_flags
 
-    name = model or platform.processor() or platform.machine()
-    return f"{name} ({' '.join(flags) or torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads x{world_size()}"
+    cpu = cpu_flags()
+    return f"{cpu['model']} ({' '.join(cpu['flags']) or cpu['capability']}), {torch.get_num_threads()} threads x{world_size()}"

@@ -49,49 +49,55 @@ def train_one_epoch(
     t0 = time.perf_counter()
     stopped = False
     it = iter(batches)
-    while True:
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
-        except Exception:
-            # The trainer's loader workers ignore SIGINT/SIGTERM, but a loader that fails while a
-            # stop was requested (a worker killed along with the group) ends the epoch as that stop.
+    try:
+        while True:
+            try:
+                x, y = next(it)
+            except StopIteration:
+                break
+            except Exception:
+                # The trainer's loader workers ignore SIGINT/SIGTERM, but a loader that fails while a
+                # stop was requested (a worker killed along with the group) ends the epoch as that stop.
+                if should_stop():
+                    stopped = True
+                    break
+                raise
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                logits = model(x)
+            loss = loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"loss is {loss.item()} after {steps} step(s) of this epoch")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+            scheduler.step()
+            steps += 1
+            images += x.shape[0]
+            total_loss += loss.item()
+            if on_step is not None:
+                on_step(steps, loss.item(), optimizer.param_groups[0]["lr"], images / (time.perf_counter() - t0))
             if should_stop():
                 stopped = True
                 break
-            raise
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, precision):
-            logits = model(x)
-        loss = loss_fn(logits, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss.item()} after {steps} step(s) of this epoch")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        scheduler.step()
-        steps += 1
-        images += x.shape[0]
-        total_loss += loss.item()
-        if on_step is not None:
-            on_step(steps, loss.item(), optimizer.param_groups[0]["lr"], images / (time.perf_counter() - t0))
-        if should_stop():
-            stopped = True
-            break
+    finally:
+        # An exception's traceback keeps this frame alive, and with it the loader's workers; they ignore
+        # SIGTERM (see train.py), so the terminate() of interpreter exit could not end them and the process
+        # would hang. Dropping the iterator now shuts them down in order.
+        del it
     seconds = time.perf_counter() - t0
     return {
         "loss": total_loss / max(steps, 1),
@@ -144,8 +150,10 @@ def evaluate(
     precision: str = "fp32",
     channels_last: bool = False,
 ) -> ConfusionMatrix:
-    """Confusion matrix of whole, full-resolution images, summed over DDP ranks."""
-    model.eval()
+    """Confusion matrix of whole, full-resolution images, summed over DDP ranks; `model` is a network
+    or any runner `NCHW tensor -> logits` (dabnet.runtimes)."""
+    if isinstance(model, nn.Module):
+        model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index, device)
     for images, masks in batches:
         # Batches of one size arrive stacked; images of mixed sizes arrive as lists.

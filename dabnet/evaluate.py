@@ -9,13 +9,14 @@ from typing import Any, Dict
 import numpy as np
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError, input_normalisation, load_model
+from .checkpoint import CheckpointError
 from .config import EvalConfig
 from .data.datasets import build_dataset, collate_eval
 from .data.transforms import EvalTransform
 from .distributed import init_distributed
 from .engine import evaluate
 from .metrics import per_class_table
+from .segmenter import Segmenter
 
 
 def save_confusion_png(mat: np.ndarray, class_names, path: str) -> None:
@@ -47,25 +48,25 @@ def save_confusion_png(mat: np.ndarray, class_names, path: str) -> None:
 def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
     """Evaluate `cfg.checkpoint` on `cfg.split`; returns the JSON-ready result."""
     device, _ = init_distributed(cfg.device)
-    model = load_model(cfg.checkpoint, map_location=device)
-    meta = getattr(model, "checkpoint_meta", {})
+    seg = Segmenter.from_checkpoint(cfg.checkpoint, str(device), cfg.backend, cfg.precision, log=log)
     ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, include=cfg.sequences, exclude=cfg.exclude_sequences)
-    if model.num_classes != ds.num_classes:
+    if len(seg.class_names) != ds.num_classes:
         raise CheckpointError(
-            f"checkpoint {cfg.checkpoint} predicts {model.num_classes} classes but {ds.name} has {ds.num_classes}; "
+            f"checkpoint {cfg.checkpoint} predicts {len(seg.class_names)} classes but {ds.name} has {ds.num_classes}; "
             "evaluate it on a dataset with the same classes"
         )
-    ds.transform = EvalTransform(*input_normalisation(meta, ds.mean, ds.std))
+    ds.transform = EvalTransform(seg.mean, seg.std)  # the normalisation the checkpoint was trained with
     loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_eval)
-    cm = evaluate(model, loader, ds.num_classes, device, ds.ignore_index, scales=cfg.scales, flip=cfg.flip)
+    cm = evaluate(seg.run, loader, ds.num_classes, device, ds.ignore_index, scales=cfg.scales, flip=cfg.flip)
     res = cm.compute()
     result = {
         "miou": res["miou"],
         "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(ds.classes, res["iou"])},
         "pixel_acc": res["pixel_acc"],
         "images": len(ds),
+        "backend": seg.backend,
     }
-    log(f"{cfg.checkpoint} on {ds.name}: {len(ds)} images, scales {list(cfg.scales)}, flip {cfg.flip}")
+    log(f"{cfg.checkpoint} on {ds.name}: {len(ds)} images, backend {seg.backend}, scales {list(cfg.scales)}, flip {cfg.flip}")
     log(per_class_table(res["iou"], ds.classes))
     log(f"mIoU {100 * res['miou']:.2f}%   pixel accuracy {100 * res['pixel_acc']:.2f}%")
     if cfg.json:

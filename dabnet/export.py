@@ -27,16 +27,20 @@ def export_onnx(model: nn.Module, path: PathLike, opset: int = 17, check: bool =
     path = write_onnx(model, path, opset)
     if not check:
         return {"path": str(path), "format": "onnx", "max_abs_error": None, "checked_sizes": []}
-    runner = OrtRunner(path)
-    size, odd = export_sizes(model)
+    return _check_runner(model, OrtRunner(path), path, "onnx")
+
+
+def _check_runner(model: nn.Module, runner, path: Path, fmt: str) -> Dict[str, Any]:
+    """Compare an exported file's runner with PyTorch at a padding-free and an odd size."""
+    sizes = export_sizes(model)
     errors, scale = [], 0.0
-    for shape in (size, odd):
+    for shape in sizes:
         xi = torch.randn(1, 3, *shape)
         with torch.inference_mode():
             ref = model(xi)
         errors.append(float((runner(xi) - ref).abs().max()))
         scale = max(scale, float(ref.abs().max()))
-    return _verdict(path, "onnx", errors, [size, odd], scale)
+    return _verdict(path, fmt, errors, list(sizes), scale)
 
 
 def export_torchscript(model: nn.Module, path: PathLike) -> Dict[str, Any]:
@@ -76,11 +80,19 @@ def _verdict(path: Path, fmt: str, errors, sizes, logit_scale: float = 0.0) -> D
             "checked_sizes": [list(s) for s in sizes]}  # fmt: skip
 
 
+def export_openvino(model: nn.Module, path: PathLike) -> Dict[str, Any]:
+    """OpenVINO IR (NAME.xml + NAME.bin, metadata in its rt_info), checked with OpenVINO fp32 at two sizes."""
+    from .runtimes.openvino import OpenVINORunner, export_ir
+
+    path = export_ir(model.eval(), path)
+    return _check_runner(model, OpenVINORunner(path, "fp32"), path, "openvino")
+
+
+EXPORTERS = {"onnx": export_onnx, "torchscript": export_torchscript, "openvino": export_openvino}
+
+
 def run_export(checkpoint: PathLike, fmt: str, out: PathLike) -> Dict[str, Any]:
     """`dabnet export`: load any checkpoint (or bundled name) and export it."""
-    model = load_model(checkpoint)
-    if fmt == "onnx":
-        return export_onnx(model, out)
-    if fmt == "torchscript":
-        return export_torchscript(model, out)
-    raise ValueError(f"unknown export format {fmt!r}; choose onnx or torchscript")
+    if fmt not in EXPORTERS:
+        raise ValueError(f"unknown export format {fmt!r}; choose {', '.join(EXPORTERS)}")
+    return EXPORTERS[fmt](load_model(checkpoint), out)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from typing import List, Union
+import platform
+from typing import Any, Dict, List, Union
 
 import torch
 
-PRECISIONS: List[str] = ["fp32", "bf16", "fp16"]
+PRECISIONS: List[str] = ["fp32", "bf16", "fp16", "int8"]  # int8: the openvino backend (the int8 backend implies it)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -15,6 +16,8 @@ def check_precision(precision: str, device: Union[str, torch.device]) -> None:
     """A clear error for an unknown precision, or fp16 where only CUDA has it."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        raise ValueError("int8 is not an autocast precision: use --backend openvino --precision int8 (or --backend int8)")
     if precision == "fp16" and torch.device(device).type != "cuda":
         raise ValueError("fp16 runs on CUDA only; on a CPU use fp32 or bf16 (see docs/SPEED.md)")
 
@@ -34,3 +37,18 @@ def cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_flags() -> Dict[str, Any]:
+    """The CPU's model and the instruction sets that decide the fastest path (x86 flags from /proc/cpuinfo)."""
+    model, present = "", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+        present = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return {"model": model or platform.processor() or platform.machine(), "flags": [f for f in wanted if f in present],
+            "capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip

@@ -14,7 +14,7 @@ from .checkpoint import inference_spec, load_model
 from .data.classes import default_palette
 from .data.datasets import PathLike, read_image
 from .preprocessing import Normalize
-from .runtimes import prepare
+from .runtimes import choose_auto, cpu_has_bf16, prepare
 from .runtimes.onnx import OrtRunner
 
 
@@ -28,6 +28,22 @@ def calibration_batches(mean: Sequence[float], std: Sequence[float]) -> List[tor
     """The bundled calibration frames as 1x3xHxW tensors normalised with `mean`/`std`."""
     normalize = Normalize(mean, std)
     return [normalize([read_image(path)]) for path in calibration_frames()]
+
+
+MIN_INT8_AGREEMENT = 0.985  # `auto` keeps int8 only above this label agreement with fp32 (calibration frames)
+
+
+def _calibration(model: nn.Module, backend: str, precision: str) -> Optional[List[torch.Tensor]]:
+    """The bundled calibration batches, normalised for `model`, when the backend quantizes."""
+    if backend == "int8" or (backend == "openvino" and precision == "int8"):
+        spec = inference_spec(model)
+        return calibration_batches(spec["mean"], spec["std"])
+    return None
+
+
+def _label(backend: str, precision: str) -> str:
+    """How a Segmenter names the way it runs: 'fold', 'eager bf16', 'openvino int8'."""
+    return backend if precision == "fp32" and backend != "openvino" else f"{backend} {precision}"
 
 
 class Segmenter:
@@ -54,6 +70,7 @@ class Segmenter:
         n = int(getattr(model, "num_classes", len(class_names or [])))
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
         self.palette = [tuple(c) for c in palette] if palette else default_palette(n)
+        self.backend_reason = ""
         self.normalize = Normalize(mean, std, self.device)
         self.mean, self.std = self.normalize.mean, self.normalize.std
 
@@ -71,25 +88,54 @@ class Segmenter:
         cls,
         path: PathLike,
         device: Union[str, torch.device] = "cpu",
-        backend: str = "fold",
+        backend: str = "auto",
         precision: str = "fp32",
         channels_last: Optional[bool] = None,
+        log: Optional[Callable[[str], None]] = print,
     ) -> "Segmenter":
         """A Segmenter whose normalisation, class names and colours come from the checkpoint.
 
-        `backend` is one of dabnet.runtimes.BACKENDS (eager, fold, compile, int8, onnxruntime); the
-        default, BatchNorm folding, gives eager's outputs faster with no start-up cost. An exported
-        .onnx file always runs with ONNX Runtime. int8 calibrates on the bundled train frames.
+        `backend` is one of dabnet.runtimes.BACKENDS. The default, `auto`, picks the fastest accurate
+        one for the device (`runtimes.choose_auto`) and says what it chose and why through `log`;
+        `precision` then follows that choice. An exported .onnx file runs with ONNX Runtime, an
+        OpenVINO .xml IR with OpenVINO. int8 calibrates on the bundled train frames.
         """
         if str(path).endswith(".onnx"):
             return cls.for_model(OrtRunner(path), device, backend="onnxruntime")
+        if str(path).endswith(".xml"):
+            from .runtimes.openvino import OpenVINORunner
+
+            return cls.for_model(OpenVINORunner(path, precision), device, backend=_label("openvino", precision))
         model = load_model(path)
+        if backend == "auto":
+            return cls._auto(model, device, log)
         runner = None
         if backend != "eager" or precision != "fp32" or channels_last is not None:
-            spec = inference_spec(model)
-            calibration = calibration_batches(spec["mean"], spec["std"]) if backend == "int8" else None
-            runner = prepare(model, backend, precision, str(device), channels_last=channels_last, calibration=calibration)
-        return cls.for_model(model, device, runner, backend)
+            runner = prepare(model, backend, precision, str(device), channels_last=channels_last,
+                             calibration=_calibration(model, backend, precision))  # fmt: skip
+        return cls.for_model(model, device, runner, _label(backend, precision))
+
+    @classmethod
+    def _auto(cls, model: nn.Module, device: Union[str, torch.device], log) -> "Segmenter":
+        """`auto`: the choice of `choose_auto`, int8 only where it agrees with fp32 on the calibration
+        frames, PyTorch with BatchNorm folded when OpenVINO cannot load."""
+        backend, precision, why = choose_auto(str(device))
+        try:
+            runner = prepare(model, backend, precision, str(device), calibration=_calibration(model, backend, precision))
+            agreement = getattr(runner, "info", {}).get("agreement")
+            if precision == "int8" and agreement is not None and agreement < MIN_INT8_AGREEMENT:
+                precision = "bf16" if cpu_has_bf16() else "fp32"
+                why = f"int8 agreed with fp32 on only {100 * agreement:.1f}% of the calibration pixels, so {precision}"
+                runner = prepare(model, backend, precision, str(device))
+        except (ImportError, RuntimeError, ValueError) as e:
+            backend, precision, runner = "fold", "fp32", prepare(model, "fold", "fp32", str(device))
+            why = f"OpenVINO could not run this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        name = _label(backend, precision)
+        if log:
+            log(f"backend auto -> {name}: {why}")
+        seg = cls.for_model(model, device, runner, name)
+        seg.backend_reason = why
+        return seg
 
     @classmethod
     def for_model(cls, model: Any, device: Union[str, torch.device] = "cpu", runner=None, backend: str = "eager") -> "Segmenter":

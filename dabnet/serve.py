@@ -132,11 +132,12 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     seg = seg or Segmenter.from_checkpoint(cfg.checkpoint, backend=cfg.backend)
+    backend = seg.backend
     worker = InferenceWorker(seg, cfg)
     model_info = {
         "name": seg.model_name,
         "checkpoint": cfg.checkpoint,
-        "backend": cfg.backend,
+        "backend": backend,
         "num_classes": len(seg.class_names),
         "classes": seg.class_names,
         "colors": [list(map(int, c)) for c in seg.palette],
@@ -226,5 +227,5 @@ def serve(cfg: ServeConfig) -> None:
     import uvicorn
 
     app = create_app(cfg)
-    print(f"dabnet serve: {cfg.checkpoint} ({cfg.backend}) on http://{cfg.host}:{cfg.port}/  (API docs: /docs)")
+    print(f"dabnet serve: {cfg.checkpoint} on http://{cfg.host}:{cfg.port}/  (API docs: /docs)")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -115,6 +115,15 @@ def make_folder():
     return build_folder
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Statistics and OpenVINO IR caches go to a temporary folder, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DABNET_CACHE", str(tmp_path_factory.mktemp("dabnet-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _small_torch():
     # Tests run on 2 cores; fixed seeds keep them reproducible.

@@ -100,4 +100,38 @@ def test_serve_backend_default_is_the_same_everywhere():
     from dabnet.config import ServeConfig
 
     args = build_parser().parse_args(["serve"])
-    assert args.backend == ServeConfig().backend == "fold" and args.timeout_s == ServeConfig().timeout_s
+    assert args.backend == ServeConfig().backend == "auto" and args.timeout_s == ServeConfig().timeout_s
+
+
+BAD_OPTIONS = [  # issue 14, row 7: each one line naming the option and what is valid, before any data is read
+    (["train", "--config", "camvid", "--set", "batch_size=0"], "batch_size=0 is not valid: an integer >= 1"),
+    (["train", "--config", "camvid", "--set", "crop_size=128"], "crop_size=128 is not valid: [HEIGHT, WIDTH]"),
+    (["train", "--config", "camvid", "--set", "epochs=0"], "epochs=0 is not valid"),
+    (["train", "--config", "camvid", "--set", "lr=-0.01"], "lr=-0.01 is not valid: a positive number"),
+    (["train", "--config", "camvid", "--set", "workers=-1"], "workers=-1 is not valid: an integer >= 0"),
+    (["train", "--config", "camvid", "--set", "optimizer=foo"], "optimizer='foo' is not valid: one of adam, adamw, sgd"),
+    (["train", "--config", "camvid", "--set", "amp=foo"], "precision='foo' is not valid: one of fp32, bf16, fp16"),
+    (["train", "--config", "camvid", "--set", "device=cuda"], "device='cuda' is not available"),
+    (["eval", "--checkpoint", "x.pth", "--device", "cuda"], "device='cuda' is not available"),
+    (["predict", "x.png", "--batch-size", "0"], "batch_size=0 is not valid"),
+    (["bench", "--frames", "0"], "frames=0 is not valid: an integer >= 1"),
+    (["serve", "--max-mb", "-1"], "max_mb=-1.0 is not valid"),
+    (["serve", "--max-queue", "0"], "max_queue=0 is not valid"),
+]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CUDA rows expect a machine without CUDA")
+@pytest.mark.parametrize("argv,message", BAD_OPTIONS, ids=[" ".join(a[2:] if a[0] == "train" else a) for a, _ in BAD_OPTIONS])
+def test_bad_options_are_one_line_before_any_data_is_read(argv, message, capsys, tmp_path):
+    # The data root does not exist: an option error must come first, and alone.
+    extra = ["--set", f"data_root={tmp_path / 'nowhere'}"] if argv[0] == "train" else []
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and "Traceback" not in err, err
+
+
+def test_predict_out_must_not_be_a_file(tmp_path, capsys):
+    out = tmp_path / "taken.txt"
+    out.write_text("x")
+    assert main(["predict", str(tmp_path), "--out", str(out)]) == 2
+    assert "out=" in capsys.readouterr().err

@@ -25,7 +25,7 @@ def test_safetensors_round_trip_keeps_weights_and_metadata(tmp_path):
     x = torch.randn(1, 3, 48, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x))
-    seg = Segmenter.from_checkpoint(path)
+    seg = Segmenter.from_checkpoint(path, backend="eager")
     assert seg.class_names == ["a"] * 11
     torch.testing.assert_close(torch.tensor(seg.mean), torch.tensor([1.0, 2.0, 3.0]))
 
@@ -57,7 +57,7 @@ def test_bundled_model_keeps_its_accuracy_on_the_sample_frames():
     from dabnet.demo import sample_ground_truth
     from dabnet.metrics import ConfusionMatrix
 
-    seg = Segmenter.from_checkpoint("dabnet-camvid")
+    seg = Segmenter.from_checkpoint("dabnet-camvid", backend="eager")
     cm = ConfusionMatrix(11)
     for frame in sample_frames():
         cm.update(torch.from_numpy(seg.predict(read_image(frame))), torch.from_numpy(sample_ground_truth(frame)))

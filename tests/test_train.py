@@ -177,7 +177,7 @@ def test_holdout_drive_is_left_out_of_training_validated_on_and_selects_best(tmp
     assert meta["selected_on"] == "holdout" and meta["data_splits"]["holdout"] == ["0006R0"]
     assert "holdout_miou" in (out / "metrics.csv").read_text().splitlines()[0]
     res = run_evaluation(EvalConfig(checkpoint=str(out / "best.pth"), data_root=str(root), split="train",
-                                    sequences=["0006R0"], workers=0), log=lambda *a: None)  # fmt: skip
+                                    sequences=["0006R0"], workers=0, backend="eager"), log=lambda *a: None)  # fmt: skip
     assert res["images"] == 4 and res["miou"] == pytest.approx(meta["best_miou"], abs=1e-6)
 
 
@@ -316,7 +316,7 @@ def test_bad_inputs_are_clear(tiny_camvid, tmp_path):
     with pytest.raises(CheckpointError, match="19 classes but 11"):
         train_mod.train(_cfg(tiny_camvid, tmp_path / "r2", init_from=str(wrong)), log=lambda *a: None)
     with pytest.raises(CheckpointError, match="predicts 19 classes"):
-        run_evaluation(EvalConfig(checkpoint=str(wrong), data_root=str(tiny_camvid), workers=0), log=lambda *a: None)
+        run_evaluation(EvalConfig(checkpoint=str(wrong), data_root=str(tiny_camvid), workers=0, backend="eager"), log=lambda *a: None)
 
 
 @pytest.mark.slow
@@ -346,15 +346,15 @@ def test_eval_json_png_flip_multiscale(tiny_camvid, tmp_path, capsys):
     js, png = tmp_path / "eval.json", tmp_path / "cm.png"
     from dabnet.cli import main
 
-    assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data-root", str(tiny_camvid), "--json", str(js),
+    assert main(["eval", "--checkpoint", str(out / "best.pth"), "--data-root", str(tiny_camvid), "--json", str(js), "--backend", "eager",
                  "--confusion-png", str(png)]) == 0  # fmt: skip
     result = json.loads(js.read_text())
-    assert set(result) == {"miou", "per_class_iou", "pixel_acc", "images"} and result["images"] == 8
+    assert set(result) == {"miou", "per_class_iou", "pixel_acc", "images", "backend"} and result["images"] == 8
     assert 0 <= result["miou"] <= 1 and "Sky" in result["per_class_iou"] and png.stat().st_size > 1000
     assert "mIoU" in capsys.readouterr().out
     hist = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert result["miou"] == pytest.approx(hist["val_miou"], abs=1e-6)  # eval == validation during training
-    tta = run_evaluation(EvalConfig(checkpoint=str(out / "best.pth"), data_root=str(tiny_camvid), workers=0, flip=True,
+    tta = run_evaluation(EvalConfig(checkpoint=str(out / "best.pth"), data_root=str(tiny_camvid), workers=0, flip=True, backend="eager",
                                     scales=[0.75, 1.0, 1.25]), log=lambda *a: None)  # fmt: skip
     assert 0 <= tta["miou"] <= 1
 
@@ -364,7 +364,8 @@ def test_eval_accepts_official_checkpoints(tmp_path, official_reference, make_ci
     sd, _, _ = official_reference
     ckpt = tmp_path / "official.pth"
     torch.save({"epoch": 1, "model": {"module." + k: v for k, v in sd.items()}}, ckpt)
-    res = run_evaluation(EvalConfig(checkpoint=str(ckpt), dataset="cityscapes", data_root=str(root), workers=0), log=lambda *a: None)
+    res = run_evaluation(EvalConfig(checkpoint=str(ckpt), dataset="cityscapes", data_root=str(root), workers=0, backend="eager"),
+                         log=lambda *a: None)  # fmt: skip
     assert res["images"] == 4 and len(res["per_class_iou"]) == 19
 
 
@@ -404,3 +405,21 @@ def test_bad_files_stop_training_before_it_starts(tiny_camvid, tmp_path):
     with pytest.raises(ValueError, match=r"(?s)1 problem\(s\) in camvid:val, found before training.*f001.png.*dabnet data check"):
         train_mod.train(_cfg(root, tmp_path / "run", check_data=True), log=lambda *a: None)
     assert not (tmp_path / "run" / "last.pth").exists()
+
+
+@pytest.mark.slow
+def test_an_unexpected_error_with_loader_workers_alive_still_exits(tiny_camvid, tmp_path):
+    """Issue 14, row 1: workers ignore SIGTERM, so an error escaping the loop while they lived left the
+    process waiting on them forever at exit. Now the loop drops its loader first: a prompt exit."""
+    script = f"""
+import dabnet.engine, dabnet.train as T
+from dabnet.config import TrainConfig, build_config
+def boom(*a, **k):
+    raise KeyError("injected")
+dabnet.engine.autocast = boom  # fails inside the step, after the workers started
+cfg = build_config(TrainConfig, "camvid", data_root={str(tiny_camvid)!r}, out={str(tmp_path / "run")!r}, epochs=1,
+                   batch_size=2, crop_size=[32, 48], workers=2, check_data=False)
+T.train(cfg, log=lambda *a: None)
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "KeyError: 'injected'" in res.stderr

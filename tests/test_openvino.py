@@ -1,0 +1,177 @@
+"""The openvino runtime (fp32, bf16, int8), its IR cache and export, and the `auto` backend's choices."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import dabnet
+from dabnet.cli import main
+from dabnet.data.datasets import read_image
+from dabnet.demo import sample_frames
+from dabnet.runtimes import choose_auto, cpu_has_bf16, prepare
+from dabnet.segmenter import Segmenter, calibration_batches
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    """The bundled weights, its Segmenter (eager fp32) and the bundled val frames, normalised."""
+    model = dabnet.load_model("dabnet-camvid")
+    seg = Segmenter.for_model(model)
+    frames = torch.cat([seg.preprocess([read_image(p)]) for p in sample_frames()[:2]])
+    return model, seg, frames
+
+
+@pytest.mark.parametrize("precision,min_agreement", [("fp32", 0.9999), ("bf16", 0.995), ("int8", 0.98)])
+def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement):
+    if precision == "bf16" and not cpu_has_bf16():
+        with pytest.raises(ValueError, match="native bf16"):
+            prepare(bundled[0], "openvino", "bf16")
+        return
+    pytest.importorskip("nncf") if precision == "int8" else None
+    model, seg, x = bundled
+    calibration = calibration_batches(seg.mean, seg.std) if precision == "int8" else None
+    run = prepare(model, "openvino", precision, calibration=calibration)
+    with torch.inference_mode():
+        ref = model(x)
+    out = run(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() > min_agreement
+    if precision == "fp32":
+        assert (out - ref).abs().max() < 1e-3
+    odd = run(x[:, :, :97, :131])  # dynamic height and width, odd sizes included
+    assert odd.shape == (2, 11, 97, 131)
+
+
+def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, tmp_path):
+    pytest.importorskip("nncf")
+    import dabnet.runtimes.openvino as ovr
+
+    model, seg, x = bundled
+    calibration = calibration_batches(seg.mean, seg.std)
+    first = ovr.openvino_runner(model, "int8", calibration, cache_dir=tmp_path)
+    (folder,) = (tmp_path / "openvino").iterdir()
+    assert (folder / "model.xml").is_file() and first.info["agreement"] > 0.98
+    assert json.loads((folder / "info.json").read_text())["versions"]["openvino"]
+
+    def no_quantizing(*a, **k):
+        raise AssertionError("quantized again despite the cache")
+
+    monkeypatch.setattr(ovr, "quantize", no_quantizing)
+    monkeypatch.setattr(ovr, "convert", no_quantizing)
+    second = ovr.openvino_runner(model, "int8", calibration, cache_dir=tmp_path)
+    assert torch.equal(first(x), second(x))
+    # Other weights are another cache entry.
+    other = dabnet.create_model("dabnet", 11).eval()
+    assert ovr.cache_key(other, "int8", calibration) != ovr.cache_key(model, "int8", calibration)
+
+
+def test_auto_runs_openvino_and_says_why(tmp_path):
+    lines = []
+    seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
+    backend, precision, why = choose_auto("cpu")
+    assert seg.backend == f"{backend} {precision}" and lines == [f"backend auto -> {seg.backend}: {why}"]
+    label = seg.predict(read_image(sample_frames()[0]))
+    eager = Segmenter.from_checkpoint("dabnet-camvid", backend="eager").predict(read_image(sample_frames()[0]))
+    assert (label == eager).mean() > 0.98
+
+
+def test_auto_falls_back_to_fold_without_openvino(monkeypatch):
+    for name in [n for n in sys.modules if n.split(".")[0] in ("openvino", "nncf")] + ["openvino"]:
+        monkeypatch.setitem(sys.modules, name, None)  # the import now fails, as on a machine without it
+    assert choose_auto("cpu")[:2] == ("fold", "fp32")
+    lines = []
+    seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
+    assert seg.backend == "fold" and "OpenVINO is not installed" in lines[0]
+
+
+def test_auto_falls_back_to_fold_when_openvino_fails(monkeypatch):
+    import dabnet.segmenter as S
+
+    real = S.prepare
+
+    def broken(model, backend, *a, **k):
+        if backend == "openvino":
+            raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: cannot compile")
+        return real(model, backend, *a, **k)
+
+    monkeypatch.setattr(S, "prepare", broken)
+    lines = []
+    seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
+    assert seg.backend == "fold" and "OpenVINO could not run this model (RuntimeError" in lines[0]
+
+
+def test_auto_drops_int8_that_disagrees_with_fp32(monkeypatch):
+    pytest.importorskip("nncf")
+    import dabnet.segmenter as S
+
+    monkeypatch.setattr(S, "MIN_INT8_AGREEMENT", 1.01)  # no quantization can pass this
+    monkeypatch.setattr(S, "choose_auto", lambda device: ("openvino", "int8", "test"))
+    lines = []
+    seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
+    fallback = "bf16" if cpu_has_bf16() else "fp32"
+    assert seg.backend == f"openvino {fallback}" and "int8 agreed with fp32 on only" in lines[0]
+
+
+CPUS = {  # flags as /proc/cpuinfo names them
+    "zen4": ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"],
+    "avx2-only": ["avx2"],
+    "old-x86": [],
+}
+
+
+@pytest.mark.parametrize("cpu", list(CPUS))
+@pytest.mark.parametrize("have_nncf", [True, False])
+def test_auto_choice_for_each_kind_of_cpu(monkeypatch, cpu, have_nncf):
+    import dabnet.runtimes as R
+
+    flags = CPUS[cpu]
+    monkeypatch.setattr(R, "cpu_flags", lambda: {"model": cpu, "flags": flags, "capability": "X"})
+    monkeypatch.setattr(R, "cpu_has_bf16", lambda: "avx512_bf16" in flags)
+    monkeypatch.setattr(R, "_importable", lambda name: name == "openvino" or (name == "nncf" and have_nncf))
+    backend, precision, why = choose_auto("cpu")
+    assert backend == "openvino" and cpu in why
+    if have_nncf and "avx2" in flags:
+        assert precision == "int8" and ("VNNI" in why if cpu == "zen4" else "AVX2 int8" in why)
+    elif "avx512_bf16" in flags:
+        assert precision == "bf16"
+    else:
+        assert precision == "fp32"
+
+
+def test_ir_export_round_trip(bundled, tmp_path, capsys):
+    model, seg, x = bundled
+    xml = tmp_path / "m.xml"
+    assert main(["export", "--checkpoint", "dabnet-camvid", "--format", "openvino", "--out", str(xml)]) == 0
+    assert "max abs error" in capsys.readouterr().out and xml.with_suffix(".bin").is_file()
+    from_ir = Segmenter.from_checkpoint(xml)
+    assert from_ir.class_names == seg.class_names and from_ir.mean == seg.mean and from_ir.palette == seg.palette
+    image = read_image(sample_frames()[1])
+    assert (from_ir.predict(image) == Segmenter.from_checkpoint("dabnet-camvid", backend="eager").predict(image)).mean() > 0.999
+    with pytest.raises(ValueError, match="NAME.xml"):
+        from dabnet.runtimes.openvino import export_ir
+
+        export_ir(model, tmp_path / "m.ir")
+
+
+def test_eval_with_a_backend_and_precision(tmp_path, make_camvid, capsys):
+    root = make_camvid(tmp_path / "cv", n=4)
+    ckpt = tmp_path / "c.pth"
+    torch.manual_seed(0)
+    dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), ckpt)
+    results = {}
+    for backend, precision in [("eager", "fp32"), ("openvino", "fp32")]:
+        js = tmp_path / f"{backend}.json"
+        assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--workers", "0", "--backend", backend,
+                     "--precision", precision, "--json", str(js)]) == 0  # fmt: skip
+        results[backend] = json.loads(js.read_text())
+    assert results["openvino"]["backend"] == "openvino fp32" and results["eager"]["backend"] == "eager"
+    assert results["openvino"]["miou"] == pytest.approx(results["eager"]["miou"], abs=2e-3)
+    assert "backend openvino fp32" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--backend", "eager", "--precision", "int8"]) == 2
+    assert "int8 is not an autocast precision" in capsys.readouterr().err
