@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -33,6 +35,7 @@ def save_checkpoint(obj: Dict[str, Any], path: PathLike) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint follows the umask like any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -45,6 +48,12 @@ def save_checkpoint(obj: Dict[str, Any], path: PathLike) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def make_checkpoint(model: nn.Module, **extra: Any) -> Dict[str, Any]:
@@ -114,21 +123,43 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     path = resolve_checkpoint(path)
     if path.suffix == ".safetensors" and path.is_file():
         return _read_safetensors(path)
+    if path.is_dir():
+        raise CheckpointError(f"not a dabnet checkpoint: {path} is a folder; give the checkpoint file inside it (e.g. {path}/best.pth)")
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {path} (give a .pth/.safetensors file written by dabnet or the official DABNet "
             f"code, or a bundled name: {', '.join(PRETRAINED)})"
         )
+    if path.suffix in (".onnx", ".xml"):
+        raise CheckpointError(f"not a dabnet checkpoint: {path} is an exported {path.suffix[1:]} model; give the .pth it was "
+                              "exported from (predict, eval and serve take exported files as they are)")  # fmt: skip
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
+    except pickle.UnpicklingError as e:
+        # PyTorch's own message suggests weights_only=False, which would run whatever code the file carries:
+        # never pass that advice on for a file of unknown origin.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            raise CheckpointError(f"not a dabnet checkpoint: cannot read {path} as a PyTorch file (it may be truncated or "
+                                  "another kind of file)") from None  # fmt: skip
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
-            "It may be truncated (re-copy it) or not a PyTorch checkpoint."
-        ) from e
+            f"not a dabnet checkpoint: {path} holds Python objects beyond tensors and plain containers (a pickled "
+            f"{found.group(1)}); dabnet loads weights only. Save `model.state_dict()` or use dabnet.save_checkpoint."
+        ) from None
+    except Exception as e:  # torch raises several types for truncated and foreign files
+        raise CheckpointError(
+            f"not a dabnet checkpoint: cannot read {path} as a PyTorch file ({type(e).__name__}: {_first_line(e)}); "
+            "it may be truncated (copy it again) or another kind of file"
+        ) from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of weights")
+        raise CheckpointError(f"not a dabnet checkpoint: {path} holds a {type(obj).__name__}, not a dict of weights")
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error, without terminal colour codes (PyTorch colours some of its messages)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.splitlines()[0][:200] if text else "no message"
 
 
 def _strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
@@ -143,7 +174,7 @@ def _state_dict_of(obj: Dict[str, Any], path: PathLike) -> Dict[str, torch.Tenso
             return obj[key]
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj  # a bare state dict
-    raise CheckpointError(f"checkpoint {path} has no weights: expected a 'model' or 'state_dict' entry, found {sorted(obj)[:8]}")
+    raise CheckpointError(f"not a dabnet checkpoint: {path} has no weights (no 'model' or 'state_dict' entry; keys {sorted(map(str, obj))[:8]})")
 
 
 def input_normalisation(meta: Dict[str, Any], default_mean, default_std):
@@ -190,7 +221,11 @@ def load_model(
     else:
         name = model_name or obj.get("model_name")
         if name is None:
-            raise CheckpointError(f"checkpoint {path} does not say which model it holds: pass model_name=...")
+            raise CheckpointError(
+                f"not a dabnet checkpoint: {path} holds weights without the model's name and arguments (a bare state "
+                "dict?). In Python: dabnet.load_model(path, model_name='dabnet', num_classes=N); to make a self-describing "
+                "file: dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(model), 'model.pth')"
+            )
         kwargs = dict(obj.get("model_kwargs", {}))
         found_classes = obj.get("num_classes")
         meta = {k: v for k, v in obj.items() if k not in ("model", "state_dict", "optimizer", "scheduler", "scaler", "rng")}

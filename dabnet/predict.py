@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
@@ -9,6 +10,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import numpy as np
 
 from .config import PredictConfig
+from .data.classes import CITYSCAPES_CLASSES
 from .data.datasets import IMAGE_SUFFIXES, ImageReadError, read_image
 from .preprocessing import to_rgb
 from .segmenter import Segmenter
@@ -44,6 +46,33 @@ def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Union[Path, i
     return images, videos, missing
 
 
+OUTPUT_SUFFIXES = ("_label", "_color", "_overlay")  # what predict writes beside NAME: never inputs again
+
+
+def own_outputs(images: Sequence[Path], out: Path) -> List[Path]:
+    """Inputs that are this command's outputs: NAME_label/_color/_overlay files inside `out`, or beside a
+    NAME image that is an input too (a second run over a folder that holds its first run's results)."""
+    out = out.resolve()
+    stems = {(p.parent.resolve(), p.stem) for p in images}
+    own = []
+    for p in images:
+        inside = out == p.parent.resolve() or out in p.parent.resolve().parents
+        base = next((p.stem[: -len(sfx)] for sfx in OUTPUT_SUFFIXES if p.stem.endswith(sfx)), None)
+        if base is not None and (inside or (p.parent.resolve(), base) in stems):
+            own.append(p)
+    return own
+
+
+def output_names(images: Sequence[Path]) -> List[str]:
+    """Output stems that never collide: the file's stem when that is unique, else its path relative
+    to the inputs' common folder (a/x.jpg and b/x.png -> a/x and b/x)."""
+    stems = [p.stem for p in images]
+    if len(set(stems)) == len(stems):
+        return stems
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in images]))
+    return [str(p.resolve().with_suffix("").relative_to(root)) for p in images]
+
+
 def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem: str, fmt: str = "default") -> np.ndarray:
     """Write NAME_label.png, NAME_color.png and NAME_overlay.png (or, for fmt="cityscapes", the labelId
     PNG the benchmark server takes); returns the overlay."""
@@ -67,6 +96,11 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
+    skip = set(own_outputs(paths, out))
+    if skip:
+        log(f"not segmenting {len(skip)} file(s) that are predict's own outputs (in {out}, or NAME_label/_color/_overlay)")
+    paths = [p for p in paths if p not in skip]
+    stems = dict(zip(paths, output_names(paths))) if paths else {}
     done, failed, seconds = 0, [], 0.0
     bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
     for start in range(0, len(paths), batch_size):
@@ -85,7 +119,8 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
         labels = seg.predict_batch(batch)
         seconds += time.perf_counter() - t0
         for p, image, label in zip(names, batch, labels):
-            write_outputs(image, label, seg.palette, out, p.stem, fmt)
+            (out / stems[p]).parent.mkdir(parents=True, exist_ok=True)
+            write_outputs(image, label, seg.palette, out, stems[p], fmt)
         done += len(batch)
         bar.update(len(batch))
         bar.set_postfix(fps=f"{done / max(seconds, 1e-9):.1f}")
@@ -155,6 +190,11 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
         return 2
     seg = Segmenter.from_checkpoint(cfg.checkpoint, device=cfg.device, backend=cfg.backend, precision=cfg.precision,
                                     channels_last=cfg.channels_last)  # fmt: skip
+    if cfg.format == "cityscapes" and len(seg.class_names) != len(CITYSCAPES_CLASSES):
+        print(f"dabnet predict: error: --format cityscapes writes Cityscapes labelIds, but {cfg.checkpoint} predicts "
+              f"{len(seg.class_names)} classes ({', '.join(seg.class_names[:3])}, ...), not Cityscapes' 19; use the "
+              "default format", file=sys.stderr)  # fmt: skip
+        return 2
     out = Path(cfg.out)
     failed = bool(missing)
     if images:

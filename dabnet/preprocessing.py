@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence, Union
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Bring an HxW, HxWx1, HxWx3 or HxWx4 array to HxWx3 uint8 RGB."""
+    """Bring an HxW, HxWx1, HxWx3 or HxWx4 array (uint8, uint16, or float in [0, 1]) to HxWx3 uint8 RGB."""
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
@@ -18,9 +19,35 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
         image = np.repeat(image, 3, axis=2)
     elif image.shape[2] == 4:
         image = image[:, :, :3]
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(image)
+    return np.ascontiguousarray(to_uint8(image))
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Pixel values as 0-255 uint8, read as a viewer would: 16-bit images scaled down (not clipped to
+    white), floats in [0, 1] scaled up with a warning; booleans, NaN/inf and values that fit no such
+    range are errors rather than silent clipping."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.bool_:
+        raise ValueError("a boolean array is a mask, not an image: pass RGB uint8 (0-255)")
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # full 16-bit range -> 0-255
+    if np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ValueError("the image holds NaN or infinite values")
+        low, high = float(image.min(initial=0.0)), float(image.max(initial=0.0))
+        if low >= 0.0 and high <= 1.0:
+            warnings.warn("float image in [0, 1]: scaled to 0-255 (pass uint8 0-255 to silence this)", stacklevel=3)
+            return np.round(image * 255.0).astype(np.uint8)
+        if low >= 0.0 and high <= 255.0:
+            return np.round(image).astype(np.uint8)
+        raise ValueError(f"float image values span {low:g}..{high:g}: expected 0..1 or 0..255")
+    if np.issubdtype(image.dtype, np.integer):
+        low, high = int(image.min(initial=0)), int(image.max(initial=0))
+        if low >= 0 and high <= 255:
+            return image.astype(np.uint8)
+        raise ValueError(f"{image.dtype} image values span {low}..{high}: expected 0..255 (or a uint16 image)")
+    raise ValueError(f"unsupported image dtype {image.dtype}: pass RGB uint8 (0-255)")
 
 
 class Normalize:

@@ -9,6 +9,7 @@ that is not a readable image a 4xx with a reason. No request can name a file on 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at run time.
 import asyncio
 import io
+import logging
 import queue
 import threading
 import time
@@ -18,8 +19,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .config import ServeConfig
+from .data.datasets import pil_to_rgb
 from .segmenter import Segmenter
 from .visualize import colorize, overlay
+
+log = logging.getLogger("dabnet.serve")
 
 
 class HTTPProblem(Exception):
@@ -38,6 +42,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise HTTPProblem(400, "empty body: send an image (PNG, JPEG, ...)")
     try:
         im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # over Pillow's own limit: as large as ours says 413
+        raise HTTPProblem(413, f"image is over the pixel limit: {e}") from None
     except UnidentifiedImageError:
         raise HTTPProblem(415, "the body is not an image format this server reads (PNG, JPEG, BMP, TIFF, WebP)") from None
     except Exception as e:
@@ -49,7 +55,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise HTTPProblem(413, f"image of {w}x{h} = {w * h} pixels is over this server's limit of {max_pixels}")
     try:
         im.load()
-        return np.asarray(im.convert("RGB"))
+        return pil_to_rgb(im)  # as a viewer shows it: EXIF orientation, 16-bit scaled, CMYK/palette converted
+    except Image.DecompressionBombError as e:
+        raise HTTPProblem(413, f"image is over the pixel limit: {e}") from None
     except Exception as e:  # truncated data, corrupt streams, bombs that lie in their header
         raise HTTPProblem(400, f"image data is truncated or corrupt: {e}") from None
 
@@ -126,10 +134,49 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+async def read_body(request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 past `max_bytes` (before reading it when the length is declared)."""
+    from starlette.requests import ClientDisconnect
+
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise HTTPProblem(413, f"request body of {length} bytes is over the limit of {max_bytes}")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise HTTPProblem(413, f"request body is over the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # one line in the log, not an ASGI traceback: nobody is left to answer
+        log.warning("client %s disconnected during its upload (%d bytes received)", request.client, size)
+        raise HTTPProblem(400, "client disconnected during the upload") from None
+    return b"".join(chunks)
+
+
+async def image_bytes(request, max_bytes: int) -> bytes:
+    """The image of a request: raw image/* (or octet-stream) bytes, or a multipart 'file' field."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body(request, max_bytes)
+    if ctype == "multipart/form-data":
+        request._body = body  # the size-checked body, already read: let the form parser reuse it
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPProblem(400, "multipart request without a 'file' field")
+        return await upload.read()
+    if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
+        return body
+    raise HTTPProblem(415, f"content type {ctype!r} is not accepted: send image/* bytes or multipart with a 'file' field")
+
+
 def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     """The FastAPI application (model loaded once, here)."""
-    from fastapi import FastAPI, Query, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    try:
+        from fastapi import FastAPI, Query, Request
+        from fastapi.responses import HTMLResponse, JSONResponse, Response
+    except ImportError as e:
+        raise ImportError(f"dabnet serve needs FastAPI ({e.name} is missing): pip install 'dabnet[serve]'") from None
 
     seg = seg or Segmenter.from_checkpoint(cfg.checkpoint, backend=cfg.backend)
     backend = seg.backend
@@ -163,32 +210,6 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     async def page() -> str:
         return (resources.files("dabnet") / "assets" / "index.html").read_text()
 
-    async def _read_body(request: Request) -> bytes:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cfg.max_bytes:
-            raise HTTPProblem(413, f"request body of {length} bytes is over the limit of {cfg.max_bytes}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cfg.max_bytes:
-                raise HTTPProblem(413, f"request body is over the limit of {cfg.max_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def _image_bytes(request: Request) -> bytes:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await _read_body(request)
-        if ctype == "multipart/form-data":
-            request._body = body  # the size-checked body, already read: let the form parser reuse it
-            form = await request.form()
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPProblem(400, "multipart request without a 'file' field")
-            return await upload.read()
-        if ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
-            return body
-        raise HTTPProblem(415, f"content type {ctype!r} is not accepted: send image/* bytes or multipart with a 'file' field")
-
     @app.post(
         "/v1/segment",
         responses={200: {"content": {"application/json": {}, "image/png": {}}}, 400: {}, 413: {}, 415: {}, 503: {}, 504: {}},
@@ -199,7 +220,7 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     ):
         """Segment one image (raw image bytes, or multipart with a 'file' field)."""
         t0 = time.perf_counter()
-        image = decode_image(await _image_bytes(request), cfg.max_pixels)
+        image = decode_image(await image_bytes(request, cfg.max_bytes), cfg.max_pixels)
         fut = worker.submit(image)
         try:
             label, model_ms = await asyncio.wait_for(fut, timeout=cfg.timeout_s)
@@ -223,9 +244,23 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Run the app with uvicorn (127.0.0.1 unless told otherwise)."""
-    import uvicorn
+    """Run the app with uvicorn (127.0.0.1 unless told otherwise); the banner comes once the port is bound."""
+    import socket
 
-    app = create_app(cfg)
-    print(f"dabnet serve: {cfg.checkpoint} on http://{cfg.host}:{cfg.port}/  (API docs: /docs)")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    try:
+        import uvicorn
+    except ImportError:
+        raise ImportError("dabnet serve needs uvicorn: pip install 'dabnet[serve]'") from None
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as e:
+        sock.close()
+        raise RuntimeError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror} (another server there? pick --port)") from None
+    app = create_app(cfg)  # the model loads once the address is ours
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    print(f"dabnet serve: {cfg.checkpoint} on http://{cfg.host}:{port}/  (API docs: /docs)", flush=True)
+    server.run(sockets=[sock])

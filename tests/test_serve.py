@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import shutil
 import socket
@@ -155,6 +156,26 @@ def test_fuzz_random_bytes_never_take_the_server_down(client):
     assert client.get("/healthz").json()["status"] == "ok"
 
 
+@contextlib.contextmanager
+def _live_server():
+    """A real uvicorn server on a free loopback port, stopped afterwards; yields the port."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(checkpoint="test"), seg=_segmenter()),
+                                           host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -168,19 +189,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it)")
 def test_page_in_headless_chromium(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    import uvicorn
 
     from dabnet.demo import sample_frames
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(checkpoint="test"), seg=_segmenter()),
-                                           host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
+    with _live_server() as port:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM,
@@ -198,6 +210,19 @@ def test_page_in_headless_chromium(tmp_path):
             assert "Done in" in page.inner_text("#status")
             page.screenshot(path=str(tmp_path / "page.png"))
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+
+
+def test_client_that_disconnects_mid_upload_is_one_log_line(caplog, capsys):
+    """Issue 14, row 14: a client gone half-way through its body is logged in one line, not an ASGI traceback."""
+    import logging
+
+    with _live_server() as port:
+        with caplog.at_level(logging.WARNING):
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+                s.sendall(b"\x89PNG" + b"\0" * 1000)  # then hang up, 99 KB short
+            deadline = time.time() + 10
+            while not any("disconnected during its upload" in r.getMessage() for r in caplog.records) and time.time() < deadline:
+                time.sleep(0.05)
+    assert any("disconnected during its upload" in r.getMessage() for r in caplog.records)
+    assert "Traceback" not in capsys.readouterr().err and not any("Exception in ASGI" in r.getMessage() for r in caplog.records)

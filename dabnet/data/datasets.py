@@ -54,11 +54,35 @@ def read_image(path: PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
+            return pil_to_rgb(im)
     except FileNotFoundError:
         raise
     except Exception as e:
         raise ImageReadError(f"corrupt or truncated image {path}: {e}. Re-export or remove this file.") from e
+
+
+def pil_to_rgb(im) -> np.ndarray:
+    """A decoded Pillow image as a viewer shows it, as writable HxWx3 uint8 RGB: EXIF orientation applied
+    (phones store portrait photos sideways), 16-bit and 32-bit grey scaled rather than clipped, CMYK,
+    palette and alpha images converted (alpha dropped)."""
+    from PIL import ImageOps
+
+    from ..preprocessing import to_uint8
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        grey = to_uint8(np.asarray(im, dtype=np.uint16))
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode == "I":  # 32-bit integer grey; 16-bit PNGs often open this way
+        arr = np.asarray(im, dtype=np.int64)
+        grey = to_uint8(arr.clip(0, 65535).astype(np.uint16)) if arr.max(initial=0) > 255 else arr.clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        grey = to_uint8(np.asarray(im, dtype=np.float32))
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -111,6 +135,7 @@ class SegmentationDataset(Dataset):
         transform: Optional[Callable] = None,
         name: str = "dataset",
         seed: int = 0,
+        label_fix: str = "fix the mask or map its values with `id_map` in the dataset YAML",
     ) -> None:
         if not pairs:
             raise DatasetError(f"{name}: no (image, mask) pairs found")
@@ -125,6 +150,7 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.name = name
         self.seed = int(seed)
+        self.label_fix = label_fix  # what to do about a mask value outside the classes, for this kind of dataset
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -149,8 +175,7 @@ class SegmentationDataset(Dataset):
             bad = sorted(set(np.unique(raw[mask == INVALID]).tolist()))
             raise DatasetError(
                 f"mask {mask_path} holds label values {bad[:10]} outside the {self.num_classes} classes "
-                f"(0..{self.num_classes - 1}) and the ignore value {self.raw_ignore}; fix the mask or map the "
-                "values with `id_map` in the dataset YAML"
+                f"(0..{self.num_classes - 1}) and the ignore value {self.raw_ignore}; {self.label_fix}"
             )
         return image, mask
 
@@ -249,6 +274,7 @@ def CamVid(root: PathLike, split: str = "train", transform: Optional[Callable] =
     return SegmentationDataset(
         camvid_pairs(root, split), CAMVID_CLASSES, CAMVID_IGNORE_INDEX, palette=CAMVID_PALETTE,
         mean=CAMVID_MEAN, std=CAMVID_STD, transform=transform, name=f"camvid:{split}", seed=seed,
+        label_fix="CamVid labels are 0-10 and 11 (unlabelled): re-export this mask from the dataset or remove the pair",
     )  # fmt: skip
 
 
@@ -307,6 +333,7 @@ def Cityscapes(root: PathLike, split: str = "train", transform: Optional[Callabl
     return SegmentationDataset(
         pairs, CITYSCAPES_CLASSES, CITYSCAPES_IGNORE_INDEX, lut=lut, palette=CITYSCAPES_PALETTE,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, transform=transform, name=f"cityscapes:{split}", seed=seed,
+        label_fix="train ids are 0-18 and 255: regenerate *_labelTrainIds.png (or delete them to use *_labelIds.png)",
     )  # fmt: skip
 
 
@@ -381,6 +408,7 @@ def FolderDataset(spec_path: PathLike, split: str = "train", transform: Optional
         transform=transform,
         name=f"{spec.get('name', 'folder')}:{split}",
         seed=seed,
+        label_fix=f"fix the mask, or map its values with `id_map` in {spec['_file']}",
     )
 
 

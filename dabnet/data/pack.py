@@ -18,6 +18,10 @@ from .datasets import CamVid, PathLike
 def pack_camvid(root: PathLike, out: PathLike, splits: Sequence[str] = ("train", "val"), quality: int = 95) -> Dict[str, object]:
     """Write OUT/SPLIT/NAME.jpg and OUT/SPLITannot/NAME.png for each split; returns counts and MB."""
     out = Path(out)
+    src = Path(root).resolve()
+    if out.resolve() == src or src in out.resolve().parents:
+        raise ValueError(f"data pack: the output {out} is the CamVid folder {root} or inside it; pick a folder elsewhere "
+                         "(e.g. data_packed/camvid) so that the source stays untouched")  # fmt: skip
     counts = {}
     for split in splits:
         pairs = CamVid(root, split).pairs  # validates the layout and pairs images with labels
