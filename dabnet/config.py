@@ -265,7 +265,7 @@ class PredictConfig:
 
 @dataclass
 class ExportConfig:
-    """Export to ONNX (dynamic H, W) or TorchScript, checked against PyTorch."""
+    """Export to ONNX or OpenVINO IR (dynamic H, W) or TorchScript, checked against PyTorch."""
 
     checkpoint: str = option("", "checkpoint or bundled name", required=True)
     format: str = option("onnx", "file format", choices=["onnx", "torchscript", "openvino"], required=True)

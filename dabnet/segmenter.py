@@ -66,7 +66,7 @@ class Segmenter:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval() if isinstance(model, nn.Module) else model
         self.run = runner if runner is not None else self.model
-        self.backend = backend if runner is not None or isinstance(model, nn.Module) else type(model).__name__
+        self.backend = backend  # how predictions are made: 'fold', 'openvino int8', 'onnxruntime', ...
         n = int(getattr(model, "num_classes", len(class_names or [])))
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
         self.palette = [tuple(c) for c in palette] if palette else default_palette(n)
@@ -128,8 +128,9 @@ class Segmenter:
                 why = f"int8 agreed with fp32 on only {100 * agreement:.1f}% of the calibration pixels, so {precision}"
                 runner = prepare(model, backend, precision, str(device))
         except (ImportError, RuntimeError, ValueError) as e:
+            failed = "OpenVINO" if backend == "openvino" else f"{backend} {precision}"
             backend, precision, runner = "fold", "fp32", prepare(model, "fold", "fp32", str(device))
-            why = f"OpenVINO could not run this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            why = f"{failed} could not run this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         name = _label(backend, precision)
         if log:
             log(f"backend auto -> {name}: {why}")

@@ -117,6 +117,7 @@ def test_onnx_export_matches_pytorch_and_runs_in_predict(ckpt, images, tmp_path)
     with torch.inference_mode():
         assert (ort_model(x) - model(x)).abs().max() < 1e-4
     a = Segmenter.from_checkpoint(tmp_path / "m.onnx")
+    assert a.backend == "onnxruntime"
     b = Segmenter.from_checkpoint(ckpt, backend="fold")
     image = np.asarray(Image.open(images / "odd.png"))
     assert (a.predict(image) == b.predict(image)).mean() > 0.999
