@@ -83,9 +83,8 @@ def measure_matmul_peak(seconds: float = 2.0, n: int = 1024, device: str = "cpu"
 def _runner(model: nn.Module, label: str, precision: str, device: str, channels_last: Optional[bool]):
     """((row backend, precision, protocol), runner) for a backend label: NAME, NAME+cl (channels_last)
     or NAME:PRECISION (e.g. openvino:int8); `auto` is resolved to what it picks here."""
-    from .checkpoint import inference_spec
     from .runtimes import choose_auto, prepare
-    from .segmenter import calibration_batches
+    from .segmenter import calibration_for
 
     label, _, prec = label.partition(":")
     prec = prec or precision
@@ -95,11 +94,10 @@ def _runner(model: nn.Module, label: str, precision: str, device: str, channels_
         label = f"auto ({b})"
     elif cl and b not in ("int8", "onnxruntime", "openvino"):
         label = f"{b}+cl"
-    quantized = b == "int8" or prec == "int8"
-    spec = inference_spec(model)
-    calibration = calibration_batches(spec["mean"], spec["std"]) if quantized else None
-    runner = prepare(model, b, "fp32" if b == "int8" else prec, device, channels_last=cl, calibration=calibration)
-    return (label, "int8" if quantized else prec, "inference"), runner
+    if b == "int8":
+        prec = "int8"  # int8 weights and activations inside; the runner takes fp32 input
+    runner = prepare(model, b, "fp32" if b == "int8" else prec, device, channels_last=cl, calibration=calibration_for(model, b, prec))
+    return (label, prec, "inference"), runner
 
 
 def benchmark(

@@ -13,9 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 from . import config as C
 
 
-def _field_kind(cls: Type, f: dataclasses.Field) -> Tuple[Any, bool]:
-    """(element type, is a list) of a field, from its annotation (Optional[...] unwrapped)."""
-    hint = typing.get_type_hints(cls)[f.name]
+def _field_kind(hint: Any) -> Tuple[Any, bool]:
+    """(element type, is a list) of a field's annotation (Optional[...] unwrapped)."""
     if typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) in (list, List):
@@ -25,12 +24,13 @@ def _field_kind(cls: Type, f: dataclasses.Field) -> Tuple[Any, bool]:
 
 def add_options(parser: argparse.ArgumentParser, cls: Type) -> None:
     """One argparse option (or positional) per field of `cls`, with the field's default, choices and help."""
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         if meta.get("hidden"):
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kind, is_list = _field_kind(cls, f)
+        kind, is_list = _field_kind(hints[f.name])
         kw: Dict[str, Any] = {"help": meta.get("help", "")}
         if meta.get("choices") is not None:
             kw["choices"] = meta["choices"]
@@ -45,8 +45,6 @@ def add_options(parser: argparse.ArgumentParser, cls: Type) -> None:
             if is_list:
                 kw["nargs"] = meta.get("nargs", "+")
         if meta.get("positional"):
-            if is_list or kw.get("nargs"):
-                kw["nargs"] = meta.get("nargs", "+")
             parser.add_argument(f.name, default=default, **kw)
             continue
         if meta.get("required"):

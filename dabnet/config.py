@@ -133,6 +133,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
 
 
 DATASET_CHOICES = list(DATASETS)
+BACKEND_HELP = "how to run the network: auto picks the fastest accurate one and says why"
 
 
 def require(ok: bool, option: str, value: Any, valid: str) -> None:
@@ -188,7 +189,7 @@ class EvalConfig:
     scales: List[float] = option(help="test-time scales, e.g. 0.75 1 1.25", factory=lambda: [1.0])
     workers: int = option(2, "data loader processes")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    backend: str = option("auto", "how to run the network: auto picks the fastest accurate one and says why", choices=BACKENDS)
+    backend: str = option("auto", BACKEND_HELP, choices=BACKENDS)
     precision: str = option("fp32", "fp32, bf16/fp16 autocast, or int8 with the openvino backend (auto chooses its own)",
                             choices=PRECISIONS)  # fmt: skip
     json: Optional[str] = option(None, "write miou, per_class_iou, pixel_acc, images to this file", metavar="FILE")
@@ -232,7 +233,7 @@ class DemoConfig:
     checkpoint: Optional[str] = option(None, "weights to use (default: the bundled dabnet-camvid)")
     out: str = option("dabnet-demo", "output folder")
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
-    backend: str = option("auto", "how to run the network: auto picks the fastest accurate one and says why", choices=BACKENDS)
+    backend: str = option("auto", BACKEND_HELP, choices=BACKENDS)
     seed: int = option(0, "seed of the untrained network used when no weights are bundled", hidden=True)
 
 
@@ -304,7 +305,7 @@ class ServeConfig:
     """HTTP API and web page for segmentation."""
 
     checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name")
-    backend: str = option("auto", "how to run the network: auto picks the fastest accurate one and says why", choices=BACKENDS)
+    backend: str = option("auto", BACKEND_HELP, choices=BACKENDS)
     host: str = option("127.0.0.1", "address to bind (default: this machine only)")
     port: int = option(8000, "TCP port")
     max_queue: int = option(16, "waiting requests before 503")

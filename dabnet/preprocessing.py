@@ -15,11 +15,10 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
+    image = to_uint8(image[:, :, :3])  # values first: on one channel, before it is repeated
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    return np.ascontiguousarray(to_uint8(image))
+    return np.ascontiguousarray(image)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

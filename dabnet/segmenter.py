@@ -33,7 +33,7 @@ def calibration_batches(mean: Sequence[float], std: Sequence[float]) -> List[tor
 MIN_INT8_AGREEMENT = 0.985  # `auto` keeps int8 only above this label agreement with fp32 (calibration frames)
 
 
-def _calibration(model: nn.Module, backend: str, precision: str) -> Optional[List[torch.Tensor]]:
+def calibration_for(model: nn.Module, backend: str, precision: str) -> Optional[List[torch.Tensor]]:
     """The bundled calibration batches, normalised for `model`, when the backend quantizes."""
     if backend == "int8" or (backend == "openvino" and precision == "int8"):
         spec = inference_spec(model)
@@ -112,7 +112,7 @@ class Segmenter:
         runner = None
         if backend != "eager" or precision != "fp32" or channels_last is not None:
             runner = prepare(model, backend, precision, str(device), channels_last=channels_last,
-                             calibration=_calibration(model, backend, precision))  # fmt: skip
+                             calibration=calibration_for(model, backend, precision))  # fmt: skip
         return cls.for_model(model, device, runner, _label(backend, precision))
 
     @classmethod
@@ -121,7 +121,7 @@ class Segmenter:
         frames, PyTorch with BatchNorm folded when OpenVINO cannot load."""
         backend, precision, why = choose_auto(str(device))
         try:
-            runner = prepare(model, backend, precision, str(device), calibration=_calibration(model, backend, precision))
+            runner = prepare(model, backend, precision, str(device), calibration=calibration_for(model, backend, precision))
             agreement = getattr(runner, "info", {}).get("agreement")
             if precision == "int8" and agreement is not None and agreement < MIN_INT8_AGREEMENT:
                 precision = "bf16" if cpu_has_bf16() else "fp32"

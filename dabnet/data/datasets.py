@@ -67,19 +67,16 @@ def pil_to_rgb(im) -> np.ndarray:
     palette and alpha images converted (alpha dropped)."""
     from PIL import ImageOps
 
-    from ..preprocessing import to_uint8
+    from ..preprocessing import to_rgb
 
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        grey = to_uint8(np.asarray(im, dtype=np.uint16))
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return to_rgb(np.asarray(im, dtype=np.uint16))
     if im.mode == "I":  # 32-bit integer grey; 16-bit PNGs often open this way
         arr = np.asarray(im, dtype=np.int64)
-        grey = to_uint8(arr.clip(0, 65535).astype(np.uint16)) if arr.max(initial=0) > 255 else arr.clip(0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return to_rgb(arr.clip(0, 65535).astype(np.uint16) if arr.max(initial=0) > 255 else arr.clip(0, 255).astype(np.uint8))
     if im.mode == "F":
-        grey = to_uint8(np.asarray(im, dtype=np.float32))
-        return np.repeat(grey[:, :, None], 3, axis=2)
+        return to_rgb(np.asarray(im, dtype=np.float32))
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it

@@ -3,9 +3,10 @@ by its CPU plugin, in fp32, bf16 (CPUs with native bf16) or int8 (NNCF post-trai
 
 int8 keeps the first and last convolutions in float, as the `int8` runtime does: quantizing the
 normalised RGB input and the logits cost most of the accuracy (bundled weights, CamVid val: all-int8
--0.44 mIoU points; first/last in float -0.18 with NNCF's MIXED preset, -0.14 with PERFORMANCE). Converted and quantized models are cached as IR in
-$DABNET_CACHE/openvino (else ~/.cache/dabnet/openvino), keyed by the weights, the versions of dabnet,
-OpenVINO and NNCF, the calibration data and the CPU, so that only a first start pays for them.
+-0.44 mIoU points; first/last in float -0.18 with NNCF's MIXED preset, -0.14 with PERFORMANCE).
+Converted and quantized models are cached as IR in $DABNET_CACHE/openvino (else
+~/.cache/dabnet/openvino), keyed by the weights, the versions of dabnet, OpenVINO and NNCF, the
+calibration data and the CPU, so that only a first start pays for them.
 Needs `openvino` (and `nncf` for int8), which `pip install dabnet` brings.
 """
 
@@ -132,7 +133,8 @@ class OpenVINORunner:
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
-def _versions() -> Dict[str, str]:
+def package_versions() -> Dict[str, str]:
+    """Installed versions of dabnet, OpenVINO and NNCF ("none" when absent): part of a cached IR's key."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -148,7 +150,7 @@ def cache_key(model: nn.Module, kind: str, calibration: Optional[Sequence[torch.
     """What a cached IR depends on: the weights, the network, the versions, the calibration and the CPU."""
     h = hashlib.sha256()
     h.update(json.dumps({"model": model.model_name, "kwargs": getattr(model, "model_kwargs", {}), "classes": model.num_classes,
-                         "kind": kind, "versions": _versions(), "cpu": cpu_flags()}, sort_keys=True, default=str).encode())  # fmt: skip
+                         "kind": kind, "versions": package_versions(), "cpu": cpu_flags()}, sort_keys=True, default=str).encode())  # fmt: skip
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -157,8 +159,7 @@ def cache_key(model: nn.Module, kind: str, calibration: Optional[Sequence[torch.
     return h.hexdigest()[:24]
 
 
-def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None,
-              log=None) -> Path:  # fmt: skip
+def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None) -> Path:
     """The IR of `model` (float, or int8 quantized on `calibration`), converted once and then read from the cache."""
     kind = f"int8-{QUANT_PRESET}" if int8 else "float"
     folder = Path(cache_dir or default_cache_dir()) / "openvino" / f"{model.model_name}-{kind}-{cache_key(model, kind, calibration)}"
@@ -166,10 +167,8 @@ def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch
     if xml.is_file() and (folder / "model.bin").is_file():
         return xml
     ov = _openvino()
-    if log:
-        log(f"openvino: converting {model.model_name}{' and quantizing it to int8' if int8 else ''} (once; cached in {folder.parent})")
     ov_model = convert(model)
-    info: Dict[str, Any] = {"versions": _versions(), "cpu": cpu_flags()}
+    info: Dict[str, Any] = {"versions": package_versions(), "cpu": cpu_flags()}
     if int8:
         ov_model = quantize(ov_model, calibration or [])
         info["agreement"] = label_agreement(model, OpenVINORunner(ov_model, "int8"), calibration or [])
@@ -205,14 +204,14 @@ def ir_info(xml: PathLike) -> Dict[str, Any]:
 
 def openvino_runner(
     model: nn.Module, precision: str = "fp32", calibration: Optional[Sequence[torch.Tensor]] = None,
-    cache_dir: Optional[PathLike] = None, log=None,
+    cache_dir: Optional[PathLike] = None,
 ) -> OpenVINORunner:  # fmt: skip
     """`model` run by OpenVINO at `precision` (fp32, bf16, int8); int8 quantizes on `calibration`."""
     if precision == "int8" and not calibration:
         raise ValueError("OpenVINO int8 needs calibration batches (normalised training images)")
     if precision not in OV_PRECISIONS:
         raise ValueError(f"the openvino backend runs {', '.join(OV_PRECISIONS)}; got {precision!r}")
-    xml = cached_ir(model, precision == "int8", calibration if precision == "int8" else None, cache_dir, log)
+    xml = cached_ir(model, precision == "int8", calibration if precision == "int8" else None, cache_dir)
     runner = OpenVINORunner(xml, precision, blob_cache=xml.parent / "compiled")
     runner.info = ir_info(xml)
     return runner
