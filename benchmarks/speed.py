@@ -95,6 +95,9 @@ def main() -> None:
     timed = args.backends + [f"{b}+cl" for b in args.backends if b in ("eager", "fold")]  # NHWC, interleaved too
     rows = benchmark(["dabnet"], [(512, 1024), (360, 480)], timed, frames=args.frames, warmup=3,
                      checkpoint=args.checkpoint)  # fmt: skip
+    # To the label map, as `dabnet predict` and the demo run (eager: arg-max of its logits; auto: inside OpenVINO).
+    to_labels = benchmark(["dabnet"], [(512, 1024), (360, 480)], ["eager", "auto"], frames=args.frames, warmup=3,
+                          checkpoint=args.checkpoint, paper_protocol=False, labels=True)  # fmt: skip
     miou = backend_miou(args.checkpoint, args.backends, args.data_root)
     convs = conv_throughput() if "int8" in args.backends else []
     table5 = benchmark(["dabnet", "enet", "espnet", "erfnet", "icnet", "segnet"], [(256, 512), (512, 1024)], ["eager"],
@@ -102,7 +105,7 @@ def main() -> None:
     docs = Path(args.out).parent
     plot_bench([r for r in table5 if r["size"] == "512x1024"], str(docs / "speed_cpu.png"))
     (docs / "speed_cpu.json").write_text(
-        json.dumps({"matmul_peak_gflops": peak, "dabnet": rows, "table5": table5, "miou": miou, "conv_int8_vs_fp32": convs}, indent=2)
+        json.dumps({"matmul_peak_gflops": peak, "dabnet": rows, "to_labels": to_labels, "table5": table5, "miou": miou, "conv_int8_vs_fp32": convs}, indent=2)
     )
 
     def base(size):
@@ -138,6 +141,22 @@ def main() -> None:
         "(`dabnet.runtimes.choose_auto`); its mIoU is `dabnet eval --backend auto`. `change` is the mIoU",
         "change against eager fp32, in points, on all 101 CamVid val images at 360x480 (`dabnet eval",
         "--backend B --precision P`). `+cl` rows run channels_last.",
+        "",
+        "## Image to label map",
+        "",
+        "What `dabnet predict`, `serve` and the demo run per frame after decoding: the network and the",
+        "arg-max (protocol `labels`; eager takes the arg-max of its logits, `auto` has OpenVINO compute it",
+        "inside the graph and return uint8 labels), beside the same backends' logits (`inference`),",
+        "interleaved in one run.",
+        "",
+        "| size | backend | precision | protocol | ms (median) | FPS | vs eager fp32 (same protocol) |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in to_labels:
+        ref = next(q["ms_median"] for q in to_labels if q["size"] == r["size"] and q["backend"] == "eager" and q["protocol"] == r["protocol"])
+        lines.append(f"| {r['size']} | {r['backend']} | {r['precision']} | {r['protocol']} | {r['ms_median']:.1f} | {r['fps']:.1f} | "
+                     f"{ref / r['ms_median']:.2f}x |")  # fmt: skip
+    lines += [
         "",
         "## The paper's Table 5 protocol, comparison networks (eager fp32, fresh weights)",
         "",

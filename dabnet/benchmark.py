@@ -112,6 +112,7 @@ def benchmark(
     checkpoint: Optional[str] = None,
     paper_protocol: bool = True,
     channels_last: Optional[bool] = None,
+    labels: bool = False,
     log=print,
 ) -> List[Dict[str, object]]:
     """Time each (model, size, backend) at batch 1, the paper's Table 5 protocol: warm-up, then
@@ -119,8 +120,10 @@ def benchmark(
     affects them alike. `paper_protocol` adds eager runs without no_grad (as the paper timed);
     `channels_last` is passed to `dabnet.runtimes.prepare` (rows then name the backend `NAME+cl`);
     a backend written `NAME+cl` runs channels_last on its own, beside the others, and `NAME:PRECISION`
-    at its own precision (e.g. `openvino:int8`)."""
+    at its own precision (e.g. `openvino:int8`). `labels` also times each backend to the label map
+    (protocol `labels`: its logits' arg-max, or the arg-max inside OpenVINO), what a Segmenter needs."""
     from .checkpoint import load_model
+    from .runtimes import predict_labels
 
     dev = torch.device(device)
     rows: List[Dict[str, object]] = []
@@ -136,6 +139,8 @@ def benchmark(
                 try:
                     key, runner = _runner(model, label, precision, device, channels_last)
                     runners[key] = runner
+                    if labels:
+                        runners[key[:2] + ("labels",)] = lambda t, r=runner: predict_labels(r, t)
                 except Exception as e:  # e.g. max-unpooling nets cannot be traced for ONNX
                     log(f"{model.model_name:<10} {size[0]}x{size[1]:<5} {label:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
             if paper_protocol:
@@ -200,7 +205,7 @@ def run_bench(cfg: BenchConfig, log=print) -> List[Dict[str, object]]:
         torch.set_num_threads(cfg.threads)
     rows = benchmark(cfg.models, cfg.sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, cfg.device,
                      checkpoint=cfg.checkpoint, paper_protocol=not cfg.no_paper_protocol,
-                     channels_last=cfg.channels_last, log=log)  # fmt: skip
+                     channels_last=cfg.channels_last, labels=cfg.labels, log=log)  # fmt: skip
     if cfg.json:
         with open(cfg.json, "w") as f:
             json.dump(rows, f, indent=2)

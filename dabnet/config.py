@@ -291,6 +291,8 @@ class BenchConfig:
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
     checkpoint: Optional[str] = option(None, "time these weights instead of fresh models")
     no_paper_protocol: bool = option(False, "skip the eager runs without no_grad", flag_only=True)
+    labels: bool = option(False, "also time each backend up to the label map (arg-max included), what predict does",
+                          flag_only=True)  # fmt: skip
     json: Optional[str] = option(None, "write the rows as JSON", metavar="FILE")
     plot: Optional[str] = option(None, "plot FPS against parameters", metavar="PNG")
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, labels_from_logits
 from .precision import autocast
 
 
@@ -160,6 +160,6 @@ def evaluate(
         pairs = [(images, masks)] if isinstance(images, torch.Tensor) else [(i[None], m[None]) for i, m in zip(images, masks)]
         for x, y in pairs:
             x, y = x.to(device), y.to(device)
-            pred = predict_logits(model, x, scales, flip, precision, channels_last).argmax(1)
+            pred = labels_from_logits(predict_logits(model, x, scales, flip, precision, channels_last))
             cm.update(pred, y)
     return cm.all_reduce()

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from .checkpoint import inference_spec, load_model
 from .config import PredictConfig
 from .data.classes import CITYSCAPES_CLASSES
 from .data.datasets import IMAGE_SUFFIXES, ImageReadError, read_image
@@ -188,13 +189,17 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
     if not images and not videos:
         print("dabnet predict: error: no input images or videos", file=sys.stderr)
         return 2
-    seg = Segmenter.from_checkpoint(cfg.checkpoint, device=cfg.device, backend=cfg.backend, precision=cfg.precision,
-                                    channels_last=cfg.channels_last)  # fmt: skip
-    if cfg.format == "cityscapes" and len(seg.class_names) != len(CITYSCAPES_CLASSES):
+    options = dict(device=cfg.device, backend=cfg.backend, precision=cfg.precision, channels_last=cfg.channels_last)
+    exported = str(cfg.checkpoint).endswith((".onnx", ".xml"))  # these carry their classes in the runner
+    model = None if exported else load_model(cfg.checkpoint)
+    seg = Segmenter.from_checkpoint(cfg.checkpoint, **options) if exported else None
+    names = seg.class_names if seg else inference_spec(model)["class_names"]
+    if cfg.format == "cityscapes" and len(names) != len(CITYSCAPES_CLASSES):  # before int8 quantization, not after
         print(f"dabnet predict: error: --format cityscapes writes Cityscapes labelIds, but {cfg.checkpoint} predicts "
-              f"{len(seg.class_names)} classes ({', '.join(seg.class_names[:3])}, ...), not Cityscapes' 19; use the "
-              "default format", file=sys.stderr)  # fmt: skip
+              f"{len(names)} classes ({', '.join(names[:3])}, ...), not Cityscapes' 19; use the default format",
+              file=sys.stderr)  # fmt: skip
         return 2
+    seg = seg or Segmenter.from_model(model, **options)
     out = Path(cfg.out)
     failed = bool(missing)
     if images:

@@ -14,7 +14,7 @@ from .checkpoint import inference_spec, load_model
 from .data.classes import default_palette
 from .data.datasets import PathLike, read_image
 from .preprocessing import Normalize
-from .runtimes import choose_auto, cpu_has_bf16, prepare
+from .runtimes import choose_auto, cpu_has_bf16, predict_labels, prepare
 from .runtimes.onnx import OrtRunner
 
 
@@ -106,7 +106,19 @@ class Segmenter:
             from .runtimes.openvino import OpenVINORunner
 
             return cls.for_model(OpenVINORunner(path, precision), device, backend=_label("openvino", precision))
-        model = load_model(path)
+        return cls.from_model(load_model(path), device, backend, precision, channels_last, log)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        device: Union[str, torch.device] = "cpu",
+        backend: str = "auto",
+        precision: str = "fp32",
+        channels_last: Optional[bool] = None,
+        log: Optional[Callable[[str], None]] = print,
+    ) -> "Segmenter":
+        """A Segmenter for a network loaded by `dabnet.load_model`, run by `backend` as in `from_checkpoint`."""
         if backend == "auto":
             return cls._auto(model, device, log)
         runner = None
@@ -127,6 +139,7 @@ class Segmenter:
                 precision = "bf16" if cpu_has_bf16() else "fp32"
                 why = f"int8 agreed with fp32 on only {100 * agreement:.1f}% of the calibration pixels, so {precision}"
                 runner = prepare(model, backend, precision, str(device))
+            predict_labels(runner, torch.zeros(1, 3, 64, 64, device=device))  # compiles now, so a failure falls back here
         except (ImportError, RuntimeError, ValueError) as e:
             failed = "OpenVINO" if backend == "openvino" else f"{backend} {precision}"
             backend, precision, runner = "fold", "fp32", prepare(model, "fold", "fp32", str(device))
@@ -155,8 +168,7 @@ class Segmenter:
         for i, im in enumerate(images):
             by_size.setdefault(im.shape[:2], []).append(i)
         for idx in by_size.values():
-            logits = self.run(self.preprocess([images[i] for i in idx]))
-            labels = logits.argmax(1).to(torch.uint8).cpu().numpy()
+            labels = predict_labels(self.run, self.preprocess([images[i] for i in idx])).to(torch.uint8).cpu().numpy()
             for j, i in enumerate(idx):
                 out[i] = labels[j]
         return out  # type: ignore[return-value]

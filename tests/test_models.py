@@ -166,3 +166,16 @@ def test_dab_module_structure():
     nn.init.zeros_(m.conv1x1.weight)
     x = torch.randn(1, 128, 8, 8)
     assert torch.equal(m.eval()(x), x)
+
+
+@pytest.mark.parametrize("size", [(8, 10), (7, 9), (5, 6)])
+def test_downsampling_pool_at_odd_sizes_is_a_minus_inf_padded_pool(size):
+    """The max pool beside the stride-2 conv gives ceil(H/2) x ceil(W/2), as a pool over the input
+    padded with -inf at the bottom/right would; at even sizes it is the official 2x2 pool."""
+    import torch.nn.functional as F
+
+    down = DABNet(11).down1.eval()
+    x = torch.randn(2, 35, *size)
+    padded = F.pad(x, (0, size[1] % 2, 0, size[0] % 2), value=float("-inf"))
+    assert torch.equal(down.pool(x), F.max_pool2d(padded, 2, 2))
+    assert down(x).shape == (2, 64, (size[0] + 1) // 2, (size[1] + 1) // 2)

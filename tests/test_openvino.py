@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -12,7 +13,8 @@ import dabnet
 from dabnet.cli import main
 from dabnet.data.datasets import read_image
 from dabnet.demo import sample_frames
-from dabnet.runtimes import choose_auto, cpu_has_bf16, prepare
+from dabnet.metrics import labels_from_logits
+from dabnet.runtimes import choose_auto, cpu_has_bf16, predict_labels, prepare
 from dabnet.segmenter import Segmenter, calibration_batches
 
 pytest.importorskip("openvino")
@@ -46,6 +48,9 @@ def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement
         assert (out - ref).abs().max() < 1e-3
     odd = run(x[:, :, :97, :131])  # dynamic height and width, odd sizes included
     assert odd.shape == (2, 11, 97, 131)
+    # The arg-max inside OpenVINO gives the arg-max of the same run's logits, as uint8.
+    labels = run.labels(x[:, :, :97, :131])
+    assert labels.dtype == torch.uint8 and torch.equal(labels.long(), labels_from_logits(odd))
 
 
 def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, tmp_path):
@@ -69,6 +74,14 @@ def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, t
     # Other weights are another cache entry.
     other = dabnet.create_model("dabnet", 11).eval()
     assert ovr.cache_key(other, "int8", calibration) != ovr.cache_key(model, "int8", calibration)
+    # So is other code with the same weights (a changed forward in a development install).
+    class Doubled(type(model)):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    doubled = copy.copy(model)
+    doubled.__class__ = Doubled
+    assert ovr.cache_key(doubled, "float") != ovr.cache_key(model, "float")
 
 
 def test_auto_runs_openvino_and_says_why(tmp_path):
@@ -104,6 +117,31 @@ def test_auto_falls_back_to_fold_when_openvino_fails(monkeypatch):
     lines = []
     seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
     assert seg.backend == "fold" and "OpenVINO could not run this model (RuntimeError" in lines[0]
+
+
+def test_auto_falls_back_when_openvino_fails_only_at_compilation(monkeypatch):
+    import dabnet.runtimes.openvino as ovr
+
+    def cannot_compile(self, output="logits"):
+        raise RuntimeError("Exception from src/plugins/intel_cpu: unsupported")
+
+    monkeypatch.setattr(ovr.OpenVINORunner, "request", cannot_compile)  # each graph is compiled on first use
+    lines = []
+    seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
+    assert seg.backend == "fold" and "OpenVINO could not run this model (RuntimeError" in lines[0]
+
+
+def test_predict_labels_uses_the_runners_own_labels():
+    class Runner:
+        def __call__(self, x):
+            return torch.zeros(1, 3, 2, 2)
+
+        def labels(self, x):
+            return torch.full((1, 2, 2), 7, dtype=torch.uint8)
+
+    x = torch.zeros(1, 3, 2, 2)
+    assert predict_labels(Runner(), x).eq(7).all()
+    assert predict_labels(Runner().__call__, x).eq(0).all()  # a plain callable: arg-max of its logits
 
 
 def test_auto_drops_int8_that_disagrees_with_fp32(monkeypatch):

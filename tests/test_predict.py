@@ -46,6 +46,15 @@ def images(tmp_path):
     return folder
 
 
+def test_labels_from_logits_is_argmax_ties_included():
+    from dabnet.metrics import labels_from_logits
+
+    logits = torch.randn(2, 11, 37, 53)
+    logits[:, 3:6, :5] = 9.0  # three equal maxima: the first one wins, as with argmax
+    assert torch.equal(labels_from_logits(logits), logits.argmax(1))
+    assert labels_from_logits(logits)[:, :5].eq(3).all()
+
+
 def test_segmenter_handles_any_size_and_mode(ckpt):
     seg = Segmenter.from_checkpoint(ckpt)
     for shape in [(97, 131, 3), (60, 80), (48, 64, 4), (33, 200, 1)]:
@@ -271,3 +280,6 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
 
     rows = benchmark(["dabnet"], [(32, 48)], ["eager", "fold+cl"], frames=1, warmup=0, paper_protocol=False, log=print)
     assert [(r["backend"], r["precision"]) for r in rows] == [("eager", "fp32"), ("fold+cl", "fp32")]
+    assert main(["bench", "--models", "dabnet", "--sizes", "32x48", "--backends", "fold", "--labels", "--frames", "1",
+                 "--warmup", "0", "--no-paper-protocol", "--json", str(js)]) == 0  # fmt: skip
+    assert [(r["backend"], r["protocol"]) for r in json.loads(js.read_text())] == [("fold", "inference"), ("fold", "labels")]

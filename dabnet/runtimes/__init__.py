@@ -14,6 +14,7 @@ from typing import Callable, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..metrics import labels_from_logits
 from ..precision import PRECISIONS, cpu_flags, cpu_has_bf16
 from .pytorch import fold_batchnorm, torch_runner
 
@@ -87,4 +88,11 @@ def prepare(
     return torch_runner(model, backend, precision, device, channels_last)
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "choose_auto", "cpu_has_bf16", "fold_batchnorm", "prepare"]
+def predict_labels(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """NxHxW class indices from a runner: its own `labels` where it has one (OpenVINO computes the
+    arg-max inside the graph), else the arg-max of its logits."""
+    own = getattr(runner, "labels", None)
+    return own(x) if own is not None else labels_from_logits(runner(x))
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "choose_auto", "cpu_has_bf16", "fold_batchnorm", "predict_labels", "prepare"]
