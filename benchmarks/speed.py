@@ -111,6 +111,7 @@ def main() -> None:
     def base(size):
         return next(r["ms_median"] for r in rows if r["size"] == size and r["backend"] == "eager" and r["precision"] == "fp32" and r["protocol"] == "inference")
 
+    eager_labels_run = next(r["ms_median"] for r in to_labels if r["size"] == "512x1024" and r["backend"] == "eager" and r["protocol"] == "inference")
     lines = [
         "# Speed on this machine",
         "",
@@ -148,6 +149,10 @@ def main() -> None:
         "arg-max (protocol `labels`; eager takes the arg-max of its logits, `auto` has OpenVINO compute it",
         "inside the graph and return uint8 labels), beside the same backends' logits (`inference`),",
         "interleaved in one run.",
+        "",
+        f"Eager fp32 at 512x1024 took {base('512x1024'):.0f} ms in the table above and {eager_labels_run:.0f} ms in this "
+        "one, a few minutes apart: this machine's speed drifts between runs, so compare "
+        "ratios within one table.",
         "",
         "| size | backend | precision | protocol | ms (median) | FPS | vs eager fp32 (same protocol) |",
         "|---|---|---|---|---:|---:|---:|",
