@@ -131,20 +131,20 @@ def benchmark(
         model = load_model(checkpoint) if checkpoint else create_model(name, num_classes)
         model = model.eval().to(dev)
         params = count_params(model)
+        runners = {}  # prepared once for all sizes: quantizing or converting per size would only repeat work
+        for label in backends:
+            try:
+                key, runner = _runner(model, label, precision, device, channels_last)
+                runners[key] = runner
+                if labels:
+                    runners[key[:2] + ("labels",)] = lambda t, r=runner: predict_labels(r, t)
+            except Exception as e:  # e.g. max-unpooling nets cannot be traced for ONNX
+                log(f"{model.model_name:<10} {label:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
+        if paper_protocol:
+            runners[("eager", "fp32", "paper (autograd on)")] = lambda t, m=model: m(t)
         for size in sizes:
             x = torch.randn(1, 3, size[0], size[1], device=dev)
             macs = model_complexity(model.model_name, model.num_classes, size)["gmacs"] if not checkpoint else count_macs(model, size) / 1e9
-            runners = {}
-            for label in backends:
-                try:
-                    key, runner = _runner(model, label, precision, device, channels_last)
-                    runners[key] = runner
-                    if labels:
-                        runners[key[:2] + ("labels",)] = lambda t, r=runner: predict_labels(r, t)
-                except Exception as e:  # e.g. max-unpooling nets cannot be traced for ONNX
-                    log(f"{model.model_name:<10} {size[0]}x{size[1]:<5} {label:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
-            if paper_protocol:
-                runners[("eager", "fp32", "paper (autograd on)")] = lambda t, m=model: m(t)
             times: Dict[tuple, List[float]] = {k: [] for k in runners}
             for _ in range(warmup):
                 for run in runners.values():

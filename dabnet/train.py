@@ -113,10 +113,12 @@ def build_datasets(cfg: TrainConfig):
     if cfg.holdout:
         val_sets["holdout"] = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, EvalTransform(mean, std), include=cfg.holdout)
     if cfg.val_split:
+        # In-sequence validation: val_split without the held-out sequences, which it may or may not hold;
+        # none when it holds nothing else (then the held-out sequences are the only validation).
         val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, EvalTransform(mean, std))
-        drop = tuple(s for s in cfg.holdout if any(i.name.startswith(s) for i, _ in val_ds.pairs))
-        if not all(i.name.startswith(drop) for i, _ in val_ds.pairs):  # drop=(): startswith(()) is False
-            val_sets["val"] = select_sequences(val_ds, exclude=drop)
+        held = tuple(cfg.holdout)
+        if any(not i.name.startswith(held) for i, _ in val_ds.pairs):  # startswith(()) is False: no holdout keeps all
+            val_sets["val"] = select_sequences(val_ds, exclude=[s for s in held if any(i.name.startswith(s) for i, _ in val_ds.pairs)])
     return train_ds, val_sets
 
 
@@ -140,14 +142,12 @@ def _check_files(cfg: TrainConfig, log) -> None:
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser `cfg.optimizer` names (sgd, adam or adamw: TrainConfig has checked it)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, adam or adamw")
+    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
 
 
 def _write_logs(out: Path, history: List[Dict[str, Any]], class_names: List[str]) -> None:
@@ -389,9 +389,9 @@ def end_of_epoch(run: Run, state: RunState, result: Dict[str, Any], writer, log)
     log(f"epoch {epoch}/{cfg.epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s{mious}")
 
 
-def stop_run(run: Run, state: RunState, signum: int, log) -> Dict[str, Any]:
-    """The one way a run stops early: save where it stands and say how to go on."""
-    if D.is_main():
+def stop_run(run: Run, state: RunState, signum: int, log, saved: bool = False) -> Dict[str, Any]:
+    """The one way a run stops early: save where it stands (unless the epoch's end just did) and say how to go on."""
+    if D.is_main() and not saved:
         save_checkpoint(run.checkpoint(state), run.out / "last.pth")
     name = signal.Signals(signum).name
     where = f"at epoch {state.epoch + 1}, iteration {state.iter_in_epoch}" if state.iter_in_epoch else f"after epoch {state.epoch}"
@@ -445,10 +445,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
             state.iter_in_epoch += result["steps"]
             state.loss_sum += result["loss"] * result["steps"]
             state.loss_steps += result["steps"]
-            if state.iter_in_epoch >= run.iters_per_epoch or not result["stopped"]:  # the loader ran dry: epoch done
+            epoch_done = state.iter_in_epoch >= run.iters_per_epoch or not result["stopped"]  # the loader ran dry
+            if epoch_done:
                 end_of_epoch(run, state, result, writer, log)
             if stop():
-                return stop_run(run, state, stop.signum, log)
+                return stop_run(run, state, stop.signum, log, saved=epoch_done)
     except NonFiniteLossError as e:
         raise NonFiniteLossError(f"{e} (epoch {state.epoch + 1}). Training stopped; the last good checkpoint is kept at "
                                  f"{run.out / 'last.pth'}. Lower lr, enable grad_clip, or check the data.") from None  # fmt: skip
@@ -458,4 +459,4 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
             writer.close()
     best = run.out / "best.pth"
     log(f"done: {cfg.epochs} epochs, best {run.select_on} mIoU {100 * state.best_miou:.2f}% -> {best}" if state.best_miou >= 0 else f"done -> {run.out / 'last.pth'}")
-    return {"epochs": cfg.epochs, "best_miou": state.best_miou, "out": str(run.out), "minutes": round((time.time() - t_start) / 60, 2)}
+    return {"epochs": cfg.epochs, "epoch": state.epoch, "best_miou": state.best_miou, "out": str(run.out), "minutes": round((time.time() - t_start) / 60, 2)}

@@ -225,6 +225,33 @@ def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypa
     assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-6)
 
 
+def test_a_stop_on_an_epochs_last_step_saves_once_and_resumes_at_the_next_epoch(tiny_camvid, tmp_path, monkeypatch):
+    real, save = train_mod.train_one_epoch, train_mod.save_checkpoint
+    calls, saved = {"n": 0}, []
+
+    def stopped_on_the_last_step_of_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            should_stop, steps = kwargs["should_stop"], {"k": 0}
+
+            def stop_at_4():  # tiny_camvid: 4 iterations per epoch
+                steps["k"] += 1
+                if steps["k"] == 4:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return should_stop()
+
+            kwargs["should_stop"] = stop_at_4
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", stopped_on_the_last_step_of_epoch_2)
+    monkeypatch.setattr(train_mod, "save_checkpoint", lambda ckpt, path: saved.append((ckpt["epoch"], Path(path).name)) or save(ckpt, path))
+    result = train_mod.train(_cfg(tiny_camvid, tmp_path / "run", epochs=3), log=lambda *a: None)
+    assert result["interrupted"] == "SIGTERM" and result["epoch"] == 2 and result["iter_in_epoch"] == 0
+    assert [s for s in saved if s[1] == "last.pth"] == [(1, "last.pth"), (2, "last.pth")]  # not twice for epoch 2
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    assert train_mod.train(_cfg(tiny_camvid, tmp_path / "run", epochs=3), log=lambda *a: None)["epoch"] == 3
+
+
 def test_checkpoints_written_before_the_redesign_still_resume(tiny_camvid, tmp_path):
     """The layout of a pre-RunState checkpoint (no loss sums, `amp` in its config, no holdout keys)
     resumes: this pins the keys train.RunState reads."""
