@@ -426,7 +426,7 @@ def build_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[s
         if unknown:
             raise ConfigError(f"{cfg_path}: unknown option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
         values.update(loaded)
-    values.update({k: v for k, v in kwargs.items() if v is not None})
+    values.update(_renamed(k, v, valid) for k, v in kwargs.items() if v is not None)  # e.g. a saved run's config
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")

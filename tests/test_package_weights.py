@@ -1,0 +1,47 @@
+"""scripts/package_weights.py: a held-out-drive run turned into bundled-style weights and a model card."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+
+import dabnet
+from dabnet import train as train_mod
+from dabnet.config import TrainConfig, build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("package_weights", ROOT / "scripts" / "package_weights.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid):
+    root = make_camvid(tmp_path / "cv", n=8, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
+    run = tmp_path / "run"
+    cfg = build_config(TrainConfig, "camvid_holdout", data_root=str(root), out=str(run), epochs=2, batch_size=2, crop_size=[32, 48],
+                       workers=0, warmup_iters=2, val_batch_size=4, check_data=False, val_split="val")  # fmt: skip
+    train_mod.train(cfg, log=lambda *a: None)
+    pw = _script()
+    out, card = tmp_path / "w.safetensors", tmp_path / "docs" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    meta = pw.package(run, str(root), out, card)
+    model = dabnet.load_model(out)
+    assert model.checkpoint_meta["holdout_sequences"] == ["0006R0"] and model.checkpoint_meta["val_trained_on"] is True
+    assert meta["holdout_miou"] == pytest.approx(model.checkpoint_meta["best_miou"], abs=1e-6)  # selected on it
+    text = card.read_text()
+    assert "held-out drive 0006R0 mIoU" in text and "not measured here" in text and "57.6% on the CamVid test split" in text
+    assert "trained on: these frames are in the training split" in text
+    assert (card.parent / "camvid_learning_curve.png").stat().st_size > 1000
+    # The card's command rebuilds the run's recipe.
+    command = next(line for line in text.splitlines() if line.startswith("dabnet train"))
+    args = shlex.split(command)
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    again = build_config(TrainConfig, args[args.index("--config") + 1], sets)
+    assert {k: v for k, v in vars(again).items() if k not in pw.NOT_RECIPE} == {k: v for k, v in vars(cfg).items() if k not in pw.NOT_RECIPE}
