@@ -70,7 +70,11 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         log("      the pictures show the pipeline, not a segmentation. Pass --checkpoint to use trained weights.")
     else:
         meta = seg.meta
-        miou = f", CamVid val mIoU {100 * meta['val_miou']:.1f}%" if meta.get("val_miou") is not None else ""
+        miou = ""
+        if meta.get("holdout_miou") is not None:  # a drive it never saw: the figure that says how it generalises
+            miou = f", {100 * meta['holdout_miou']:.1f}% mIoU on held-out CamVid drive {', '.join(meta.get('holdout_sequences', []))}"
+        elif meta.get("val_miou") is not None:
+            miou = f", CamVid val mIoU {100 * meta['val_miou']:.1f}%"
         log(f"weights: {cfg.checkpoint} ({seg.model_name}, {len(seg.class_names)} classes{miou})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

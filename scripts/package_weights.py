@@ -5,7 +5,8 @@
 Evaluates the run's best checkpoint (eager fp32) on the held-out sequences it was selected on, if
 any, and on CamVid val (marked as trained on when the run trained on val), times it on this CPU,
 stores weights + metadata as dabnet/weights/dabnet-camvid.safetensors, and writes
-docs/MODEL_CARD.md with the learning curve (docs/camvid_learning_curve.png). Every figure in the
+docs/MODEL_CARD.md with the learning curve (docs/camvid_learning_curve.png) and the README's demo
+picture (docs/demo_side_by_side.png). Every figure in the
 card comes from here, except the previous weights' test-split figure, which was measured
 independently (the test split is held out from this project).
 """
@@ -16,7 +17,9 @@ import argparse
 import dataclasses
 import json
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -25,9 +28,9 @@ import torch
 
 from dabnet.benchmark import count_params
 from dabnet.checkpoint import read_checkpoint, save_safetensors
-from dabnet.config import EvalConfig, TrainConfig, build_config
+from dabnet.config import DemoConfig, EvalConfig, TrainConfig, build_config
 from dabnet.data.datasets import read_image
-from dabnet.demo import sample_frames, sample_ground_truth
+from dabnet.demo import run_demo, sample_frames, sample_ground_truth
 from dabnet.evaluate import run_evaluation
 from dabnet.metrics import ConfusionMatrix
 from dabnet.segmenter import Segmenter
@@ -76,6 +79,13 @@ def figures(checkpoint: Path, data_root: str, cfg: TrainConfig) -> Dict[str, Dic
     out = {"holdout": on(cfg.train_split, list(cfg.holdout))} if cfg.holdout else {}
     out["val"] = on("val", [])
     return out
+
+
+def readme_figure(weights: Path, path: Path) -> None:
+    """The README's picture: `dabnet demo`'s side-by-side of the first bundled frame, with `weights`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_demo(DemoConfig(checkpoint=str(weights), out=tmp, backend="eager"), log=lambda *a: None)
+        shutil.copyfile(Path(tmp) / f"{sample_frames()[0].stem}_side_by_side.png", path)
 
 
 def learning_curve(history: List[Dict[str, Any]], holdout: List[str], path: Path) -> None:
@@ -130,6 +140,7 @@ def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", ha
     meta["sample_frames_miou"] = sample_frames_miou(seg)
     save_safetensors(meta, out)
     learning_curve(history, list(cfg.holdout), card.with_name("camvid_learning_curve.png"))
+    readme_figure(out, card.with_name("demo_side_by_side.png"))
     card.write_text(model_card(run, out, meta, cfg, res, cpu_latency_ms(seg), count_params(seg.model), note))
     return meta
 

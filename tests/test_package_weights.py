@@ -10,7 +10,8 @@ import pytest
 
 import dabnet
 from dabnet import train as train_mod
-from dabnet.config import TrainConfig, build_config
+from dabnet.config import DemoConfig, TrainConfig, build_config
+from dabnet.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +40,10 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid
     assert "held-out drive 0006R0 mIoU" in text and "not measured here" in text and "57.6% on the CamVid test split" in text
     assert "trained on: these frames are in the training split" in text
     assert (card.parent / "camvid_learning_curve.png").stat().st_size > 1000
+    assert (card.parent / "demo_side_by_side.png").stat().st_size > 1000
+    lines = []
+    run_demo(DemoConfig(checkpoint=str(out), out=str(tmp_path / "demo"), backend="eager"), log=lines.append)
+    assert f"{100 * meta['holdout_miou']:.1f}% mIoU on held-out CamVid drive 0006R0" in lines[0]  # not the trained-on val figure
     # The card's command rebuilds the run's recipe.
     command = next(line for line in text.splitlines() if line.startswith("dabnet train"))
     args = shlex.split(command)
