@@ -6,7 +6,8 @@ For each run folder (written by `dabnet train`) it reads config.yaml, metrics.js
 writes one row: recipe, epochs run of the schedule, hardware, wall time, the held-out-drive (proxy)
 mIoU (best epoch and last epoch), and the in-sequence val mIoU (only when val was not trained on).
 Equal-epoch comparisons (the bundling rule of the CamVid weights) come from the same histories:
-`--compare-at N` adds each run's proxy mIoU at epoch N.
+`--compare-at N` adds each run's proxy mIoU at epoch N, and `--pair A B` (repeatable) tabulates two
+runs at every epoch both validated on the held-out drive.
 """
 
 from __future__ import annotations
@@ -37,11 +38,31 @@ def describe_recipe(cfg: Dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _history(folder: Path) -> List[Dict[str, Any]]:
+    metrics = folder / "metrics.jsonl"  # absent until a first epoch ends
+    return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+
+
+def pair_lines(a: Path, b: Path) -> List[str]:
+    """Markdown: runs `a` and `b` side by side at every epoch both validated on the held-out drive."""
+    pa, pb = ({h["epoch"]: h["holdout_miou"] for h in _history(f) if h.get("holdout_miou") is not None} for f in (a, b))
+    common = sorted(set(pa) & set(pb))
+    lines = [f"### {a.name} against {b.name}", ""]
+    if not common:
+        return lines + ["No epoch validated by both yet.", ""]
+    diffs = [100 * (pa[e] - pb[e]) for e in common]
+    lines += [f"| epoch | {a.name} | {b.name} | difference (points) |", "|---:|---:|---:|---:|"]
+    lines += [f"| {e} | {_pct(pa[e])} | {_pct(pb[e])} | {d:+.2f} |" for e, d in zip(common, diffs)]
+    lines += ["", f"{a.name} is ahead at {sum(d > 0 for d in diffs)} of {len(common)} common epochs; mean difference "
+              f"{sum(diffs) / len(diffs):+.2f} points, over the last {min(5, len(diffs))} of them "
+              f"{sum(diffs[-5:]) / len(diffs[-5:]):+.2f}.", ""]  # fmt: skip
+    return lines
+
+
 def run_row(folder: Path, compare_at: Optional[int]) -> Dict[str, Any]:
     """One table row from a run folder."""
     cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    metrics = folder / "metrics.jsonl"  # absent until a first epoch ends
-    history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+    history = _history(folder)
     last = torch.load(folder / "last.pth", map_location="cpu", weights_only=True) if (folder / "last.pth").exists() else {}
     proxy = [(h["epoch"], h["holdout_miou"]) for h in history if h.get("holdout_miou") is not None]
     in_seq = [(h["epoch"], h["val_miou"]) for h in history if h.get("val_miou") is not None]
@@ -56,7 +77,7 @@ def run_row(folder: Path, compare_at: Optional[int]) -> Dict[str, Any]:
     }  # fmt: skip
 
 
-def write_table(rows: List[Dict[str, Any]], compare_at: Optional[int], path: Path) -> None:
+def write_table(rows: List[Dict[str, Any]], compare_at: Optional[int], pairs: List[List[Path]], path: Path) -> None:
     cols = ["run", "recipe", "epochs", "hardware", "hours", "proxy_best", "proxy_last"] + (["proxy_at"] if compare_at else []) + ["in_sequence"]
     names = {"run": "run", "recipe": "recipe", "epochs": "epochs run / schedule", "hardware": "hardware",
              "hours": "train hours", "proxy_best": "held-out 0006R0 mIoU, best", "proxy_last": "held-out, last epoch",
@@ -76,6 +97,10 @@ def write_table(rows: List[Dict[str, Any]], compare_at: Optional[int], path: Pat
     ]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.1f}" if c == "hours" else str(r[c]) for c in cols) + " |")
+    if pairs:
+        lines += ["", "## Equal-epoch comparisons on the held-out drive", ""]
+        for a, b in pairs:
+            lines += pair_lines(a, b)
     lines += ["", "![held-out-drive mIoU per epoch](camvid_recipes.png)", "", "Bundled before this table existed: `dabnet-camvid` v1 (240x320 crops, train split, batch 8, 100 CPU",
               "epochs, best epoch chosen on val): 69.05% val mIoU, **57.6% on the CamVid test split** (measured",
               "independently), its held-out-drive figure not measurable (it trained on all three drives).", ""]  # fmt: skip
@@ -91,8 +116,7 @@ def plot_curves(folders: List[Path], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for folder in folders:
-        metrics = folder / "metrics.jsonl"
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+        history = _history(folder)
         for key, style in (("holdout_miou", "-"), ("val_miou", ":")):
             pts = [(h["epoch"], 100 * h[key]) for h in history if h.get(key) is not None]
             if pts:
@@ -110,10 +134,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run folders written by dabnet train")
     ap.add_argument("--compare-at", type=int, default=None, help="also give each run's held-out mIoU at this epoch")
+    ap.add_argument("--pair", nargs=2, type=Path, action="append", default=[], metavar=("A", "B"),
+                    help="compare two runs at every epoch both validated on the held-out drive")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "CAMVID_RECIPES.md")
     args = ap.parse_args()
     rows = [run_row(f, args.compare_at) for f in args.runs]
-    write_table(rows, args.compare_at, args.out)
+    write_table(rows, args.compare_at, args.pair, args.out)
     plot_curves(args.runs, args.out.with_name("camvid_recipes.png"))
     print(args.out.read_text())
 
