@@ -100,6 +100,22 @@ def _runner(model: nn.Module, label: str, precision: str, device: str, channels_
     return (label, prec, "inference"), runner
 
 
+def _time_ms(run, x: torch.Tensor, dev: torch.device) -> float:
+    """Milliseconds of one call: between CUDA events on a GPU (its own clock; the events are recorded
+    once the queue is empty), wall clock around the call elsewhere."""
+    _sync(dev)
+    if dev.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run(x)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    run(x)
+    return (time.perf_counter() - t0) * 1000
+
+
 def benchmark(
     models: Sequence[str] = ("dabnet",),
     sizes: Sequence[Tuple[int, int]] = ((512, 1024),),
@@ -113,15 +129,17 @@ def benchmark(
     paper_protocol: bool = True,
     channels_last: Optional[bool] = None,
     labels: bool = False,
+    batch: int = 1,
     log=print,
 ) -> List[Dict[str, object]]:
-    """Time each (model, size, backend) at batch 1, the paper's Table 5 protocol: warm-up, then
+    """Time each (model, size, backend) at `batch` (1: the paper's Table 5 protocol): warm-up, then
     `frames` timed forward passes; backends are interleaved frame by frame so that a noisy machine
     affects them alike. `paper_protocol` adds eager runs without no_grad (as the paper timed);
     `channels_last` is passed to `dabnet.runtimes.prepare` (rows then name the backend `NAME+cl`);
     a backend written `NAME+cl` runs channels_last on its own, beside the others, and `NAME:PRECISION`
     at its own precision (e.g. `openvino:int8`). `labels` also times each backend to the label map
-    (protocol `labels`: its logits' arg-max, or the arg-max inside OpenVINO), what a Segmenter needs."""
+    (protocol `labels`: its logits' arg-max, or the arg-max inside OpenVINO), what a Segmenter needs.
+    FPS count images: `batch` * 1000 / median ms."""
     from .checkpoint import load_model
     from .runtimes import predict_labels
 
@@ -143,7 +161,7 @@ def benchmark(
         if paper_protocol:
             runners[("eager", "fp32", "paper (autograd on)")] = lambda t, m=model: m(t)
         for size in sizes:
-            x = torch.randn(1, 3, size[0], size[1], device=dev)
+            x = torch.randn(batch, 3, size[0], size[1], device=dev)
             macs = model_complexity(model.model_name, model.num_classes, size)["gmacs"] if not checkpoint else count_macs(model, size) / 1e9
             times: Dict[tuple, List[float]] = {k: [] for k in runners}
             for _ in range(warmup):
@@ -151,24 +169,21 @@ def benchmark(
                     run(x)
             for _ in range(frames):
                 for key, run in runners.items():
-                    _sync(dev)
-                    t0 = time.perf_counter()
-                    run(x)
-                    _sync(dev)
-                    times[key].append((time.perf_counter() - t0) * 1000)
+                    times[key].append(_time_ms(run, x, dev))
             for (b, prec, protocol), ts in times.items():
                 med = statistics.median(ts)
                 row = {"model": model.model_name, "size": f"{size[0]}x{size[1]}", "backend": b, "precision": prec,
                        "protocol": protocol, "ms_median": round(med, 3), "ms_mean": round(statistics.fmean(ts), 3),
-                       "fps": round(1000 / med, 2), "params": params, "gmacs": round(macs, 3), "frames": frames,
-                       "device": str(dev)}  # fmt: skip
+                       "fps": round(batch * 1000 / med, 2), "batch": batch, "params": params, "gmacs": round(macs, 3),
+                       "frames": frames, "device": str(dev)}  # fmt: skip
                 rows.append(row)
                 log(format_bench_row(row))
     return rows
 
 
 def format_bench_row(r: Dict[str, object]) -> str:
-    return (f"{r['model']:<10} {r['size']:>9} {r['backend']:<12} {r['precision']:<5} {r['protocol']:<20} "
+    batch = f" x{r['batch']}" if r.get("batch", 1) != 1 else ""
+    return (f"{r['model']:<10} {r['size'] + batch:>9} {r['backend']:<12} {r['precision']:<5} {r['protocol']:<20} "
             f"{r['ms_median']:>9.1f} ms {r['fps']:>8.1f} FPS {r['params']:>11,} {r['gmacs']:>8.2f} GMACs")  # fmt: skip
 
 
@@ -205,7 +220,7 @@ def run_bench(cfg: BenchConfig, log=print) -> List[Dict[str, object]]:
         torch.set_num_threads(cfg.threads)
     rows = benchmark(cfg.models, cfg.sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, cfg.device,
                      checkpoint=cfg.checkpoint, paper_protocol=not cfg.no_paper_protocol,
-                     channels_last=cfg.channels_last, labels=cfg.labels, log=log)  # fmt: skip
+                     channels_last=cfg.channels_last, labels=cfg.labels, batch=cfg.batch, log=log)  # fmt: skip
     if cfg.json:
         with open(cfg.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -287,6 +287,7 @@ class BenchConfig:
     channels_last: Optional[bool] = option(None, "NHWC tensors (default: on for CUDA, off for a CPU)")
     frames: int = option(100, "timed frames per measurement (the paper: 100)")
     warmup: int = option(10, "untimed frames first")
+    batch: int = option(1, "images per forward pass (the paper: 1); FPS count images")
     device: str = option("cpu", "cpu, cuda or cuda:N")
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
     checkpoint: Optional[str] = option(None, "time these weights instead of fresh models")
@@ -297,7 +298,7 @@ class BenchConfig:
     plot: Optional[str] = option(None, "plot FPS against parameters", metavar="PNG")
 
     def __post_init__(self) -> None:
-        check_counts(self, frames=1, warmup=0, threads=1)
+        check_counts(self, frames=1, warmup=0, threads=1, batch=1)
         check_choice("precision", self.precision, PRECISIONS)
         check_device(self.device)
 

@@ -283,3 +283,21 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert main(["bench", "--models", "dabnet", "--sizes", "32x48", "--backends", "fold", "--labels", "--frames", "1",
                  "--warmup", "0", "--no-paper-protocol", "--json", str(js)]) == 0  # fmt: skip
     assert [(r["backend"], r["protocol"]) for r in json.loads(js.read_text())] == [("fold", "inference"), ("fold", "labels")]
+
+
+def test_gpu_speed_script_writes_its_tables_and_device(tmp_path):
+    """benchmarks/speed_gpu.py, run small on the CPU: every table, and the JSON names the device."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "SPEED_GPU.md"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "speed_gpu.py"), "--device", "cpu", "--quick", "--models", "dabnet", "enet",
+                    "--out", str(out)], check=True, capture_output=True, timeout=300)  # fmt: skip
+    data = json.loads((tmp_path / "speed_gpu.json").read_text())
+    assert "CPU" in data["device"] and data["dabnet"] and data["batch"][0]["batch"] == 2
+    assert {r["model"] for r in data["table5"]} == {"dabnet", "enet"}
+    text = out.read_text()
+    assert "## DABNet, batch 1" in text and "## DABNet throughput at larger batches" in text and "| enet |" in text
