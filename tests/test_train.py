@@ -188,29 +188,33 @@ def test_data_on_device_trains_on_cpu(tiny_camvid, tmp_path):
     assert len(history) == 2 and history[1]["iteration"] == 8 and summary["best_miou"] >= 0
 
 
+def _sigterm_at(real, epoch: int, step: int):
+    """`train_one_epoch` that delivers a real SIGTERM to this process after `step` steps of its `epoch`-th call."""
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            should_stop, steps = kwargs["should_stop"], {"k": 0}
+
+            def stop_after():
+                steps["k"] += 1
+                if steps["k"] == step:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return should_stop()
+
+            kwargs["should_stop"] = stop_after
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
 def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train_mod.train(_cfg(tiny_camvid, straight, epochs=4), log=lambda *a: None)
 
     real = train_mod.train_one_epoch
-    calls = {"n": 0}
-
-    def killed_in_epoch_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # deliver a real SIGTERM after the first step of epoch 3
-            should_stop = kwargs["should_stop"]
-            steps = {"k": 0}
-
-            def stop_after_one():
-                steps["k"] += 1
-                if steps["k"] == 1:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return should_stop()
-
-            kwargs["should_stop"] = stop_after_one
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_one_epoch", killed_in_epoch_3)
+    monkeypatch.setattr(train_mod, "train_one_epoch", _sigterm_at(real, epoch=3, step=1))
     resumed = tmp_path / "resumed"
     result = train_mod.train(_cfg(tiny_camvid, resumed, epochs=4), log=lambda *a: None)
     assert result["interrupted"] == "SIGTERM" and result["epoch"] == 2 and result["iter_in_epoch"] == 1
@@ -226,24 +230,8 @@ def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypa
 
 
 def test_a_stop_on_an_epochs_last_step_saves_once_and_resumes_at_the_next_epoch(tiny_camvid, tmp_path, monkeypatch):
-    real, save = train_mod.train_one_epoch, train_mod.save_checkpoint
-    calls, saved = {"n": 0}, []
-
-    def stopped_on_the_last_step_of_epoch_2(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            should_stop, steps = kwargs["should_stop"], {"k": 0}
-
-            def stop_at_4():  # tiny_camvid: 4 iterations per epoch
-                steps["k"] += 1
-                if steps["k"] == 4:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return should_stop()
-
-            kwargs["should_stop"] = stop_at_4
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_one_epoch", stopped_on_the_last_step_of_epoch_2)
+    real, save, saved = train_mod.train_one_epoch, train_mod.save_checkpoint, []
+    monkeypatch.setattr(train_mod, "train_one_epoch", _sigterm_at(real, epoch=2, step=4))  # tiny_camvid: 4 steps an epoch
     monkeypatch.setattr(train_mod, "save_checkpoint", lambda ckpt, path: saved.append((ckpt["epoch"], Path(path).name)) or save(ckpt, path))
     result = train_mod.train(_cfg(tiny_camvid, tmp_path / "run", epochs=3), log=lambda *a: None)
     assert result["interrupted"] == "SIGTERM" and result["epoch"] == 2 and result["iter_in_epoch"] == 0
