@@ -72,6 +72,15 @@ def make_checkpoint(model: nn.Module, **extra: Any) -> Dict[str, Any]:
     return ckpt
 
 
+# Exported models (ONNX, OpenVINO IR): run by their runtimes as they are, never read as checkpoints.
+EXPORTED_SUFFIXES = (".onnx", ".xml")
+
+
+def is_exported(path: Any) -> bool:
+    """Whether `path` names an exported model rather than a checkpoint."""
+    return isinstance(path, (str, os.PathLike)) and str(path).endswith(EXPORTED_SUFFIXES)
+
+
 # Weights shipped inside the package, addressable by name wherever a checkpoint path is accepted.
 PRETRAINED = {"dabnet-camvid": "weights/dabnet-camvid.safetensors"}
 
@@ -130,7 +139,7 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
             f"checkpoint not found: {path} (give a .pth/.safetensors file written by dabnet or the official DABNet "
             f"code, or a bundled name: {', '.join(PRETRAINED)})"
         )
-    if path.suffix in (".onnx", ".xml"):
+    if is_exported(path):
         raise CheckpointError(f"not a dabnet checkpoint: {path} is an exported {path.suffix[1:]} model; give the .pth it was "
                               "exported from (predict, eval and serve take exported files as they are)")  # fmt: skip
     try:

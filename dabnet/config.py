@@ -427,7 +427,7 @@ def build_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[s
         if unknown:
             raise ConfigError(f"{cfg_path}: unknown option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
         values.update(loaded)
-    values.update(_renamed(k, v, valid) for k, v in kwargs.items() if v is not None)  # e.g. a saved run's config
+    values.update({k: v for k, v in kwargs.items() if v is not None})
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
@@ -439,6 +439,13 @@ def build_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[s
             raise ConfigError(f"unknown option {key!r} in --set; valid options: {', '.join(sorted(valid))}")
         values[key] = _coerce(cls, key, value)
     return cls(**values)
+
+
+def from_saved(cls: Type[T], values: Dict[str, Any]) -> T:
+    """The config a run saved (a checkpoint's 'config', config.yaml) as it was: None stays None (build_config
+    reads None as 'not given'), and options renamed since take their new names."""
+    valid = {f.name for f in dataclasses.fields(cls)}
+    return cls(**dict(_renamed(k, v, valid) for k, v in values.items()))
 
 
 def save_config(cfg: Any, path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from .checkpoint import inference_spec, load_model
+from .checkpoint import inference_spec, is_exported, load_model
 from .config import PredictConfig
 from .data.classes import CITYSCAPES_CLASSES
 from .data.datasets import IMAGE_SUFFIXES, ImageReadError, read_image
@@ -190,7 +190,7 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
         print("dabnet predict: error: no input images or videos", file=sys.stderr)
         return 2
     options = dict(device=cfg.device, backend=cfg.backend, precision=cfg.precision, channels_last=cfg.channels_last)
-    exported = str(cfg.checkpoint).endswith((".onnx", ".xml"))  # these carry their classes in the runner
+    exported = is_exported(cfg.checkpoint)  # these carry their classes in the runner
     model = None if exported else load_model(cfg.checkpoint)
     seg = Segmenter.from_checkpoint(cfg.checkpoint, **options) if exported else None
     names = seg.class_names if seg else inference_spec(model)["class_names"]
@@ -199,7 +199,7 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
               f"{len(names)} classes ({', '.join(names[:3])}, ...), not Cityscapes' 19; use the default format",
               file=sys.stderr)  # fmt: skip
         return 2
-    seg = seg or Segmenter.from_model(model, **options)
+    seg = seg or Segmenter.from_checkpoint(model, **options)
     out = Path(cfg.out)
     failed = bool(missing)
     if images:

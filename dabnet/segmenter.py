@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import inference_spec, load_model
+from .checkpoint import inference_spec, is_exported, load_model
 from .data.classes import default_palette
 from .data.datasets import PathLike, read_image
 from .preprocessing import Normalize
@@ -86,7 +86,7 @@ class Segmenter:
     @classmethod
     def from_checkpoint(
         cls,
-        path: PathLike,
+        path: Union[PathLike, nn.Module],
         device: Union[str, torch.device] = "cpu",
         backend: str = "auto",
         precision: str = "fp32",
@@ -95,30 +95,19 @@ class Segmenter:
     ) -> "Segmenter":
         """A Segmenter whose normalisation, class names and colours come from the checkpoint.
 
-        `backend` is one of dabnet.runtimes.BACKENDS. The default, `auto`, picks the fastest accurate
-        one for the device (`runtimes.choose_auto`) and says what it chose and why through `log`;
-        `precision` then follows that choice. An exported .onnx file runs with ONNX Runtime, an
-        OpenVINO .xml IR with OpenVINO. int8 calibrates on the bundled train frames.
+        `path` is a checkpoint file, a bundled name, an exported model, or a network already loaded by
+        `dabnet.load_model`. `backend` is one of dabnet.runtimes.BACKENDS. The default, `auto`, picks
+        the fastest accurate one for the device (`runtimes.choose_auto`) and says what it chose and why
+        through `log`; `precision` then follows that choice. An exported .onnx file runs with ONNX
+        Runtime, an OpenVINO .xml IR with OpenVINO. int8 calibrates on the bundled train frames.
         """
-        if str(path).endswith(".onnx"):
-            return cls.for_model(OrtRunner(path), device, backend="onnxruntime")
-        if str(path).endswith(".xml"):
+        if is_exported(path):
+            if str(path).endswith(".onnx"):
+                return cls.for_model(OrtRunner(path), device, backend="onnxruntime")
             from .runtimes.openvino import OpenVINORunner
 
             return cls.for_model(OpenVINORunner(path, precision), device, backend=_label("openvino", precision))
-        return cls.from_model(load_model(path), device, backend, precision, channels_last, log)
-
-    @classmethod
-    def from_model(
-        cls,
-        model: nn.Module,
-        device: Union[str, torch.device] = "cpu",
-        backend: str = "auto",
-        precision: str = "fp32",
-        channels_last: Optional[bool] = None,
-        log: Optional[Callable[[str], None]] = print,
-    ) -> "Segmenter":
-        """A Segmenter for a network loaded by `dabnet.load_model`, run by `backend` as in `from_checkpoint`."""
+        model = path if isinstance(path, nn.Module) else load_model(path)
         if backend == "auto":
             return cls._auto(model, device, log)
         runner = None

@@ -21,7 +21,14 @@ from torch.utils.data.distributed import DistributedSampler
 from . import distributed as D
 from .checkpoint import CheckpointError, load_model, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
-from .data.datasets import DatasetError, SegmentationDataset, build_dataset, collate_eval, select_sequences
+from .data.datasets import (
+    DatasetError,
+    SegmentationDataset,
+    build_dataset,
+    collate_eval,
+    select_sequences,
+    shares_frames,
+)
 from .data.stats import class_weights, compute_stats
 from .data.transforms import EvalTransform, TrainTransform
 from .engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
@@ -116,9 +123,9 @@ def build_datasets(cfg: TrainConfig):
         # In-sequence validation: val_split without the held-out sequences, which it may or may not hold;
         # none when it holds nothing else (then the held-out sequences are the only validation).
         val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, EvalTransform(mean, std))
-        held = tuple(cfg.holdout)
-        if any(not i.name.startswith(held) for i, _ in val_ds.pairs):  # startswith(()) is False: no holdout keeps all
-            val_sets["val"] = select_sequences(val_ds, exclude=[s for s in held if any(i.name.startswith(s) for i, _ in val_ds.pairs)])
+        held = tuple(s for s in cfg.holdout if any(i.name.startswith(s) for i, _ in val_ds.pairs))  # select_sequences refuses absent ones
+        if any(not i.name.startswith(held) for i, _ in val_ds.pairs):  # startswith(()) is False: nothing held keeps all
+            val_sets["val"] = select_sequences(val_ds, exclude=held)
     return train_ds, val_sets
 
 
@@ -312,7 +319,7 @@ def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
     train_ds, val_sets = build_datasets(cfg)
     select_on = selection_set(cfg)
     for key, ds in val_sets.items():
-        if set(ds.pairs) & set(train_ds.pairs):
+        if shares_frames(ds, train_ds):
             chosen = ", and best.pth is chosen on it" if key == select_on else ""
             log(f"warning: {key} set {ds.name} holds images of the training set {train_ds.name}: its mIoU measures "
                 f"fitting, not generalisation{chosen}. Validate on a held-out sequence (--set holdout=[PREFIX]).")

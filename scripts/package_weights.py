@@ -28,8 +28,8 @@ import torch
 
 from dabnet.benchmark import count_params
 from dabnet.checkpoint import read_checkpoint, save_safetensors
-from dabnet.config import DemoConfig, EvalConfig, TrainConfig, build_config
-from dabnet.data.datasets import read_image
+from dabnet.config import DemoConfig, EvalConfig, TrainConfig, build_config, from_saved
+from dabnet.data.datasets import build_dataset, read_image, shares_frames
 from dabnet.demo import run_demo, sample_frames, sample_ground_truth
 from dabnet.evaluate import run_evaluation
 from dabnet.metrics import ConfusionMatrix
@@ -64,9 +64,10 @@ def cpu_latency_ms(seg: Segmenter, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
-def val_is_trained_on(cfg: TrainConfig) -> bool:
-    """Whether the run's training frames include CamVid val (trainval does)."""
-    return cfg.train_split in ("trainval", "val")
+def val_is_trained_on(cfg: TrainConfig, data_root: str) -> bool:
+    """Whether the run's training frames include any of CamVid val (trainval does): the check training warns with."""
+    train = build_dataset(cfg.dataset, data_root, cfg.train_split, exclude=cfg.holdout)
+    return shares_frames(train, build_dataset(cfg.dataset, data_root, "val"))
 
 
 def figures(checkpoint: Path, data_root: str, cfg: TrainConfig) -> Dict[str, Dict[str, Any]]:
@@ -126,13 +127,13 @@ def reproduce_command(cfg: TrainConfig, out: str) -> str:
 def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", hardware: str = "") -> Dict[str, Any]:
     """Evaluate, store and describe `run`'s best.pth; returns the stored metadata."""
     ckpt, history = read_checkpoint(run / "best.pth"), read_checkpoint(run / "last.pth")["history"]
-    cfg = build_config(TrainConfig, **ckpt["config"])
+    cfg = from_saved(TrainConfig, ckpt["config"])
     res = figures(run / "best.pth", data_root, cfg)
     meta = {k: ckpt[k] for k in KEEP if k in ckpt}
     for key, r in res.items():
         meta.update({f"{key}_miou": r["miou"], f"{key}_per_class_iou": r["per_class_iou"], f"{key}_pixel_acc": r["pixel_acc"]})
     hardware = hardware or ckpt.get("hardware") or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
-    meta.update(val_trained_on=val_is_trained_on(cfg), holdout_sequences=list(cfg.holdout), epochs_run=len(history),
+    meta.update(val_trained_on=val_is_trained_on(cfg, data_root), holdout_sequences=list(cfg.holdout), epochs_run=len(history),
                 trained_minutes=round(sum(h["seconds"] for h in history) / 60, 1), hardware=hardware,
                 torch_version=torch.__version__, model=ckpt["model"])  # fmt: skip
     save_safetensors(meta, out)

@@ -23,11 +23,12 @@ def _script():
     return module
 
 
-def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid):
+@pytest.mark.parametrize("val_split", ["val", None])  # None: the shipped camvid_holdout config's choice
+def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid, val_split):
     root = make_camvid(tmp_path / "cv", n=8, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
     run = tmp_path / "run"
     cfg = build_config(TrainConfig, "camvid_holdout", data_root=str(root), out=str(run), epochs=2, batch_size=2, crop_size=[32, 48],
-                       workers=0, warmup_iters=2, val_batch_size=4, check_data=False, val_split="val")  # fmt: skip
+                       workers=0, warmup_iters=2, val_batch_size=4, check_data=False, val_split=val_split)  # fmt: skip
     train_mod.train(cfg, log=lambda *a: None)
     pw = _script()
     out, card = tmp_path / "w.safetensors", tmp_path / "docs" / "MODEL_CARD.md"

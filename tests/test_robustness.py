@@ -90,12 +90,12 @@ def test_same_names_in_two_folders_keep_both(ckpt, tmp_path):  # row 5
 
 
 def test_cityscapes_format_needs_cityscapes_classes(ckpt, tmp_path, capsys, monkeypatch):  # row 6
-    import dabnet.predict
+    import dabnet.segmenter
 
     def no_backend(*a, **k):
         raise AssertionError("the backend was prepared (quantized) before the refusal")
 
-    monkeypatch.setattr(dabnet.predict.Segmenter, "from_model", no_backend)
+    monkeypatch.setattr(dabnet.segmenter, "prepare", no_backend)
     Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "x.png")
     assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt), "--format",
                  "cityscapes", "--out", str(tmp_path / "o")]) == 2  # fmt: skip

@@ -436,6 +436,11 @@ def select_sequences(ds: SegmentationDataset, include: Sequence[str] = (), exclu
     return ds
 
 
+def shares_frames(a: SegmentationDataset, b: SegmentationDataset) -> bool:
+    """Whether two datasets hold any of the same (image, mask) files: a validation set that does measures fitting."""
+    return bool(set(a.pairs) & set(b.pairs))
+
+
 def build_dataset(
     name: str, root: PathLike, split: str, transform: Optional[Callable] = None, seed: int = 0,
     include: Sequence[str] = (), exclude: Sequence[str] = (),
