@@ -208,8 +208,10 @@ class RunState:
     history: List[Dict[str, Any]] = field(default_factory=list)
     loss_sum: float = 0.0  # loss summed over this epoch's steps so far, so that a resumed epoch's
     loss_steps: int = 0  # train_loss is the mean of the whole epoch, not of the part after the resume
+    seconds_sum: float = 0.0  # likewise the epoch's training seconds and images so far, so that a resumed
+    images_sum: int = 0  # epoch's seconds and img/s cover all of its steps (the time stopped not counted)
 
-    KEYS = ("epoch", "iter_in_epoch", "best_miou", "history", "loss_sum", "loss_steps")
+    KEYS = ("epoch", "iter_in_epoch", "best_miou", "history", "loss_sum", "loss_steps", "seconds_sum", "images_sum")
 
     @classmethod
     def from_checkpoint(cls, ckpt: Dict[str, Any]) -> "RunState":
@@ -218,6 +220,11 @@ class RunState:
 
     def to_checkpoint(self) -> Dict[str, Any]:
         return {k: getattr(self, k) for k in self.KEYS}
+
+    def close_epoch(self) -> None:
+        """Count the running epoch as done and clear its sums."""
+        self.epoch, self.iter_in_epoch = self.epoch + 1, 0
+        self.loss_sum, self.loss_steps, self.seconds_sum, self.images_sum = 0.0, 0, 0.0, 0
 
 
 @dataclass
@@ -361,12 +368,12 @@ def _progress(run: Run, state: RunState) -> Tuple[Any, Callable[..., None]]:
     return bar, on_step
 
 
-def end_of_epoch(run: Run, state: RunState, result: Dict[str, Any], writer, log) -> None:
+def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
     """Validate when due, record the epoch, save last.pth (and best.pth), write the logs."""
     cfg, epoch = run.cfg, state.epoch + 1
     record = {"epoch": epoch, "iteration": run.scheduler.last_epoch, "lr": run.optimizer.param_groups[0]["lr"],
-              "train_loss": round(state.loss_sum / max(state.loss_steps, 1), 6), "images_per_s": round(result["images_per_s"], 2),
-              "seconds": round(result["seconds"], 2), "val_miou": None, "val_pixel_acc": None}  # fmt: skip
+              "train_loss": round(state.loss_sum / max(state.loss_steps, 1), 6), "images_per_s": round(state.images_sum / max(state.seconds_sum, 1e-9), 2),
+              "seconds": round(state.seconds_sum, 2), "val_miou": None, "val_pixel_acc": None}  # fmt: skip
     finished = epoch == cfg.epochs
     if epoch % max(cfg.val_every, 1) == 0 or finished:
         for key, loader in run.val_loaders.items():
@@ -378,7 +385,7 @@ def end_of_epoch(run: Run, state: RunState, result: Dict[str, Any], writer, log)
     score = record.get(f"{run.select_on}_miou")
     improved = score is not None and score > state.best_miou
     state.history.append(record)
-    state.epoch, state.iter_in_epoch, state.loss_sum, state.loss_steps = epoch, 0, 0.0, 0
+    state.close_epoch()
     if improved:
         state.best_miou = score
     if D.is_main():
@@ -452,9 +459,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
             state.iter_in_epoch += result["steps"]
             state.loss_sum += result["loss"] * result["steps"]
             state.loss_steps += result["steps"]
+            state.seconds_sum += result["seconds"]
+            state.images_sum += result["images"]
             epoch_done = state.iter_in_epoch >= run.iters_per_epoch or not result["stopped"]  # the loader ran dry
             if epoch_done:
-                end_of_epoch(run, state, result, writer, log)
+                end_of_epoch(run, state, writer, log)
             if stop():
                 return stop_run(run, state, stop.signum, log, saved=epoch_done)
     except NonFiniteLossError as e:

@@ -218,6 +218,7 @@ def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypa
     resumed = tmp_path / "resumed"
     result = train_mod.train(_cfg(tiny_camvid, resumed, epochs=4), log=lambda *a: None)
     assert result["interrupted"] == "SIGTERM" and result["epoch"] == 2 and result["iter_in_epoch"] == 1
+    stopped_at = torch.load(resumed / "last.pth", weights_only=True)
     monkeypatch.setattr(train_mod, "train_one_epoch", real)
     train_mod.train(_cfg(tiny_camvid, resumed, epochs=4), log=lambda *a: None)
     a = torch.load(straight / "last.pth", weights_only=True)
@@ -225,8 +226,13 @@ def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypa
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
     assert [h["val_miou"] for h in a["history"]] == [h["val_miou"] for h in b["history"]]
-    # The interrupted epoch's train_loss is the mean over all of its steps, not only those after the resume.
+    # The interrupted epoch's train_loss is the mean over all of its steps, not only those after the resume,
+    # and its seconds and img/s count the steps before the stop too.
     assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-6)
+    assert stopped_at["images_sum"] == 2 and stopped_at["seconds_sum"] > 0  # one step of batch 2
+    epoch_3 = b["history"][2]
+    assert epoch_3["seconds"] > stopped_at["seconds_sum"]
+    assert epoch_3["images_per_s"] == pytest.approx(8 / epoch_3["seconds"], rel=0.02)  # all 4 steps of the epoch
 
 
 def test_a_stop_on_an_epochs_last_step_saves_once_and_resumes_at_the_next_epoch(tiny_camvid, tmp_path, monkeypatch):
@@ -246,7 +252,7 @@ def test_checkpoints_written_before_the_redesign_still_resume(tiny_camvid, tmp_p
     out = tmp_path / "old"
     train_mod.train(_cfg(tiny_camvid, out, epochs=1), log=lambda *a: None)
     ckpt = torch.load(out / "last.pth", weights_only=True)
-    old = {k: v for k, v in ckpt.items() if k not in ("loss_sum", "loss_steps", "selected_on", "hardware")}
+    old = {k: v for k, v in ckpt.items() if k not in ("loss_sum", "loss_steps", "seconds_sum", "images_sum", "selected_on", "hardware")}
     old["config"] = {("amp" if k == "precision" else k): ("none" if k == "precision" else v) for k, v in ckpt["config"].items()}
     old["data_splits"] = {"train": "train", "val": "val"}
     assert set(old) == {"format", "model_name", "num_classes", "model_kwargs", "model", "dataset", "class_names", "palette",
