@@ -1,4 +1,4 @@
-"""benchmarks/camvid_recipes.py: the recipe table, the equal-epoch pairs and the per-class table from real run folders."""
+"""Scripts in benchmarks/ that write docs/: run small, on real inputs, into temporary folders."""
 
 from __future__ import annotations
 
@@ -38,3 +38,15 @@ def test_recipe_table_from_two_holdout_runs(tmp_path, make_camvid):
     iou = [None if r[2].strip() == "–" else float(r[2]) for r in rows]
     assert iou == [None if v is None else round(100 * v, 2) for v in best["holdout_iou"]]
     assert (out.parent / "camvid_recipes.png").stat().st_size > 1000
+
+
+def test_train_speed_keeps_other_machines_sections(tmp_path):
+    out = tmp_path / "TRAIN_SPEED.md"
+    out.write_text("# Training speed\n\nOne section per machine.\n\n## Some other CPU, 2 threads x1\n\n| loop | images/s |\n| x | 1.00 |\n")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--crop", "32", "48", "--batch", "2", "--steps", "1",
+           "--repeats", "1", "--warmup", "0", "--variants", "eager", "--out", str(out)]  # fmt: skip
+    for _ in range(2):  # the second run replaces this machine's section instead of adding another
+        subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path)
+    text = out.read_text()
+    assert text.count("## ") == 2 and "## Some other CPU, 2 threads x1\n\n| loop | images/s |" in text
+    assert text.count("| dabnet loop, eager |") == 1 and "--batch 2 --crop 32 48 --steps 1 --repeats 1" in text
