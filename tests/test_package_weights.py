@@ -40,6 +40,8 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid
     text = card.read_text()
     assert "held-out drive 0006R0 mIoU" in text and "not measured here" in text and "57.6% on the CamVid test split" in text
     assert "trained on: these frames are in the training split" in text
+    why = text.split("## Why this data and this length")[1]
+    assert "**Everything but drive 0006R0** (4 frames left out)" in why and "**2 epochs of a 2-epoch schedule**" in why, why
     assert (card.parent / "camvid_learning_curve.png").stat().st_size > 1000
     assert (card.parent / "demo_side_by_side.png").stat().st_size > 1000
     lines = []
