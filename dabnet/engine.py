@@ -29,6 +29,23 @@ def poly_warmup_lambda(total_iters: int, power: float = 0.9, warmup_iters: int =
     return factor
 
 
+MAX_SKIPPED_IN_A_ROW = 10  # steps with non-finite gradients in a row before training stops
+
+
+def clip_and_check(model: nn.Module, grad_clip: float = 0.0) -> bool:
+    """Clip the gradients' total norm to `grad_clip` (when > 0); False when a gradient is inf, NaN or
+    so large that its square is inf. One such step would poison Adam's moments for good (an inf second
+    moment freezes its weight), so the caller skips it, as GradScaler does under fp16."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return True
+    if grad_clip > 0:  # clipped gradients are small whenever their norm is finite
+        return bool(torch.isfinite(nn.utils.clip_grad_norm_(params, grad_clip)))
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params]))
+    # Squared, as Adam's second moment squares each gradient: above ~1.8e19 that overflows fp32 to inf.
+    return bool(torch.isfinite(norm * norm))
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
@@ -42,10 +59,13 @@ def train_one_epoch(
     channels_last: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
     on_step: Optional[Callable[[int, float, float, float], None]] = None,
+    skipped_in_a_row: int = 0,
 ) -> Dict[str, float]:
-    """Train over `batches`; stops early (cleanly, between steps) when `should_stop()` turns true."""
+    """Train over `batches`; stops early (cleanly, between steps) when `should_stop()` turns true. A step
+    whose gradients are inf or NaN is skipped and counted (`skipped_steps`); `skipped_in_a_row` carries
+    the count of such steps that ended the previous epoch, so that a run of them across epochs stops training."""
     model.train()
-    total_loss, steps, images = 0.0, 0, 0
+    total_loss, steps, images, skipped = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     stopped = False
     it = iter(batches)
@@ -72,7 +92,7 @@ def train_one_epoch(
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"loss is {loss.item()} after {steps} step(s) of this epoch")
             optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
+            if scaler is not None:  # fp16: the scaler skips steps with inf/NaN gradients itself
                 scaler.scale(loss).backward()
                 if grad_clip > 0:
                     scaler.unscale_(optimizer)
@@ -81,9 +101,14 @@ def train_one_epoch(
                 scaler.update()
             else:
                 loss.backward()
-                if grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
+                if clip_and_check(model, grad_clip):
+                    optimizer.step()
+                    skipped_in_a_row = 0
+                else:
+                    skipped += 1
+                    skipped_in_a_row += 1
+                    if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                        raise NonFiniteLossError(f"gradients were inf or NaN (the loss finite) at {skipped_in_a_row} steps in a row")
             scheduler.step()
             steps += 1
             images += x.shape[0]
@@ -106,6 +131,8 @@ def train_one_epoch(
         "seconds": seconds,
         "images_per_s": images / max(seconds, 1e-9),
         "stopped": stopped,
+        "skipped_steps": skipped,
+        "skipped_in_a_row": skipped_in_a_row,
     }
 
 

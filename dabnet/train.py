@@ -443,7 +443,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
     stop.install()
     log(f"training {cfg.model} on {run.train_ds.name} ({len(run.train_ds)} images, {run.iters_per_epoch} it/epoch, "
         f"{D.world_size()} process(es), {device}) for {cfg.epochs} epochs -> {run.out}")  # fmt: skip
-    t_start = time.time()
+    t_start, skipped_in_a_row = time.time(), 0
     try:
         while state.epoch < cfg.epochs:
             run.train_ds.set_epoch(state.epoch)
@@ -452,10 +452,14 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
             try:
                 result = train_one_epoch(run.forward, run.loader, run.loss_fn, run.optimizer, run.scheduler, device,
                                          cfg.precision, run.scaler, cfg.grad_clip, cfg.channels_last, should_stop=stop,
-                                         on_step=on_step)  # fmt: skip
+                                         on_step=on_step, skipped_in_a_row=skipped_in_a_row)  # fmt: skip
             finally:
                 if bar is not None:
                     bar.close()
+            skipped_in_a_row = result["skipped_in_a_row"]
+            if result["skipped_steps"]:
+                log(f"warning: epoch {state.epoch + 1}: {result['skipped_steps']} step(s) skipped, their gradients inf or NaN "
+                    "(weights and optimiser state left as they were)")  # fmt: skip
             state.iter_in_epoch += result["steps"]
             state.loss_sum += result["loss"] * result["steps"]
             state.loss_steps += result["steps"]

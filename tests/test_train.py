@@ -330,6 +330,67 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_camvid, tmp_path
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
 
 
+class _InfGradient(torch.autograd.Function):
+    """Identity forward; an inf gradient backward (a finite loss whose gradients blow up)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+def _inf_gradients_at(monkeypatch, steps):
+    """Make the training loss's gradient inf at the given (1-based) loss calls."""
+    real = train_mod.build_loss
+
+    def poisoned(*a, **k):
+        loss, calls = real(*a, **k), {"n": 0}
+        orig = loss.forward
+
+        def forward(logits, target):
+            calls["n"] += 1
+            value = orig(logits, target)
+            return _InfGradient.apply(value) if calls["n"] in steps else value
+
+        loss.forward = forward
+        return loss
+
+    monkeypatch.setattr(train_mod, "build_loss", poisoned)
+
+
+def test_steps_with_inf_gradients_are_skipped_and_adam_stays_finite(tiny_camvid, tmp_path, monkeypatch):
+    _inf_gradients_at(monkeypatch, {2, 3})  # 4 steps an epoch: two in epoch 1
+    logs = []
+    train_mod.train(_cfg(tiny_camvid, tmp_path / "run", epochs=2, val_every=2), log=logs.append)
+    assert any("epoch 1: 2 step(s) skipped" in str(m) for m in logs), logs
+    ckpt = torch.load(tmp_path / "run" / "last.pth", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(t).all() for s in ckpt["optimizer"]["state"].values() for t in (s["exp_avg"], s["exp_avg_sq"]))
+    assert ckpt["iteration"] == 8  # the schedule still counts the skipped steps
+
+
+def test_inf_gradients_step_after_step_stop_training(tiny_camvid, tmp_path, monkeypatch):
+    _inf_gradients_at(monkeypatch, set(range(2, 100)))
+    with pytest.raises(NonFiniteLossError, match=r"gradients were inf or NaN.*10 steps in a row.*epoch 3"):
+        train_mod.train(_cfg(tiny_camvid, tmp_path / "run"), log=lambda *a: None)
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])
+def test_clip_and_check_rejects_gradients_whose_square_overflows(grad_clip):
+    from dabnet.engine import clip_and_check
+
+    layer = torch.nn.Linear(2, 1)
+    for value, ok in ((1.0, True), (1e19, True), (3e19, False), (float("inf"), False), (float("nan"), False)):
+        layer.weight.grad = torch.full_like(layer.weight, value)
+        layer.bias.grad = torch.zeros_like(layer.bias)
+        assert clip_and_check(layer, grad_clip) is ok, value
+        if ok and grad_clip > 0:
+            assert torch.linalg.vector_norm(layer.weight.grad) <= grad_clip + 1e-4
+
+
 def test_bad_inputs_are_clear(tiny_camvid, tmp_path):
     with pytest.raises(ValueError, match="CamVid root not found"):
         train_mod.train(_cfg(tmp_path / "missing", tmp_path / "r1"), log=lambda *a: None)
