@@ -63,7 +63,7 @@ def pair_lines(a: Path, b: Path) -> List[str]:
     return lines
 
 
-def per_class_lines(folders: List[Path], class_names: List[str], shares: Optional[List[float]]) -> List[str]:
+def per_class_lines(folders: List[Path], class_names: List[str], shares: Optional[List[float]], held: str) -> List[str]:
     """Markdown: each run's held-out IoU per class at its best held-out epoch (and the drive's class shares)."""
     cols, rows = [], []
     for folder in folders:
@@ -74,7 +74,7 @@ def per_class_lines(folders: List[Path], class_names: List[str], shares: Optiona
             rows.append(best["holdout_iou"])
     if not cols:
         return []
-    head = (["pixels of 0006R0 (%)"] if shares else []) + cols
+    head = ([f"pixels of {held} (%)"] if shares else []) + cols
     lines = ["## Held-out IoU per class, at each run's best held-out epoch", "",
              "| class | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]  # fmt: skip
     for c, name in enumerate(class_names):
@@ -177,7 +177,7 @@ def main() -> None:
     rows = [run_row(f, args.compare_at) for f in args.runs]
     holdout = yaml.safe_load((args.runs[0] / "config.yaml").read_text()).get("holdout") or ["0006R0"]
     shares = holdout_shares(args.data_root, holdout) if args.data_root else None
-    per_class = per_class_lines(args.runs, DATASET_INFO["camvid"]["classes"], shares)
+    per_class = per_class_lines(args.runs, DATASET_INFO["camvid"]["classes"], shares, "+".join(holdout))
     write_table(rows, args.compare_at, args.pair, per_class, args.out)
     plot_curves(args.runs, args.out.with_name("camvid_recipes.png"))
     print(args.out.read_text())
