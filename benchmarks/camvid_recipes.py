@@ -47,6 +47,12 @@ def _history(folder: Path) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
 
 
+def best_holdout(history: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The epoch record with the highest held-out mIoU (the one best.pth holds), or None before any."""
+    scored = [h for h in history if h.get("holdout_miou") is not None]
+    return max(scored, key=lambda h: h["holdout_miou"]) if scored else None
+
+
 def pair_lines(a: Path, b: Path) -> List[str]:
     """Markdown: runs `a` and `b` side by side at every epoch both validated on the held-out drive."""
     pa, pb = ({h["epoch"]: h["holdout_miou"] for h in _history(f) if h.get("holdout_miou") is not None} for f in (a, b))
@@ -67,9 +73,8 @@ def per_class_lines(folders: List[Path], class_names: List[str], shares: Optiona
     """Markdown: each run's held-out IoU per class at its best held-out epoch (and the drive's class shares)."""
     cols, rows = [], []
     for folder in folders:
-        scored = [h for h in _history(folder) if h.get("holdout_iou")]
-        if scored:
-            best = max(scored, key=lambda h: h["holdout_miou"])
+        best = best_holdout(_history(folder))
+        if best:
             cols.append(f"{folder.name} (ep {best['epoch']})")
             rows.append(best["holdout_iou"])
     if not cols:
@@ -99,13 +104,13 @@ def run_row(folder: Path, compare_at: Optional[int]) -> Dict[str, Any]:
     last = torch.load(folder / "last.pth", map_location="cpu", weights_only=True) if (folder / "last.pth").exists() else {}
     proxy = [(h["epoch"], h["holdout_miou"]) for h in history if h.get("holdout_miou") is not None]
     in_seq = [(h["epoch"], h["val_miou"]) for h in history if h.get("val_miou") is not None]
-    best = max(proxy, key=lambda t: t[1]) if proxy else None
+    best = best_holdout(history)
     val_trained_on = cfg.get("train_split") == "trainval"  # CamVid val is inside trainval
     at = dict(proxy).get(compare_at) if compare_at else None
     return {
         "run": folder.name, "recipe": describe_recipe(cfg), "epochs": f"{len(history)} / {cfg['epochs']}",
         "hardware": last.get("hardware", "not recorded"), "hours": sum(h.get("seconds", 0) for h in history) / 3600,
-        "proxy_best": f"{_pct(best[1])} (ep {best[0]})" if best else "–", "proxy_last": _pct(proxy[-1][1]) if proxy else "–",
+        "proxy_best": f"{_pct(best['holdout_miou'])} (ep {best['epoch']})" if best else "–", "proxy_last": _pct(proxy[-1][1]) if proxy else "–",
         "proxy_at": _pct(at), "in_sequence": "trained on" if val_trained_on else (_pct(in_seq[-1][1]) if in_seq else "–"),
     }  # fmt: skip
 

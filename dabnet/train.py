@@ -221,6 +221,14 @@ class RunState:
     def to_checkpoint(self) -> Dict[str, Any]:
         return {k: getattr(self, k) for k in self.KEYS}
 
+    def add_steps(self, result: Dict[str, Any]) -> None:
+        """Add what `train_one_epoch` returned (a whole epoch, or its part up to a stop) to the running epoch."""
+        self.iter_in_epoch += result["steps"]
+        self.loss_sum += result["loss"] * result["steps"]
+        self.loss_steps += result["steps"]
+        self.seconds_sum += result["seconds"]
+        self.images_sum += result["images"]
+
     def close_epoch(self) -> None:
         """Count the running epoch as done and clear its sums."""
         self.epoch, self.iter_in_epoch = self.epoch + 1, 0
@@ -460,11 +468,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
             if result["skipped_steps"]:
                 log(f"warning: epoch {state.epoch + 1}: {result['skipped_steps']} step(s) skipped, their gradients inf or NaN "
                     "(weights and optimiser state left as they were)")  # fmt: skip
-            state.iter_in_epoch += result["steps"]
-            state.loss_sum += result["loss"] * result["steps"]
-            state.loss_steps += result["steps"]
-            state.seconds_sum += result["seconds"]
-            state.images_sum += result["images"]
+            state.add_steps(result)
             epoch_done = state.iter_in_epoch >= run.iters_per_epoch or not result["stopped"]  # the loader ran dry
             if epoch_done:
                 end_of_epoch(run, state, writer, log)

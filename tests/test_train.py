@@ -307,24 +307,27 @@ def test_signal_to_the_whole_process_group_with_loader_workers(tiny_camvid, tmp_
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] >= 1
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_camvid, tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def _poison_loss(monkeypatch, alter):
+    """Pass the training loss's value through `alter(value, n)` at its n-th (1-based) call."""
     real = train_mod.build_loss
 
     def poisoned(*a, **k):
-        loss = real(*a, **k)
-        calls = {"n": 0}
+        loss, calls = real(*a, **k), {"n": 0}
         orig = loss.forward
 
         def forward(logits, target):
             calls["n"] += 1
-            value = orig(logits, target)
-            return value * float("nan") if calls["n"] > 5 else value  # 4 steps per epoch: NaN in epoch 2
+            return alter(orig(logits, target), calls["n"])
 
         loss.forward = forward
         return loss
 
     monkeypatch.setattr(train_mod, "build_loss", poisoned)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_camvid, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _poison_loss(monkeypatch, lambda v, n: v * float("nan") if n > 5 else v)  # 4 steps per epoch: NaN in epoch 2
     with pytest.raises(NonFiniteLossError, match=r"loss is nan.*epoch 2.*last good checkpoint is kept"):
         train_mod.train(_cfg(tiny_camvid, out), log=lambda *a: None)
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
@@ -344,21 +347,7 @@ class _InfGradient(torch.autograd.Function):
 
 def _inf_gradients_at(monkeypatch, steps):
     """Make the training loss's gradient inf at the given (1-based) loss calls."""
-    real = train_mod.build_loss
-
-    def poisoned(*a, **k):
-        loss, calls = real(*a, **k), {"n": 0}
-        orig = loss.forward
-
-        def forward(logits, target):
-            calls["n"] += 1
-            value = orig(logits, target)
-            return _InfGradient.apply(value) if calls["n"] in steps else value
-
-        loss.forward = forward
-        return loss
-
-    monkeypatch.setattr(train_mod, "build_loss", poisoned)
+    _poison_loss(monkeypatch, lambda v, n: _InfGradient.apply(v) if n in steps else v)
 
 
 def test_steps_with_inf_gradients_are_skipped_and_adam_stays_finite(tiny_camvid, tmp_path, monkeypatch):
