@@ -235,6 +235,7 @@ class DemoConfig:
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
     backend: str = option("auto", BACKEND_HELP, choices=BACKENDS)
     seed: int = option(0, "seed of the untrained network used when no weights are bundled", hidden=True)
+    samples: Optional[str] = option(None, "folder of frames (NAME.jpg + NAME_label.png) instead of the bundled ones", hidden=True)
 
 
 @dataclass

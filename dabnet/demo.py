@@ -22,10 +22,10 @@ from .segmenter import Segmenter
 from .visualize import colorize, side_by_side
 
 
-def sample_frames() -> List[Path]:
-    """The CamVid val frames shipped inside the package."""
-    folder = resources.files("dabnet") / "assets" / "samples"
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
+def sample_frames(folder: Optional[Path] = None) -> List[Path]:
+    """The CamVid frames shipped inside the package (or those in `folder`, laid out the same way)."""
+    folder = folder or Path(str(resources.files("dabnet") / "assets" / "samples"))
+    return sorted(p for p in Path(folder).iterdir() if p.name.endswith(".jpg"))
 
 
 def sample_ground_truth(frame: Path) -> Optional[np.ndarray]:
@@ -78,7 +78,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         log(f"weights: {cfg.checkpoint} ({seg.model_name}, {len(seg.class_names)} classes{miou})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    frames = sample_frames()
+    frames = sample_frames(Path(cfg.samples) if cfg.samples else None)
     images = [read_image(f) for f in frames]
     seg.predict(images[0])  # warm-up: first-call allocations stay out of the timings
     latencies = []

@@ -6,7 +6,8 @@ Evaluates the run's best checkpoint (eager fp32) on the held-out sequences it wa
 any, and on CamVid val (marked as trained on when the run trained on val), times it on this CPU,
 stores weights + metadata as dabnet/weights/dabnet-camvid.safetensors, and writes
 docs/MODEL_CARD.md with the learning curve (docs/camvid_learning_curve.png) and the README's demo
-picture (docs/demo_side_by_side.png). Every figure in the
+picture (docs/demo_side_by_side.png). With --sample-frames, frames of the held-out drive (never trained on)
+replace the demo frames bundled in dabnet/assets/samples first. Every figure in the
 card comes from here, except the previous weights' test-split figure, which was measured
 independently (the test split is held out from this project).
 """
@@ -22,7 +23,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -42,20 +43,41 @@ KEEP = ["model_name", "num_classes", "model_kwargs", "class_names", "palette", "
 # The weights bundled before held-out-drive validation, as their starting point (CamVid test measured independently).
 PREVIOUS = ("`dabnet-camvid` v1 (240x320 crops, train split, batch 8, 100 CPU epochs, epoch chosen on val): 69.05% val "
             "mIoU, **57.6% on the CamVid test split** (233 images, measured independently)")  # fmt: skip
+SAMPLES = ROOT / "dabnet" / "assets" / "samples"
 # Options that do not change the weights a run produces.
 NOT_RECIPE = ("out", "data_root", "device", "log_every", "check_data")
 
 
-def sample_frames_miou(seg: Segmenter) -> float:
-    """mIoU of the model on the val frames bundled with the demo (the regression guard's figure)."""
+def replace_samples(cfg: TrainConfig, data_root: str, names: Sequence[str], folder: Path) -> None:
+    """Make the frames `names` of the run's held-out drive(s) the demo frames in `folder` (JPEG + label PNG),
+    removing the ones there: the README's picture and the regression guard then show frames the weights never saw."""
+    unseen = build_dataset(cfg.dataset, data_root, cfg.train_split, include=cfg.holdout) if cfg.holdout else None
+    pairs = {image.stem: (image, mask) for image, mask in (unseen.pairs if unseen else [])}
+    missing = [n for n in names if Path(n).stem not in pairs]
+    if missing:
+        where = f"held-out drive(s) {', '.join(cfg.holdout)} of {data_root}/{cfg.train_split}" if cfg.holdout else "nothing: the run held no drive out"
+        raise SystemExit(f"--sample-frames {' '.join(missing)}: not a frame of the {where}; demo frames must be ones "
+                         f"the weights never trained on (e.g. {', '.join(sorted(pairs)[:2]) or 'train with a holdout'})")  # fmt: skip
+    from PIL import Image
+
+    for old in list(folder.glob("*.jpg")) + list(folder.glob("*_label.png")):
+        old.unlink()
+    for name in names:
+        image, mask = pairs[Path(name).stem]
+        Image.fromarray(read_image(image)).save(folder / f"{image.stem}.jpg", quality=90)
+        shutil.copyfile(mask, folder / f"{image.stem}_label.png")  # raw CamVid ids: the demo maps 11 to ignore
+
+
+def sample_frames_miou(seg: Segmenter, folder: Optional[Path] = None) -> float:
+    """mIoU of the model on the frames bundled with the demo (the regression guard's figure)."""
     cm = ConfusionMatrix(seg.model.num_classes)
-    for frame in sample_frames():
+    for frame in sample_frames(folder):
         cm.update(torch.from_numpy(seg.predict(read_image(frame))), torch.from_numpy(sample_ground_truth(frame)))
     return cm.compute()["miou"]
 
 
-def cpu_latency_ms(seg: Segmenter, repeats: int = 20) -> float:
-    image = read_image(sample_frames()[0])
+def cpu_latency_ms(seg: Segmenter, folder: Optional[Path] = None, repeats: int = 20) -> float:
+    image = read_image(sample_frames(folder)[0])
     seg.predict(image)
     times = []
     for _ in range(repeats):
@@ -83,11 +105,11 @@ def figures(checkpoint: Path, data_root: str, cfg: TrainConfig) -> Dict[str, Dic
     return out
 
 
-def readme_figure(weights: Path, path: Path) -> None:
-    """The README's picture: `dabnet demo`'s side-by-side of the first bundled frame, with `weights`."""
+def readme_figure(weights: Path, path: Path, folder: Path) -> None:
+    """The README's picture: `dabnet demo`'s side-by-side of the first demo frame in `folder`, with `weights`."""
     with tempfile.TemporaryDirectory() as tmp:
-        run_demo(DemoConfig(checkpoint=str(weights), out=tmp, backend="eager"), log=lambda *a: None)
-        shutil.copyfile(Path(tmp) / f"{sample_frames()[0].stem}_side_by_side.png", path)
+        run_demo(DemoConfig(checkpoint=str(weights), out=tmp, backend="eager", samples=str(folder)), log=lambda *a: None)
+        shutil.copyfile(Path(tmp) / f"{sample_frames(folder)[0].stem}_side_by_side.png", path)
 
 
 def learning_curve(history: List[Dict[str, Any]], holdout: List[str], path: Path) -> None:
@@ -125,10 +147,14 @@ def reproduce_command(cfg: TrainConfig, out: str) -> str:
     return " ".join([f"dabnet train --config {base_name} --out {out} --set data_root=../shared/data/camvid", *sets])
 
 
-def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", hardware: str = "") -> Dict[str, Any]:
-    """Evaluate, store and describe `run`'s best.pth; returns the stored metadata."""
+def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", hardware: str = "",
+            samples: Path = SAMPLES, sample_names: Sequence[str] = ()) -> Dict[str, Any]:  # fmt: skip
+    """Evaluate, store and describe `run`'s best.pth (with `sample_names` as the demo frames in `samples`);
+    returns the stored metadata."""
     ckpt, history = read_checkpoint(run / "best.pth"), read_checkpoint(run / "last.pth")["history"]
     cfg = from_saved(TrainConfig, ckpt["config"])
+    if sample_names:
+        replace_samples(cfg, data_root, sample_names, samples)
     res = figures(run / "best.pth", data_root, cfg)
     meta = {k: ckpt[k] for k in KEEP if k in ckpt}
     for key, r in res.items():
@@ -139,11 +165,12 @@ def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", ha
                 torch_version=torch.__version__, model=ckpt["model"])  # fmt: skip
     save_safetensors(meta, out)
     seg = Segmenter.from_checkpoint(out, backend="eager")
-    meta["sample_frames_miou"] = sample_frames_miou(seg)
+    meta["sample_frames_miou"] = sample_frames_miou(seg, samples)
+    meta["sample_frames"] = [f.stem for f in sample_frames(samples)]
     save_safetensors(meta, out)
     learning_curve(history, list(cfg.holdout), card.with_name("camvid_learning_curve.png"))
-    readme_figure(out, card.with_name("demo_side_by_side.png"))
-    card.write_text(model_card(run, out, meta, cfg, res, cpu_latency_ms(seg), count_params(seg.model), note))
+    readme_figure(out, card.with_name("demo_side_by_side.png"), samples)
+    card.write_text(model_card(run, out, meta, cfg, res, cpu_latency_ms(seg, samples), count_params(seg.model), note))
     return meta
 
 
@@ -236,8 +263,12 @@ def main() -> None:
     ap.add_argument("--card", default=str(ROOT / "docs" / "MODEL_CARD.md"))
     ap.add_argument("--note", default="", help="how the run deviated from its config (e.g. a schedule changed on resume)")
     ap.add_argument("--hardware", default="", help="default: what the run recorded")
+    ap.add_argument("--sample-frames", nargs="+", default=[], metavar="NAME",
+                    help="frames of the held-out drive to bundle as the demo frames (e.g. 0006R0_f01050), replacing the current ones")
+    ap.add_argument("--samples", default=str(SAMPLES), help="the demo frames' folder")
     args = ap.parse_args()
-    meta = package(Path(args.run), args.data_root, Path(args.out), Path(args.card), args.note, args.hardware)
+    meta = package(Path(args.run), args.data_root, Path(args.out), Path(args.card), args.note, args.hardware,
+                   Path(args.samples), args.sample_frames)  # fmt: skip
     print(f"wrote {args.out}, {args.card}; sample-frames mIoU {100 * meta['sample_frames_miou']:.2f}%")
 
 

@@ -22,7 +22,7 @@ pytest.importorskip("openvino")
 
 @pytest.fixture(scope="module")
 def bundled():
-    """The bundled weights, its Segmenter (eager fp32) and the bundled val frames, normalised."""
+    """The bundled weights, its Segmenter (eager fp32) and the bundled frames, normalised."""
     model = dabnet.load_model("dabnet-camvid")
     seg = Segmenter.for_model(model)
     frames = torch.cat([seg.preprocess([read_image(p)]) for p in sample_frames()[:2]])

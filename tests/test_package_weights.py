@@ -33,7 +33,15 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid
     pw = _script()
     out, card = tmp_path / "w.safetensors", tmp_path / "docs" / "MODEL_CARD.md"
     card.parent.mkdir()
-    meta = pw.package(run, str(root), out, card)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "0016E5_00000.jpg").write_bytes(b"old")
+    (samples / "0016E5_00000_label.png").write_bytes(b"old")
+    meta = pw.package(run, str(root), out, card, samples=samples, sample_names=["0006R0_00003", "0006R0_00001.png"])
+    # The demo frames are now the held-out drive's (the guard's figure is recorded on them); the old ones are gone.
+    assert sorted(p.name for p in samples.iterdir()) == ["0006R0_00001.jpg", "0006R0_00001_label.png", "0006R0_00003.jpg", "0006R0_00003_label.png"]
+    assert meta["sample_frames"] == ["0006R0_00001", "0006R0_00003"] and 0 <= meta["sample_frames_miou"] <= 1
+    assert (samples / "0006R0_00001_label.png").read_bytes() == (root / "trainannot" / "0006R0_00001.png").read_bytes()
     model = dabnet.load_model(out)
     assert model.checkpoint_meta["holdout_sequences"] == ["0006R0"] and model.checkpoint_meta["val_trained_on"] is True
     assert meta["holdout_miou"] == pytest.approx(model.checkpoint_meta["best_miou"], abs=1e-6)  # selected on it
@@ -45,7 +53,8 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid
     assert (card.parent / "camvid_learning_curve.png").stat().st_size > 1000
     assert (card.parent / "demo_side_by_side.png").stat().st_size > 1000
     lines = []
-    run_demo(DemoConfig(checkpoint=str(out), out=str(tmp_path / "demo"), backend="eager"), log=lines.append)
+    run_demo(DemoConfig(checkpoint=str(out), out=str(tmp_path / "demo"), backend="eager", samples=str(samples)), log=lines.append)
+    assert sorted(p.name for p in (tmp_path / "demo").glob("*_side_by_side.png")) == ["0006R0_00001_side_by_side.png", "0006R0_00003_side_by_side.png"]
     assert f"{100 * meta['holdout_miou']:.1f}% mIoU on held-out CamVid drive 0006R0" in lines[0]  # not the trained-on val figure
     # The card's command rebuilds the run's recipe.
     command = next(line for line in text.splitlines() if line.startswith("dabnet train"))
@@ -53,3 +62,16 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     again = build_config(TrainConfig, args[args.index("--config") + 1], sets)
     assert {k: v for k, v in vars(again).items() if k not in pw.NOT_RECIPE} == {k: v for k, v in vars(cfg).items() if k not in pw.NOT_RECIPE}
+
+
+@pytest.mark.parametrize("name, holdout", [("0001TP_00000", ["0006R0"]), ("0006R0_00099", ["0006R0"]), ("0006R0_00001", [])])
+def test_demo_frames_must_come_from_a_held_out_drive(tmp_path, make_camvid, name, holdout):
+    """A trained-on frame, a frame that is not there, or a run without a held-out drive: refused, nothing removed."""
+    root = make_camvid(tmp_path / "cv", n=4, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
+    cfg = build_config(TrainConfig, "camvid_holdout", data_root=str(root), holdout=holdout)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "keep.jpg").write_bytes(b"x")
+    with pytest.raises(SystemExit, match=f"--sample-frames {name}: not a frame of the .*never trained on"):
+        _script().replace_samples(cfg, str(root), [name], samples)
+    assert (samples / "keep.jpg").exists()

@@ -170,7 +170,7 @@ def test_every_backend_agrees_with_eager_fp32(ckpt, backend):
 @pytest.mark.slow
 def test_int8_backend_keeps_real_frames_labels():
     """PT2E int8 (bundled weights, bundled train frames for calibration) against eager fp32 on the
-    bundled val frames; a size that is not a multiple of 8 runs the folded fp32 net instead."""
+    bundled frames; a size that is not a multiple of 8 runs the folded fp32 net instead."""
     pytest.importorskip("torchao")
     from dabnet.demo import sample_frames
     from dabnet.runtimes import prepare
