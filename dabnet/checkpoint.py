@@ -8,7 +8,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -253,3 +253,33 @@ def load_model(
         )
     model.checkpoint_meta = meta
     return model.to(map_location).eval()
+
+
+# What a checkpoint says about its run's progress, which the mean of several checkpoints does not have.
+RUN_PROGRESS = ("iteration", "best_miou", "history", "iter_in_epoch", "loss_sum", "loss_steps", "seconds_sum",
+                "images_sum", "finished")  # fmt: skip
+
+
+def average_checkpoints(paths: Sequence[PathLike]) -> Dict[str, Any]:
+    """The mean of the weights (BatchNorm statistics included) of checkpoints of one network, described
+    like the last of them plus `averaged_from`. Epochs of one run circle a flat region of the loss, and
+    their mean lies nearer its middle (SWA, Izmailov et al. 2018): it generalises as well or better than
+    any one of them. Weights only: a run cannot resume from it."""
+    if len(paths) < 2:
+        raise ValueError(f"give two or more checkpoints to average (got {len(paths)})")
+    models = [load_model(p) for p in paths]
+    first = (models[0].model_name, models[0].num_classes, models[0].model_kwargs)
+    for path, model in zip(paths[1:], models[1:]):
+        if (model.model_name, model.num_classes, model.model_kwargs) != first:
+            raise CheckpointError(f"cannot average {path} with {paths[0]}: they hold different networks "
+                                  f"({model.model_name} {model.num_classes} classes {model.model_kwargs} vs "
+                                  f"{first[0]} {first[1]} classes {first[2]})")  # fmt: skip
+    states = [m.state_dict() for m in models]
+    mean = {}
+    for key, last in states[-1].items():
+        # Counters (BatchNorm's num_batches_tracked) are not averaged: the last checkpoint's is kept.
+        mean[key] = (sum(s[key].double() for s in states) / len(states)).to(last.dtype) if last.is_floating_point() else last
+    models[-1].load_state_dict(mean)
+    meta = {k: v for k, v in models[-1].checkpoint_meta.items() if k not in RUN_PROGRESS}
+    meta["averaged_from"] = [{"path": str(p), "epoch": m.checkpoint_meta.get("epoch")} for p, m in zip(paths, models)]
+    return make_checkpoint(models[-1], **meta)

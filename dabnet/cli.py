@@ -99,6 +99,17 @@ def _train(cmd: C.TrainCommand) -> int:
     return 0
 
 
+def _average(cfg: C.AverageConfig) -> int:
+    from .checkpoint import average_checkpoints, save_checkpoint
+
+    ckpt = average_checkpoints(cfg.checkpoints)
+    epochs = ", ".join(str(c["epoch"]) for c in ckpt["averaged_from"])
+    save_checkpoint(ckpt, cfg.out)
+    print(f"averaged {len(cfg.checkpoints)} checkpoints (epochs {epochs}) -> {cfg.out}; "
+          f"measure it with: dabnet eval --checkpoint {cfg.out}")  # fmt: skip
+    return 0
+
+
 def _eval(cfg: C.EvalConfig) -> int:
     from .evaluate import run_evaluation
 
@@ -165,6 +176,7 @@ COMMANDS: Dict[str, Tuple[Type, Callable[[Any], int]]] = {
     "demo": (C.DemoConfig, _demo),
     "train": (C.TrainCommand, _train),
     "eval": (C.EvalConfig, _eval),
+    "average": (C.AverageConfig, _average),
     "predict": (C.PredictConfig, _predict),
     "export": (C.ExportConfig, _export),
     "bench": (C.BenchConfig, _bench),

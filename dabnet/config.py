@@ -71,6 +71,7 @@ class TrainConfig:
     # validation, logging, checkpoints
     val_every: int = 1
     val_batch_size: int = 4
+    keep_every: int = 0  # also keep every N-th epoch's checkpoint as epoch_NNNN.pth (for `dabnet average`); 0 = off
     log_every: int = 10
     seed: int = 0
     out: str = "runs/camvid"
@@ -88,7 +89,8 @@ class TrainConfig:
         check_choice("precision", self.precision, ["fp32", "bf16", "fp16"])
         require(_positive_ints(self.crop_size, 2), "crop_size", self.crop_size, "[HEIGHT, WIDTH], two positive integers")
         require(_positive_numbers(self.scales), "scales", self.scales, "a list of positive numbers, e.g. [0.75, 1.0, 1.5]")
-        check_counts(self, epochs=1, batch_size=1, val_batch_size=1, workers=0, val_every=1, log_every=1, warmup_iters=0)
+        check_counts(self, epochs=1, batch_size=1, val_batch_size=1, workers=0, val_every=1, log_every=1, warmup_iters=0,
+                     keep_every=0)  # fmt: skip
         require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a positive number")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         require(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
@@ -214,6 +216,15 @@ class TrainCommand:
     out: Optional[str] = option(None, "run folder (default: the config's `out`)")
     resume: Optional[str] = option(None, "resume from this checkpoint (default: OUT/last.pth when present)", metavar="CKPT")
     restart: bool = option(False, "ignore OUT/last.pth and start from scratch", flag_only=True)
+
+
+@dataclass
+class AverageConfig:
+    """Average the weights of checkpoints of one network (e.g. a run's last epochs) into one checkpoint."""
+
+    checkpoints: List[str] = option(help="two or more checkpoints, e.g. runs/camvid/epoch_02*.pth", factory=list,
+                                    positional=True, nargs="+")  # fmt: skip
+    out: str = option("averaged.pth", "where to write the averaged checkpoint")
 
 
 @dataclass

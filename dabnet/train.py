@@ -377,7 +377,7 @@ def _progress(run: Run, state: RunState) -> Tuple[Any, Callable[..., None]]:
 
 
 def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
-    """Validate when due, record the epoch, save last.pth (and best.pth), write the logs."""
+    """Validate when due, record the epoch, save last.pth (best.pth, epoch_NNNN.pth when due), write the logs."""
     cfg, epoch = run.cfg, state.epoch + 1
     record = {"epoch": epoch, "iteration": run.scheduler.last_epoch, "lr": run.optimizer.param_groups[0]["lr"],
               "train_loss": round(state.loss_sum / max(state.loss_steps, 1), 6), "images_per_s": round(state.images_sum / max(state.seconds_sum, 1e-9), 2),
@@ -401,6 +401,8 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
         save_checkpoint(ckpt, run.out / "last.pth")
         if improved:
             save_checkpoint(ckpt, run.out / "best.pth")
+        if cfg.keep_every and epoch % cfg.keep_every == 0:
+            save_checkpoint(ckpt, run.out / f"epoch_{epoch:04d}.pth")
         _write_logs(run.out, state.history, run.train_ds.classes)
         if writer is not None:
             for k in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "holdout_miou"):
@@ -426,8 +428,9 @@ def _resume_point(cfg: TrainConfig, resume: Optional[str], restart: bool) -> Opt
     last = Path(cfg.out) / "last.pth"
     path = resume or (last if last.exists() and not restart else None)
     ckpt = read_checkpoint(path) if path else None
-    if ckpt is not None and ckpt.get("format") is None:
-        raise CheckpointError(f"{path} is not a dabnet training checkpoint (use init_from= for weights)")
+    if ckpt is not None and (ckpt.get("format") is None or ckpt.get("optimizer") is None):
+        raise CheckpointError(f"{path} is not a dabnet training checkpoint: it holds weights without the optimiser and schedule "
+                              f"a resume needs; to start a run from these weights use --set init_from={path}")  # fmt: skip
     return ckpt
 
 

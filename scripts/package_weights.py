@@ -39,13 +39,13 @@ from dabnet.segmenter import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ["model_name", "num_classes", "model_kwargs", "class_names", "palette", "ignore_index", "raw_ignore",
-        "mean", "std", "config", "data_splits", "epoch", "iteration", "best_miou", "dataset", "selected_on"]  # fmt: skip
+        "mean", "std", "config", "data_splits", "epoch", "iteration", "best_miou", "dataset", "selected_on", "averaged_from"]  # fmt: skip
 # The weights bundled before held-out-drive validation, as their starting point (CamVid test measured independently).
 PREVIOUS = ("`dabnet-camvid` v1 (240x320 crops, train split, batch 8, 100 CPU epochs, epoch chosen on val): 69.05% val "
             "mIoU, **57.6% on the CamVid test split** (233 images, measured independently)")  # fmt: skip
 SAMPLES = ROOT / "dabnet" / "assets" / "samples"
 # Options that do not change the weights a run produces.
-NOT_RECIPE = ("out", "data_root", "device", "log_every", "check_data")
+NOT_RECIPE = ("out", "data_root", "device", "log_every", "check_data", "keep_every")
 
 
 def replace_samples(cfg: TrainConfig, data_root: str, names: Sequence[str], folder: Path) -> None:
@@ -148,15 +148,18 @@ def reproduce_command(cfg: TrainConfig, out: str) -> str:
 
 
 def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", hardware: str = "",
-            samples: Path = SAMPLES, sample_names: Sequence[str] = ()) -> Dict[str, Any]:  # fmt: skip
-    """Evaluate, store and describe `run`'s best.pth (with `sample_names` as the demo frames in `samples`);
-    returns the stored metadata."""
-    ckpt, history = read_checkpoint(run / "best.pth"), read_checkpoint(run / "last.pth")["history"]
+            samples: Path = SAMPLES, sample_names: Sequence[str] = (), weights: Optional[Path] = None) -> Dict[str, Any]:  # fmt: skip
+    """Evaluate, store and describe `run`'s best.pth, or `weights` from that run (e.g. `dabnet average` of its
+    epochs), with `sample_names` as the demo frames in `samples`; returns the stored metadata."""
+    weights = weights or run / "best.pth"
+    ckpt, history = read_checkpoint(weights), read_checkpoint(run / "last.pth")["history"]
     cfg = from_saved(TrainConfig, ckpt["config"])
     if sample_names:
         replace_samples(cfg, data_root, sample_names, samples)
-    res = figures(run / "best.pth", data_root, cfg)
+    res = figures(weights, data_root, cfg)
     meta = {k: ckpt[k] for k in KEEP if k in ckpt}
+    if "averaged_from" in meta:  # the run's own paths say nothing where the weights are shipped
+        meta["averaged_from"] = [{"path": Path(a["path"]).name, "epoch": a["epoch"]} for a in meta["averaged_from"]]
     for key, r in res.items():
         meta.update({f"{key}_miou": r["miou"], f"{key}_per_class_iou": r["per_class_iou"], f"{key}_pixel_acc": r["pixel_acc"]})
     hardware = hardware or ckpt.get("hardware") or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
@@ -170,7 +173,7 @@ def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", ha
     save_safetensors(meta, out)
     learning_curve(history, list(cfg.holdout), card.with_name("camvid_learning_curve.png"))
     readme_figure(out, card.with_name("demo_side_by_side.png"), samples)
-    card.write_text(model_card(run, out, meta, cfg, res, cpu_latency_ms(seg, samples), count_params(seg.model), note))
+    card.write_text(model_card(run, weights, out, meta, cfg, res, cpu_latency_ms(seg, samples), count_params(seg.model), note))
     return meta
 
 
@@ -191,8 +194,26 @@ def why_section(cfg: TrainConfig, meta: Dict[str, Any], res: Dict[str, Dict[str,
 """
 
 
-def model_card(run: Path, out: Path, meta: Dict[str, Any], cfg: TrainConfig, res: Dict[str, Dict[str, Any]], latency: float,
-               params: int, note: str) -> str:  # fmt: skip
+def reproduce_steps(cfg: TrainConfig, meta: Dict[str, Any], out: str) -> str:
+    """The card's commands: train, average the kept epochs when the weights are a mean, package."""
+    averaged = [a["epoch"] for a in meta.get("averaged_from", [])]
+    if not averaged:
+        return f"{reproduce_command(cfg, out)}\npython scripts/package_weights.py --run {out}"
+    kept = " ".join(f"{out}/epoch_{e:04d}.pth" for e in averaged)
+    return (f"{reproduce_command(cfg, out)} --set keep_every=1\ndabnet average {kept} --out {out}/averaged.pth\n"
+            f"python scripts/package_weights.py --run {out} --weights {out}/averaged.pth")
+
+
+def which_weights(meta: Dict[str, Any]) -> str:
+    """The card's words for the epoch(s) the weights come from."""
+    averaged = [a["epoch"] for a in meta.get("averaged_from", [])]
+    if not averaged:
+        return f"best at epoch {meta['epoch']}"
+    return f"the mean of the weights of epochs {', '.join(map(str, averaged))} (`dabnet average`)"
+
+
+def model_card(run: Path, weights: Path, out: Path, meta: Dict[str, Any], cfg: TrainConfig, res: Dict[str, Dict[str, Any]],
+               latency: float, params: int, note: str) -> str:  # fmt: skip
     """docs/MODEL_CARD.md: what the weights are, what each figure was measured on, how to get them again."""
     held = ", ".join(cfg.holdout)
     trained_on = f"`{cfg.train_split}`" + (f" without drive(s) {held}" if held else "")
@@ -208,7 +229,7 @@ def model_card(run: Path, out: Path, meta: Dict[str, Any], cfg: TrainConfig, res
     figures_rows += f"| val (0016E5) mIoU | {100 * res['val']['miou']:.2f}% (pixel accuracy {100 * res['val']['pixel_acc']:.2f}%; {val_note}) |\n"
     return f"""# Model card: `dabnet-camvid`
 
-Generated by `python scripts/package_weights.py --run {run}` from the run's `best.pth` (figures: eager fp32, single scale).
+Generated by `python scripts/package_weights.py --run {run}` from `{weights.name}` (figures: eager fp32, single scale).
 
 | | |
 |---|---|
@@ -216,7 +237,7 @@ Generated by `python scripts/package_weights.py --run {run}` from the run's `bes
 | file | `dabnet/weights/{out.name}` ({out.stat().st_size / 2**20:.2f} MiB), loads with `dabnet.load_model("dabnet-camvid")` |
 | data | CamVid (SegNet layout, 360x480), trained on {trained_on}; epoch selected on {selected}; the test split was never used |
 | recipe | official CamVid recipe: Adam lr {cfg.lr}, betas {cfg.betas}, wd {cfg.weight_decay}, poly {cfg.poly_power}, warm-up {cfg.warmup_iters} it, ENet class weights (c = {cfg.enet_c}), random scale {cfg.scales}, crop {cfg.crop_size[0]}x{cfg.crop_size[1]}, flip, batch {cfg.batch_size}, {cfg.precision} autocast, schedule of {cfg.epochs} epochs |
-| trained | {meta['epochs_run']} epochs (best at epoch {meta['epoch']}), {meta['trained_minutes']:.0f} minutes on {meta['hardware']}{'; ' + note if note else ''} |
+| trained | {meta['epochs_run']} epochs ({which_weights(meta)}), {meta['trained_minutes']:.0f} minutes on {meta['hardware']}{'; ' + note if note else ''} |
 | normalisation | RGB, mean {[round(v, 2) for v in meta['mean']]}, std {[round(v, 2) for v in meta['std']]} (0-255 scale) |
 {figures_rows}| CamVid test | not measured here (the test split is held out from this project); the paper: 66.4% after 1000 GPU epochs |
 | starting point | {PREVIOUS} |
@@ -235,8 +256,7 @@ Generated by `python scripts/package_weights.py --run {run}` from the run's `bes
 ## Reproduce
 
 ```bash
-{reproduce_command(cfg, f"runs/{run.name}")}
-python scripts/package_weights.py --run runs/{run.name}
+{reproduce_steps(cfg, meta, f"runs/{run.name}")}
 ```
 
 Re-running the `dabnet train` command continues the run from `last.pth` (training here spans
@@ -266,9 +286,10 @@ def main() -> None:
     ap.add_argument("--sample-frames", nargs="+", default=[], metavar="NAME",
                     help="frames of the held-out drive to bundle as the demo frames (e.g. 0006R0_f01050), replacing the current ones")
     ap.add_argument("--samples", default=str(SAMPLES), help="the demo frames' folder")
+    ap.add_argument("--weights", default=None, help="a checkpoint of the run to ship instead of its best.pth (e.g. `dabnet average`'s)")
     args = ap.parse_args()
     meta = package(Path(args.run), args.data_root, Path(args.out), Path(args.card), args.note, args.hardware,
-                   Path(args.samples), args.sample_frames)  # fmt: skip
+                   Path(args.samples), args.sample_frames, Path(args.weights) if args.weights else None)  # fmt: skip
     print(f"wrote {args.out}, {args.card}; sample-frames mIoU {100 * meta['sample_frames_miou']:.2f}%")
 
 

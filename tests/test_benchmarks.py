@@ -7,20 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dabnet import train as train_mod
-from dabnet.config import TrainConfig, build_config
+import dabnet
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_recipe_table_from_two_holdout_runs(tmp_path, make_camvid):
-    root = make_camvid(tmp_path / "cv", n=8, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
+def test_recipe_table_from_two_holdout_runs(tmp_path, holdout_run):
     runs = []
     for name, crop in (("new", [32, 48]), ("old", [24, 32])):
-        run = tmp_path / name
-        cfg = build_config(TrainConfig, "camvid_holdout", data_root=str(root), out=str(run), epochs=2, batch_size=2, crop_size=crop,
-                           workers=0, warmup_iters=2, val_batch_size=4, check_data=False, val_every=1)  # fmt: skip
-        train_mod.train(cfg, log=lambda *a: None)
+        root, run, _ = holdout_run(tmp_path, out=name, crop_size=crop)
         runs.append(run)
     out = tmp_path / "docs" / "RECIPES.md"
     out.parent.mkdir()
@@ -50,3 +45,20 @@ def test_train_speed_keeps_other_machines_sections(tmp_path):
     text = out.read_text()
     assert text.count("## ") == 2 and "## Some other CPU, 2 threads x1\n\n| loop | images/s |" in text
     assert text.count("| dabnet loop, eager |") == 1 and "--batch 2 --crop 32 48 --steps 1 --repeats 1" in text
+
+
+def test_averaging_table_from_kept_epochs(tmp_path, holdout_run):
+    root, run, _ = holdout_run(tmp_path, epochs=3, keep_every=1)
+    out, saved = tmp_path / "AVERAGING.md", tmp_path / "avg.pth"
+    kept = sorted(run.glob("epoch_*.pth"), reverse=True)  # any order: the script orders them by epoch
+    script = ROOT / "benchmarks" / "camvid_average.py"
+    subprocess.run([sys.executable, str(script), *map(str, kept), "--windows", "2", "3", "9", "--data-root", str(root),
+                    "--out", str(out), "--save", str(saved)], check=True, capture_output=True, cwd=tmp_path)  # fmt: skip
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.read_text().splitlines() if line.startswith("| ")}
+    history = {h["epoch"]: h for h in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    assert rows["last epoch"][0].strip() == "3" and rows["last epoch"][2].strip() == "+0.00"
+    # eager fp32 here as in training's validation: the last epoch's figure is the one training recorded
+    assert float(rows["last epoch"][1]) == round(100 * history[3]["holdout_miou"], 2)
+    assert rows["mean of the last 2"][0].strip() == "2–3" and rows["mean of the last 3"][0].strip() == "1–3"  # 9 clipped to 3
+    best = max(("mean of the last 2", "mean of the last 3"), key=lambda k: float(rows[k][1]))
+    assert [a["epoch"] for a in dabnet.load_model(saved).checkpoint_meta["averaged_from"]] == ([2, 3] if best.endswith("2") else [1, 2, 3])

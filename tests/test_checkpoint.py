@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dabnet
-from dabnet.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
+from dabnet.checkpoint import CheckpointError, average_checkpoints, make_checkpoint, save_checkpoint
 from dabnet.models.dabnet import DABNet, convert_official_state_dict
 
 
@@ -115,3 +115,36 @@ def test_official_checkpoints_expect_mean_subtraction_only(tmp_path, official_re
     seg = Segmenter.from_checkpoint(_official_file(tmp_path, sd), backend="eager")
     assert list(seg.std) == [1.0, 1.0, 1.0]
     assert seg.class_names[0] == "road" and len(seg.class_names) == 19  # Cityscapes, by class count
+
+
+@pytest.mark.parametrize("name", dabnet.list_models())
+def test_average_is_the_mean_of_the_weights_and_batchnorm_statistics(tmp_path, name):
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = dabnet.create_model(name, 5)
+        for buf in model.buffers():  # fresh BatchNorm statistics are all 0/1: make them differ between files
+            if buf.is_floating_point():
+                buf.uniform_(0.5, 1.5)
+        paths.append(save_checkpoint(make_checkpoint(model, epoch=10 * seed, history=[{}], best_miou=0.4, class_names=list("abcde")),
+                                     tmp_path / f"e{seed}.pth"))  # fmt: skip
+    states = [torch.load(p, weights_only=True)["model"] for p in paths]
+    avg = average_checkpoints(paths)
+    for key, value in avg["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[key] for s in states) / 3)
+        else:  # counters: the last file's
+            assert torch.equal(value, states[-1][key])
+    assert [a["epoch"] for a in avg["averaged_from"]] == [0, 10, 20] and avg["class_names"] == list("abcde")
+    assert "history" not in avg and "best_miou" not in avg  # the run's progress is no figure of the average
+    loaded = dabnet.load_model(save_checkpoint(avg, tmp_path / "avg.pth"))
+    assert loaded.model_name == name and loaded.checkpoint_meta["averaged_from"][2]["path"] == str(paths[2])
+
+
+def test_averaging_refuses_different_networks_and_a_single_file(tmp_path):
+    a = save_checkpoint(make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "a.pth")
+    b = save_checkpoint(make_checkpoint(dabnet.create_model("dabnet", 11, block_2=4)), tmp_path / "b.pth")
+    with pytest.raises(CheckpointError, match=f"cannot average {b} with {a}: they hold different networks"):
+        average_checkpoints([a, b])
+    with pytest.raises(ValueError, match="two or more checkpoints"):
+        average_checkpoints([a])

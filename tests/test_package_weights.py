@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 import dabnet
-from dabnet import train as train_mod
 from dabnet.config import DemoConfig, TrainConfig, build_config
 from dabnet.demo import run_demo
 
@@ -24,12 +23,8 @@ def _script():
 
 
 @pytest.mark.parametrize("val_split", ["val", None])  # None: the shipped camvid_holdout config's choice
-def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid, val_split):
-    root = make_camvid(tmp_path / "cv", n=8, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
-    run = tmp_path / "run"
-    cfg = build_config(TrainConfig, "camvid_holdout", data_root=str(root), out=str(run), epochs=2, batch_size=2, crop_size=[32, 48],
-                       workers=0, warmup_iters=2, val_batch_size=4, check_data=False, val_split=val_split)  # fmt: skip
-    train_mod.train(cfg, log=lambda *a: None)
+def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run, val_split):
+    root, run, cfg = holdout_run(tmp_path, val_split=val_split)
     pw = _script()
     out, card = tmp_path / "w.safetensors", tmp_path / "docs" / "MODEL_CARD.md"
     card.parent.mkdir()
@@ -62,6 +57,23 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, make_camvid
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     again = build_config(TrainConfig, args[args.index("--config") + 1], sets)
     assert {k: v for k, v in vars(again).items() if k not in pw.NOT_RECIPE} == {k: v for k, v in vars(cfg).items() if k not in pw.NOT_RECIPE}
+
+
+def test_an_average_of_kept_epochs_is_packaged_with_how_to_make_it_again(tmp_path, holdout_run):
+    from dabnet.checkpoint import average_checkpoints, save_checkpoint
+
+    root, run, _ = holdout_run(tmp_path, keep_every=1)
+    avg = save_checkpoint(average_checkpoints([run / "epoch_0001.pth", run / "epoch_0002.pth"]), tmp_path / "avg.pth")
+    card = tmp_path / "docs" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    meta = _script().package(run, str(root), tmp_path / "w.safetensors", card, weights=avg)
+    assert meta["averaged_from"] == [{"path": "epoch_0001.pth", "epoch": 1}, {"path": "epoch_0002.pth", "epoch": 2}]
+    text = card.read_text()
+    assert "from `avg.pth`" in text and "(the mean of the weights of epochs 1, 2 (`dabnet average`))" in text
+    lines = text.split("## Reproduce")[1].splitlines()
+    assert lines[3].startswith("dabnet train --config camvid_holdout") and lines[3].endswith("--set keep_every=1")
+    assert lines[4] == "dabnet average runs/run/epoch_0001.pth runs/run/epoch_0002.pth --out runs/run/averaged.pth"
+    assert lines[5] == "python scripts/package_weights.py --run runs/run --weights runs/run/averaged.pth"
 
 
 @pytest.mark.parametrize("name, holdout", [("0001TP_00000", ["0006R0"]), ("0006R0_00099", ["0006R0"]), ("0006R0_00001", [])])

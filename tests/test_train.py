@@ -162,6 +162,24 @@ def test_training_writes_everything_a_person_wants(tiny_camvid, tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
 
 
+def test_kept_epochs_average_into_weights_that_evaluate_but_do_not_resume(tiny_camvid, tmp_path, capsys):
+    from dabnet.cli import main
+
+    out = tmp_path / "run"
+    train_mod.train(_cfg(tiny_camvid, out, epochs=4, keep_every=2), log=lambda *a: None)
+    kept = sorted(p.name for p in out.glob("epoch_*.pth"))
+    assert kept == ["epoch_0002.pth", "epoch_0004.pth"]
+    assert main(["average", str(out / "epoch_0002.pth"), str(out / "epoch_0004.pth"), "--out", str(tmp_path / "avg.pth")]) == 0
+    assert "averaged 2 checkpoints (epochs 2, 4)" in capsys.readouterr().out
+    res = run_evaluation(EvalConfig(checkpoint=str(tmp_path / "avg.pth"), data_root=str(tiny_camvid), workers=0, backend="eager"),
+                         log=lambda *a: None)  # fmt: skip
+    assert 0 <= res["miou"] <= 1
+    with pytest.raises(CheckpointError, match="holds weights without the optimiser.*--set init_from="):
+        train_mod.train(_cfg(tiny_camvid, tmp_path / "r2", epochs=5), resume=str(tmp_path / "avg.pth"), log=lambda *a: None)
+    train_mod.train(_cfg(tiny_camvid, tmp_path / "r3", epochs=1, init_from=str(tmp_path / "avg.pth")), log=lambda *a: None)
+    assert (tmp_path / "r3" / "last.pth").is_file()
+
+
 def test_holdout_drive_is_left_out_of_training_validated_on_and_selects_best(tmp_path, make_camvid):
     root = make_camvid(tmp_path / "cv", n=8, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
     out = tmp_path / "run"
