@@ -267,19 +267,20 @@ def average_checkpoints(paths: Sequence[PathLike]) -> Dict[str, Any]:
     any one of them. Weights only: a run cannot resume from it."""
     if len(paths) < 2:
         raise ValueError(f"give two or more checkpoints to average (got {len(paths)})")
-    models = [load_model(p) for p in paths]
-    first = (models[0].model_name, models[0].num_classes, models[0].model_kwargs)
-    for path, model in zip(paths[1:], models[1:]):
-        if (model.model_name, model.num_classes, model.model_kwargs) != first:
-            raise CheckpointError(f"cannot average {path} with {paths[0]}: they hold different networks "
-                                  f"({model.model_name} {model.num_classes} classes {model.model_kwargs} vs "
-                                  f"{first[0]} {first[1]} classes {first[2]})")  # fmt: skip
-    states = [m.state_dict() for m in models]
-    mean = {}
-    for key, last in states[-1].items():
-        # Counters (BatchNorm's num_batches_tracked) are not averaged: the last checkpoint's is kept.
-        mean[key] = (sum(s[key].double() for s in states) / len(states)).to(last.dtype) if last.is_floating_point() else last
-    models[-1].load_state_dict(mean)
-    meta = {k: v for k, v in models[-1].checkpoint_meta.items() if k not in RUN_PROGRESS}
-    meta["averaged_from"] = [{"path": str(p), "epoch": m.checkpoint_meta.get("epoch")} for p, m in zip(paths, models)]
-    return make_checkpoint(models[-1], **meta)
+    total: Dict[str, torch.Tensor] = {}
+    sources = []
+    for path in paths:  # one file at a time: memory stays at one network plus the running sums
+        model = load_model(path)
+        network = (model.model_name, model.num_classes, model.model_kwargs)
+        if sources and network != sources[0][1]:
+            name, classes, kwargs = sources[0][1]
+            raise CheckpointError(f"cannot average {path} with {paths[0]}: they hold different networks ({network[0]} "
+                                  f"{network[1]} classes {network[2]} vs {name} {classes} classes {kwargs})")  # fmt: skip
+        for key, value in model.state_dict().items():
+            # Counters (BatchNorm's num_batches_tracked) are not averaged: the last checkpoint's is kept.
+            total[key] = total.get(key, 0) + value.double() if value.is_floating_point() else value
+        sources.append(({"path": str(path), "epoch": model.checkpoint_meta.get("epoch")}, network))
+    last = model.state_dict()
+    model.load_state_dict({k: (v / len(paths)).to(last[k].dtype) if last[k].is_floating_point() else v for k, v in total.items()})
+    meta = {k: v for k, v in model.checkpoint_meta.items() if k not in RUN_PROGRESS}
+    return make_checkpoint(model, **meta, averaged_from=[source for source, _ in sources])

@@ -2,14 +2,14 @@
 
     python scripts/package_weights.py --run /work/runs/camvid_holdout_bf16 --data-root ../shared/data/camvid
 
-Evaluates the run's best checkpoint (eager fp32) on the held-out sequences it was selected on, if
-any, and on CamVid val (marked as trained on when the run trained on val), times it on this CPU,
-stores weights + metadata as dabnet/weights/dabnet-camvid.safetensors, and writes
-docs/MODEL_CARD.md with the learning curve (docs/camvid_learning_curve.png) and the README's demo
-picture (docs/demo_side_by_side.png). With --sample-frames, frames of the held-out drive (never trained on)
-replace the demo frames bundled in dabnet/assets/samples first. Every figure in the
-card comes from here, except the previous weights' test-split figure, which was measured
-independently (the test split is held out from this project).
+Evaluates the run's best checkpoint (or --weights, e.g. `dabnet average` of its last epochs; eager
+fp32) on the held-out sequences it was selected on, if any, and on CamVid val (marked as trained on
+when the run trained on val), times it on this CPU, stores weights + metadata as
+dabnet/weights/dabnet-camvid.safetensors, and writes docs/MODEL_CARD.md with the learning curve
+(docs/camvid_learning_curve.png) and the README's demo picture (docs/demo_side_by_side.png). With
+--sample-frames, frames of the held-out drive (never trained on) first replace the demo frames in
+dabnet/assets/samples. Every figure in the card comes from here, except the previous weights'
+test-split figure, which was measured independently (the test split is held out from this project).
 """
 
 from __future__ import annotations
