@@ -226,6 +226,10 @@ class AverageConfig:
                                     positional=True, nargs="+")  # fmt: skip
     out: str = option("averaged.pth", "where to write the averaged checkpoint")
 
+    def __post_init__(self) -> None:
+        require(len(self.checkpoints) >= 2, "checkpoints", self.checkpoints, "two or more checkpoint files")
+        require(not Path(self.out).is_dir(), "out", self.out, "a file name such as averaged.pth (this is a folder)")
+
 
 @dataclass
 class ModelsConfig:

@@ -117,6 +117,8 @@ BAD_OPTIONS = [  # issue 14, row 7: each one line naming the option and what is 
     (["bench", "--frames", "0"], "frames=0 is not valid: an integer >= 1"),
     (["serve", "--max-mb", "-1"], "max_mb=-1.0 is not valid"),
     (["serve", "--max-queue", "0"], "max_queue=0 is not valid"),
+    (["average", "a.pth"], "checkpoints=['a.pth'] is not valid: two or more checkpoint files"),
+    (["average", "a.pth", "b.pth", "--out", "."], "out='.' is not valid: a file name such as averaged.pth (this is a folder)"),
 ]
 
 
