@@ -60,5 +60,9 @@ def test_averaging_table_from_kept_epochs(tmp_path, holdout_run):
     # eager fp32 here as in training's validation: the last epoch's figure is the one training recorded
     assert float(rows["last epoch"][1]) == round(100 * history[3]["holdout_miou"], 2)
     assert rows["mean of the last 2"][0].strip() == "2–3" and rows["mean of the last 3"][0].strip() == "1–3"  # 9 clipped to 3
+    singles = sorted(round(100 * history[e]["holdout_miou"], 2) for e in (1, 2, 3))
+    assert rows["single epochs, median (lowest–highest)"][1].strip() == f"{singles[1]:.2f} ({singles[0]:.2f}–{singles[2]:.2f})"
+    names = [line.split("|")[1].strip() for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    assert names == ["last epoch", "best single epoch", "single epochs, median (lowest–highest)", "mean of the last 2", "mean of the last 3"]
     best = max(("mean of the last 2", "mean of the last 3"), key=lambda k: float(rows[k][1]))
     assert [a["epoch"] for a in dabnet.load_model(saved).checkpoint_meta["averaged_from"]] == ([2, 3] if best.endswith("2") else [1, 2, 3])
