@@ -62,15 +62,19 @@ def table(rows: List[Dict[str, Any]], held: str, command: str) -> str:
              f"The last {len(singles)} checkpoints of one run, epochs {singles[0]['epochs'][0]}–{last['epochs'][0]}, alone and "
              "averaged (`dabnet average`: weights and BatchNorm statistics); the best single epoch is chosen among them.", "",
              "| weights | epochs | held-out mIoU | vs last epoch |", "|---|---|---:|---:|"]  # fmt: skip
-    shown = [("last epoch", last), ("best single epoch", best)] + [(r["kind"], r) for r in rows if r["kind"] != "single"]
-    for name, r in shown:
-        span = f"{r['epochs'][0]}–{r['epochs'][-1]}" if len(r["epochs"]) > 1 else str(r["epochs"][0])
-        lines.append(f"| {name} | {span} | {100 * r['miou']:.2f} | {100 * (r['miou'] - last['miou']):+.2f} |")
+
+    def row(name: str, epochs: List[int], cell: str, miou: float) -> str:
+        span = f"{epochs[0]}–{epochs[-1]}" if len(epochs) > 1 else str(epochs[0])
+        return f"| {name} | {span} | {cell} | {100 * (miou - last['miou']):+.2f} |"
+
     # The best single epoch is the best of many noisy draws; the typical one is the median.
     values = [r["miou"] for r in singles]
     median = statistics.median(values)
-    lines.insert(-len(shown) + 2, f"| single epochs, median (lowest–highest) | {singles[0]['epochs'][0]}–{last['epochs'][0]} | "
-                                  f"{100 * median:.2f} ({100 * min(values):.2f}–{100 * max(values):.2f}) | {100 * (median - last['miou']):+.2f} |")
+    lines += [row("last epoch", last["epochs"], f"{100 * last['miou']:.2f}", last["miou"]),
+              row("best single epoch", best["epochs"], f"{100 * best['miou']:.2f}", best["miou"]),
+              row("single epochs, median (lowest–highest)", [singles[0]["epochs"][0], last["epochs"][0]],
+                  f"{100 * median:.2f} ({100 * min(values):.2f}–{100 * max(values):.2f})", median)]  # fmt: skip
+    lines += [row(r["kind"], r["epochs"], f"{100 * r['miou']:.2f}", r["miou"]) for r in rows if r["kind"] != "single"]
     return "\n".join(lines) + "\n"
 
 
