@@ -16,7 +16,7 @@ import argparse
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -35,8 +35,9 @@ def holdout_miou(checkpoint: Path, cfg: TrainConfig, data_root: str) -> float:
     return run_evaluation(ev, log=lambda *a: None)["miou"]
 
 
-def measure(paths: List[Path], windows: List[int], data_root: str, tmp: Path) -> List[Dict[str, Any]]:
-    """Rows: each single checkpoint of the largest window, then the mean of the last K for each window K."""
+def measure(paths: List[Path], windows: List[int], data_root: str, tmp: Path) -> Tuple[TrainConfig, List[Dict[str, Any]]]:
+    """The run's config, and rows: each single checkpoint of the largest window, then the mean of the last K
+    for each window K."""
     epochs = {p: read_checkpoint(p)["epoch"] for p in paths}
     paths = sorted(paths, key=epochs.__getitem__)
     cfg = from_saved(TrainConfig, read_checkpoint(paths[-1])["config"])
@@ -49,7 +50,7 @@ def measure(paths: List[Path], windows: List[int], data_root: str, tmp: Path) ->
         out = save_checkpoint(average_checkpoints(chosen), tmp / f"average_last_{k}.pth")
         rows.append({"kind": f"mean of the last {k}", "epochs": [epochs[p] for p in chosen], "miou": holdout_miou(out, cfg, data_root),
                      "path": out})  # fmt: skip
-    return rows
+    return cfg, rows
 
 
 def table(rows: List[Dict[str, Any]], held: str, command: str) -> str:
@@ -90,8 +91,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = measure([Path(p) for p in args.checkpoints], args.windows, args.data_root, Path(tmp))
-        cfg = from_saved(TrainConfig, read_checkpoint(args.checkpoints[0])["config"])
+        cfg, rows = measure([Path(p) for p in args.checkpoints], args.windows, args.data_root, Path(tmp))
         folders = ", ".join(sorted({str(Path(p).parent) for p in args.checkpoints}))
         windows = " ".join(map(str, args.windows))
         command = f"python benchmarks/camvid_average.py <{len(args.checkpoints)} checkpoints of {folders}> --windows {windows}"

@@ -268,19 +268,19 @@ def average_checkpoints(paths: Sequence[PathLike]) -> Dict[str, Any]:
     if len(paths) < 2:
         raise ValueError(f"give two or more checkpoints to average (got {len(paths)})")
     total: Dict[str, torch.Tensor] = {}
-    sources = []
+    averaged_from, first = [], None
     for path in paths:  # one file at a time: memory stays at one network plus the running sums
         model = load_model(path)
         network = (model.model_name, model.num_classes, model.model_kwargs)
-        if sources and network != sources[0][1]:
-            name, classes, kwargs = sources[0][1]
+        first = first or network
+        if network != first:
             raise CheckpointError(f"cannot average {path} with {paths[0]}: they hold different networks ({network[0]} "
-                                  f"{network[1]} classes {network[2]} vs {name} {classes} classes {kwargs})")  # fmt: skip
+                                  f"{network[1]} classes {network[2]} vs {first[0]} {first[1]} classes {first[2]})")  # fmt: skip
         for key, value in model.state_dict().items():
             # Counters (BatchNorm's num_batches_tracked) are not averaged: the last checkpoint's is kept.
             total[key] = total.get(key, 0) + value.double() if value.is_floating_point() else value
-        sources.append(({"path": str(path), "epoch": model.checkpoint_meta.get("epoch")}, network))
+        averaged_from.append({"path": str(path), "epoch": model.checkpoint_meta.get("epoch")})
     last = model.state_dict()
     model.load_state_dict({k: (v / len(paths)).to(last[k].dtype) if last[k].is_floating_point() else v for k, v in total.items()})
     meta = {k: v for k, v in model.checkpoint_meta.items() if k not in RUN_PROGRESS}
-    return make_checkpoint(model, **meta, averaged_from=[source for source, _ in sources])
+    return make_checkpoint(model, **meta, averaged_from=averaged_from)
