@@ -164,7 +164,7 @@ def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", ha
         meta.update({f"{key}_miou": r["miou"], f"{key}_per_class_iou": r["per_class_iou"], f"{key}_pixel_acc": r["pixel_acc"]})
     hardware = hardware or ckpt.get("hardware") or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
     meta.update(val_trained_on=val_is_trained_on(cfg, data_root), holdout_sequences=list(cfg.holdout), epochs_run=len(history),
-                trained_minutes=round(sum(h["seconds"] for h in history) / 60, 1), hardware=hardware,
+                holdout_validations=sum(1 for h in history if h.get("holdout_miou") is not None), trained_minutes=round(sum(h["seconds"] for h in history) / 60, 1), hardware=hardware,
                 torch_version=torch.__version__, model=ckpt["model"])  # fmt: skip
     save_safetensors(meta, out)
     seg = Segmenter.from_checkpoint(out, backend="eager")
@@ -191,7 +191,20 @@ def why_section(cfg: TrainConfig, meta: Dict[str, Any], res: Dict[str, Dict[str,
   has no honest figure left to choose an epoch by; the price is that {held}'s frames are not learned from.
 - **{meta['epochs_run']} epochs of a {cfg.epochs}-epoch schedule**, not the official 1000: what the CPU time
   allowed ({meta['trained_minutes'] / 60:.1f} hours of training); the held-out curve below shows where it levelled off.
+{which_bullet(meta, held)}
 """
+
+
+def which_bullet(meta: Dict[str, Any], held: str) -> str:
+    """The card's reason for shipping these weights: the best held-out epoch, or a mean of epochs."""
+    checks = meta["holdout_validations"]
+    averaged = [a["epoch"] for a in meta.get("averaged_from", [])]
+    if not averaged:
+        return f"- **Epoch {meta['epoch']}**: the best of {checks} validations on {held}."
+    return (f"- **The mean of epochs {averaged[0]}-{averaged[-1]}** ({len(averaged)} epochs, `dabnet average`), not the best single\n"
+            f"  epoch: neighbouring epochs score points apart on {held}, so the best of {checks} validations is partly\n"
+            f"  luck, while the mean is one of a few windows and beats the typical single epoch\n"
+            f"  ([CAMVID_AVERAGING.md](CAMVID_AVERAGING.md) has both on {held}).")
 
 
 def reproduce_steps(cfg: TrainConfig, meta: Dict[str, Any], out: str) -> str:

@@ -45,6 +45,7 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run
     assert "trained on: these frames are in the training split" in text
     why = text.split("## Why this data and this length")[1]
     assert "**Everything but drive 0006R0** (4 frames left out)" in why and "**2 epochs of a 2-epoch schedule**" in why, why
+    assert f"- **Epoch {meta['epoch']}**: the best of 2 validations on 0006R0." in why
     assert (card.parent / "camvid_learning_curve.png").stat().st_size > 1000
     assert (card.parent / "demo_side_by_side.png").stat().st_size > 1000
     lines = []
@@ -69,6 +70,9 @@ def test_an_average_of_kept_epochs_is_packaged_with_how_to_make_it_again(tmp_pat
     meta = _script().package(run, str(root), tmp_path / "w.safetensors", card, weights=avg)
     assert meta["averaged_from"] == [{"path": "epoch_0001.pth", "epoch": 1}, {"path": "epoch_0002.pth", "epoch": 2}]
     text = card.read_text()
+    why = text.split("## Why this data and this length")[1].split("## Per-class IoU")[0]
+    assert "**The mean of epochs 1-2** (2 epochs, `dabnet average`), not the best single" in why
+    assert "the best of 2 validations is partly" in why and "(CAMVID_AVERAGING.md)" in why
     assert "from `avg.pth`" in text and "(the mean of the weights of epochs 1, 2 (`dabnet average`))" in text
     lines = text.split("## Reproduce")[1].splitlines()
     assert lines[3].startswith("dabnet train --config camvid_holdout") and lines[3].endswith("--set keep_every=1")
