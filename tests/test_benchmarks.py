@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import dabnet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,3 +68,32 @@ def test_averaging_table_from_kept_epochs(tmp_path, holdout_run):
     assert names == ["last epoch", "best single epoch", "single epochs, median (lowest–highest)", "mean of the last 2", "mean of the last 3"]
     best = max(("mean of the last 2", "mean of the last 3"), key=lambda k: float(rows[k][1]))
     assert [a["epoch"] for a in dabnet.load_model(saved).checkpoint_meta["averaged_from"]] == ([2, 3] if best.endswith("2") else [1, 2, 3])
+
+
+def test_speed_table_measures_backend_accuracy_where_the_weights_never_trained(tmp_path, holdout_run):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    _, run, _ = holdout_run(tmp_path)
+    assert speed.accuracy_split(str(run / "best.pth")) == ("held-out CamVid 0006R0", "train", ["0006R0"])
+    plain = dabnet.checkpoint.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "p.pth")
+    assert speed.accuracy_split(str(plain)) == ("CamVid val", "val", [])
+
+
+def test_recipe_table_names_the_run_the_bundled_weights_come_from():
+    import importlib.util
+
+    from dabnet.demo import bundled_weights_available
+
+    if not bundled_weights_available():
+        pytest.skip("no trained weights in this checkout")
+    spec = importlib.util.spec_from_file_location("recipes", ROOT / "benchmarks" / "camvid_recipes.py")
+    recipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipes)
+    meta = dabnet.load_model("dabnet-camvid").checkpoint_meta
+    source = Path(meta["config"]["out"]).name
+    line = recipes.bundled_line([Path("elsewhere") / source])
+    assert line.startswith(f"Bundled now as `dabnet-camvid`: {source}, epoch {meta['epoch']} ({100 * meta['holdout_miou']:.2f}%"), line
+    assert recipes.bundled_line([Path("elsewhere") / f"not_{source}"]) == ""
