@@ -162,9 +162,10 @@ def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", ha
         meta["averaged_from"] = [{"path": Path(a["path"]).name, "epoch": a["epoch"]} for a in meta["averaged_from"]]
     for key, r in res.items():
         meta.update({f"{key}_miou": r["miou"], f"{key}_per_class_iou": r["per_class_iou"], f"{key}_pixel_acc": r["pixel_acc"]})
+    checks = [h["holdout_miou"] for h in history if h.get("holdout_miou") is not None]  # the figures an epoch was chosen among
     hardware = hardware or ckpt.get("hardware") or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
     meta.update(val_trained_on=val_is_trained_on(cfg, data_root), holdout_sequences=list(cfg.holdout), epochs_run=len(history),
-                holdout_validations=sum(1 for h in history if h.get("holdout_miou") is not None), trained_minutes=round(sum(h["seconds"] for h in history) / 60, 1), hardware=hardware,
+                holdout_validations=len(checks), holdout_median_last_20=statistics.median(checks[-20:]) if checks else None, trained_minutes=round(sum(h["seconds"] for h in history) / 60, 1), hardware=hardware,
                 torch_version=torch.__version__, model=ckpt["model"])  # fmt: skip
     save_safetensors(meta, out)
     seg = Segmenter.from_checkpoint(out, backend="eager")
@@ -200,7 +201,9 @@ def which_bullet(meta: Dict[str, Any], held: str) -> str:
     checks = meta["holdout_validations"]
     averaged = [a["epoch"] for a in meta.get("averaged_from", [])]
     if not averaged:
-        return f"- **Epoch {meta['epoch']}**: the best of {checks} validations on {held}."
+        return (f"- **Epoch {meta['epoch']}**, the best of {checks} validations on {held}. Neighbouring epochs score points\n"
+                f"  apart there, so part of its lead is luck: the median of the run's last 20 validations is\n"
+                f"  {100 * meta['holdout_median_last_20']:.2f}% ([CAMVID_AVERAGING.md](CAMVID_AVERAGING.md): the last epochs alone and averaged).")
     return (f"- **The mean of epochs {averaged[0]}-{averaged[-1]}** ({len(averaged)} epochs, `dabnet average`), not the best single\n"
             f"  epoch: neighbouring epochs score points apart on {held}, so the best of {checks} validations is partly\n"
             f"  luck, while the mean is one of a few windows and beats the typical single epoch\n"

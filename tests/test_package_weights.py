@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 import dabnet
 from dabnet.config import DemoConfig, TrainConfig, build_config
@@ -45,7 +46,9 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run
     assert "trained on: these frames are in the training split" in text
     why = text.split("## Why this data and this length")[1]
     assert "**Everything but drive 0006R0** (4 frames left out)" in why and "**2 epochs of a 2-epoch schedule**" in why, why
-    assert f"- **Epoch {meta['epoch']}**: the best of 2 validations on 0006R0." in why
+    figures = [h["holdout_miou"] for h in torch.load(run / "last.pth", weights_only=True)["history"]]
+    assert f"- **Epoch {meta['epoch']}**, the best of 2 validations on 0006R0." in why
+    assert f"the median of the run's last 20 validations is\n  {50 * sum(figures):.2f}%" in why
     assert (card.parent / "camvid_learning_curve.png").stat().st_size > 1000
     assert (card.parent / "demo_side_by_side.png").stat().st_size > 1000
     lines = []
