@@ -4,8 +4,8 @@ protocol for the comparison networks, all measured on this machine in one run.
     python benchmarks/speed.py --checkpoint dabnet-camvid --data-root ../shared/data/camvid
 
 Backend accuracy is measured with the trained weights on their held-out drive (else CamVid val; mIoU
-change against eager fp32), through `dabnet eval --backend B --precision P`. Every timing is a median over interleaved
-frames (see `dabnet.benchmark.benchmark`). Pause anything else running on the machine first.
+change against eager fp32), through `dabnet eval --backend B --precision P`. Every timing is a median
+over interleaved frames (see `dabnet.benchmark.benchmark`). Pause anything else running on the machine first.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def accuracy_split(checkpoint: str) -> Tuple[str, str, list]:
     return (f"held-out CamVid {', '.join(held)}", "train", held) if held else ("CamVid val", "val", [])
 
 
-def backend_miou(checkpoint: str, labels, data_root: str) -> dict:
-    """mIoU of each backend label (NAME or NAME:PRECISION) on `accuracy_split`, through `dabnet eval`'s code."""
-    name, split, sequences = accuracy_split(checkpoint)
+def backend_miou(checkpoint: str, labels, data_root: str, where: Tuple[str, str, list]) -> dict:
+    """mIoU of each backend label (NAME or NAME:PRECISION) on `where` (`accuracy_split`), through `dabnet eval`'s code."""
+    name, split, sequences = where
     out = {}
     for label in labels:
         backend, _, precision = label.partition(":")
@@ -109,7 +109,8 @@ def main() -> None:
     # To the label map, as `dabnet predict` and the demo run (eager: arg-max of its logits; auto: inside OpenVINO).
     to_labels = benchmark(["dabnet"], [(512, 1024), (360, 480)], ["eager", "auto"], frames=args.frames, warmup=3,
                           checkpoint=args.checkpoint, paper_protocol=False, labels=True)  # fmt: skip
-    miou, accuracy = backend_miou(args.checkpoint, args.backends, args.data_root), accuracy_split(args.checkpoint)
+    accuracy = accuracy_split(args.checkpoint)
+    miou = backend_miou(args.checkpoint, args.backends, args.data_root, accuracy)
     convs = conv_throughput() if "int8" in args.backends else []
     table5 = benchmark(["dabnet", "enet", "espnet", "erfnet", "icnet", "segnet"], [(256, 512), (512, 1024)], ["eager"],
                        frames=args.table5_frames, warmup=1)  # fmt: skip

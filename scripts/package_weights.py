@@ -165,7 +165,8 @@ def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", ha
     checks = [h["holdout_miou"] for h in history if h.get("holdout_miou") is not None]  # the figures an epoch was chosen among
     hardware = hardware or ckpt.get("hardware") or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
     meta.update(val_trained_on=val_is_trained_on(cfg, data_root), holdout_sequences=list(cfg.holdout), epochs_run=len(history),
-                holdout_validations=len(checks), holdout_median_last_20=statistics.median(checks[-20:]) if checks else None, trained_minutes=round(sum(h["seconds"] for h in history) / 60, 1), hardware=hardware,
+                holdout_validations=len(checks), holdout_median_last_20=statistics.median(checks[-20:]) if checks else None,
+                trained_minutes=round(sum(h["seconds"] for h in history) / 60, 1), hardware=hardware,
                 torch_version=torch.__version__, model=ckpt["model"])  # fmt: skip
     save_safetensors(meta, out)
     seg = Segmenter.from_checkpoint(out, backend="eager")

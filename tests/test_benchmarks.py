@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +13,14 @@ import pytest
 import dabnet
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    """benchmarks/NAME.py as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_recipe_table_from_two_holdout_runs(tmp_path, holdout_run):
@@ -71,11 +80,7 @@ def test_averaging_table_from_kept_epochs(tmp_path, holdout_run):
 
 
 def test_speed_table_measures_backend_accuracy_where_the_weights_never_trained(tmp_path, holdout_run):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = _script("speed")
     _, run, _ = holdout_run(tmp_path)
     assert speed.accuracy_split(str(run / "best.pth")) == ("held-out CamVid 0006R0", "train", ["0006R0"])
     plain = dabnet.checkpoint.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "p.pth")
@@ -83,15 +88,11 @@ def test_speed_table_measures_backend_accuracy_where_the_weights_never_trained(t
 
 
 def test_recipe_table_names_the_run_the_bundled_weights_come_from():
-    import importlib.util
-
     from dabnet.demo import bundled_weights_available
 
     if not bundled_weights_available():
         pytest.skip("no trained weights in this checkout")
-    spec = importlib.util.spec_from_file_location("recipes", ROOT / "benchmarks" / "camvid_recipes.py")
-    recipes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipes)
+    recipes = _script("camvid_recipes")
     meta = dabnet.load_model("dabnet-camvid").checkpoint_meta
     source = Path(meta["config"]["out"]).name
     line = recipes.bundled_line([Path("elsewhere") / source])
