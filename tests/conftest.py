@@ -3,6 +3,7 @@ the shared data and official reference, skipping when absent."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,20 @@ def train_holdout_run(tmp_path: Path, out: str = "run", **overrides):
     cfg = build_config(TrainConfig, "camvid_holdout", **{**settings, **overrides})
     train_mod.train(cfg, log=lambda *a: None)
     return root, Path(cfg.out), cfg
+
+
+def load_repo_script(path: str):
+    """A script of the repository (scripts/, benchmarks/: folders that are not packages) as a module."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def repo_script():
+    """`repo_script("benchmarks/speed.py")`: that script as a module, to test its functions."""
+    return load_repo_script
 
 
 @pytest.fixture(scope="session")

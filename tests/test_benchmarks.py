@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,14 +12,6 @@ import pytest
 import dabnet
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    """benchmarks/NAME.py as a module (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_recipe_table_from_two_holdout_runs(tmp_path, holdout_run):
@@ -79,20 +70,20 @@ def test_averaging_table_from_kept_epochs(tmp_path, holdout_run):
     assert [a["epoch"] for a in dabnet.load_model(saved).checkpoint_meta["averaged_from"]] == ([2, 3] if best.endswith("2") else [1, 2, 3])
 
 
-def test_speed_table_measures_backend_accuracy_where_the_weights_never_trained(tmp_path, holdout_run):
-    speed = _script("speed")
+def test_speed_table_measures_backend_accuracy_where_the_weights_never_trained(tmp_path, holdout_run, repo_script):
+    speed = repo_script("benchmarks/speed.py")
     _, run, _ = holdout_run(tmp_path)
     assert speed.accuracy_split(str(run / "best.pth")) == ("held-out CamVid 0006R0", "train", ["0006R0"])
     plain = dabnet.checkpoint.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "p.pth")
     assert speed.accuracy_split(str(plain)) == ("CamVid val", "val", [])
 
 
-def test_recipe_table_names_the_run_the_bundled_weights_come_from():
+def test_recipe_table_names_the_run_the_bundled_weights_come_from(repo_script):
     from dabnet.demo import bundled_weights_available
 
     if not bundled_weights_available():
         pytest.skip("no trained weights in this checkout")
-    recipes = _script("camvid_recipes")
+    recipes = repo_script("benchmarks/camvid_recipes.py")
     meta = dabnet.load_model("dabnet-camvid").checkpoint_meta
     source = Path(meta["config"]["out"]).name
     line = recipes.bundled_line([Path("elsewhere") / source])

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,20 +11,11 @@ import dabnet
 from dabnet.config import DemoConfig, TrainConfig, build_config
 from dabnet.demo import run_demo
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("package_weights", ROOT / "scripts" / "package_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize("val_split", ["val", None])  # None: the shipped camvid_holdout config's choice
-def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run, val_split):
+def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run, repo_script, val_split):
     root, run, cfg = holdout_run(tmp_path, val_split=val_split)
-    pw = _script()
+    pw = repo_script("scripts/package_weights.py")
     out, card = tmp_path / "w.safetensors", tmp_path / "docs" / "MODEL_CARD.md"
     card.parent.mkdir()
     samples = tmp_path / "samples"
@@ -63,14 +52,14 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run
     assert {k: v for k, v in vars(again).items() if k not in pw.NOT_RECIPE} == {k: v for k, v in vars(cfg).items() if k not in pw.NOT_RECIPE}
 
 
-def test_an_average_of_kept_epochs_is_packaged_with_how_to_make_it_again(tmp_path, holdout_run):
+def test_an_average_of_kept_epochs_is_packaged_with_how_to_make_it_again(tmp_path, holdout_run, repo_script):
     from dabnet.checkpoint import average_checkpoints, save_checkpoint
 
     root, run, _ = holdout_run(tmp_path, keep_every=1)
     avg = save_checkpoint(average_checkpoints([run / "epoch_0001.pth", run / "epoch_0002.pth"]), tmp_path / "avg.pth")
     card = tmp_path / "docs" / "MODEL_CARD.md"
     card.parent.mkdir()
-    meta = _script().package(run, str(root), tmp_path / "w.safetensors", card, weights=avg)
+    meta = repo_script("scripts/package_weights.py").package(run, str(root), tmp_path / "w.safetensors", card, weights=avg)
     assert meta["averaged_from"] == [{"path": "epoch_0001.pth", "epoch": 1}, {"path": "epoch_0002.pth", "epoch": 2}]
     text = card.read_text()
     why = text.split("## Why this data and this length")[1].split("## Per-class IoU")[0]
@@ -84,7 +73,7 @@ def test_an_average_of_kept_epochs_is_packaged_with_how_to_make_it_again(tmp_pat
 
 
 @pytest.mark.parametrize("name, holdout", [("0001TP_00000", ["0006R0"]), ("0006R0_00099", ["0006R0"]), ("0006R0_00001", [])])
-def test_demo_frames_must_come_from_a_held_out_drive(tmp_path, make_camvid, name, holdout):
+def test_demo_frames_must_come_from_a_held_out_drive(tmp_path, make_camvid, repo_script, name, holdout):
     """A trained-on frame, a frame that is not there, or a run without a held-out drive: refused, nothing removed."""
     root = make_camvid(tmp_path / "cv", n=4, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
     cfg = build_config(TrainConfig, "camvid_holdout", data_root=str(root), holdout=holdout)
@@ -92,5 +81,5 @@ def test_demo_frames_must_come_from_a_held_out_drive(tmp_path, make_camvid, name
     samples.mkdir()
     (samples / "keep.jpg").write_bytes(b"x")
     with pytest.raises(SystemExit, match=f"--sample-frames {name}: not a frame of the .*never trained on"):
-        _script().replace_samples(cfg, str(root), [name], samples)
+        repo_script("scripts/package_weights.py").replace_samples(cfg, str(root), [name], samples)
     assert (samples / "keep.jpg").exists()
