@@ -197,10 +197,15 @@ def why_section(cfg: TrainConfig, meta: Dict[str, Any], res: Dict[str, Dict[str,
 """
 
 
+def averaged_epochs(meta: Dict[str, Any]) -> List[int]:
+    """The epochs the weights are the mean of (`dabnet average`); empty for a single epoch's weights."""
+    return [a["epoch"] for a in meta.get("averaged_from", [])]
+
+
 def which_bullet(meta: Dict[str, Any], held: str) -> str:
     """The card's reason for shipping these weights: the best held-out epoch, or a mean of epochs."""
     checks = meta["holdout_validations"]
-    averaged = [a["epoch"] for a in meta.get("averaged_from", [])]
+    averaged = averaged_epochs(meta)
     if not averaged:
         return (f"- **Epoch {meta['epoch']}**, the best of {checks} validations on {held}. Neighbouring epochs score points\n"
                 f"  apart there, so part of its lead is luck: the median of the run's last 20 validations is\n"
@@ -213,7 +218,7 @@ def which_bullet(meta: Dict[str, Any], held: str) -> str:
 
 def reproduce_steps(cfg: TrainConfig, meta: Dict[str, Any], out: str) -> str:
     """The card's commands: train, average the kept epochs when the weights are a mean, package."""
-    averaged = [a["epoch"] for a in meta.get("averaged_from", [])]
+    averaged = averaged_epochs(meta)
     if not averaged:
         return f"{reproduce_command(cfg, out)}\npython scripts/package_weights.py --run {out}"
     kept = " ".join(f"{out}/epoch_{e:04d}.pth" for e in averaged)
@@ -223,7 +228,7 @@ def reproduce_steps(cfg: TrainConfig, meta: Dict[str, Any], out: str) -> str:
 
 def which_weights(meta: Dict[str, Any]) -> str:
     """The card's words for the epoch(s) the weights come from."""
-    averaged = [a["epoch"] for a in meta.get("averaged_from", [])]
+    averaged = averaged_epochs(meta)
     if not averaged:
         return f"best at epoch {meta['epoch']}"
     return f"the mean of the weights of epochs {', '.join(map(str, averaged))} (`dabnet average`)"
