@@ -3,9 +3,11 @@ plain eager fp32 PyTorch loop of the same network, measured in one run on this m
 
     python benchmarks/train_speed.py                 # CPU, CamVid-sized 360x480 crops
     python benchmarks/train_speed.py --device cuda --batch 16
+    python benchmarks/train_speed.py --profile       # and the top operators of one step, eager vs fused
 
 Writes docs/TRAIN_SPEED.md (or --out). Each variant is timed `--repeats` times over `--steps`
-steps after warm-up; the table gives medians and the ratio to the plain loop.
+steps after warm-up (which also compiles the fused kernels); the table gives medians and the ratio
+to the plain loop.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import dabnet
 from dabnet.distributed import describe_hardware
 from dabnet.engine import train_one_epoch
 from dabnet.losses import CrossEntropy
-from dabnet.precision import cpu_has_bf16
+from dabnet.models.fused import set_fused
+from dabnet.precision import autocast, cpu_has_bf16
 
 
 def _data(batch: int, crop, device, steps: int):
@@ -54,10 +57,11 @@ def plain_loop(device, batch, crop, steps, repeats, warmup) -> List[float]:
     return rates
 
 
-def our_loop(device, batch, crop, steps, repeats, warmup, precision="fp32", channels_last=False, compile=False) -> List[float]:
+def our_loop(device, batch, crop, steps, repeats, warmup, precision="fp32", channels_last=False, compile=False, fused=False) -> List[float]:
     """engine.train_one_epoch with the given switches (what `dabnet train` runs)."""
     torch.manual_seed(0)
     model = dabnet.create_model("dabnet", 11).to(device).train()
+    set_fused(model, fused)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if compile else model
@@ -65,7 +69,7 @@ def our_loop(device, batch, crop, steps, repeats, warmup, precision="fp32", chan
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     batches, _, _ = _data(batch, crop, device, steps)
-    loss_fn = CrossEntropy(None).to(device)
+    loss_fn = CrossEntropy(None, fused=fused).to(device)
     rates = []
     for r in range(warmup + repeats):
         _sync(device)
@@ -80,6 +84,41 @@ def our_loop(device, batch, crop, steps, repeats, warmup, precision="fp32", chan
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def profile_step(device, batch, crop, precision: str, fused: bool, rows: int) -> List[str]:
+    """A markdown table of the `rows` operators with the most self time in one training step (after two
+    warm-up steps), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = dabnet.create_model("dabnet", 11).to(device).train()
+    set_fused(model, fused)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    loss_fn = CrossEntropy(None, fused=fused).to(device)
+    _, x, y = _data(batch, crop, device, 1)
+
+    def step():
+        with autocast(device, precision):
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step(), step()
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+        step()
+        _sync(device)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    out = [f"One step, {precision}, fused={'true' if fused else 'false'}: {total / 1e6:.2f} s of CPU time.", "",
+           "| operator | self time (s) | share | calls |", "|---|---:|---:|---:|"]  # fmt: skip
+    for e in events[:rows]:
+        name = "compiled kernel (fused)" if e.key.startswith("## Call CompiledFxGraph") else e.key
+        out.append(f"| `{name}` | {e.self_cpu_time_total / 1e6:.3f} | {100 * e.self_cpu_time_total / total:.1f}% | {e.count} |")
+    return out
 
 
 TITLE = "# Training speed: dabnet's loop vs a plain PyTorch loop"
@@ -108,22 +147,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--variants", nargs="*", default=None, help="subset of the variant names (eager, bf16, 'bf16 + compile', ...)")
+    ap.add_argument("--variants", nargs="*", default=None, help="subset of the variant names (eager, bf16, 'bf16 + fused', ...)")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS", help="add the top ROWS operators of one step, eager vs fused")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "TRAIN_SPEED.md"))
     args = ap.parse_args()
     device = torch.device(args.device)
     crop = tuple(args.crop)
+    # Since the fused kernels became training's default, the other rows switch them off to show each
+    # switch on its own; "fused" rows are what `dabnet train` runs.
+    bf16_ok = device.type == "cuda" or cpu_has_bf16()
     variants: Dict[str, dict] = {
-        "eager": {},
-        "channels_last": {"channels_last": True},
-        "bf16": {"precision": "bf16"},
-        "compile": {"compile": True},
+        "eager, fused=false": {},
+        "channels_last, fused=false": {"channels_last": True},
+        "compile, fused=false": {"compile": True},
+        "fused": {"fused": True},
+        "bf16, fused=false": {"precision": "bf16"},
     }
-    if device.type == "cpu" and cpu_has_bf16():
-        variants["bf16 + compile"] = {"precision": "bf16", "compile": True}
+    if bf16_ok:
+        variants["bf16 + fused"] = {"precision": "bf16", "fused": True}
     if device.type == "cuda":
-        variants["fp16 + channels_last"] = {"precision": "fp16", "channels_last": True}
-        variants["bf16 + channels_last + compile"] = {"precision": "bf16", "channels_last": True, "compile": True}
+        variants["fp16 + channels_last, fused=false"] = {"precision": "fp16", "channels_last": True}
+        variants["bf16 + channels_last + fused"] = {"precision": "bf16", "channels_last": True, "fused": True}
     if args.variants:
         variants = {k: v for k, v in variants.items() if k in args.variants}
     common = (device, args.batch, crop, args.steps, args.repeats, args.warmup)
@@ -140,8 +184,8 @@ def main() -> None:
     lines = [
         f"## {hardware}",
         "",
-        f"`python benchmarks/train_speed.py --device {args.device} --batch {args.batch} --crop {crop[0]} {crop[1]} "
-        f"--steps {args.steps} --repeats {args.repeats}`, "
+        f"Generated on {hardware} by `python benchmarks/train_speed.py --device {args.device} --batch {args.batch} --crop {crop[0]} {crop[1]} "
+        f"--steps {args.steps} --repeats {args.repeats}{f' --profile {args.profile}' if args.profile else ''}`, "
         f"torch {torch.__version__}. DABNet, 11 classes, Adam, batch {args.batch} at {crop[0]}x{crop[1]}, {args.steps} steps "
         f"per timing, {args.repeats} timings per variant after {args.warmup} warm-up; the plain eager fp32 loop was timed "
         "before and after all variants and its median is the baseline.",
@@ -152,6 +196,16 @@ def main() -> None:
     ]
     for name, _, r in rows:
         lines.append(f"| dabnet loop, {name} | {statistics.median(r):.2f} | {', '.join(f'{v:.2f}' for v in r)} | {statistics.median(r) / base:.2f}x |")
+    medians = {name: statistics.median(r) for name, _, r in rows}
+    pairs = [(p, fused, plain_) for p, fused, plain_ in (("fp32", "fused", "eager, fused=false"), ("bf16", "bf16 + fused", "bf16, fused=false"))
+             if fused in medians and plain_ in medians]  # fmt: skip
+    if pairs:
+        lines += ["", "The fused kernels (training's default) against the same loop without them: "
+                  + ", ".join(f"{p} {medians[f] / medians[e]:.2f}x" for p, f, e in pairs) + " (ratios of the medians above)."]
+    if args.profile:
+        precision = "bf16" if bf16_ok else "fp32"
+        for fused in (False, True):
+            lines += [""] + profile_step(device, args.batch, crop, precision, fused, args.profile)
     write_section(Path(args.out), hardware, lines)
     print("\n".join(lines))
 

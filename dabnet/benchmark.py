@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import BenchConfig
+from .files import atomic_output, check_output_file
 from .models import create_model, list_models, model_description
 
 
@@ -187,7 +189,8 @@ def format_bench_row(r: Dict[str, object]) -> str:
             f"{r['ms_median']:>9.1f} ms {r['fps']:>8.1f} FPS {r['params']:>11,} {r['gmacs']:>8.2f} GMACs")  # fmt: skip
 
 
-def plot_bench(rows: List[Dict[str, object]], path: str, miou: Optional[Dict[str, float]] = None) -> None:
+def plot_bench(rows: List[Dict[str, object]], path: str, miou: Optional[Dict[str, float]] = None,
+               fmt: Optional[str] = None) -> None:  # fmt: skip
     """FPS against parameters (or against mIoU where given), one point per model, log scales."""
     import matplotlib
 
@@ -208,7 +211,7 @@ def plot_bench(rows: List[Dict[str, object]], path: str, miou: Optional[Dict[str
     ax.set_ylabel("frames per second (batch 1)")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format=fmt)  # fmt: the format of the final name when `path` is a temp file
     plt.close(fig)
 
 
@@ -216,16 +219,22 @@ def run_bench(cfg: BenchConfig, log=print) -> List[Dict[str, object]]:
     """`dabnet bench`: time, then write the JSON and the plot when asked."""
     import json
 
+    # matplotlib adds .png to a name without a suffix; say the name it writes, and check both before timing
+    plot = None if not cfg.plot else cfg.plot if Path(cfg.plot).suffix else cfg.plot + ".png"
+    for option, path in (("--json", cfg.json), ("--plot", plot)):
+        if path:
+            check_output_file(path, option)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rows = benchmark(cfg.models, cfg.sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, cfg.device,
                      checkpoint=cfg.checkpoint, paper_protocol=not cfg.no_paper_protocol,
                      channels_last=cfg.channels_last, labels=cfg.labels, batch=cfg.batch, log=log)  # fmt: skip
     if cfg.json:
-        with open(cfg.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        with atomic_output(cfg.json, fsync=False) as tmp:
+            tmp.write_text(json.dumps(rows, indent=2))
         log(f"wrote {cfg.json}")
-    if cfg.plot:
-        plot_bench(rows, cfg.plot)
-        log(f"wrote {cfg.plot}")
+    if plot:
+        with atomic_output(plot, fsync=False) as tmp:
+            plot_bench(rows, str(tmp), fmt=Path(plot).suffix.lstrip(".").lower())
+        log(f"wrote {plot}")
     return rows

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import re
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from .data.classes import DATASET_INFO
 from .data.datasets import PathLike
+from .files import atomic_output
 from .models import create_model
 from .models.dabnet import block_sizes_from_state_dict, convert_official_state_dict, is_official_state_dict
 
@@ -26,34 +28,17 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(obj: Dict[str, Any], path: PathLike) -> Path:
-    """Write `obj` with torch.save atomically: temp file in the same folder, fsync, os.replace."""
+    """Write `obj` with torch.save atomically (a temp file in the same folder, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint follows the umask like any file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    # The rename itself must reach the disk, or a crash can leave the old name behind.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_output(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch's writer reports a full disk as "[enforce fail at inline_container.cc]"
+            if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+                raise
+            full = shutil.disk_usage(path.parent).free < 64 * 2**20
+            raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC if full else errno.EIO), str(path)) from None
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def make_checkpoint(model: nn.Module, **extra: Any) -> Dict[str, Any]:
@@ -103,13 +88,10 @@ def save_safetensors(ckpt: Dict[str, Any], path: PathLike) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: json.dumps(v) for k, v in ckpt.items() if k != "model"}
     tensors = {k: v.detach().contiguous().cpu() for k, v in ckpt["model"].items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)  # package data must be readable by every user
-    os.replace(tmp, path)
+    with atomic_output(path, mode=0o644) as tmp:  # package data must be readable by every user
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

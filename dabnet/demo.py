@@ -16,6 +16,7 @@ from .checkpoint import resolve_checkpoint
 from .config import DemoConfig
 from .data.classes import CAMVID_IGNORE_INDEX, DATASET_INFO
 from .data.datasets import read_image
+from .files import atomic_output, check_output_folder
 from .models import create_model
 from .predict import write_outputs
 from .segmenter import Segmenter
@@ -60,6 +61,7 @@ def _segmenter(cfg: DemoConfig, log) -> Segmenter:
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
     """Segment every bundled frame; return the per-frame latencies (ms) and the output folder."""
+    out = check_output_folder(cfg.out)  # before the model loads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.checkpoint is None and bundled_weights_available():
@@ -76,8 +78,6 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         elif meta.get("val_miou") is not None:
             miou = f", CamVid val mIoU {100 * meta['val_miou']:.1f}%"
         log(f"weights: {cfg.checkpoint} ({seg.model_name}, {len(seg.class_names)} classes{miou})")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     frames = sample_frames(Path(cfg.samples) if cfg.samples else None)
     images = [read_image(f) for f in frames]
     seg.predict(images[0])  # warm-up: first-call allocations stay out of the timings
@@ -93,7 +93,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         truth = sample_ground_truth(frame)
         if truth is not None:
             panels.append(colorize(truth, seg.palette))
-        Image.fromarray(side_by_side(panels)).save(out / f"{frame.stem}_side_by_side.png")
+        with atomic_output(out / f"{frame.stem}_side_by_side.png", fsync=False) as tmp:
+            Image.fromarray(side_by_side(panels)).save(tmp, format="PNG")
         log(f"{frame.name}: {image.shape[1]}x{image.shape[0]}  {ms:7.1f} ms")
     median = float(np.median(latencies))
     log(f"{len(frames)} frames, median {median:.1f} ms/frame = {1000 / median:.1f} FPS "

@@ -11,6 +11,7 @@ from torch import nn
 
 from .metrics import ConfusionMatrix, labels_from_logits
 from .precision import autocast
+from .preprocessing import pad_to_min_side
 
 
 class NonFiniteLossError(RuntimeError):
@@ -148,13 +149,18 @@ def predict_logits(
     size = (x.shape[2], x.shape[3])
     out: Optional[torch.Tensor] = None
     for s in scales:
-        xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        if s == 1.0:
+            xs = x
+        elif int(size[0] * s) >= 1 and int(size[1] * s) >= 1:
+            xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        else:  # a scale that leaves no pixel: one pixel per side at least
+            xs = F.interpolate(x, size=(max(1, int(size[0] * s)), max(1, int(size[1] * s))), mode="bilinear", align_corners=False)
         views = [xs, xs.flip(3)] if flip else [xs]
         for k, v in enumerate(views):
             if channels_last:
                 v = v.contiguous(memory_format=torch.channels_last)
             with autocast(x.device, precision):
-                logits = model(v).float()
+                logits = model(pad_to_min_side(v)).float()[..., : v.shape[2], : v.shape[3]]  # as runtimes.predict_labels
             if k == 1:
                 logits = logits.flip(3)
             if logits.shape[2:] != x.shape[2:]:

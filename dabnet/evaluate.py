@@ -15,6 +15,7 @@ from .data.datasets import build_dataset, collate_eval
 from .data.transforms import EvalTransform
 from .distributed import init_distributed
 from .engine import evaluate
+from .files import atomic_output, check_output_file
 from .metrics import per_class_table
 from .segmenter import Segmenter
 
@@ -41,12 +42,15 @@ def save_confusion_png(mat: np.ndarray, class_names, path: str) -> None:
                 ax.text(j, i, f"{100 * norm[i, j]:.0f}", ha="center", va="center", fontsize=6,
                         color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
 def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
     """Evaluate `cfg.checkpoint` on `cfg.split`; returns the JSON-ready result."""
+    for option, path in (("--json", cfg.json), ("--confusion-png", cfg.confusion_png)):
+        if path:  # before the evaluation, not after it
+            check_output_file(path, option)
     device, _ = init_distributed(cfg.device)
     seg = Segmenter.from_checkpoint(cfg.checkpoint, str(device), cfg.backend, cfg.precision, log=log)
     ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, include=cfg.sequences, exclude=cfg.exclude_sequences)
@@ -70,10 +74,11 @@ def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
     log(per_class_table(res["iou"], ds.classes))
     log(f"mIoU {100 * res['miou']:.2f}%   pixel accuracy {100 * res['pixel_acc']:.2f}%")
     if cfg.json:
-        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json).write_text(json.dumps(result, indent=2))
+        with atomic_output(cfg.json, fsync=False) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
         log(f"wrote {cfg.json}")
     if cfg.confusion_png:
-        save_confusion_png(cm.mat.cpu().numpy(), ds.classes, cfg.confusion_png)
+        with atomic_output(cfg.confusion_png, fsync=False) as tmp:
+            save_confusion_png(cm.mat.cpu().numpy(), ds.classes, str(tmp))
         log(f"wrote {cfg.confusion_png}")
     return result

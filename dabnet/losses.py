@@ -8,17 +8,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models.fused import run_compiled
+
+
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor], ignore_index: int) -> torch.Tensor:
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 logits: the loss in fp32
+    return F.cross_entropy(logits, target, weight=None if weight is None else weight.to(logits.dtype), ignore_index=ignore_index)
+
 
 class CrossEntropy(nn.Module):
-    """Cross-entropy with optional class weights and an ignore index (mean over weighted pixels)."""
+    """Cross-entropy with optional class weights and an ignore index (mean over weighted pixels); `fused`:
+    log-softmax, weights and mean in one compiled kernel each way (models.fused.run_compiled)."""
 
-    def __init__(self, weight: Optional[torch.Tensor] = None, ignore_index: int = 255) -> None:
+    def __init__(self, weight: Optional[torch.Tensor] = None, ignore_index: int = 255, fused: bool = False) -> None:
         super().__init__()
         self.register_buffer("weight", weight if weight is None else weight.float(), persistent=False)
         self.ignore_index = ignore_index
+        self.fused = fused
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index)
+        out = run_compiled(_cross_entropy, logits, target, self.weight, self.ignore_index) if self.fused and logits.requires_grad else None
+        return _cross_entropy(logits, target, self.weight, self.ignore_index) if out is None else out
 
 
 class OHEMCrossEntropy(CrossEntropy):
@@ -26,9 +36,10 @@ class OHEMCrossEntropy(CrossEntropy):
     and at least the `min_kept` hardest ones (Wu et al.'s bootstrapping, as the paper trains)."""
 
     def __init__(
-        self, weight: Optional[torch.Tensor] = None, ignore_index: int = 255, thresh: float = 0.7, min_kept: int = 100_000
+        self, weight: Optional[torch.Tensor] = None, ignore_index: int = 255, thresh: float = 0.7, min_kept: int = 100_000,
+        fused: bool = False,
     ) -> None:
-        super().__init__(weight, ignore_index)
+        super().__init__(weight, ignore_index, fused)
         self.thresh = float(thresh)
         self.min_kept = int(min_kept)
 
@@ -46,13 +57,14 @@ class OHEMCrossEntropy(CrossEntropy):
                 threshold = torch.maximum(threshold, kth)
             keep = valid & (prob <= threshold)
             hard_target = torch.where(keep, target, torch.full_like(target, self.ignore_index))
-        return F.cross_entropy(logits, hard_target, weight=self.weight, ignore_index=self.ignore_index)
+        return super().forward(logits, hard_target)
 
 
-def build_loss(name: str, weight: Optional[torch.Tensor], ignore_index: int = 255, thresh: float = 0.7, min_kept: int = 0) -> nn.Module:
-    """'ce' or 'ohem'."""
+def build_loss(name: str, weight: Optional[torch.Tensor], ignore_index: int = 255, thresh: float = 0.7, min_kept: int = 0,
+               fused: bool = False) -> nn.Module:  # fmt: skip
+    """'ce' or 'ohem'; `fused`: the cross-entropy on a compiled kernel in training."""
     if name == "ce":
-        return CrossEntropy(weight, ignore_index)
+        return CrossEntropy(weight, ignore_index, fused)
     if name == "ohem":
-        return OHEMCrossEntropy(weight, ignore_index, thresh, min_kept)
+        return OHEMCrossEntropy(weight, ignore_index, thresh, min_kept, fused)
     raise ValueError(f"unknown loss {name!r}; choose ce or ohem")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from .checkpoint import inference_spec, is_exported, load_model
 from .config import PredictConfig
 from .data.classes import CITYSCAPES_CLASSES
 from .data.datasets import IMAGE_SUFFIXES, ImageReadError, read_image
+from .files import OutputError, atomic_output, check_output_folder
 from .preprocessing import to_rgb
 from .segmenter import Segmenter
 from .visualize import colorize, overlay
@@ -64,37 +66,45 @@ def own_outputs(images: Sequence[Path], out: Path) -> List[Path]:
     return own
 
 
-def output_names(images: Sequence[Path]) -> List[str]:
-    """Output stems that never collide: the file's stem when that is unique, else its path relative
-    to the inputs' common folder (a/x.jpg and b/x.png -> a/x and b/x)."""
-    stems = [p.stem for p in images]
+def output_names(paths: Sequence[Path]) -> List[str]:
+    """Output stems that never collide: the file's stem when that is unique, else its path relative to the
+    inputs' common folder (a/x.jpg and b/x.png -> a/x and b/x), with the suffix kept where even that is shared
+    (x.jpg and x.png in one folder -> x.jpg and x.png)."""
+    stems = [p.stem for p in paths]
     if len(set(stems)) == len(stems):
         return stems
-    root = Path(os.path.commonpath([str(p.resolve().parent) for p in images]))
-    return [str(p.resolve().with_suffix("").relative_to(root)) for p in images]
+    root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+    names = [str(p.resolve().with_suffix("").relative_to(root)) for p in paths]
+    counts = Counter(names)
+    return [n + p.suffix if counts[n] > 1 else n for n, p in zip(names, paths)]
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    with atomic_output(path, fsync=False) as tmp:  # a stopped run leaves no truncated PNG; no fsync: 3 per image
+        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem: str, fmt: str = "default") -> np.ndarray:
     """Write NAME_label.png, NAME_color.png and NAME_overlay.png (or, for fmt="cityscapes", the labelId
     PNG the benchmark server takes); returns the overlay."""
-    from PIL import Image
-
     if fmt == "cityscapes":
         from .data.datasets import train_ids_to_label_ids
 
-        Image.fromarray(train_ids_to_label_ids(label)).save(out / f"{stem}.png")
+        _save_png(train_ids_to_label_ids(label), out / f"{stem}.png")
         return image
     colour = colorize(label, palette)
     blend = overlay(image, colour)
-    Image.fromarray(label).save(out / f"{stem}_label.png")
-    Image.fromarray(colour).save(out / f"{stem}_color.png")
-    Image.fromarray(blend).save(out / f"{stem}_overlay.png")
+    _save_png(label, out / f"{stem}_label.png")
+    _save_png(colour, out / f"{stem}_color.png")
+    _save_png(blend, out / f"{stem}_overlay.png")
     return blend
 
 
 def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = "default", batch_size: int = 1, log=print) -> Dict[str, Any]:
     """Segment image files in batches; unreadable files are reported and skipped."""
-    from tqdm import tqdm
+    from .progress import progress_bar
 
     out.mkdir(parents=True, exist_ok=True)
     skip = set(own_outputs(paths, out))
@@ -103,7 +113,7 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
     paths = [p for p in paths if p not in skip]
     stems = dict(zip(paths, output_names(paths))) if paths else {}
     done, failed, seconds = 0, [], 0.0
-    bar = tqdm(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
+    bar = progress_bar(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
     for start in range(0, len(paths), batch_size):
         batch, names = [], []
         for p in paths[start : start + batch_size]:
@@ -120,60 +130,70 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
         labels = seg.predict_batch(batch)
         seconds += time.perf_counter() - t0
         for p, image, label in zip(names, batch, labels):
-            (out / stems[p]).parent.mkdir(parents=True, exist_ok=True)
             write_outputs(image, label, seg.palette, out, stems[p], fmt)
         done += len(batch)
         bar.update(len(batch))
-        bar.set_postfix(fps=f"{done / max(seconds, 1e-9):.1f}")
+        bar.set_postfix(fps=f"{done / max(seconds, 1e-9):.1f}", refresh=False)
     bar.close()
     fps = done / seconds if seconds else 0.0
-    log(f"{done} image(s) segmented, {len(failed)} skipped, {fps:.1f} FPS (model time) -> {out}")
+    log(f"{done} image(s) segmented, {len(failed)} skipped, {fps:.3g} FPS (model time) -> {out}")
     return {"images": done, "skipped": failed, "fps": fps}
 
 
-def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frames: int = 0, log=print) -> Dict[str, Any]:
-    """Segment a video file or webcam stream frame by frame; writes an overlaid video."""
+def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frames: int = 0, log=print,
+                  name: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
+    """Segment a video file or webcam stream frame by frame into OUT/NAME_overlay.mp4, written atomically (a
+    webcam's stream ends with Ctrl-C and keeps what was written; a file stopped midway leaves nothing)."""
     try:
         import cv2
     except ImportError as e:
         raise RuntimeError("video needs OpenCV: pip install 'dabnet[video]'") from e
-    from tqdm import tqdm
+    from .progress import progress_bar
 
-    cap = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+    webcam = isinstance(source, int)
+    cap = cv2.VideoCapture(source if webcam else str(source))
     if not cap.isOpened():
         raise ImageReadError(f"cannot open video {source}: not a readable video file or camera")
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if not isinstance(source, int) else 0
-    name = f"webcam{source}" if isinstance(source, int) else Path(source).stem
-    out.mkdir(parents=True, exist_ok=True)
+    total = 0 if webcam else int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    name = name or (f"webcam{source}" if webcam else Path(source).stem)
     target = out / f"{name}_overlay.mp4"
-    writer = None
     frames, seconds = 0, 0.0
-    bar = tqdm(total=total or None, desc=name, unit="frame", dynamic_ncols=True)
+    bar = progress_bar(total=total or None, desc=name, unit="frame", dynamic_ncols=True)
     try:
-        while not max_frames or frames < max_frames:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            t0 = time.perf_counter()
-            label = seg.predict(rgb)
-            seconds += time.perf_counter() - t0
-            blend = overlay(rgb, colorize(label, seg.palette))
+        with atomic_output(target, fsync=False) as tmp:
+            writer = None
+            try:
+                while not max_frames or frames < max_frames:
+                    ok, bgr = cap.read()
+                    if not ok:
+                        break
+                    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                    t0 = time.perf_counter()
+                    label = seg.predict(rgb)
+                    seconds += time.perf_counter() - t0
+                    blend = overlay(rgb, colorize(label, seg.palette))
+                    if writer is None:
+                        h, w = rgb.shape[:2]
+                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
+                        if not writer.isOpened():
+                            raise OutputError(f"cannot write {target}: OpenCV could not open an mp4 writer there "
+                                              f"({w}x{h}); check that {target.parent} is writable")  # fmt: skip
+                    writer.write(cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
+                    frames += 1
+                    bar.update(1)
+                    bar.set_postfix(fps=f"{frames / max(seconds, 1e-9):.1f}", refresh=False)
+            except KeyboardInterrupt:  # how a webcam stream ends; a file stopped midway is not kept
+                if not webcam:
+                    raise
+            finally:
+                if writer is not None:
+                    writer.release()
             if writer is None:
-                h, w = rgb.shape[:2]
-                writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
-            writer.write(cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
-            frames += 1
-            bar.update(1)
-            bar.set_postfix(fps=f"{frames / max(seconds, 1e-9):.1f}")
-    except KeyboardInterrupt:  # a webcam runs until Ctrl-C; keep what was written
-        pass
+                raise ImageReadError(f"{source}: no frame could be read")
     finally:
         bar.close()
         cap.release()
-        if writer is not None:
-            writer.release()
     fps = frames / seconds if seconds else 0.0
     log(f"{name}: {frames} frame(s), {fps:.1f} FPS (model time) -> {target}")
     return {"frames": frames, "fps": fps, "video": str(target)}
@@ -189,6 +209,7 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
     if not images and not videos:
         print("dabnet predict: error: no input images or videos", file=sys.stderr)
         return 2
+    out = check_output_folder(cfg.out)  # before the model loads: a typo costs nothing
     options = dict(device=cfg.device, backend=cfg.backend, precision=cfg.precision, channels_last=cfg.channels_last)
     exported = is_exported(cfg.checkpoint)  # these carry their classes in the runner
     model = None if exported else load_model(cfg.checkpoint)
@@ -200,10 +221,15 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     seg = seg or Segmenter.from_checkpoint(model, **options)
-    out = Path(cfg.out)
     failed = bool(missing)
     if images:
         failed |= bool(predict_images(seg, images, out, cfg.format, cfg.batch_size, log=log)["skipped"])
+    files = [v for v in videos if not isinstance(v, int)]
+    names = dict(zip(files, output_names(files))) if files else {}
     for video in videos:
-        predict_video(seg, video, out, cfg.max_frames, log=log)
+        try:
+            predict_video(seg, video, out, cfg.max_frames, log=log, name=names.get(video))
+        except ImageReadError as e:  # as an unreadable image: reported, and the other inputs still run
+            print(f"dabnet predict: skipped {video}: {e}", file=sys.stderr)
+            failed = True
     return 1 if failed else 0

@@ -15,6 +15,8 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
         raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"the image is empty ({image.shape[1]}x{image.shape[0]} pixels)")
     image = to_uint8(image[:, :, :3])  # values first: on one channel, before it is repeated
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
@@ -47,6 +49,38 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
             return image.astype(np.uint8)
         raise ValueError(f"{image.dtype} image values span {low}..{high}: expected 0..255 (or a uint16 image)")
     raise ValueError(f"unsupported image dtype {image.dtype}: pass RGB uint8 (0-255)")
+
+
+# Below this many pixels a side, some runtimes' pooling has no window to run (OpenVINO's MaxPool fails at 2 px).
+# Smaller inputs run edge-padded to it and cropped back, on every backend alike, so all of them agree.
+MIN_SIDE = 16
+
+
+def pad_to_min_side(x: torch.Tensor, min_side: int = MIN_SIDE) -> torch.Tensor:
+    """NCHW `x`, edge-replicated at the bottom and right up to `min_side` pixels a side (itself when large enough)."""
+    h, w = x.shape[-2:]
+    if h >= min_side and w >= min_side:
+        return x
+    return torch.nn.functional.pad(x, (0, max(0, min_side - w), 0, max(0, min_side - h)), mode="replicate")
+
+
+def as_rgb_array(image) -> np.ndarray:
+    """What users pass as one image, as an HxWx3 uint8 array: a NumPy array (any layout `to_rgb` takes), a PIL
+    image, or a torch tensor (uint8 or float, HxWxC or CxHxW); anything else is a TypeError that says what works."""
+    if isinstance(image, np.ndarray):
+        return to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        arr = image.detach().cpu().numpy()
+        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+            arr = arr.transpose(1, 2, 0)  # CxHxW, as torchvision keeps images
+        return to_rgb(arr)
+    if type(image).__module__.startswith("PIL."):
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)  # as a viewer shows it
+        return to_rgb(np.asarray(image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")))
+    raise TypeError(f"cannot segment a {type(image).__name__}: pass an HxWx3 uint8 NumPy array, a PIL image, a torch "
+                    "tensor (HxWx3 or 3xHxW), or a file path")  # fmt: skip
 
 
 class Normalize:

@@ -13,7 +13,7 @@ from torch import nn
 from .checkpoint import inference_spec, is_exported, load_model
 from .data.classes import default_palette
 from .data.datasets import PathLike, read_image
-from .preprocessing import Normalize
+from .preprocessing import Normalize, as_rgb_array
 from .runtimes import choose_auto, cpu_has_bf16, predict_labels, prepare
 from .runtimes.onnx import OrtRunner
 
@@ -50,7 +50,15 @@ class Segmenter:
     """Load a model once and segment RGB images: `predict(HxWx3 uint8) -> HxW uint8`.
 
     `model` is a network (run as is unless `runner` is given) or a runner that carries its own
-    metadata (an ONNX file's `OrtRunner`). `mean`/`std` are the 0-255 RGB normalisation."""
+    metadata (an ONNX file's `OrtRunner`). `mean`/`std` are the 0-255 RGB normalisation.
+
+    Memory is bounded by `max_pixels`, the most pixels one forward pass sees: same-size images are batched up
+    to it, and a larger image runs as overlapping tiles of at most that size, each contributing its centre
+    (`tile_margin` pixels of context on every inner side), so a 100-megapixel photo costs little more than
+    its own bytes."""
+
+    max_pixels = 2048 * 2048
+    tile_margin = 128  # a multiple of 8: tiles start on the network's output grid
 
     def __init__(
         self,
@@ -149,19 +157,56 @@ class Segmenter:
         """Stack same-size RGB uint8 images into a normalised NCHW float tensor."""
         return self.normalize(images)
 
+    @staticmethod
+    def _image(image: Any) -> np.ndarray:
+        if isinstance(image, (str, Path)):
+            return read_image(image)
+        return as_rgb_array(image)
+
     @torch.inference_mode()
-    def predict_batch(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """Label maps for a list of images; images of one size run as one batch."""
+    def predict_batch(self, images: Sequence[Any]) -> List[np.ndarray]:
+        """Label maps for a list of images (arrays, PIL images, tensors or file paths); images of one size run as
+        one batch."""
+        stacked = isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4
+        if not (isinstance(images, (list, tuple)) or stacked):
+            raise TypeError(f"predict_batch takes a list of images, got a {type(images).__name__}; use predict for one image")
+        images = [self._image(im) for im in images]
         out: List[Optional[np.ndarray]] = [None] * len(images)
         by_size: dict = {}
         for i, im in enumerate(images):
             by_size.setdefault(im.shape[:2], []).append(i)
-        for idx in by_size.values():
-            labels = predict_labels(self.run, self.preprocess([images[i] for i in idx])).to(torch.uint8).cpu().numpy()
-            for j, i in enumerate(idx):
-                out[i] = labels[j]
+        for (h, w), idx in by_size.items():
+            if h * w > self.max_pixels:
+                for i in idx:
+                    out[i] = self._tiled(images[i])
+                continue
+            per_pass = max(1, self.max_pixels // (h * w))
+            for start in range(0, len(idx), per_pass):
+                chunk = idx[start : start + per_pass]
+                labels = self._labels([images[i] for i in chunk])
+                for j, i in enumerate(chunk):
+                    out[i] = labels[j]
         return out  # type: ignore[return-value]
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """HxW uint8 label map of one RGB (or grayscale/RGBA) image."""
+    def _labels(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return predict_labels(self.run, self.preprocess(images)).to(torch.uint8).cpu().numpy()
+
+    def _tiled(self, image: np.ndarray) -> np.ndarray:
+        """The label map of an image over `max_pixels`, tile by tile: each tile's centre, seen with its margin."""
+        h, w = image.shape[:2]
+        m = self.tile_margin
+        core = max(8, (int(self.max_pixels**0.5) - 2 * m) // 8 * 8)
+        out = np.empty((h, w), dtype=np.uint8)
+        for y0 in range(0, h, core):
+            for x0 in range(0, w, core):
+                y1, x1 = min(y0 + core, h), min(x0 + core, w)
+                ya, xa = max(0, y0 - m), max(0, x0 - m)
+                tile = self._labels([image[ya : min(h, y1 + m), xa : min(w, x1 + m)]])[0]
+                out[y0:y1, x0:x1] = tile[y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+        return out
+
+    def predict(self, image: Any) -> np.ndarray:
+        """HxW uint8 label map of one image: an RGB (or grayscale/RGBA) array, a PIL image, a tensor or a path."""
+        if isinstance(image, (list, tuple)):
+            raise TypeError(f"predict takes one image, got a {type(image).__name__} of {len(image)}; use predict_batch for several")
         return self.predict_batch([image])[0]

@@ -65,6 +65,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 class InferenceWorker:
     """One thread that owns the model; requests come through a bounded queue and are batched."""
 
+    RELEASE_AFTER_PIXELS = 2**22  # after a batch this large, once idle, memory goes back to the OS (a trim costs ms)
+
     def __init__(self, seg: Segmenter, cfg: ServeConfig) -> None:
         self.seg, self.cfg = seg, cfg
         self.queue: "queue.Queue[Tuple[np.ndarray, asyncio.AbstractEventLoop, asyncio.Future]]" = queue.Queue(cfg.max_queue)
@@ -98,15 +100,39 @@ class InferenceWorker:
             live = [b for b in batch if not b[2].cancelled()]
             if not live:
                 continue
-            t0 = time.perf_counter()
-            try:
-                labels = self.seg.predict_batch([b[0] for b in live])
-                ms = (time.perf_counter() - t0) * 1000
-                for (_, loop, fut), label in zip(live, labels):
-                    _post(loop, _resolve, fut, (label, ms))
-            except Exception as e:  # the model failed on this input: answer, keep serving
-                for _, loop, fut in live:
-                    _post(loop, _fail, fut, e)
+            if not self._answer(live) and len(live) > 1:
+                for item in live:  # one request's bad input must not fail the others batched with it
+                    self._answer([item])
+            pixels = sum(b[0].shape[0] * b[0].shape[1] for b in live)
+            del batch, live
+            if pixels > self.RELEASE_AFTER_PIXELS and self.queue.empty():
+                release_memory()
+
+    def _answer(self, items: List[Tuple[np.ndarray, Any, Any]]) -> bool:
+        """Run `items` as one batch and answer each; on failure answer only a lone item (its own error) and
+        return False, so that the caller can retry a batch's items one by one."""
+        t0 = time.perf_counter()
+        try:
+            labels = self.seg.predict_batch([b[0] for b in items])
+        except Exception as e:  # the model failed on this input: answer, keep serving
+            if len(items) == 1:
+                _post(items[0][1], _fail, items[0][2], e)
+            return False
+        ms = (time.perf_counter() - t0) * 1000
+        for (_, loop, fut), label in zip(items, labels):
+            _post(loop, _resolve, fut, (label, ms))
+        return True
+
+
+def release_memory() -> None:
+    """Give freed memory back to the OS (glibc keeps large freed blocks in its arenas: a burst of big images
+    would leave the process at its peak size while idle)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn, fut: asyncio.Future, value) -> None:
@@ -220,7 +246,13 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     ):
         """Segment one image (raw image bytes, or multipart with a 'file' field)."""
         t0 = time.perf_counter()
-        image = decode_image(await image_bytes(request, cfg.max_bytes), cfg.max_pixels)
+        try:  # a slow client cannot hold a connection for ever
+            data = await asyncio.wait_for(image_bytes(request, cfg.max_bytes), timeout=cfg.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPProblem(408, f"the upload did not complete within {cfg.timeout_s} s") from None
+        # Decoding and encoding large images take a while: off the event loop, so /healthz and others stay prompt.
+        image = await asyncio.to_thread(decode_image, data, cfg.max_pixels)
+        del data
         fut = worker.submit(image)
         try:
             label, model_ms = await asyncio.wait_for(fut, timeout=cfg.timeout_s)
@@ -229,9 +261,10 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
         total_ms = (time.perf_counter() - t0) * 1000
         headers = {"X-Latency-Ms": f"{total_ms:.1f}", "X-Model-Ms": f"{model_ms:.1f}"}
         if format == "label":
-            return Response(_png(label), media_type="image/png", headers=headers)
+            return Response(await asyncio.to_thread(_png, label), media_type="image/png", headers=headers)
         if format == "overlay":
-            return Response(_png(overlay(image, colorize(label, seg.palette))), media_type="image/png", headers=headers)
+            png = await asyncio.to_thread(lambda: _png(overlay(image, colorize(label, seg.palette))))
+            return Response(png, media_type="image/png", headers=headers)
         counts = np.bincount(label.ravel(), minlength=len(seg.class_names))
         fractions = {n: round(float(c) / label.size, 6) for n, c in zip(seg.class_names, counts)}
         return JSONResponse(

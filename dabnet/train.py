@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from . import distributed as D
 from .checkpoint import CheckpointError, load_model, make_checkpoint, read_checkpoint, save_checkpoint
-from .config import TrainConfig, save_config
+from .config import ConfigError, TrainConfig, save_config
 from .data.datasets import (
     DatasetError,
     SegmentationDataset,
@@ -32,8 +33,11 @@ from .data.datasets import (
 from .data.stats import class_weights, compute_stats
 from .data.transforms import EvalTransform, TrainTransform
 from .engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
+from .files import check_output_folder
 from .losses import build_loss
 from .models import create_model
+from .models.fused import set_fused
+from .models.layers import BROKEN_LIMIT, broken_channels, reinit_channels
 
 
 class ResumableSampler(Sampler):
@@ -290,12 +294,27 @@ def _class_weights(cfg: TrainConfig, train_ds: SegmentationDataset, device: torc
     return weights
 
 
+def _channels_text(broken: Dict[str, List[int]]) -> str:
+    return f"{sum(map(len, broken.values()))} channel(s) (" + "; ".join(f"{k} {v}" for k, v in broken.items()) + ")"
+
+
 def _build_model(cfg: TrainConfig, num_classes: int, device: torch.device, init: bool, log) -> Tuple[nn.Module, nn.Module]:
     """(model, forward): the network on its device, and what the steps call (DDP, compiled)."""
     model = create_model(cfg.model, num_classes, **cfg.model_kwargs)
     if cfg.init_from and init:
         model.load_state_dict(load_model(cfg.init_from, num_classes=num_classes, model_name=cfg.model).state_dict())
         log(f"initialised from {cfg.init_from}")
+        broken = broken_channels(model)
+        if broken:  # dead for good otherwise: see broken_channels
+            reinit_channels(model, broken)
+            log(f"re-initialised {_channels_text(broken)} of {cfg.init_from}: weights or statistics non-finite or beyond "
+                f"{BROKEN_LIMIT:g}")
+    if cfg.channels_last and cfg.precision == "bf16" and device.type == "cpu" and not cfg.fused:
+        # torch 2.13's CPU kernel returns garbage weight gradients (inf, 1e34) for dilated depth-wise convolutions
+        # in bf16 with channels_last (docs/TRAIN_SPEED.md); the fused kernels do not use it.
+        raise ConfigError("channels_last=true with precision=bf16 on a CPU needs fused=true: PyTorch's dilated depth-wise "
+                          "convolution returns wrong weight gradients there (docs/TRAIN_SPEED.md)")  # fmt: skip
+    set_fused(model, cfg.fused)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -350,7 +369,7 @@ def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
     )
     scaler = torch.amp.GradScaler(device.type) if (cfg.precision == "fp16" and device.type == "cuda") else None
     min_kept = cfg.ohem_min_kept if cfg.ohem_min_kept is not None else cfg.batch_size * cfg.crop_size[0] * cfg.crop_size[1] // 16
-    loss_fn = build_loss(cfg.loss, weights, train_ds.ignore_index, cfg.ohem_thresh, min_kept).to(device)
+    loss_fn = build_loss(cfg.loss, weights, train_ds.ignore_index, cfg.ohem_thresh, min_kept, cfg.fused).to(device)
     loader, val_loaders = _loaders(cfg, train_ds, val_sets, sampler, device)
     meta = dict(train_ds.describe(), config=dataclasses.asdict(cfg), selected_on=select_on, hardware=D.describe_hardware(device),
                 data_splits={"train": cfg.train_split, "val": cfg.val_split, "holdout": list(cfg.holdout)})  # fmt: skip
@@ -362,16 +381,16 @@ def _progress(run: Run, state: RunState) -> Tuple[Any, Callable[..., None]]:
     """A progress bar for the epoch (rank 0) and the step callback that feeds it."""
     bar = None
     if D.is_main():
-        from tqdm import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=run.iters_per_epoch, initial=state.iter_in_epoch, desc=f"epoch {state.epoch + 1}/{run.cfg.epochs}",
+        bar = progress_bar(total=run.iters_per_epoch, initial=state.iter_in_epoch, desc=f"epoch {state.epoch + 1}/{run.cfg.epochs}",
                    leave=False, dynamic_ncols=True, mininterval=1.0)  # fmt: skip
 
     def on_step(step: int, loss: float, lr: float, ips: float) -> None:
         if bar is not None:
             bar.update(1)
             if step % max(run.cfg.log_every, 1) == 0 or step == 1:
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}", refresh=False)
 
     return bar, on_step
 
@@ -411,6 +430,12 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
     mious = "".join(f"  {k} mIoU {100 * record[f'{k}_miou']:.2f}%{' (best)' if improved and k == run.select_on else ''}"
                     for k in run.val_loaders if record.get(f"{k}_miou") is not None)  # fmt: skip
     log(f"epoch {epoch}/{cfg.epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s{mious}")
+    broken = broken_channels(run.model)
+    if broken:  # a corrupted update: the channels are dead from here on, and the loss does not show it
+        log(f"warning: after epoch {epoch} {_channels_text(broken)} hold non-finite weights or weights beyond "
+            f"{BROKEN_LIMIT:g}; they are dead. "
+            "Resume from an earlier epoch_NNNN.pth with grad_clip, or start from these weights with init_from, "
+            "which re-initialises them.")  # fmt: skip
 
 
 def stop_run(run: Run, state: RunState, signum: int, log, saved: bool = False) -> Dict[str, Any]:
@@ -434,8 +459,70 @@ def _resume_point(cfg: TrainConfig, resume: Optional[str], restart: bool) -> Opt
     return ckpt
 
 
+RUN_FILES = ("last.pth", "best.pth", "epoch_*.pth", "config.yaml", "metrics.jsonl", "metrics.csv", "loss.png", "miou.png")
+
+
+# Settings a run cannot change midway (its weights, optimiser state or data order depend on them), and settings
+# that change nothing a resume restores.
+FIXED_ON_RESUME = ("dataset", "train_split", "holdout", "model", "model_kwargs", "batch_size", "optimizer", "seed")
+FREE_ON_RESUME = ("data_root", "workers", "check_data", "val_batch_size", "log_every", "out", "device", "init_from")
+
+
+def _check_resume_config(saved: Dict[str, Any], cfg: TrainConfig, path: str, log) -> None:
+    """Refuse a resume that changes what the checkpoint is (model, data, batch); name every other change."""
+    now = dataclasses.asdict(cfg)
+    changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k] and k not in FREE_ON_RESUME}
+    fixed = [f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items() if k in FIXED_ON_RESUME]
+    if fixed:
+        raise CheckpointError(f"cannot resume {path} with a different {', '.join(fixed)}. Use --restart to start over "
+                              "in this folder (the old run's files are moved aside), another --out, or the run's own "
+                              "settings (its config.yaml)")  # fmt: skip
+    if changed:
+        log("resuming with changed settings, applied from here on: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            + (" (the poly schedule is recomputed over the new epochs: the lr jumps to where it stands there)" if "epochs" in changed else ""))
+
+
+def _claim_out(cfg: TrainConfig, restart: bool, log) -> Any:
+    """Lock OUT for this run (a second `train` on it stops at once instead of overwriting its files) and, on
+    --restart, move the previous run's files into OUT/previous-TIMESTAMP/ so that nothing of it is lost and no
+    later `dabnet average OUT/epoch_*.pth` mixes two runs. Returns the open lock file; closing it unlocks."""
+    import fcntl
+
+    out = check_output_folder(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ConfigError(f"{out} is in use by another `dabnet train` ({holder}); wait for it to end, or use another --out") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}\n")
+    lock.flush()
+    previous = sorted({p for pattern in RUN_FILES for p in out.glob(pattern)})
+    if restart and previous:
+        aside = out / time.strftime("previous-%Y%m%d-%H%M%S")
+        aside.mkdir()
+        for p in previous:
+            p.rename(aside / p.name)
+        log(f"--restart: moved the previous run's {len(previous)} file(s) to {aside}")
+    return lock
+
+
 def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False, log=print) -> Dict[str, Any]:
     """Run (or continue) training as `cfg` says; returns a summary. Exits cleanly on SIGINT/SIGTERM."""
+    lock = _claim_out(cfg, restart, log) if D.is_main() else None
+    try:
+        return _train(cfg, resume, restart, log)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[str, Any]:
     device = _resolve_device(cfg)
     log = log if D.is_main() else (lambda *a, **k: None)
     ckpt = _resume_point(cfg, resume, restart)
@@ -443,6 +530,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
         # A longer schedule (--set epochs=N) continues a finished run; the poly decay stretches to it.
         log(f"{resume or Path(cfg.out) / 'last.pth'} already finished {ckpt['epoch']} epochs; raise epochs, use --restart or another --out")
         return {"best_miou": ckpt.get("best_miou"), "epoch": ckpt["epoch"], "out": cfg.out, "finished": True}
+    if ckpt is not None:
+        _check_resume_config(ckpt.get("config") or {}, cfg, resume or str(Path(cfg.out) / "last.pth"), log)
     run = build_run(cfg, device, fresh=ckpt is None, log=log)
     state = run.restore(ckpt) if ckpt is not None else RunState()
     if ckpt is not None:

@@ -19,8 +19,12 @@ def overlay(image: np.ndarray, colour_mask: np.ndarray, alpha: float = 0.5) -> n
     """Blend a colour mask over an RGB image (alpha is the mask's weight)."""
     if image.shape[:2] != colour_mask.shape[:2]:
         raise ValueError(f"image {image.shape[:2]} and mask {colour_mask.shape[:2]} differ in size")
-    blended = image.astype(np.float32) * (1 - alpha) + colour_mask.astype(np.float32) * alpha
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    out = np.empty(image.shape, dtype=np.uint8)
+    rows = max(1, 2**20 // max(1, image.shape[1]))  # a megapixel at a time: float copies of a whole photo are GBs
+    for y in range(0, image.shape[0], rows):
+        blended = image[y : y + rows].astype(np.float32) * (1 - alpha) + colour_mask[y : y + rows].astype(np.float32) * alpha
+        out[y : y + rows] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def side_by_side(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:

@@ -41,12 +41,14 @@ def test_train_speed_keeps_other_machines_sections(tmp_path):
     out = tmp_path / "TRAIN_SPEED.md"
     out.write_text("# Training speed\n\nOne section per machine.\n\n## Some other CPU, 2 threads x1\n\n| loop | images/s |\n| x | 1.00 |\n")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--crop", "32", "48", "--batch", "2", "--steps", "1",
-           "--repeats", "1", "--warmup", "0", "--variants", "eager", "--out", str(out)]  # fmt: skip
+           "--repeats", "1", "--warmup", "0", "--variants", "fused", "--profile", "2", "--out", str(out)]  # fmt: skip
     for _ in range(2):  # the second run replaces this machine's section instead of adding another
         subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path)
     text = out.read_text()
     assert text.count("## ") == 2 and "## Some other CPU, 2 threads x1\n\n| loop | images/s |" in text
-    assert text.count("| dabnet loop, eager |") == 1 and "--batch 2 --crop 32 48 --steps 1 --repeats 1" in text
+    assert text.count("| dabnet loop, fused |") == 1 and "--batch 2 --crop 32 48 --steps 1 --repeats 1 --profile 2" in text
+    # the profile of one step, eager and fused, its top two operators each
+    assert text.count("fused=false: ") == 1 and text.count("fused=true: ") == 1 and text.count("| operator |") == 2
 
 
 def test_averaging_table_from_kept_epochs(tmp_path, holdout_run):

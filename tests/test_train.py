@@ -388,6 +388,40 @@ def test_inf_gradients_step_after_step_stop_training(tiny_camvid, tmp_path, monk
         train_mod.train(_cfg(tiny_camvid, tmp_path / "run"), log=lambda *a: None)
 
 
+def test_init_from_weights_with_dead_channels_reinitialises_them_and_training_warns_when_channels_die(tiny_camvid, tmp_path):
+    """A depth-wise channel whose weight overflowed (as two layers of the v2 CamVid weights did) is dead for good:
+    init_from starts it afresh and says so; a run in which one appears says so after the epoch."""
+    from dabnet.models.layers import broken_channels
+
+    train_mod.train(_cfg(tiny_camvid, tmp_path / "a", epochs=1), log=lambda *a: None)
+    ckpt = torch.load(tmp_path / "a" / "last.pth", weights_only=True)
+    ckpt["model"]["block1.0.ddw3x1.conv.weight"][30] = 2.6e25
+    ckpt["model"]["block2.3.ddw3x1.bn.running_var"][5] = float("inf")
+    torch.save(ckpt, tmp_path / "broken.pth")
+    assert broken_channels(dabnet.load_model(tmp_path / "broken.pth")) == {"block1.0.ddw3x1": [30], "block2.3.ddw3x1": [5]}
+    logs = []
+    train_mod.train(_cfg(tiny_camvid, tmp_path / "b", epochs=1, init_from=str(tmp_path / "broken.pth")), log=logs.append)
+    assert any("re-initialised 2 channel(s) (block1.0.ddw3x1 [30]; block2.3.ddw3x1 [5])" in m for m in logs), logs
+    assert not any("warning: after epoch" in m for m in logs)
+    after = torch.load(tmp_path / "b" / "last.pth", weights_only=True)["model"]
+    assert after["block1.0.ddw3x1.conv.weight"].abs().max() < 10 and torch.isfinite(after["block2.3.ddw3x1.bn.running_var"]).all()
+
+    real = train_mod.end_of_epoch
+
+    def corrupt_then_end(run, *a, **k):  # an update that overflows one weight, as a kernel bug would
+        with torch.no_grad():
+            run.model.block1[0].ddw3x1.conv.weight[3] = float("inf")
+        return real(run, *a, **k)
+
+    logs.clear()
+    train_mod.end_of_epoch = corrupt_then_end
+    try:
+        train_mod.train(_cfg(tiny_camvid, tmp_path / "c", epochs=1), log=logs.append)
+    finally:
+        train_mod.end_of_epoch = real
+    assert any("warning: after epoch 1 1 channel(s) (block1.0.ddw3x1 [3]) hold non-finite weights" in m for m in logs), logs
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])
 def test_clip_and_check_rejects_gradients_whose_square_overflows(grad_clip):
     from dabnet.engine import clip_and_check

@@ -45,9 +45,9 @@ def check_split(name: str, root: str, split: str, progress: bool = True) -> Spli
     acc = StatsAccumulator(ds.num_classes)
     indices = range(len(ds))
     if progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        indices = tqdm(indices, desc=f"checking {name}:{split}", unit="img", leave=False)
+        indices = progress_bar(indices, desc=f"checking {name}:{split}", unit="img", leave=False)
     for i in indices:
         try:
             acc.add(*ds.load_pair(i))

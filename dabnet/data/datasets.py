@@ -58,7 +58,7 @@ def read_image(path: PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise
     except Exception as e:
-        raise ImageReadError(f"corrupt or truncated image {path}: {e}. Re-export or remove this file.") from e
+        raise ImageReadError(f"corrupt or truncated image {path}: {str(e).rstrip('.')}. Re-export or remove this file.") from e
 
 
 def pil_to_rgb(im) -> np.ndarray:
@@ -104,7 +104,7 @@ def read_mask(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise DatasetError(f"mask file missing: {path}") from None
     except Exception as e:
-        raise DatasetError(f"corrupt or truncated mask {path}: {e}. Re-export or remove this file.") from e
+        raise DatasetError(f"corrupt or truncated mask {path}: {str(e).rstrip('.')}. Re-export or remove this file.") from e
     if arr.ndim == 3:
         raise DatasetError(
             f"mask {path} has {arr.shape[2]} channels (mode {mode}); masks must be single-channel class ids. "
@@ -358,6 +358,9 @@ def load_folder_spec(path: PathLike) -> Dict[str, Any]:
         raise DatasetError(f"{path}: 'classes' (a list of class names) is required")
     if not isinstance(spec.get("splits"), dict) or not spec["splits"]:
         raise DatasetError(f"{path}: 'splits' is required, e.g. splits: {{train: {{images: img/train, masks: ann/train}}}}")
+    if spec.get("id_map") is not None and not isinstance(spec["id_map"], dict):
+        raise DatasetError(f"{path}: 'id_map' maps raw mask values to class ids, e.g. id_map: {{0: 255, 7: 0, 8: 1}}; "
+                           f"got a {type(spec['id_map']).__name__}")  # fmt: skip
     palette = spec.get("palette")
     if palette is not None and len(palette) != len(spec["classes"]):
         raise DatasetError(f"{path}: {len(palette)} palette colours for {len(spec['classes'])} classes")

@@ -41,9 +41,9 @@ class DeviceBatches:
         images, masks = [], []
         indices = range(len(dataset))
         if progress:
-            from tqdm import tqdm
+            from ..progress import progress_bar
 
-            indices = tqdm(indices, desc=f"decoding {dataset.name} onto {device}", unit="img", leave=False)
+            indices = progress_bar(indices, desc=f"decoding {dataset.name} onto {device}", unit="img", leave=False)
         for i in indices:
             image, mask = dataset.load_pair(i)
             images.append(torch.from_numpy(image).permute(2, 0, 1).to(device))

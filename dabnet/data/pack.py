@@ -12,7 +12,8 @@ from typing import Dict, Sequence
 
 from PIL import Image
 
-from .datasets import CamVid, PathLike
+from ..files import atomic_output
+from .datasets import CamVid, ImageReadError, PathLike
 
 
 def pack_camvid(root: PathLike, out: PathLike, splits: Sequence[str] = ("train", "val"), quality: int = 95) -> Dict[str, object]:
@@ -23,14 +24,22 @@ def pack_camvid(root: PathLike, out: PathLike, splits: Sequence[str] = ("train",
         raise ValueError(f"data pack: the output {out} is the CamVid folder {root} or inside it; pick a folder elsewhere "
                          "(e.g. data_packed/camvid) so that the source stays untouched")  # fmt: skip
     counts = {}
-    for split in splits:
+    # trainval is train + val read together, not a folder of its own: pack its two halves, which it reads
+    folders = list(dict.fromkeys(s for split in splits for s in (("train", "val") if split == "trainval" else (split,))))
+    for split in folders:
         pairs = CamVid(root, split).pairs  # validates the layout and pairs images with labels
         (out / split).mkdir(parents=True, exist_ok=True)
         (out / f"{split}annot").mkdir(parents=True, exist_ok=True)
         for image, label in pairs:
-            with Image.open(image) as im:
-                im.convert("RGB").save(out / split / f"{image.stem}.jpg", quality=quality, subsampling=0)
-            shutil.copyfile(label, out / f"{split}annot" / f"{image.stem}{label.suffix}")
+            try:
+                with Image.open(image) as im:
+                    frame = im.convert("RGB")
+            except OSError as e:  # truncated or corrupt: name it, rather than a decoder's traceback
+                raise ImageReadError(f"data pack: {image} cannot be decoded ({e}); restore or replace it, then pack again") from None
+            with atomic_output(out / split / f"{image.stem}.jpg", fsync=False) as tmp:
+                frame.save(tmp, format="JPEG", quality=quality, subsampling=0)
+            with atomic_output(out / f"{split}annot" / f"{image.stem}{label.suffix}", fsync=False) as tmp:
+                shutil.copyfile(label, tmp)
         counts[split] = len(pairs)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"out": str(out), "images": counts, "mb": round(size / 2**20, 1)}

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Union
 
 import numpy as np
 
+from .. import files
 from .datasets import IGNORE_INDEX, SegmentationDataset
 
 
@@ -103,34 +105,34 @@ def _cache_key(dataset: SegmentationDataset) -> str:
     return h.hexdigest()[:24]
 
 
-def default_cache_dir() -> Path:
-    """Where statistics are cached: $DABNET_CACHE, else ~/.cache/dabnet."""
-    return Path(os.environ.get("DABNET_CACHE", Path.home() / ".cache" / "dabnet"))
-
-
 def compute_stats(
     dataset: SegmentationDataset, cache_dir: Union[Path, str, None, bool] = None, progress: bool = False
 ) -> DatasetStats:
     """Statistics of every (image, mask) pair of `dataset`; `cache_dir=False` turns the cache off."""
     cache_file = None
     if cache_dir is not False:
-        cache_file = Path(cache_dir or default_cache_dir()) / f"stats-{_cache_key(dataset)}.json"
+        cache_file = Path(cache_dir or files.cache_dir()) / f"stats-{_cache_key(dataset)}.json"
         if cache_file.is_file():
-            return DatasetStats(**json.loads(cache_file.read_text()))
+            try:
+                return DatasetStats(**json.loads(cache_file.read_text()))
+            except (ValueError, TypeError, OSError) as e:  # corrupt, or written by another version: recompute it
+                warnings.warn(f"ignoring the unreadable statistics cache {cache_file} ({type(e).__name__}); recomputing",
+                              stacklevel=2)  # fmt: skip
     acc = StatsAccumulator(dataset.num_classes)
     indices = range(len(dataset))
     if progress:
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
-        indices = tqdm(indices, desc=f"statistics of {dataset.name}", unit="img")
+        indices = progress_bar(indices, desc=f"statistics of {dataset.name}", unit="img")
     for i in indices:
         acc.add(*dataset.load_pair(i))
     stats = acc.result()
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(stats)))
-        os.replace(tmp, cache_file)
+        try:
+            with files.atomic_output(cache_file, fsync=False) as tmp:
+                tmp.write_text(json.dumps(asdict(stats)))
+        except OSError as e:  # a cache that cannot be written costs the next run time, not this one its result
+            warnings.warn(f"could not cache the statistics at {cache_file}: {e.strerror or e}", stacklevel=2)
     return stats
 
 

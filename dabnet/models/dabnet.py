@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .fused import bn_prelu
 from .layers import BNPReLU, ConvBNPReLU, ERFNetDecoder, init_weights, resize_to
 from .registry import register_model
 
@@ -50,6 +51,8 @@ class DABModule(nn.Module):
 class DownsamplingBlock(nn.Module):
     """ENet-style downsampling: a stride-2 3x3 conv, concatenated with a 2x2 max pool when widening."""
 
+    fused = False  # as BNPReLU
+
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
         self.use_pool = in_ch < out_ch
@@ -65,11 +68,14 @@ class DownsamplingBlock(nn.Module):
         out = self.conv(x)
         if self.use_pool:
             out = torch.cat([out, self.pool(x)], 1)
-        return self.act(self.bn(out))
+        return bn_prelu(out, self.bn, self.act, self.fused)
 
 
 class SPPHead(nn.Module):
     """Pyramid pooling head (PSPNet-style bins 1, 2, 3, 6), the "SPP" decoder of Table 2."""
+
+    # Read by the ONNX writer, which refuses such a network up front (OpenVINO converts it from PyTorch directly).
+    onnx_blocker = "pyramid pooling (adaptive average pooling to fixed bins), which ONNX cannot express for sizes known only at run time"
 
     def __init__(self, in_ch: int, num_classes: int, bins: Sequence[int] = (1, 2, 3, 6), mid: int = 512) -> None:
         super().__init__()
@@ -91,6 +97,7 @@ class DABNet(nn.Module):
     """DABNet (paper Table 1): stem, two DAB blocks with input injection, 1x1 classifier, x8 bilinear."""
 
     size_multiple = 8  # any size works; multiples of 8 need no padding and export with dynamic H, W
+    fused = False  # training's x8 upsampling as matrix products (models.fused.set_fused)
 
     def __init__(
         self,
@@ -139,7 +146,7 @@ class DABNet(nn.Module):
         out1 = self.norm2(torch.cat([self.block1(out1_0), out1_0, in2], 1))
         out2_0 = self.down2(out1)
         out2 = self.norm3(torch.cat([self.block2(out2_0), out2_0, in3], 1))
-        return resize_to(self.classifier(out2), size)
+        return resize_to(self.classifier(out2), size, self.fused)
 
 
 def default_dilations_2(block_2: int) -> List[int]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import PaddedNet, init_weights
+from .layers import MaxUnpool2x, PaddedNet, init_weights
 from .registry import register_model
 
 
@@ -84,7 +84,7 @@ class UpBottleneck(nn.Module):
         super().__init__()
         mid = in_ch // 4
         self.skip = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch, eps=1e-3))
-        self.unpool = nn.MaxUnpool2d(2, 2)
+        self.unpool = MaxUnpool2x()
         self.project = nn.Sequential(nn.Conv2d(in_ch, mid, 1, bias=False), _bn_prelu(mid))
         self.up = nn.ConvTranspose2d(mid, mid, 3, 2, padding=1, output_padding=1, bias=False)
         self.up_norm = _bn_prelu(mid)

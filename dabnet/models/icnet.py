@@ -61,6 +61,7 @@ class ICNet(PaddedNet):
     """ICNet with a ResNet-50 backbone shared by the 1/2 and 1/4 branches."""
 
     size_multiple = 32  # inputs are padded to this multiple; exported graphs need it
+    onnx_blocker = "pyramid pooling (adaptive average pooling to fixed bins), which ONNX cannot express for sizes known only at run time"
 
     def __init__(self, num_classes: int = 19, bins: Tuple[int, ...] = (1, 2, 3, 6)) -> None:
         super().__init__()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fused import bn_prelu, conv_bn_prelu, resize_bilinear
 
 _Size = Union[int, Tuple[int, int]]
 
@@ -24,14 +26,21 @@ def same_padding(kernel_size: _Size, dilation: _Size = 1) -> Tuple[int, int]:
 class BNPReLU(nn.Sequential):
     """BatchNorm followed by a per-channel PReLU (the pre-activation unit of DABNet and ESPNet)."""
 
+    fused = False  # training on the compiled BatchNorm+PReLU kernel (models.fused.set_fused)
+
     def __init__(self, channels: int, eps: float = 1e-3) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(channels, eps=eps)
         self.act = nn.PReLU(channels)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bn_prelu(x, self.bn, self.act, self.fused)
+
 
 class ConvBNPReLU(nn.Sequential):
     """Bias-free convolution, BatchNorm, PReLU; "same" padding unless given."""
+
+    fused = False  # as BNPReLU
 
     def __init__(
         self,
@@ -49,6 +58,9 @@ class ConvBNPReLU(nn.Sequential):
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, pad, dilation, groups, bias=False)
         self.bn = nn.BatchNorm2d(out_ch, eps=eps)
         self.act = nn.PReLU(out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv_bn_prelu(x, self.conv, self.bn, self.act, self.fused)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -73,9 +85,10 @@ class ConvBNReLU(nn.Sequential):
             self.act = nn.ReLU(inplace=True)
 
 
-def resize_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of logits or features (align_corners=False, as the official DABNet)."""
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+def resize_to(x: torch.Tensor, size: Tuple[int, int], fused: bool = False) -> torch.Tensor:
+    """Bilinear resize of logits or features (align_corners=False, as the official DABNet); `fused`: the
+    training form of models.fused.resize_bilinear."""
+    return resize_bilinear(x, size, fused)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -88,6 +101,16 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     ph = (multiple - h % multiple) % multiple
     pw = (multiple - w % multiple) % multiple
     return F.pad(x, (0, pw, 0, ph))
+
+
+class MaxUnpool2x(nn.Module):
+    """nn.MaxUnpool2d(2, 2) written as a scatter: the same output, and it exports to ONNX with dynamic sizes
+    (PyTorch's own max_unpool2d does not: its output-size check fails to trace)."""
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        out = x.new_zeros(n, c, 4 * h * w)
+        return out.scatter(2, indices.flatten(2), x.flatten(2)).view(n, c, 2 * h, 2 * w)
 
 
 class PaddedNet(nn.Module):
@@ -166,3 +189,38 @@ def init_weights(module: nn.Module, mode: str = "fan_in") -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+BROKEN_LIMIT = 1e8  # no trained weight or BatchNorm statistic comes near this; beyond it a channel carries no signal
+
+
+def broken_channels(model: nn.Module, limit: float = BROKEN_LIMIT) -> Dict[str, List[int]]:
+    """{name: output channels} of every convolution + BatchNorm pair whose weights or statistics for a channel
+    are non-finite or beyond `limit`: channels that a corrupted update has left dead (BatchNorm divides them by
+    an overflowed variance) and that training cannot bring back (an optimiser step moves a weight by about lr)."""
+    found: Dict[str, List[int]] = {}
+    for name, m in model.named_modules():
+        conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
+        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features):
+            continue
+        stats = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        per_channel = [conv.weight.detach().flatten(1)] + [t.detach()[:, None] for t in stats if t is not None]
+        bad = torch.cat([(~torch.isfinite(t)) | (t.abs() > limit) for t in per_channel], dim=1).any(dim=1)
+        if bool(bad.any()):
+            found[name] = bad.nonzero().flatten().tolist()
+    return found
+
+
+@torch.no_grad()
+def reinit_channels(model: nn.Module, channels: Dict[str, List[int]]) -> None:
+    """Start the given output channels of each convolution + BatchNorm pair afresh, as `init_weights` does."""
+    modules = dict(model.named_modules())
+    for name, idx in channels.items():
+        conv, bn = modules[name].conv, modules[name].bn
+        fresh = torch.empty_like(conv.weight)
+        nn.init.kaiming_normal_(fresh, mode="fan_in", nonlinearity="relu")
+        conv.weight[idx] = fresh[idx]
+        if bn.affine:
+            bn.weight[idx], bn.bias[idx] = 1.0, 0.0
+        if bn.track_running_stats:
+            bn.running_mean[idx], bn.running_var[idx] = 0.0, 1.0

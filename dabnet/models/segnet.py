@@ -12,7 +12,7 @@ from typing import List
 import torch
 from torch import nn
 
-from .layers import ConvBNReLU, PaddedNet, init_weights
+from .layers import ConvBNReLU, MaxUnpool2x, PaddedNet, init_weights
 from .registry import register_model
 
 _ENCODER = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
@@ -39,7 +39,7 @@ class SegNet(PaddedNet):
             self.encoders.append(_stage(chans, in_ch))
             in_ch = chans[-1]
         self.pool = nn.MaxPool2d(2, 2, return_indices=True)
-        self.unpool = nn.MaxUnpool2d(2, 2)
+        self.unpool = MaxUnpool2x()
         # The decoder mirrors the encoder; each stage's last conv narrows to the next stage's width.
         self.decoders = nn.ModuleList()
         for i in reversed(range(len(_ENCODER))):

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..metrics import labels_from_logits
 from ..precision import PRECISIONS, cpu_flags, cpu_has_bf16
+from ..preprocessing import pad_to_min_side
 from .pytorch import fold_batchnorm, torch_runner
 
 BACKENDS: List[str] = ["auto", "eager", "fold", "compile", "int8", "onnxruntime", "openvino"]
@@ -91,8 +92,11 @@ def prepare(
 def predict_labels(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """NxHxW class indices from a runner: its own `labels` where it has one (OpenVINO computes the
     arg-max inside the graph), else the arg-max of its logits."""
+    h, w = x.shape[-2:]
+    x = pad_to_min_side(x)  # a 1x1 image runs on every backend, and the same way on each
     own = getattr(runner, "labels", None)
-    return own(x) if own is not None else labels_from_logits(runner(x))
+    labels = own(x) if own is not None else labels_from_logits(runner(x))
+    return labels[..., :h, :w]
 
 
 __all__ = ["BACKENDS", "PRECISIONS", "choose_auto", "cpu_has_bf16", "fold_batchnorm", "predict_labels", "prepare"]

@@ -28,13 +28,17 @@ def model_metadata(model: nn.Module) -> Dict[str, Any]:
 def export_sizes(model: nn.Module) -> Tuple[Tuple[int, int], Tuple[int, int]]:
     """One size the network needs no padding for, and one odd size that exercises the dynamic axes."""
     m = getattr(model, "size_multiple", 8)
-    return (45 * m, 60 * m) if m <= 8 else (12 * m, 15 * m), (97, 131)
+    return (45 * m, 60 * m) if m <= 8 else (4 * m, 5 * m), (97, 131)
 
 
 def write_onnx(model: nn.Module, path: PathLike, opset: int = 17) -> Path:
     """Write `model` (eval mode) as ONNX with dynamic batch/H/W and its metadata; no check."""
     import onnx
 
+    blocker = next((m.onnx_blocker for m in model.modules() if getattr(m, "onnx_blocker", None)), None)
+    if blocker:
+        raise ValueError(f"{model.model_name} cannot be written to ONNX with dynamic sizes: it has {blocker}. Use "
+                         "--format openvino or torchscript, or the openvino, fold or eager backend")  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.randn(1, 3, *export_sizes(model)[0])

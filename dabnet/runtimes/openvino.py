@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -27,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import files
 from ..data.datasets import PathLike
-from ..data.stats import default_cache_dir
 from ..metrics import labels_from_logits
 from ..precision import cpu_flags, cpu_has_bf16
 from .onnx import META_KEYS, export_sizes, model_metadata
@@ -217,10 +218,13 @@ def cache_key(model: nn.Module, kind: str, calibration: Optional[Sequence[torch.
 def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None) -> Path:
     """The IR of `model` (float, or int8 quantized on `calibration`), converted once and then read from the cache."""
     kind = f"int8-{QUANT_PRESET}" if int8 else "float"
-    folder = Path(cache_dir or default_cache_dir()) / "openvino" / f"{model.model_name}-{kind}-{cache_key(model, kind, calibration)}"
+    folder = Path(cache_dir or files.cache_dir()) / "openvino" / f"{model.model_name}-{kind}-{cache_key(model, kind, calibration)}"
     xml = folder / "model.xml"
-    if xml.is_file() and (folder / "model.bin").is_file():
+    if _whole(folder):
         return xml
+    if folder.exists():  # truncated or damaged (a disk that filled, a copy cut short): rebuilt, not used as is
+        warnings.warn(f"the cached OpenVINO model {folder} is incomplete; rebuilding it", stacklevel=2)
+        shutil.rmtree(folder, ignore_errors=True)
     ov = _openvino()
     ov_model = convert(model)
     info: Dict[str, Any] = {"versions": package_versions(), "cpu": cpu_flags()}
@@ -231,6 +235,7 @@ def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     try:
         ov.save_model(ov_model, str(tmp / "model.xml"), compress_to_fp16=False)
+        info["sizes"] = {name: (tmp / name).stat().st_size for name in IR_FILES}  # what _whole checks
         (tmp / "info.json").write_text(json.dumps(info, indent=1))
         try:
             os.replace(tmp, folder)  # atomic: a reader sees no IR or a whole one
@@ -239,6 +244,18 @@ def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return xml
+
+
+IR_FILES = ("model.xml", "model.bin")
+
+
+def _whole(folder: Path) -> bool:
+    """Whether a cached IR folder holds both files at the sizes recorded when it was written."""
+    try:
+        sizes = json.loads((folder / "info.json").read_text())["sizes"]
+        return all((folder / name).stat().st_size == sizes[name] for name in IR_FILES)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def label_agreement(model: nn.Module, runner, batches: Iterable[torch.Tensor]) -> float:

@@ -1,0 +1,131 @@
+"""Writing files safely: atomic outputs, outputs checked before the work, and OS errors in one readable line.
+
+A leaf module (it imports nothing of dabnet's), so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written (read-only, a folder where a file is meant, an input of the command)."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename itself must reach the disk, or a crash can leave the old name behind.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, fsync: bool = True, mode: Optional[int] = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block ends normally it becomes `path` in one rename, on any
+    exception (Ctrl-C included) it is removed: a reader never sees a half-written file, and an old one survives.
+    `mode`: the file's permissions (default: as the umask makes them)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp name keeps the suffix: writers that pick a format by it (video containers) see the real one.
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # mkstemp makes 0600; follow the umask
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def check_output_file(path: PathLike, option: str = "--out", inputs: Sequence[PathLike] = ()) -> Path:
+    """`path` as a file this command may write: not a folder, not one of its `inputs`, in a folder it can create
+    and write. Checked before the work, so that an hour of evaluation is not lost to a typo."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; give a file name inside it, e.g. {path / 'out'}")
+    for item in inputs:
+        if path.exists() and Path(item).exists() and os.path.samefile(path, item):
+            raise OutputError(f"{option} {path} is an input of this command; it would be overwritten. Choose another {option}")
+    check_output_folder(path.parent, option)
+    if path.exists() and not os.access(path, os.W_OK):  # root may write it anyway; then it is writable
+        raise OutputError(f"{option} {path} exists and is not writable; choose another {option}")
+    return path
+
+
+def check_output_folder(folder: PathLike, option: str = "--out") -> Path:
+    """`folder` can be created (or exists) and written, or an OutputError that names it and the fix. Nothing
+    is left behind: a folder that does not exist yet is created by the first output, not by the check."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{option} {folder} is a file, not a folder; choose a folder path")
+    existing = folder
+    while not existing.exists():  # the nearest folder that exists is where the new one would be made
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create {option} folder {folder}: {existing} is a file; choose another path")
+    try:  # a real write: permission bits say nothing for root, nor on a read-only mount
+        os.rmdir(tempfile.mkdtemp(prefix=".dabnet-probe-", dir=existing))
+    except OSError as e:
+        what = f"{option} folder {folder} is not writable" if existing == folder else f"cannot create {option} folder {folder}"
+        raise OutputError(f"{what} ({e.strerror or e}); choose a writable folder") from None
+    return folder
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError that escaped: which file, what went wrong, what to do."""
+    target = e.filename or ""
+    where = f" {target}" if target else ""
+    if e.errno == errno.ENOSPC:
+        free = ""
+        with contextlib.suppress(OSError):
+            free = f" ({shutil.disk_usage(Path(target).parent if target else '.').free / 2**20:.0f} MiB free)"
+        return f"disk full writing{where}{free}: free some space or write elsewhere"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write{where}: {e.strerror}; choose a writable path"
+    return f"{e.strerror or e}{':' + where if where else ''}"
+
+
+_fallback_cache: Optional[Path] = None
+
+
+def cache_dir() -> Path:
+    """The cache folder: $DABNET_CACHE, else ~/.cache/dabnet; where that cannot be written, a temporary folder
+    for this process, with one warning (a cache is an optimisation: its absence never stops a command)."""
+    global _fallback_cache
+    wanted = Path(os.environ.get("DABNET_CACHE", Path.home() / ".cache" / "dabnet"))
+    try:
+        check_output_folder(wanted, "cache")
+        return wanted
+    except OutputError as e:
+        if _fallback_cache is None:
+            import atexit
+            import warnings
+
+            _fallback_cache = Path(tempfile.mkdtemp(prefix="dabnet-cache-"))
+            atexit.register(shutil.rmtree, _fallback_cache, True)
+            warnings.warn(f"{e}; caching in {_fallback_cache} for this run only. Set DABNET_CACHE to a writable folder "
+                          "to keep the cache.", stacklevel=2)  # fmt: skip
+        return _fallback_cache
