@@ -177,6 +177,20 @@ def _data_pack(cfg: C.DataPackConfig) -> int:
     return 0
 
 
+def _data_import(cfg: C.DataImportConfig) -> int:
+    from .data.check import check_dataset, format_report, is_clean
+    from .data.importers import import_annotations
+
+    res = import_annotations(cfg.format, cfg.source, cfg.images, cfg.out, cfg.val_fraction, cfg.classes)
+    print(f"imported {res['images']} image(s), {len(res['classes'])} classes ({', '.join(res['classes'])}) -> {res['yaml']}")
+    reports = check_dataset("folder", res["yaml"], progress=False)  # what training will read, checked now
+    print(format_report(reports))
+    clean = is_clean(reports)
+    print(f"dataset is clean; train on it with: dabnet train --config finetune --set data_root={res['yaml']}"
+          if clean else "dataset has problems (see PROBLEM lines above)")  # fmt: skip
+    return 0 if clean else 1
+
+
 COMMANDS: Dict[str, Tuple[Type, Callable[[Any], int]]] = {
     "models": (C.ModelsConfig, _models),
     "demo": (C.DemoConfig, _demo),
@@ -192,6 +206,7 @@ DATA_COMMANDS: Dict[str, Tuple[Type, Callable[[Any], int]]] = {
     "check": (C.DataCheckConfig, _data_check),
     "stats": (C.DataStatsConfig, _data_stats),
     "pack": (C.DataPackConfig, _data_pack),
+    "import": (C.DataImportConfig, _data_import),
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 import yaml
 
 from .data.datasets import DATASETS
+from .data.importers import IMPORTERS
 from .precision import PRECISIONS
 from .runtimes import BACKENDS
 
@@ -390,6 +391,23 @@ class DataPackConfig:
         require(isinstance(self.quality, int) and 1 <= self.quality <= 100, "quality", self.quality, "1-100")
         for split in self.splits:
             check_choice("splits", split, ["train", "val", "test", "trainval"])
+
+
+@dataclass
+class DataImportConfig:
+    """An annotation tool's export (COCO, CVAT masks, Labelme) as a folder dataset with its dataset.yaml."""
+
+    format: str = option("coco", "the export's format", choices=list(IMPORTERS), positional=True)
+    source: str = option("", "COCO: the JSON file; CVAT: the export folder (labelmap.txt); Labelme: the folder of .json files",
+                         positional=True)  # fmt: skip
+    images: str = option("", "folder holding the annotated images", required=True, metavar="DIR")
+    out: str = option("", "new dataset folder (images/, masks/, dataset.yaml)", required=True, metavar="DIR")
+    val_fraction: float = option(0.0, "share of the images (the last ones, in the export's order) put in a val split")
+    classes: Optional[List[str]] = option(None, "Labelme: class names in id order (default: the labels, sorted)", nargs="+")
+
+    def __post_init__(self) -> None:
+        check_choice("format", self.format, list(IMPORTERS))
+        require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a share in [0, 1)")
 
 
 def find_config(name_or_path: str) -> Path:

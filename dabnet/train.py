@@ -298,12 +298,32 @@ def _channels_text(broken: Dict[str, List[int]]) -> str:
     return f"{sum(map(len, broken.values()))} channel(s) (" + "; ".join(f"{k} {v}" for k, v in broken.items()) + ")"
 
 
+def _init_from(model: nn.Module, cfg: TrainConfig, log) -> None:
+    """Load `cfg.init_from` into `model`: every tensor whose name and shape match; with another class count the
+    classifier (whatever depends on the classes) keeps its fresh initialisation: a new head on pretrained weights."""
+    source = load_model(cfg.init_from)
+    if source.model_name != cfg.model:
+        raise ConfigError(f"init_from={cfg.init_from} holds a {source.model_name}, but this run trains model={cfg.model}; "
+                          f"use weights of a {cfg.model}, or --set model={source.model_name}")  # fmt: skip
+    theirs, ours = source.state_dict(), model.state_dict()
+    kept = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
+    new = [k for k in ours if k not in kept]
+    if len(kept) < len(ours) // 2:
+        raise ConfigError(f"init_from={cfg.init_from} shares only {len(kept)} of {len(ours)} tensors with this {cfg.model} "
+                          f"(model_kwargs {cfg.model_kwargs} against {source.model_kwargs}); give weights of the same network")  # fmt: skip
+    model.load_state_dict(kept, strict=False)
+    if not new:
+        log(f"initialised from {cfg.init_from}")
+        return
+    log(f"initialised from {cfg.init_from}: {len(kept)} tensors kept, {len(new)} new for {model.num_classes} classes instead "
+        f"of {source.num_classes} ({', '.join(new)})")  # fmt: skip
+
+
 def _build_model(cfg: TrainConfig, num_classes: int, device: torch.device, init: bool, log) -> Tuple[nn.Module, nn.Module]:
     """(model, forward): the network on its device, and what the steps call (DDP, compiled)."""
     model = create_model(cfg.model, num_classes, **cfg.model_kwargs)
     if cfg.init_from and init:
-        model.load_state_dict(load_model(cfg.init_from, num_classes=num_classes, model_name=cfg.model).state_dict())
-        log(f"initialised from {cfg.init_from}")
+        _init_from(model, cfg, log)
         broken = broken_channels(model)
         if broken:  # dead for good otherwise: see broken_channels
             reinit_channels(model, broken)
@@ -514,7 +534,8 @@ def _claim_out(cfg: TrainConfig, restart: bool, log) -> Any:
 
 def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False, log=print) -> Dict[str, Any]:
     """Run (or continue) training as `cfg` says; returns a summary. Exits cleanly on SIGINT/SIGTERM."""
-    lock = _claim_out(cfg, restart, log) if D.is_main() else None
+    # torchrun's processes all get here before the process group exists: RANK tells the first one.
+    lock = _claim_out(cfg, restart, log) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
         return _train(cfg, resume, restart, log)
     finally:

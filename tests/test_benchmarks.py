@@ -91,3 +91,32 @@ def test_recipe_table_names_the_run_the_bundled_weights_come_from(repo_script):
     line = recipes.bundled_line([Path("elsewhere") / source])
     assert line.startswith(f"Bundled now as `dabnet-camvid`: {source}, epoch {meta['epoch']} ({100 * meta['holdout_miou']:.2f}%"), line
     assert recipes.bundled_line([Path("elsewhere") / f"not_{source}"]) == ""
+
+
+def test_camvid_progress_writes_the_row_rule_and_curve(tmp_path, make_camvid):
+    from dabnet import train as train_mod
+    from dabnet.config import TrainConfig, build_config
+
+    root = make_camvid(tmp_path / "cv", n=4)
+    cfg = build_config(TrainConfig, "camvid_trainval", data_root=str(root), out=str(tmp_path / "v3"), epochs=3, val_every=2,
+                       batch_size=2, crop_size=[32, 48], workers=0, warmup_iters=2, val_batch_size=4, check_data=False)  # fmt: skip
+    train_mod.train(cfg, log=lambda *a: None)
+    out = tmp_path / "docs" / "CAMVID_V3.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "camvid_progress.py"), str(tmp_path / "v3"), "--rule",
+                    "the mean of the last 2 epochs", "--out", str(out)], check=True)  # fmt: skip
+    text = out.read_text()
+    assert "| v3 | trainval, 32x48, batch 2, adam 0.001 wd 0.0002, ce, enet c=1.1, bf16 autocast | none | 3 / 3 |" in text
+    assert "**The weights that ship**, fixed before the run ends" in text and "the mean of the last 2 epochs" in text
+    assert "(ep 3) |" in text and (out.parent / "camvid_v3_curve.png").stat().st_size > 1000
+
+
+def test_finetune_benchmark_dataset_merges_classes_and_keeps_the_drives_apart(repo_script, make_camvid, tmp_path):
+    from dabnet.data.datasets import build_dataset
+
+    bench = repo_script("benchmarks/finetune_camvid4.py")
+    root = make_camvid(tmp_path / "cv", n=6, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
+    spec = bench.build_dataset(root, tmp_path / "c4", n_train=2)
+    train, val = build_dataset("folder", spec, "train"), build_dataset("folder", spec, "val")
+    assert train.classes == ["flat", "structure", "nature", "dynamic"] and len(train) == 2
+    assert all(p.name.startswith("0001TP") for p, _ in train.pairs) and all(p.name.startswith("0006R0") for p, _ in val.pairs)
+    assert [int(train.lut[c]) for c in range(12)] == [2, 1, 1, 0, 0, 2, 1, 1, 3, 3, 3, 255]

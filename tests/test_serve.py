@@ -157,12 +157,12 @@ def test_fuzz_random_bytes_never_take_the_server_down(client):
 
 
 @contextlib.contextmanager
-def _live_server():
+def _live_server(cfg=None):
     """A real uvicorn server on a free loopback port, stopped afterwards; yields the port."""
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(checkpoint="test"), seg=_segmenter()),
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg or ServeConfig(checkpoint="test"), seg=_segmenter()),
                                            host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -226,3 +226,27 @@ def test_client_that_disconnects_mid_upload_is_one_log_line(caplog, capsys):
                 time.sleep(0.05)
     assert any("disconnected during its upload" in r.getMessage() for r in caplog.records)
     assert "Traceback" not in capsys.readouterr().err and not any("Exception in ASGI" in r.getMessage() for r in caplog.records)
+
+
+def test_a_slow_upload_is_cut_off_and_others_are_served_meanwhile():
+    """Issue 24, row 14: a client that sends its body slowly (or never) cannot hold a connection for ever."""
+    import http.client
+
+    with _live_server(ServeConfig(checkpoint="test", timeout_s=1.0)) as port:
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+            slow.sendall(b"\x89PNG" + b"\0" * 1000)  # and then nothing
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            t0 = time.perf_counter()
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200 and time.perf_counter() - t0 < 0.5
+            slow.settimeout(10)
+            t0 = time.perf_counter()
+            answer = ""
+            while "did not complete" not in answer and time.perf_counter() - t0 < 5:  # head and body may come apart
+                chunk = slow.recv(4096).decode(errors="replace")
+                if not chunk:
+                    break
+                answer += chunk
+            assert answer.startswith("HTTP/1.1 408") and "did not complete within 1.0 s" in answer
+            assert time.perf_counter() - t0 < 5

@@ -439,8 +439,8 @@ def test_bad_inputs_are_clear(tiny_camvid, tmp_path):
     with pytest.raises(ValueError, match="CamVid root not found"):
         train_mod.train(_cfg(tmp_path / "missing", tmp_path / "r1"), log=lambda *a: None)
     wrong = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 19)), tmp_path / "c19.pth")
-    with pytest.raises(CheckpointError, match="19 classes but 11"):
-        train_mod.train(_cfg(tiny_camvid, tmp_path / "r2", init_from=str(wrong)), log=lambda *a: None)
+    with pytest.raises(ConfigError, match=r"holds a dabnet, but this run trains model=enet; .*--set model=dabnet"):
+        train_mod.train(_cfg(tiny_camvid, tmp_path / "r2", init_from=str(wrong), model="enet"), log=lambda *a: None)
     with pytest.raises(CheckpointError, match="predicts 19 classes"):
         run_evaluation(EvalConfig(checkpoint=str(wrong), data_root=str(tiny_camvid), workers=0, backend="eager"), log=lambda *a: None)
 
@@ -520,6 +520,34 @@ def test_training_on_a_user_folder_dataset(tmp_path, make_folder):
     model = dabnet.load_model(tmp_path / "run" / "last.pth")
     assert model.num_classes == 2 and model.checkpoint_meta["class_names"] == ["background", "thing"]
     assert summary["best_miou"] >= 0
+
+
+@pytest.mark.parametrize("name", [m for m in dabnet.list_models() if m not in ("segnet", "icnet")])  # the 2 heavy ones: same path
+def test_init_from_another_class_count_keeps_the_body_and_starts_a_new_head(name, tiny_camvid, tmp_path):
+    """Issue 25: fine-tuning pretrained weights (here 19 classes) on a dataset of 11: every tensor that fits
+    is kept, what depends on the classes starts fresh, and the log names both."""
+    torch.manual_seed(3)
+    source = dabnet.create_model(name, 19)
+    path = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(source), tmp_path / "src.pth")
+    logs = []
+    run = train_mod.build_run(_cfg(tiny_camvid, tmp_path / "run", model=name, init_from=str(path)), torch.device("cpu"), True, logs.append)
+    theirs, ours = source.state_dict(), run.model.state_dict()
+    new = [k for k in ours if ours[k].shape != theirs[k].shape]
+    assert new and all(torch.equal(ours[k], theirs[k]) for k in ours if k not in new)
+    (line,) = [m for m in logs if m.startswith(f"initialised from {path}")]
+    assert f"{len(ours) - len(new)} tensors kept, {len(new)} new for 11 classes instead of 19" in line and new[0] in line
+
+
+def test_the_finetune_config_trains_a_new_head_on_the_bundled_weights(tmp_path, make_folder):
+    spec = make_folder(tmp_path / "toy")
+    cfg = build_config(TrainConfig, "finetune", data_root=str(spec), out=str(tmp_path / "run"), epochs=1, batch_size=2,
+                       crop_size=[32, 32], workers=0, val_batch_size=2, val_every=1)  # fmt: skip
+    assert (cfg.init_from, cfg.lr, cfg.dataset) == ("dabnet-camvid", 5e-4, "folder")
+    logs = []
+    train_mod.train(cfg, log=logs.append)
+    assert any("1 new for 2 classes instead of 11 (classifier.weight)" in m for m in logs), logs
+    model = dabnet.load_model(tmp_path / "run" / "last.pth")
+    assert model.num_classes == 2 and model.checkpoint_meta["class_names"] == ["background", "thing"]
 
 
 def test_bad_files_stop_training_before_it_starts(tiny_camvid, tmp_path):
