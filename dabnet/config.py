@@ -258,6 +258,9 @@ class DemoConfig:
     samples: Optional[str] = option(None, "folder of frames (NAME.jpg + NAME_label.png) instead of the bundled ones", hidden=True)
 
 
+OUTPUT_KINDS = ("label", "color", "overlay")  # what predict writes per image, as NAME_KIND.png
+
+
 @dataclass
 class PredictConfig:
     """Segment images, folders, globs, videos or a webcam."""
@@ -276,11 +279,16 @@ class PredictConfig:
     device: str = option("cpu", "cpu, cuda or cuda:N")
     batch_size: int = option(1, "images per forward pass")
     max_frames: int = option(0, "stop videos/webcams after N frames (0: all)")
+    save: List[str] = option(help="what to write per image: label (class ids), color (the colour mask), overlay",
+                             factory=lambda: list(OUTPUT_KINDS), choices=OUTPUT_KINDS, nargs="+")  # fmt: skip
+    workers: int = option(2, "threads that decode and encode images while the network runs (0: one after another)")
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, BACKENDS)
         check_choice("precision", self.precision, PRECISIONS)
-        check_counts(self, batch_size=1, max_frames=0)
+        check_counts(self, batch_size=1, max_frames=0, workers=0)
+        for kind in self.save:
+            check_choice("save", kind, OUTPUT_KINDS)
         require(not Path(self.out).exists() or Path(self.out).is_dir(), "out", self.out, "a folder (this is an existing file)")
         check_device(self.device)
 

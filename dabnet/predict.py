@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .checkpoint import inference_spec, is_exported, load_model
-from .config import PredictConfig
+from .config import OUTPUT_KINDS, PredictConfig
 from .data.classes import CITYSCAPES_CLASSES
 from .data.datasets import IMAGE_SUFFIXES, ImageReadError, read_image
 from .files import OutputError, atomic_output, check_output_folder
@@ -49,7 +49,7 @@ def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Union[Path, i
     return images, videos, missing
 
 
-OUTPUT_SUFFIXES = ("_label", "_color", "_overlay")  # what predict writes beside NAME: never inputs again
+OUTPUT_SUFFIXES = tuple(f"_{kind}" for kind in OUTPUT_KINDS)  # what predict writes beside NAME: never inputs again
 
 
 def own_outputs(images: Sequence[Path], out: Path) -> List[Path]:
@@ -79,31 +79,50 @@ def output_names(paths: Sequence[Path]) -> List[str]:
     return [n + p.suffix if counts[n] > 1 else n for n, p in zip(names, paths)]
 
 
+PNG_LEVEL = 3  # zlib level: the overlay (photo content) encodes about 5x faster than at Pillow's 6, a few % larger
+
+
 def _save_png(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     with atomic_output(path, fsync=False) as tmp:  # a stopped run leaves no truncated PNG; no fsync: 3 per image
-        Image.fromarray(array).save(tmp, format="PNG")
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=PNG_LEVEL)
 
 
-def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem: str, fmt: str = "default") -> np.ndarray:
-    """Write NAME_label.png, NAME_color.png and NAME_overlay.png (or, for fmt="cityscapes", the labelId
-    PNG the benchmark server takes); returns the overlay."""
+def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem: str, fmt: str = "default",
+                  save: Sequence[str] = OUTPUT_KINDS) -> Optional[np.ndarray]:  # fmt: skip
+    """Write NAME_label.png, NAME_color.png and/or NAME_overlay.png, as `save` says (or, for fmt="cityscapes",
+    the labelId PNG the benchmark server takes); returns the overlay when it was made."""
     if fmt == "cityscapes":
         from .data.datasets import train_ids_to_label_ids
 
         _save_png(train_ids_to_label_ids(label), out / f"{stem}.png")
-        return image
+        return None
+    if "label" in save:
+        _save_png(label, out / f"{stem}_label.png")
+    if "color" not in save and "overlay" not in save:
+        return None
     colour = colorize(label, palette)
+    if "color" in save:
+        _save_png(colour, out / f"{stem}_color.png")
+    if "overlay" not in save:
+        return None
     blend = overlay(image, colour)
-    _save_png(label, out / f"{stem}_label.png")
-    _save_png(colour, out / f"{stem}_color.png")
     _save_png(blend, out / f"{stem}_overlay.png")
     return blend
 
 
-def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = "default", batch_size: int = 1, log=print) -> Dict[str, Any]:
-    """Segment image files in batches; unreadable files are reported and skipped."""
+def _read(path: Path) -> np.ndarray:
+    return to_rgb(read_image(path))
+
+
+def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = "default", batch_size: int = 1, log=print,
+                   save: Sequence[str] = OUTPUT_KINDS, workers: int = 2) -> Dict[str, Any]:  # fmt: skip
+    """Segment image files in batches; unreadable files are reported and skipped. With `workers` threads the
+    next images are decoded and the last ones encoded while the network runs (PIL and zlib release the GIL),
+    in bounded queues, so memory stays a few images deep; the files written are the same either way."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from .progress import progress_bar
 
     out.mkdir(parents=True, exist_ok=True)
@@ -114,27 +133,55 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
     stems = dict(zip(paths, output_names(paths))) if paths else {}
     done, failed, seconds = 0, [], 0.0
     bar = progress_bar(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
-    for start in range(0, len(paths), batch_size):
-        batch, names = [], []
-        for p in paths[start : start + batch_size]:
-            try:
-                batch.append(to_rgb(read_image(p)))
-                names.append(p)
-            except (ImageReadError, FileNotFoundError, ValueError) as e:
-                failed.append(str(p))
-                bar.write(f"skipped {p}: {e}")
-                bar.update(1)
-        if not batch:
-            continue
-        t0 = time.perf_counter()
-        labels = seg.predict_batch(batch)
-        seconds += time.perf_counter() - t0
-        for p, image, label in zip(names, batch, labels):
-            write_outputs(image, label, seg.palette, out, stems[p], fmt)
-        done += len(batch)
-        bar.update(len(batch))
-        bar.set_postfix(fps=f"{done / max(seconds, 1e-9):.1f}", refresh=False)
-    bar.close()
+    pool = ThreadPoolExecutor(workers) if workers else None
+    ahead = max(2, 2 * workers) * batch_size  # images decoded ahead of the network
+    reads: List[Future] = []
+    writes: List[Future] = []
+
+    def submit(fn, *args) -> Future:
+        if pool is not None:
+            return pool.submit(fn, *args)
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as e:
+            fut.set_exception(e)
+        return fut
+
+    try:
+        queued = 0
+        for start in range(0, len(paths), batch_size):
+            while queued < min(len(paths), start + ahead):
+                reads.append(submit(_read, paths[queued]))
+                queued += 1
+            batch, names = [], []
+            for i in range(start, min(start + batch_size, len(paths))):
+                try:
+                    batch.append(reads[i].result())
+                    names.append(paths[i])
+                except (ImageReadError, FileNotFoundError, ValueError) as e:
+                    failed.append(str(paths[i]))
+                    bar.write(f"skipped {paths[i]}: {e}")
+                    bar.update(1)
+                reads[i] = None  # type: ignore[call-overload]  # the decoded image goes with its batch
+            if not batch:
+                continue
+            t0 = time.perf_counter()
+            labels = seg.predict_batch(batch)
+            seconds += time.perf_counter() - t0
+            for p, image, label in zip(names, batch, labels):
+                writes.append(submit(write_outputs, image, label, seg.palette, out, stems[p], fmt, save))
+            while len(writes) > 2 * max(workers, 1):  # bounded: the encoders keep up, or the network waits
+                writes.pop(0).result()
+            done += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(fps=f"{done / max(seconds, 1e-9):.1f}", refresh=False)
+        for w in writes:
+            w.result()  # a write's error (a full disk) surfaces here
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # what is being written finishes whole (atomic_output)
+        bar.close()
     fps = done / seconds if seconds else 0.0
     log(f"{done} image(s) segmented, {len(failed)} skipped, {fps:.3g} FPS (model time) -> {out}")
     return {"images": done, "skipped": failed, "fps": fps}
@@ -223,7 +270,7 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
     seg = seg or Segmenter.from_checkpoint(model, **options)
     failed = bool(missing)
     if images:
-        failed |= bool(predict_images(seg, images, out, cfg.format, cfg.batch_size, log=log)["skipped"])
+        failed |= bool(predict_images(seg, images, out, cfg.format, cfg.batch_size, log, cfg.save, cfg.workers)["skipped"])
     files = [v for v in videos if not isinstance(v, int)]
     names = dict(zip(files, output_names(files))) if files else {}
     for video in videos:

@@ -196,7 +196,7 @@ def test_ctrl_c_during_predict_leaves_no_truncated_png_and_no_traceback(ckpt, tm
 
     monkeypatch.setattr(Image.Image, "save", save)
     out = tmp_path / "out"
-    assert main(["predict", "--checkpoint", str(ckpt), str(src), "--out", str(out), "--backend", "eager"]) == 130
+    assert main(["predict", "--checkpoint", str(ckpt), str(src), "--out", str(out), "--backend", "eager", "--workers", "0"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
     written = sorted(p.name for p in out.iterdir())
@@ -570,3 +570,30 @@ def test_max_unpooling_networks_export_to_openvino(name, tmp_path):
     torch.manual_seed(0)
     res = export_openvino(dabnet.create_model(name, 5).eval(), tmp_path / f"{name}.xml")
     assert res["max_abs_error"] < res["tolerance"] or res["label_agreement"] >= 0.99
+
+
+
+# ----------------------------------------------------------------------------- issue 23: the throughput path
+
+
+def test_overlapped_reads_and_writes_give_the_same_files_and_save_chooses_them(ckpt, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(7):
+        _frame(src / f"f{i}.png", i, size=(40 + 8 * (i % 2), 56))  # two sizes: batches split by size
+    (src / "bad.png").write_bytes(b"not a png")
+    outs = {}
+    for workers in ("0", "3"):
+        out = tmp_path / f"out{workers}"
+        code = main(["predict", "--checkpoint", str(ckpt), str(src), "--out", str(out), "--backend", "eager",
+                     "--workers", workers, "--batch-size", "2"])  # fmt: skip
+        captured = capsys.readouterr()
+        assert code == 1 and "skipped" in captured.out + captured.err
+        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    assert len(outs["0"]) == 21 and outs["0"] == outs["3"]
+    out = tmp_path / "labels_only"
+    assert main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--out", str(out), "--backend", "eager", "--save", "label"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["f1_label.png"]
+    with pytest.raises(SystemExit):  # argparse: "invalid choice: 'mask' (choose from 'label', 'color', 'overlay')"
+        main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--save", "mask"])
+    assert "invalid choice: 'mask'" in capsys.readouterr().err
