@@ -6,7 +6,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -187,14 +187,68 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
     return {"images": done, "skipped": failed, "fps": fps}
 
 
+def _frames(cap, max_frames: int) -> Iterator[np.ndarray]:
+    """RGB frames of an open cv2 capture, up to `max_frames` (0: all)."""
+    import cv2
+
+    count = 0
+    while not max_frames or count < max_frames:
+        ok, bgr = cap.read()
+        if not ok:
+            return
+        count += 1
+        yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """`items`, produced by a thread up to `depth` ahead of the consumer (depth 0: in this thread)."""
+    if depth <= 0:
+        yield from items
+        return
+    import queue
+    import threading
+
+    q: "queue.Queue[Any]" = queue.Queue(depth)
+    end, stop = object(), threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+        q.put(end)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
 def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frames: int = 0, log=print,
-                  name: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
+                  name: Optional[str] = None, workers: int = 2) -> Dict[str, Any]:  # fmt: skip
     """Segment a video file or webcam stream frame by frame into OUT/NAME_overlay.mp4, written atomically (a
-    webcam's stream ends with Ctrl-C and keeps what was written; a file stopped midway leaves nothing)."""
+    webcam's stream ends with Ctrl-C and keeps what was written; a file stopped midway leaves nothing). With
+    `workers`, frames are decoded, and overlays blended and encoded, in threads beside the network."""
     try:
         import cv2
     except ImportError as e:
         raise RuntimeError("video needs OpenCV: pip install 'dabnet[video]'") from e
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from .progress import progress_bar
 
     webcam = isinstance(source, int)
@@ -207,26 +261,33 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
     target = out / f"{name}_overlay.mp4"
     frames, seconds = 0, 0.0
     bar = progress_bar(total=total or None, desc=name, unit="frame", dynamic_ncols=True)
+    encoder = ThreadPoolExecutor(1) if workers else None  # one thread: frames must reach the file in order
+    pending: List[Future] = []
+
+    def encode(writer, rgb: np.ndarray, label: np.ndarray) -> None:
+        writer.write(cv2.cvtColor(overlay(rgb, colorize(label, seg.palette)), cv2.COLOR_RGB2BGR))
+
+    decoded = _ahead(_frames(cap, max_frames), 2 * workers)
     try:
         with atomic_output(target, fsync=False) as tmp:
             writer = None
             try:
-                while not max_frames or frames < max_frames:
-                    ok, bgr = cap.read()
-                    if not ok:
-                        break
-                    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                for rgb in decoded:
                     t0 = time.perf_counter()
                     label = seg.predict(rgb)
                     seconds += time.perf_counter() - t0
-                    blend = overlay(rgb, colorize(label, seg.palette))
                     if writer is None:
                         h, w = rgb.shape[:2]
                         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
                         if not writer.isOpened():
                             raise OutputError(f"cannot write {target}: OpenCV could not open an mp4 writer there "
                                               f"({w}x{h}); check that {target.parent} is writable")  # fmt: skip
-                    writer.write(cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
+                    if encoder is None:
+                        encode(writer, rgb, label)
+                    else:
+                        pending.append(encoder.submit(encode, writer, rgb, label))
+                        while len(pending) > 2 * workers:  # bounded: a few frames in flight
+                            pending.pop(0).result()
                     frames += 1
                     bar.update(1)
                     bar.set_postfix(fps=f"{frames / max(seconds, 1e-9):.1f}", refresh=False)
@@ -234,11 +295,16 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
                 if not webcam:
                     raise
             finally:
+                if encoder is not None:
+                    encoder.shutdown(wait=True)
+                for f in pending:
+                    f.result()
                 if writer is not None:
                     writer.release()
             if writer is None:
                 raise ImageReadError(f"{source}: no frame could be read")
     finally:
+        decoded.close()  # the decoding thread stops before the capture it reads is released
         bar.close()
         cap.release()
     fps = frames / seconds if seconds else 0.0
@@ -275,7 +341,7 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
     names = dict(zip(files, output_names(files))) if files else {}
     for video in videos:
         try:
-            predict_video(seg, video, out, cfg.max_frames, log=log, name=names.get(video))
+            predict_video(seg, video, out, cfg.max_frames, log=log, name=names.get(video), workers=cfg.workers)
         except ImageReadError as e:  # as an unreadable image: reported, and the other inputs still run
             print(f"dabnet predict: skipped {video}: {e}", file=sys.stderr)
             failed = True

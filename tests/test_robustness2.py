@@ -597,3 +597,25 @@ def test_overlapped_reads_and_writes_give_the_same_files_and_save_chooses_them(c
     with pytest.raises(SystemExit):  # argparse: "invalid choice: 'mask' (choose from 'label', 'color', 'overlay')"
         main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--save", "mask"])
     assert "invalid choice: 'mask'" in capsys.readouterr().err
+
+
+def test_video_with_decode_and_encode_threads_writes_the_same_frames(ckpt, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    clip = _video(tmp_path / "clip.avi", frames=7)
+    decoded = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"o{workers}"
+        assert main(["predict", "--checkpoint", str(ckpt), str(clip), "--out", str(out), "--backend", "eager", "--workers", workers]) == 0
+        cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+        frames = []
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                break
+            frames.append(f)
+        decoded[workers] = np.stack(frames)
+    assert len(decoded["0"]) == 7 and np.array_equal(decoded["0"], decoded["2"])
+    out = tmp_path / "short"
+    assert main(["predict", "--checkpoint", str(ckpt), str(clip), "--out", str(out), "--backend", "eager", "--max-frames", "3"]) == 0
+    cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
