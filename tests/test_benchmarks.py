@@ -120,3 +120,21 @@ def test_finetune_benchmark_dataset_merges_classes_and_keeps_the_drives_apart(re
     assert train.classes == ["flat", "structure", "nature", "dynamic"] and len(train) == 2
     assert all(p.name.startswith("0001TP") for p, _ in train.pairs) and all(p.name.startswith("0006R0") for p, _ in val.pairs)
     assert [int(train.lut[c]) for c in range(12)] == [2, 1, 1, 0, 0, 2, 1, 1, 3, 3, 3, 255]
+
+
+def test_predict_throughput_table_has_every_path(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    pytest.importorskip("cv2")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 48, 3), 60 * i, np.uint8)).save(folder / f"f{i}.png")
+    ckpt = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "m.pth")
+    out = tmp_path / "PREDICT_SPEED.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_throughput.py"), "--folder", str(folder), "--checkpoint",
+                    str(ckpt), "--backend", "eager", "--repeats", "1", "--out", str(out)], check=True)  # fmt: skip
+    text = out.read_text()
+    assert "backend eager; 3 frames of 48x32" in text and text.count("| predict ") == 6
+    assert "| Segmenter.predict alone (decoded frames) |" in text and "| 100% |" in text
