@@ -53,7 +53,8 @@ def run(spec: Path, out: Path, epochs: int, init_from) -> Dict[str, object]:
     from dabnet.config import TrainConfig, build_config
     from dabnet.train import train
 
-    cfg = build_config(TrainConfig, "finetune", data_root=str(spec), out=str(out), epochs=epochs, init_from=init_from)
+    # as --set: a keyword argument of None would leave the config's init_from in place
+    cfg = build_config(TrainConfig, "finetune", [f"init_from={init_from or 'null'}"], data_root=str(spec), out=str(out), epochs=epochs)
     t0 = time.time()
     train(cfg)
     history = torch.load(out / "last.pth", map_location="cpu", weights_only=True)["history"]

@@ -138,3 +138,24 @@ def test_predict_throughput_table_has_every_path(tmp_path):
     text = out.read_text()
     assert "backend eager; 3 frames of 48x32" in text and text.count("| predict ") == 6
     assert "| Segmenter.predict alone (decoded frames) |" in text and "| 100% |" in text
+
+
+def test_finetune_benchmark_runs_differ_only_in_init_from(repo_script, monkeypatch, tmp_path):
+    import dabnet.train
+
+    bench = repo_script("benchmarks/finetune_camvid4.py")
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def fake_train(cfg, **kwargs):
+        seen.append(cfg)
+        raise Seen
+
+    monkeypatch.setattr(dabnet.train, "train", fake_train)
+    for init in ("dabnet-camvid", None):
+        with pytest.raises(Seen):
+            bench.run(tmp_path / "dataset.yaml", tmp_path / "run", 3, init)
+    assert [c.init_from for c in seen] == ["dabnet-camvid", None]
+    assert {k: v for k, v in vars(seen[0]).items() if k != "init_from"} == {k: v for k, v in vars(seen[1]).items() if k != "init_from"}
