@@ -114,7 +114,7 @@ def train_holdout_run(tmp_path: Path, out: str = "run", **overrides):
     if not root.exists():
         build_camvid(root, n=8, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
     settings = dict(data_root=str(root), out=str(tmp_path / out), epochs=2, batch_size=2, crop_size=[32, 48], workers=0,
-                    warmup_iters=2, val_batch_size=4, check_data=False)  # fmt: skip
+                    warmup_iters=2, val_batch_size=4, check_data=False, fused=False)  # fmt: skip
     cfg = build_config(TrainConfig, "camvid_holdout", **{**settings, **overrides})
     train_mod.train(cfg, log=lambda *a: None)
     return root, Path(cfg.out), cfg

@@ -137,8 +137,10 @@ def tiny_camvid(tmp_path_factory, make_camvid) -> Path:
 
 
 def _cfg(root: Path, out: Path, **kw) -> TrainConfig:
+    # fused=false: compiling the fused kernels costs more than these tiny runs (tests/test_fused.py covers them,
+    # and the dead-channel and finetune tests below train fused)
     base = dict(data_root=str(root), out=str(out), epochs=3, batch_size=2, crop_size=[32, 48], workers=0,
-                warmup_iters=2, val_batch_size=4, check_data=False)  # fmt: skip
+                warmup_iters=2, val_batch_size=4, check_data=False, fused=False)  # fmt: skip
     base.update(kw)
     return build_config(TrainConfig, "camvid", **base)
 
@@ -291,7 +293,7 @@ def test_sigint_from_outside_saves_and_exits_cleanly(tiny_camvid, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "dabnet", "train", "--config", "camvid", "--out", str(out)] + sum(
         (["--set", s] for s in [f"data_root={tiny_camvid}", "epochs=200", "batch_size=2", "crop_size=[32,48]",
-                                "workers=0", "check_data=false", "val_every=100"]), [])  # fmt: skip
+                                "workers=0", "check_data=false", "val_every=100", "fused=false"]), [])  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     import time
 
@@ -313,7 +315,7 @@ def test_signal_to_the_whole_process_group_with_loader_workers(tiny_camvid, tmp_
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "dabnet", "train", "--config", "camvid", "--out", str(out)] + sum(
         (["--set", s] for s in [f"data_root={tiny_camvid}", "epochs=200", "batch_size=2", "crop_size=[32,48]",
-                                "workers=2", "check_data=false", "val_every=100"]), [])  # fmt: skip
+                                "workers=2", "check_data=false", "val_every=100", "fused=false"]), [])  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     import time
 
@@ -393,7 +395,7 @@ def test_init_from_weights_with_dead_channels_reinitialises_them_and_training_wa
     init_from starts it afresh and says so; a run in which one appears says so after the epoch."""
     from dabnet.models.layers import broken_channels
 
-    train_mod.train(_cfg(tiny_camvid, tmp_path / "a", epochs=1), log=lambda *a: None)
+    train_mod.train(_cfg(tiny_camvid, tmp_path / "a", epochs=1, fused=True), log=lambda *a: None)
     ckpt = torch.load(tmp_path / "a" / "last.pth", weights_only=True)
     ckpt["model"]["block1.0.ddw3x1.conv.weight"][30] = 2.6e25
     ckpt["model"]["block2.3.ddw3x1.bn.running_var"][5] = float("inf")
@@ -452,7 +454,7 @@ def test_torchrun_two_processes_on_cpu(tiny_camvid, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "dabnet",
            "train", "--config", "camvid", "--out", str(out)] + sum(
         (["--set", s] for s in [f"data_root={tiny_camvid}", "epochs=2", "batch_size=2", "crop_size=[32,48]",
-                                "workers=0", "check_data=false", "warmup_iters=1", "sync_bn=true"]), [])  # fmt: skip
+                                "workers=0", "check_data=false", "warmup_iters=1", "sync_bn=true", "fused=false"]), [])  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
