@@ -98,6 +98,18 @@ def build_folder(root: Path, id_map=None) -> Path:
     return root / "dataset.yaml"
 
 
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A self-describing checkpoint of an untrained 11-class DABNet (test files may define their own)."""
+    import dabnet
+    from dabnet.checkpoint import make_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "m.pth"
+    dabnet.save_checkpoint(make_checkpoint(dabnet.create_model("dabnet", 11).eval()), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def make_camvid():
     """`make_camvid(root, splits=("train", "val"), n=4, seed=0, sequences=None)`: a tiny CamVid tree."""

@@ -17,20 +17,12 @@ import torch
 from PIL import Image
 
 import dabnet
-from dabnet.checkpoint import CheckpointError, make_checkpoint, read_checkpoint
+from dabnet.checkpoint import CheckpointError, read_checkpoint
 from dabnet.cli import main
 from dabnet.data.datasets import read_image
 from dabnet.preprocessing import to_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "m.pth"
-    dabnet.save_checkpoint(make_checkpoint(dabnet.create_model("dabnet", 11).eval()), path)
-    return path
 
 
 # ----------------------------------------------------------------------------- images as a viewer shows them

@@ -16,18 +16,10 @@ from PIL import Image
 
 import dabnet
 import dabnet.train as train_mod
-from dabnet.checkpoint import CheckpointError, make_checkpoint
+from dabnet.checkpoint import CheckpointError
 from dabnet.cli import main
 from dabnet.config import ConfigError, TrainConfig, build_config
 from dabnet.files import OutputError, atomic_output, check_output_file, check_output_folder, os_error_message
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ck") / "m.pth"
-    dabnet.save_checkpoint(make_checkpoint(dabnet.create_model("dabnet", 11).eval()), path)
-    return path
 
 
 @pytest.fixture
