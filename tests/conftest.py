@@ -4,6 +4,7 @@ the shared data and official reference, skipping when absent."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,11 @@ def _private_cache(tmp_path_factory):
     mp.setenv("DABNET_CACHE", str(tmp_path_factory.mktemp("dabnet-cache")))
     yield
     mp.undo()
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on 2 cores: one thread each, so that they do not fight over the cores.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
