@@ -45,7 +45,7 @@ def progress_lines(folder: Path, rule: str, cfg: Dict[str, Any], ckpt: Dict[str,
         f"Training images/s, median of the epochs so far: {sorted(h['images_per_s'] for h in history)[len(history) // 2]:.2f}"
         if history else "No epoch finished yet.",
         "",
-        f"![learning curve](camvid_v3_curve.png)",
+        "![learning curve](camvid_v3_curve.png)",
         "",
     ]  # fmt: skip
     return lines

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from dabnet.data.datasets import read_image
+from dabnet.image_io import read_image
 from dabnet.distributed import describe_hardware
 from dabnet.predict import predict_images, predict_video
 from dabnet.segmenter import Segmenter

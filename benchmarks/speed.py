@@ -23,7 +23,7 @@ from dabnet.checkpoint import load_model
 from dabnet.config import EvalConfig
 from dabnet.evaluate import run_evaluation
 from dabnet.precision import cpu_flags, cpu_has_bf16
-from dabnet.runtimes.openvino import package_versions
+from dabnet.runtimes.cache import package_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 # DABNet's dense 3x3 convolutions (in, out, H, W at 512x1024 input): stem, block 1, block 2.

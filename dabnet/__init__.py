@@ -3,6 +3,7 @@
 from .checkpoint import load_model, save_checkpoint
 from .models import create_model, list_models
 from .segmenter import Segmenter
+from .spec import ModelSpec, describe
 
 __version__ = "0.1.0"
-__all__ = ["Segmenter", "create_model", "list_models", "load_model", "save_checkpoint", "__version__"]
+__all__ = ["ModelSpec", "Segmenter", "create_model", "describe", "list_models", "load_model", "save_checkpoint", "__version__"]

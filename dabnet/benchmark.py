@@ -85,20 +85,21 @@ def measure_matmul_peak(seconds: float = 2.0, n: int = 1024, device: str = "cpu"
 def _runner(model: nn.Module, label: str, precision: str, device: str, channels_last: Optional[bool]):
     """((row backend, precision, protocol), runner) for a backend label: NAME, NAME+cl (channels_last)
     or NAME:PRECISION (e.g. openvino:int8); `auto` is resolved to what it picks here."""
-    from .runtimes import choose_auto, prepare
+    from .runtimes import AUTO, choose_auto, get_runtime, prepare
     from .segmenter import calibration_for
+    from .spec import describe
 
     label, _, prec = label.partition(":")
     prec = prec or precision
     b, cl = (label[:-3], True) if label.endswith("+cl") else (label, channels_last)
-    if b == "auto":
+    if b == AUTO:
         b, prec, _ = choose_auto(device)
         label = f"auto ({b})"
-    elif cl and b not in ("int8", "onnxruntime", "openvino"):
+    runtime = get_runtime(b)
+    if cl and runtime.channels_last:
         label = f"{b}+cl"
-    if b == "int8":
-        prec = "int8"  # int8 weights and activations inside; the runner takes fp32 input
-    runner = prepare(model, b, "fp32" if b == "int8" else prec, device, channels_last=cl, calibration=calibration_for(model, b, prec))
+    prec = runtime.precision_for(prec)
+    runner = prepare(model, b, prec, device, channels_last=cl, calibration=calibration_for(describe(model), b, prec))
     return (label, prec, "inference"), runner
 
 

@@ -9,15 +9,14 @@ import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .data.classes import DATASET_INFO
-from .data.datasets import PathLike
-from .files import atomic_output
-from .models import create_model
+from .files import PathLike, atomic_output
+from .models import create_model, list_pretrained, pretrained_config
 from .models.dabnet import block_sizes_from_state_dict, convert_official_state_dict, is_official_state_dict
 
 CHECKPOINT_FORMAT = "dabnet-checkpoint/1"
@@ -41,42 +40,82 @@ def save_checkpoint(obj: Dict[str, Any], path: PathLike) -> Path:
     return path
 
 
+@dataclass
+class RunState:
+    """Where a training run stands, all a resume needs besides the weights and TRAINING_STATE; its fields are
+    the checkpoint's run-progress keys (older checkpoints lack some: they take the defaults)."""
+
+    epoch: int = 0  # epochs completed
+    iter_in_epoch: int = 0  # steps of the next epoch already trained (after a mid-epoch stop)
+    best_miou: float = -1.0
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    loss_sum: float = 0.0  # loss summed over this epoch's steps so far, so that a resumed epoch's
+    loss_steps: int = 0  # train_loss is the mean of the whole epoch, not of the part after the resume
+    seconds_sum: float = 0.0  # likewise the epoch's training seconds and images so far, so that a resumed
+    images_sum: int = 0  # epoch's seconds and img/s cover all of its steps (the time stopped not counted)
+    iteration: int = 0  # optimiser steps taken (the schedule's position)
+    finished: bool = False  # the run reached its last epoch
+
+    @classmethod
+    def keys(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Dict[str, Any]) -> "RunState":
+        defaults = cls()
+        return cls(**{k: ckpt[k] if ckpt.get(k) is not None else getattr(defaults, k) for k in cls.keys()})
+
+    def to_checkpoint(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k in self.keys()}
+
+    def add_steps(self, result: Dict[str, Any]) -> None:
+        """Add what `train_one_epoch` returned (a whole epoch, or its part up to a stop) to the running epoch."""
+        self.iter_in_epoch += result["steps"]
+        self.loss_sum += result["loss"] * result["steps"]
+        self.loss_steps += result["steps"]
+        self.seconds_sum += result["seconds"]
+        self.images_sum += result["images"]
+
+    def close_epoch(self) -> None:
+        """Count the running epoch as done and clear its sums."""
+        self.epoch, self.iter_in_epoch = self.epoch + 1, 0
+        self.loss_sum, self.loss_steps, self.seconds_sum, self.images_sum = 0.0, 0, 0.0, 0
+
+
+# The one checkpoint schema. A checkpoint is NETWORK_KEYS (what rebuilds the network: `model` holds the weights)
+# + a description (anything else: dataset, class_names, palette, mean, std, epoch, figures...) + for a training
+# checkpoint TRAINING_STATE and the run's progress (RunState's fields). `make_checkpoint` writes it, `Run.restore`
+# resumes from it, `load_model` keeps all but weights and training state as `checkpoint_meta`, and
+# `average_checkpoints` drops the run's progress.
+NETWORK_KEYS = ("format", "model_name", "num_classes", "model_kwargs", "model")
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
+RUN_PROGRESS = tuple(k for k in RunState.keys() if k != "epoch")  # the epoch also describes the weights
+
+
+def description(obj: Dict[str, Any]) -> Dict[str, Any]:
+    """What a checkpoint says about its weights: everything but the weights themselves and the training state."""
+    return {k: v for k, v in obj.items() if k not in ("model", "state_dict", *TRAINING_STATE)}
+
+
 def make_checkpoint(model: nn.Module, **extra: Any) -> Dict[str, Any]:
     """A checkpoint dict that rebuilds `model` with nothing else (name, classes, kwargs, weights)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     if not hasattr(model, "model_name"):
         raise ValueError("model was not built by dabnet.create_model: its name and arguments are unknown")
-    ckpt: Dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "model_name": model.model_name,
-        "num_classes": model.num_classes,
-        "model_kwargs": dict(model.model_kwargs),
-        "model": model.state_dict(),
-    }
+    network = (CHECKPOINT_FORMAT, model.model_name, model.num_classes, dict(model.model_kwargs), model.state_dict())
+    ckpt: Dict[str, Any] = dict(zip(NETWORK_KEYS, network))
     ckpt.update(extra)
     return ckpt
-
-
-# Exported models (ONNX, OpenVINO IR): run by their runtimes as they are, never read as checkpoints.
-EXPORTED_SUFFIXES = (".onnx", ".xml")
-
-
-def is_exported(path: Any) -> bool:
-    """Whether `path` names an exported model rather than a checkpoint."""
-    return isinstance(path, (str, os.PathLike)) and str(path).endswith(EXPORTED_SUFFIXES)
-
-
-# Weights shipped inside the package, addressable by name wherever a checkpoint path is accepted.
-PRETRAINED = {"dabnet-camvid": "weights/dabnet-camvid.safetensors"}
 
 
 def resolve_checkpoint(name_or_path: PathLike) -> Path:
     """A file path, or the packaged file behind a pretrained name such as 'dabnet-camvid'."""
     key = str(name_or_path)
-    if key in PRETRAINED:
+    bundled = pretrained_config(key)
+    if bundled is not None:
         from importlib import resources
 
-        path = Path(str(resources.files("dabnet") / PRETRAINED[key]))
+        path = Path(str(resources.files("dabnet") / bundled.file))
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights {key!r} are not in this installation ({path} is missing)")
         return path
@@ -109,6 +148,9 @@ def _read_safetensors(path: Path) -> Dict[str, Any]:
     return obj
 
 
+EXPORTED_HINT = "; an exported model runs as it is in predict, eval and serve: elsewhere give the checkpoint it came from"
+
+
 def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Load a checkpoint (.pth with `weights_only=True`, or .safetensors), naming the file in any error."""
     path = resolve_checkpoint(path)
@@ -119,11 +161,8 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint not found: {path} (give a .pth/.safetensors file written by dabnet or the official DABNet "
-            f"code, or a bundled name: {', '.join(PRETRAINED)})"
+            f"code, or a bundled name: {', '.join(list_pretrained())})"
         )
-    if is_exported(path):
-        raise CheckpointError(f"not a dabnet checkpoint: {path} is an exported {path.suffix[1:]} model; give the .pth it was "
-                              "exported from (predict, eval and serve take exported files as they are)")  # fmt: skip
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -132,7 +171,7 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if found is None:
             raise CheckpointError(f"not a dabnet checkpoint: cannot read {path} as a PyTorch file (it may be truncated or "
-                                  "another kind of file)") from None  # fmt: skip
+                                  f"another kind of file{EXPORTED_HINT})") from None  # fmt: skip
         raise CheckpointError(
             f"not a dabnet checkpoint: {path} holds Python objects beyond tensors and plain containers (a pickled "
             f"{found.group(1)}); dabnet loads weights only. Save `model.state_dict()` or use dabnet.save_checkpoint."
@@ -140,7 +179,7 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     except Exception as e:  # torch raises several types for truncated and foreign files
         raise CheckpointError(
             f"not a dabnet checkpoint: cannot read {path} as a PyTorch file ({type(e).__name__}: {_first_line(e)}); "
-            "it may be truncated (copy it again) or another kind of file"
+            f"it may be truncated (copy it again) or another kind of file{EXPORTED_HINT}"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"not a dabnet checkpoint: {path} holds a {type(obj).__name__}, not a dict of weights")
@@ -168,25 +207,59 @@ def _state_dict_of(obj: Dict[str, Any], path: PathLike) -> Dict[str, torch.Tenso
     raise CheckpointError(f"not a dabnet checkpoint: {path} has no weights (no 'model' or 'state_dict' entry; keys {sorted(map(str, obj))[:8]})")
 
 
-def input_normalisation(meta: Dict[str, Any], default_mean, default_std):
-    """(mean, std) a loaded model expects: its checkpoint's, else the dataset's. Official DABNet
-    checkpoints were trained on mean-subtracted RGB without std division, so their std is 1."""
-    if "mean" in meta and "std" in meta:
-        return tuple(meta["mean"]), tuple(meta["std"])
-    if meta.get("source") == "official":
-        return tuple(default_mean), (1.0, 1.0, 1.0)
-    return tuple(default_mean), tuple(default_std)
+@dataclass
+class Network:
+    """What a checkpoint holds, read once: the network's name, classes and arguments, its weights (converted
+    to dabnet's key names) and its description. `source` is "dabnet" or "official"."""
+
+    path: str
+    name: str
+    num_classes: Optional[int]
+    kwargs: Dict[str, Any]
+    state_dict: Dict[str, torch.Tensor]
+    meta: Dict[str, Any]
+    source: str
 
 
-def inference_spec(model: Any) -> Dict[str, Any]:
-    """What using a loaded model needs besides its weights (as timm's pretrained configs keep it):
-    mean, std, class names and colours from its checkpoint metadata, else from CamVid (11 classes)
-    or Cityscapes."""
-    meta = getattr(model, "checkpoint_meta", {})
-    info = DATASET_INFO["camvid" if model.num_classes == 11 else "cityscapes"]
-    mean, std = input_normalisation(meta, info["mean"], info["std"])
-    return {"mean": mean, "std": std, "class_names": list(meta.get("class_names", info["classes"])),
-            "palette": [tuple(c) for c in meta.get("palette", info["palette"])]}  # fmt: skip
+def read_network(path: PathLike, model_name: Optional[str] = None) -> Network:
+    """Read a checkpoint (dabnet's, official DABNet's with or without `module.`, or bundled by name) once."""
+    obj = read_checkpoint(path)
+    state_dict = _strip_prefix(_state_dict_of(obj, path))
+    if is_official_state_dict(state_dict):
+        state_dict = convert_official_state_dict(state_dict)
+        info = block_sizes_from_state_dict(state_dict)
+        kwargs = {"block_1": info["block_1"], "block_2": info["block_2"]}
+        return Network(str(path), model_name or "dabnet", info.get("num_classes"), kwargs, state_dict,
+                       {"source": "official", "epoch": obj.get("epoch")}, "official")  # fmt: skip
+    name = model_name or obj.get("model_name")
+    if name is None:
+        raise CheckpointError(
+            f"not a dabnet checkpoint: {path} holds weights without the model's name and arguments (a bare state "
+            "dict?). In Python: dabnet.load_model(path, model_name='dabnet', num_classes=N); to make a self-describing "
+            "file: dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(model), 'model.pth')"
+        )
+    classes = obj.get("num_classes")
+    return Network(str(path), name, None if classes is None else int(classes), dict(obj.get("model_kwargs", {})), state_dict,
+                   description(obj), "dabnet")  # fmt: skip
+
+
+def build_model(net: Network, num_classes: Optional[int] = None, map_location: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The network a `read_network` result describes, its weights loaded, in eval mode, with `checkpoint_meta`."""
+    if net.num_classes is not None and num_classes is not None and int(num_classes) != net.num_classes:
+        raise CheckpointError(
+            f"checkpoint {net.path} was trained for {net.num_classes} classes but {num_classes} were asked for; "
+            f"use num_classes={net.num_classes} (or drop it), or a checkpoint trained for {num_classes} classes"
+        )
+    classes = net.num_classes if net.num_classes is not None else int(num_classes or 19)
+    model = create_model(net.name, classes, **net.kwargs)
+    missing, unexpected = model.load_state_dict(net.state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {net.path} does not fit model {net.name!r} with {classes} classes: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+        )
+    model.checkpoint_meta = dict(net.meta)
+    return model.to(map_location).eval()
 
 
 def load_model(
@@ -200,46 +273,7 @@ def load_model(
     Accepts dabnet checkpoints (self-describing) and official DABNet ones (`{"epoch", "model"}`
     with the official key names, with or without DataParallel's `module.` prefix).
     """
-    obj = read_checkpoint(path)
-    state_dict = _strip_prefix(_state_dict_of(obj, path))
-    meta: Dict[str, Any] = {}
-    if is_official_state_dict(state_dict):
-        state_dict = convert_official_state_dict(state_dict)
-        info = block_sizes_from_state_dict(state_dict)
-        name, kwargs = model_name or "dabnet", {"block_1": info["block_1"], "block_2": info["block_2"]}
-        found_classes = info.get("num_classes")
-        meta = {"source": "official", "epoch": obj.get("epoch")}
-    else:
-        name = model_name or obj.get("model_name")
-        if name is None:
-            raise CheckpointError(
-                f"not a dabnet checkpoint: {path} holds weights without the model's name and arguments (a bare state "
-                "dict?). In Python: dabnet.load_model(path, model_name='dabnet', num_classes=N); to make a self-describing "
-                "file: dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(model), 'model.pth')"
-            )
-        kwargs = dict(obj.get("model_kwargs", {}))
-        found_classes = obj.get("num_classes")
-        meta = {k: v for k, v in obj.items() if k not in ("model", "state_dict", "optimizer", "scheduler", "scaler", "rng")}
-    if found_classes is not None and num_classes is not None and int(num_classes) != int(found_classes):
-        raise CheckpointError(
-            f"checkpoint {path} was trained for {found_classes} classes but {num_classes} were asked for; "
-            f"use num_classes={found_classes} (or drop it), or a checkpoint trained for {num_classes} classes"
-        )
-    classes = int(found_classes if found_classes is not None else (num_classes or 19))
-    model = create_model(name, classes, **kwargs)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit model {name!r} with {classes} classes: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
-        )
-    model.checkpoint_meta = meta
-    return model.to(map_location).eval()
-
-
-# What a checkpoint says about its run's progress, which the mean of several checkpoints does not have.
-RUN_PROGRESS = ("iteration", "best_miou", "history", "iter_in_epoch", "loss_sum", "loss_steps", "seconds_sum",
-                "images_sum", "finished")  # fmt: skip
+    return build_model(read_network(path, model_name), num_classes, map_location)
 
 
 def average_checkpoints(paths: Sequence[PathLike]) -> Dict[str, Any]:

@@ -31,9 +31,10 @@ def add_options(parser: argparse.ArgumentParser, cls: Type) -> None:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         kind, is_list = _field_kind(hints[f.name])
-        kw: Dict[str, Any] = {"help": meta.get("help", "")}
-        if meta.get("choices") is not None:
-            kw["choices"] = meta["choices"]
+        help, choices = meta.get("help", ""), meta.get("choices")
+        kw: Dict[str, Any] = {"help": help() if callable(help) else help}
+        if choices is not None:
+            kw["choices"] = choices() if callable(choices) else choices
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
         if kind is bool:
@@ -77,6 +78,36 @@ def _models(cfg: C.ModelsConfig) -> int:
 
     rows = models_table(cfg.names or None, cfg.num_classes, cfg.size)
     print(json.dumps(rows, indent=2) if cfg.json else format_models_table(rows, cfg.size))
+    return 0
+
+
+def _runtimes(cfg: C.RuntimesConfig) -> int:
+    from .runtimes import runtimes_table
+
+    rows = runtimes_table()
+    if cfg.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'backend':<12} {'precisions':<16} {'devices':<9} {'runs files':<11} {'exports':<12} summary")
+    for r in rows:
+        print(f"{r['backend']:<12} {','.join(r['precisions']):<16} {','.join(r['devices']):<9} {','.join(r['runs_files']) or '-':<11} "
+              f"{r['export_format'] or '-':<12} {r['summary']}")  # fmt: skip
+    return 0
+
+
+def _describe(cfg: C.DescribeConfig) -> int:
+    from .spec import describe
+
+    info = describe(cfg.checkpoint).summary()
+    if cfg.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['source']}: {info['format']}, network {info['network']}, {info['num_classes']} classes"
+          + (f", run by {info['runtime']}" if info["runtime"] else ""))  # fmt: skip
+    print("classes: " + ", ".join(info["class_names"]))
+    print(f"input: 0-255 RGB, mean {info['mean']}, std {info['std']}")
+    if info["note"]:
+        print(f"note: {info['note']}")
     return 0
 
 
@@ -193,6 +224,8 @@ def _data_import(cfg: C.DataImportConfig) -> int:
 
 COMMANDS: Dict[str, Tuple[Type, Callable[[Any], int]]] = {
     "models": (C.ModelsConfig, _models),
+    "describe": (C.DescribeConfig, _describe),
+    "runtimes": (C.RuntimesConfig, _runtimes),
     "demo": (C.DemoConfig, _demo),
     "train": (C.TrainCommand, _train),
     "eval": (C.EvalConfig, _eval),

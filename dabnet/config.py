@@ -13,7 +13,7 @@ import yaml
 from .data.datasets import DATASETS
 from .data.importers import IMPORTERS
 from .precision import PRECISIONS
-from .runtimes import BACKENDS
+from .runtimes import backend_help, backend_names, export_formats
 
 T = TypeVar("T")
 
@@ -130,9 +130,10 @@ def parse_size(text: str) -> Tuple[int, int]:
     return h, w
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **cli: Any) -> Any:
+def option(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any = None, **cli: Any) -> Any:
     """A config field whose metadata carries its command-line help and, in `cli`, argparse details:
-    choices, positional, required, nargs, type, metavar, flag (another option name), hidden (no flag)."""
+    choices, positional, required, nargs, type, metavar, flag (another option name), hidden (no flag).
+    `help` and `choices` may be functions, called when a parser is built (registries that grow at run time)."""
     meta = {"help": help, **cli}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -140,7 +141,6 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
 
 
 DATASET_CHOICES = list(DATASETS)
-BACKEND_HELP = "how to run the network: auto picks the fastest accurate one and says why"
 
 
 def require(ok: bool, option: str, value: Any, valid: str) -> None:
@@ -177,6 +177,7 @@ def check_counts(cfg: Any, **minimum: int) -> None:
 
 
 def check_choice(option: str, value: Any, choices) -> None:
+    choices = choices() if callable(choices) else choices
     require(value in choices, option, value, "one of " + ", ".join(map(str, choices)))
 
 
@@ -196,7 +197,7 @@ class EvalConfig:
     scales: List[float] = option(help="test-time scales, e.g. 0.75 1 1.25", factory=lambda: [1.0])
     workers: int = option(2, "data loader processes")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    backend: str = option("auto", BACKEND_HELP, choices=BACKENDS)
+    backend: str = option("auto", backend_help, choices=backend_names)
     precision: str = option("fp32", "fp32, bf16/fp16 autocast, or int8 with the openvino backend (auto chooses its own)",
                             choices=PRECISIONS)  # fmt: skip
     json: Optional[str] = option(None, "write miou, per_class_iou, pixel_acc, images to this file", metavar="FILE")
@@ -204,7 +205,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_choice("dataset", self.dataset, DATASET_CHOICES)
-        check_choice("backend", self.backend, BACKENDS)
+        check_choice("backend", self.backend, backend_names())
         check_choice("precision", self.precision, PRECISIONS)
         check_counts(self, batch_size=1, workers=0)
         require(_positive_numbers(self.scales), "scales", self.scales, "positive numbers, e.g. 0.75 1 1.25")
@@ -247,13 +248,28 @@ class ModelsConfig:
 
 
 @dataclass
+class RuntimesConfig:
+    """List the registered runtimes (--backend): precisions, devices, files they run, export formats."""
+
+    json: bool = option(False, "print JSON instead of a table", flag_only=True)
+
+
+@dataclass
+class DescribeConfig:
+    """Say what a checkpoint, bundled name or exported file is (network, classes, colours, normalisation), with no backend."""
+
+    checkpoint: str = option("", "checkpoint, exported file or bundled name (e.g. dabnet-camvid)", positional=True)
+    json: bool = option(False, "print JSON instead of text", flag_only=True)
+
+
+@dataclass
 class DemoConfig:
     """Segment the bundled street frames, write pictures and report the FPS."""
 
     checkpoint: Optional[str] = option(None, "weights to use (default: the bundled dabnet-camvid)")
     out: str = option("dabnet-demo", "output folder")
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
-    backend: str = option("auto", BACKEND_HELP, choices=BACKENDS)
+    backend: str = option("auto", backend_help, choices=backend_names)
     seed: int = option(0, "seed of the untrained network used when no weights are bundled", hidden=True)
     samples: Optional[str] = option(None, "folder of frames (NAME.jpg + NAME_label.png) instead of the bundled ones", hidden=True)
 
@@ -271,8 +287,7 @@ class PredictConfig:
     out: str = option("predictions", "output folder")
     format: str = option("default", "cityscapes: labelId PNGs for the benchmark server instead of label/colour/overlay",
                          choices=["default", "cityscapes"])  # fmt: skip
-    backend: str = option("auto", "how to run the network: auto picks the fastest accurate one for the device and says "
-                          "why (docs/SPEED.md compares them; int8 needs torchao)", choices=BACKENDS)  # fmt: skip
+    backend: str = option("auto", backend_help, choices=backend_names)
     precision: str = option("fp32", "fp32, bf16/fp16 autocast (fp16: CUDA only), or int8 with the openvino backend; "
                             "auto chooses its own", choices=PRECISIONS)  # fmt: skip
     channels_last: Optional[bool] = option(None, "NHWC tensors (default: on for CUDA, off for a CPU)")
@@ -284,7 +299,7 @@ class PredictConfig:
     workers: int = option(2, "threads that decode and encode images while the network runs (0: one after another)")
 
     def __post_init__(self) -> None:
-        check_choice("backend", self.backend, BACKENDS)
+        check_choice("backend", self.backend, backend_names())
         check_choice("precision", self.precision, PRECISIONS)
         check_counts(self, batch_size=1, max_frames=0, workers=0)
         for kind in self.save:
@@ -298,8 +313,11 @@ class ExportConfig:
     """Export to ONNX or OpenVINO IR (dynamic H, W) or TorchScript, checked against PyTorch."""
 
     checkpoint: str = option("", "checkpoint or bundled name", required=True)
-    format: str = option("onnx", "file format", choices=["onnx", "torchscript", "openvino"], required=True)
+    format: str = option("onnx", "file format", choices=export_formats, required=True)
     out: str = option("", "output file (openvino: NAME.xml, written with NAME.bin)", required=True)
+
+    def __post_init__(self) -> None:
+        check_choice("format", self.format, export_formats())
 
 
 @dataclass
@@ -309,7 +327,7 @@ class BenchConfig:
     models: List[str] = option(help="networks to time", factory=lambda: ["dabnet", "enet", "espnet", "icnet", "segnet", "erfnet"])
     sizes: List[Tuple[int, int]] = option(help="input sizes HxW", factory=lambda: [(256, 512), (512, 1024), (1024, 2048)],
                                           type=parse_size)  # fmt: skip
-    backends: List[str] = option(help="backends, interleaved frame by frame", factory=lambda: ["eager"], choices=BACKENDS,
+    backends: List[str] = option(help="backends, interleaved frame by frame", factory=lambda: ["eager"], choices=backend_names,
                                  metavar="BACKEND")  # fmt: skip
     precision: str = option("fp32", "fp32, bf16/fp16 autocast (fp16: CUDA only), or int8 with the openvino backend",
                             choices=PRECISIONS)  # fmt: skip
@@ -342,7 +360,7 @@ class ServeConfig:
     """HTTP API and web page for segmentation."""
 
     checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name")
-    backend: str = option("auto", BACKEND_HELP, choices=BACKENDS)
+    backend: str = option("auto", backend_help, choices=backend_names)
     host: str = option("127.0.0.1", "address to bind (default: this machine only)")
     port: int = option(8000, "TCP port")
     max_queue: int = option(16, "waiting requests before 503")
@@ -353,7 +371,7 @@ class ServeConfig:
     batch_wait_ms: float = option(2.0, "how long the worker waits to fill a batch")
 
     def __post_init__(self) -> None:
-        check_choice("backend", self.backend, BACKENDS)
+        check_choice("backend", self.backend, backend_names())
         check_counts(self, max_queue=1, max_pixels=1, max_batch=1)
         require(0 <= self.port <= 65535, "port", self.port, "a TCP port, 0-65535")
         require(self.max_mb > 0, "max_mb", self.max_mb, "a positive size in MiB")

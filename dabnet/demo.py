@@ -15,7 +15,7 @@ import torch
 from .checkpoint import resolve_checkpoint
 from .config import DemoConfig
 from .data.classes import CAMVID_IGNORE_INDEX, DATASET_INFO
-from .data.datasets import read_image
+from .image_io import read_image
 from .files import atomic_output, check_output_folder
 from .models import create_model
 from .predict import write_outputs

@@ -10,17 +10,14 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .checkpoint import inference_spec, is_exported, load_model
 from .config import OUTPUT_KINDS, PredictConfig
 from .data.classes import CITYSCAPES_CLASSES
-from .data.datasets import IMAGE_SUFFIXES, ImageReadError, read_image
-from .files import OutputError, atomic_output, check_output_folder
+from .files import atomic_output, check_output_folder
+from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, VideoWriter, open_video, read_image, save_png, video_frames
 from .preprocessing import to_rgb
 from .segmenter import Segmenter
+from .spec import describe
 from .visualize import colorize, overlay
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-
 
 def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Union[Path, int]], List[str]]:
     """Split command-line inputs into image files, video sources (files or webcam indices) and
@@ -79,16 +76,6 @@ def output_names(paths: Sequence[Path]) -> List[str]:
     return [n + p.suffix if counts[n] > 1 else n for n, p in zip(names, paths)]
 
 
-PNG_LEVEL = 3  # zlib level: the overlay (photo content) encodes about 5x faster than at Pillow's 6, a few % larger
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    with atomic_output(path, fsync=False) as tmp:  # a stopped run leaves no truncated PNG; no fsync: 3 per image
-        Image.fromarray(array).save(tmp, format="PNG", compress_level=PNG_LEVEL)
-
-
 def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem: str, fmt: str = "default",
                   save: Sequence[str] = OUTPUT_KINDS) -> Optional[np.ndarray]:  # fmt: skip
     """Write NAME_label.png, NAME_color.png and/or NAME_overlay.png, as `save` says (or, for fmt="cityscapes",
@@ -96,19 +83,19 @@ def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem
     if fmt == "cityscapes":
         from .data.datasets import train_ids_to_label_ids
 
-        _save_png(train_ids_to_label_ids(label), out / f"{stem}.png")
+        save_png(train_ids_to_label_ids(label), out / f"{stem}.png")
         return None
     if "label" in save:
-        _save_png(label, out / f"{stem}_label.png")
+        save_png(label, out / f"{stem}_label.png")
     if "color" not in save and "overlay" not in save:
         return None
     colour = colorize(label, palette)
     if "color" in save:
-        _save_png(colour, out / f"{stem}_color.png")
+        save_png(colour, out / f"{stem}_color.png")
     if "overlay" not in save:
         return None
     blend = overlay(image, colour)
-    _save_png(blend, out / f"{stem}_overlay.png")
+    save_png(blend, out / f"{stem}_overlay.png")
     return blend
 
 
@@ -187,19 +174,6 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
     return {"images": done, "skipped": failed, "fps": fps}
 
 
-def _frames(cap, max_frames: int) -> Iterator[np.ndarray]:
-    """RGB frames of an open cv2 capture, up to `max_frames` (0: all)."""
-    import cv2
-
-    count = 0
-    while not max_frames or count < max_frames:
-        ok, bgr = cap.read()
-        if not ok:
-            return
-        count += 1
-        yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def _ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
     """`items`, produced by a thread up to `depth` ahead of the consumer (depth 0: in this thread)."""
     if depth <= 0:
@@ -243,20 +217,12 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
     """Segment a video file or webcam stream frame by frame into OUT/NAME_overlay.mp4, written atomically (a
     webcam's stream ends with Ctrl-C and keeps what was written; a file stopped midway leaves nothing). With
     `workers`, frames are decoded, and overlays blended and encoded, in threads beside the network."""
-    try:
-        import cv2
-    except ImportError as e:
-        raise RuntimeError("video needs OpenCV: pip install 'dabnet[video]'") from e
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from .progress import progress_bar
 
     webcam = isinstance(source, int)
-    cap = cv2.VideoCapture(source if webcam else str(source))
-    if not cap.isOpened():
-        raise ImageReadError(f"cannot open video {source}: not a readable video file or camera")
-    fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    total = 0 if webcam else int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap, fps_in, total = open_video(source)
     name = name or (f"webcam{source}" if webcam else Path(source).stem)
     target = out / f"{name}_overlay.mp4"
     frames, seconds = 0, 0.0
@@ -264,25 +230,21 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
     encoder = ThreadPoolExecutor(1) if workers else None  # one thread: frames must reach the file in order
     pending: List[Future] = []
 
-    def encode(writer, rgb: np.ndarray, label: np.ndarray) -> None:
-        writer.write(cv2.cvtColor(overlay(rgb, colorize(label, seg.palette)), cv2.COLOR_RGB2BGR))
+    def encode(writer: VideoWriter, rgb: np.ndarray, label: np.ndarray) -> None:
+        writer.write(overlay(rgb, colorize(label, seg.palette)))
 
-    decoded = _ahead(_frames(cap, max_frames), 2 * workers)
+    decoded = _ahead(video_frames(cap, max_frames), 2 * workers)
     try:
         with atomic_output(target, fsync=False) as tmp:
-            writer = None
+            writer = VideoWriter(tmp, fps_in, shown_as=target)
             try:
                 for rgb in decoded:
                     t0 = time.perf_counter()
                     label = seg.predict(rgb)
                     seconds += time.perf_counter() - t0
-                    if writer is None:
-                        h, w = rgb.shape[:2]
-                        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
-                        if not writer.isOpened():
-                            raise OutputError(f"cannot write {target}: OpenCV could not open an mp4 writer there "
-                                              f"({w}x{h}); check that {target.parent} is writable")  # fmt: skip
-                    if encoder is None:
+                    if not writer.started:  # opened here: an unwritable folder fails at once, not in a thread
+                        encode(writer, rgb, label)
+                    elif encoder is None:
                         encode(writer, rgb, label)
                     else:
                         pending.append(encoder.submit(encode, writer, rgb, label))
@@ -299,9 +261,8 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
                     encoder.shutdown(wait=True)
                 for f in pending:
                     f.result()
-                if writer is not None:
-                    writer.release()
-            if writer is None:
+                writer.close()
+            if not writer.started:
                 raise ImageReadError(f"{source}: no frame could be read")
     finally:
         decoded.close()  # the decoding thread stops before the capture it reads is released
@@ -323,17 +284,14 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
         print("dabnet predict: error: no input images or videos", file=sys.stderr)
         return 2
     out = check_output_folder(cfg.out)  # before the model loads: a typo costs nothing
-    options = dict(device=cfg.device, backend=cfg.backend, precision=cfg.precision, channels_last=cfg.channels_last)
-    exported = is_exported(cfg.checkpoint)  # these carry their classes in the runner
-    model = None if exported else load_model(cfg.checkpoint)
-    seg = Segmenter.from_checkpoint(cfg.checkpoint, **options) if exported else None
-    names = seg.class_names if seg else inference_spec(model)["class_names"]
+    spec = describe(cfg.checkpoint)  # the one read of the checkpoint; no backend yet
+    names = spec.class_names
     if cfg.format == "cityscapes" and len(names) != len(CITYSCAPES_CLASSES):  # before int8 quantization, not after
         print(f"dabnet predict: error: --format cityscapes writes Cityscapes labelIds, but {cfg.checkpoint} predicts "
               f"{len(names)} classes ({', '.join(names[:3])}, ...), not Cityscapes' 19; use the default format",
               file=sys.stderr)  # fmt: skip
         return 2
-    seg = seg or Segmenter.from_checkpoint(model, **options)
+    seg = Segmenter.from_spec(spec, cfg.device, cfg.backend, cfg.precision, cfg.channels_last)
     failed = bool(missing)
     if images:
         failed |= bool(predict_images(seg, images, out, cfg.format, cfg.batch_size, log, cfg.save, cfg.workers)["skipped"])

@@ -10,12 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import inference_spec, is_exported, load_model
 from .data.classes import default_palette
-from .data.datasets import PathLike, read_image
+from .image_io import PathLike, read_image
 from .preprocessing import Normalize, as_rgb_array
-from .runtimes import choose_auto, cpu_has_bf16, predict_labels, prepare
-from .runtimes.onnx import OrtRunner
+from .runtimes import AUTO, choose_auto, cpu_has_bf16, get_runtime, load_exported, predict_labels, prepare
+from .spec import ModelSpec, describe
 
 
 def calibration_frames() -> List[Path]:
@@ -33,17 +32,19 @@ def calibration_batches(mean: Sequence[float], std: Sequence[float]) -> List[tor
 MIN_INT8_AGREEMENT = 0.985  # `auto` keeps int8 only above this label agreement with fp32 (calibration frames)
 
 
-def calibration_for(model: nn.Module, backend: str, precision: str) -> Optional[List[torch.Tensor]]:
-    """The bundled calibration batches, normalised for `model`, when the backend quantizes."""
-    if backend == "int8" or (backend == "openvino" and precision == "int8"):
-        spec = inference_spec(model)
-        return calibration_batches(spec["mean"], spec["std"])
+def calibration_for(spec: ModelSpec, backend: str, precision: str) -> Optional[List[torch.Tensor]]:
+    """The bundled calibration batches, normalised as `spec` says, when the runtime quantizes at `precision`."""
+    runtime = get_runtime(backend)
+    if runtime.precision_for(precision) in runtime.calibrated:
+        return calibration_batches(spec.mean, spec.std)
     return None
 
 
 def _label(backend: str, precision: str) -> str:
     """How a Segmenter names the way it runs: 'fold', 'eager bf16', 'openvino int8'."""
-    return backend if precision == "fp32" and backend != "openvino" else f"{backend} {precision}"
+    runtime = get_runtime(backend)
+    precision = runtime.precision_for(precision)
+    return backend if precision == "fp32" or len(runtime.precisions) == 1 else f"{backend} {precision}"
 
 
 class Segmenter:
@@ -79,6 +80,7 @@ class Segmenter:
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
         self.palette = [tuple(c) for c in palette] if palette else default_palette(n)
         self.backend_reason = ""
+        self.spec: Optional[ModelSpec] = None  # set by from_spec: what describe found
         self.normalize = Normalize(mean, std, self.device)
         self.mean, self.std = self.normalize.mean, self.normalize.std
 
@@ -92,45 +94,48 @@ class Segmenter:
         return dict(getattr(self.model, "checkpoint_meta", {}))
 
     @classmethod
-    def from_checkpoint(
+    def from_checkpoint(cls, path: Union[PathLike, nn.Module], *args: Any, **options: Any) -> "Segmenter":
+        """A Segmenter for a checkpoint file, a bundled name, an exported model, or a network already loaded by
+        `dabnet.load_model`: `from_spec(describe(path), ...)` with from_spec's options (device, backend,
+        precision, channels_last, log)."""
+        return cls.from_spec(describe(path), *args, **options)
+
+    @classmethod
+    def from_spec(
         cls,
-        path: Union[PathLike, nn.Module],
+        spec: ModelSpec,
         device: Union[str, torch.device] = "cpu",
         backend: str = "auto",
         precision: str = "fp32",
         channels_last: Optional[bool] = None,
         log: Optional[Callable[[str], None]] = print,
     ) -> "Segmenter":
-        """A Segmenter whose normalisation, class names and colours come from the checkpoint.
+        """A Segmenter for what `describe` found, run by `backend` (one of `runtimes.backend_names()`).
 
-        `path` is a checkpoint file, a bundled name, an exported model, or a network already loaded by
-        `dabnet.load_model`. `backend` is one of dabnet.runtimes.BACKENDS. The default, `auto`, picks
-        the fastest accurate one for the device (`runtimes.choose_auto`) and says what it chose and why
-        through `log`; `precision` then follows that choice. An exported .onnx file runs with ONNX
-        Runtime, an OpenVINO .xml IR with OpenVINO. int8 calibrates on the bundled train frames.
-        """
-        if is_exported(path):
-            if str(path).endswith(".onnx"):
-                return cls.for_model(OrtRunner(path), device, backend="onnxruntime")
-            from .runtimes.openvino import OpenVINORunner
-
-            return cls.for_model(OpenVINORunner(path, precision), device, backend=_label("openvino", precision))
-        model = path if isinstance(path, nn.Module) else load_model(path)
-        if backend == "auto":
-            return cls._auto(model, device, log)
+        Normalisation, class names and colours come from the spec. The default, `auto`, picks the fastest
+        accurate runtime for the device (`runtimes.choose_auto`) and says what it chose and why through `log`;
+        `precision` then follows that choice. An exported file runs with the runtime its suffix names.
+        int8 calibrates on the bundled train frames."""
+        if spec.exported:
+            runtime = get_runtime(spec.runtime)
+            precision = runtime.precision_for(precision)
+            return cls._of(spec, load_exported(spec.source, precision), device, None, _label(runtime.name, precision))
+        model = spec.build()
+        if backend == AUTO:
+            return cls._auto(spec, model, device, log)
         runner = None
         if backend != "eager" or precision != "fp32" or channels_last is not None:
             runner = prepare(model, backend, precision, str(device), channels_last=channels_last,
-                             calibration=calibration_for(model, backend, precision))  # fmt: skip
-        return cls.for_model(model, device, runner, _label(backend, precision))
+                             calibration=calibration_for(spec, backend, precision))  # fmt: skip
+        return cls._of(spec, model, device, runner, _label(backend, precision))
 
     @classmethod
-    def _auto(cls, model: nn.Module, device: Union[str, torch.device], log) -> "Segmenter":
+    def _auto(cls, spec: ModelSpec, model: nn.Module, device: Union[str, torch.device], log) -> "Segmenter":
         """`auto`: the choice of `choose_auto`, int8 only where it agrees with fp32 on the calibration
-        frames, PyTorch with BatchNorm folded when OpenVINO cannot load."""
+        frames, PyTorch with BatchNorm folded when the chosen runtime cannot load."""
         backend, precision, why = choose_auto(str(device))
         try:
-            runner = prepare(model, backend, precision, str(device), calibration=calibration_for(model, backend, precision))
+            runner = prepare(model, backend, precision, str(device), calibration=calibration_for(spec, backend, precision))
             agreement = getattr(runner, "info", {}).get("agreement")
             if precision == "int8" and agreement is not None and agreement < MIN_INT8_AGREEMENT:
                 precision = "bf16" if cpu_has_bf16() else "fp32"
@@ -138,20 +143,29 @@ class Segmenter:
                 runner = prepare(model, backend, precision, str(device))
             predict_labels(runner, torch.zeros(1, 3, 64, 64, device=device))  # compiles now, so a failure falls back here
         except (ImportError, RuntimeError, ValueError) as e:
-            failed = "OpenVINO" if backend == "openvino" else f"{backend} {precision}"
+            failed = _label(backend, precision)
             backend, precision, runner = "fold", "fp32", prepare(model, "fold", "fp32", str(device))
             why = f"{failed} could not run this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
         name = _label(backend, precision)
         if log:
             log(f"backend auto -> {name}: {why}")
-        seg = cls.for_model(model, device, runner, name)
+        seg = cls._of(spec, model, device, runner, name)
         seg.backend_reason = why
         return seg
 
     @classmethod
+    def _of(cls, spec: ModelSpec, model: Any, device, runner, backend: str) -> "Segmenter":
+        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, backend)
+        seg.spec = spec
+        return seg
+
+    @classmethod
     def for_model(cls, model: Any, device: Union[str, torch.device] = "cpu", runner=None, backend: str = "eager") -> "Segmenter":
-        """A Segmenter for a loaded model, described by `checkpoint.inference_spec`."""
-        return cls(model, device=device, runner=runner, backend=backend, **inference_spec(model))
+        """A Segmenter for a network already built (or a runner with `checkpoint_meta`), described by `describe`."""
+        spec = describe(model) if isinstance(model, nn.Module) else None
+        if spec is None:
+            raise TypeError(f"for_model takes a network built by dabnet, got a {type(model).__name__}; use from_checkpoint")
+        return cls._of(spec, model, device, runner, backend)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack same-size RGB uint8 images into a normalised NCHW float tensor."""

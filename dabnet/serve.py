@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .config import ServeConfig
-from .data.datasets import pil_to_rgb
+from .image_io import encode_png, pil_to_rgb
 from .segmenter import Segmenter
 from .visualize import colorize, overlay
 
@@ -152,14 +152,6 @@ def _fail(fut: asyncio.Future, exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 async def read_body(request, max_bytes: int) -> bytes:
     """The request body, refused with 413 past `max_bytes` (before reading it when the length is declared)."""
     from starlette.requests import ClientDisconnect
@@ -215,6 +207,7 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
         "classes": seg.class_names,
         "colors": [list(map(int, c)) for c in seg.palette],
         "normalisation": {"mean": list(seg.mean), "std": list(seg.std), "scale": "0-255 RGB"},
+        "note": seg.spec.note if seg.spec else "",  # what describe assumed where the checkpoint was silent
         "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s, "max_queue": cfg.max_queue},
     }
     app = FastAPI(title="dabnet", version="1", description="Real-time semantic segmentation with DABNet.")
@@ -261,9 +254,9 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
         total_ms = (time.perf_counter() - t0) * 1000
         headers = {"X-Latency-Ms": f"{total_ms:.1f}", "X-Model-Ms": f"{model_ms:.1f}"}
         if format == "label":
-            return Response(await asyncio.to_thread(_png, label), media_type="image/png", headers=headers)
+            return Response(await asyncio.to_thread(encode_png, label), media_type="image/png", headers=headers)
         if format == "overlay":
-            png = await asyncio.to_thread(lambda: _png(overlay(image, colorize(label, seg.palette))))
+            png = await asyncio.to_thread(lambda: encode_png(overlay(image, colorize(label, seg.palette))))
             return Response(png, media_type="image/png", headers=headers)
         counts = np.bincount(label.ravel(), minlength=len(seg.class_names))
         fractions = {n: round(float(c) / label.size, 6) for n, c in zip(seg.class_names, counts)}

@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from . import distributed as D
-from .checkpoint import CheckpointError, load_model, make_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, RunState, load_model, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, save_config
 from .data.datasets import (
     DatasetError,
@@ -202,44 +202,6 @@ def _tensorboard(out: Path):
 
 
 @dataclass
-class RunState:
-    """Where a run stands, all a resume needs besides the weights, optimiser and RNG: converted to and
-    from the checkpoint's keys here only (the layout older checkpoints have, plus the loss sums)."""
-
-    epoch: int = 0  # epochs completed
-    iter_in_epoch: int = 0  # steps of the next epoch already trained (after a mid-epoch stop)
-    best_miou: float = -1.0
-    history: List[Dict[str, Any]] = field(default_factory=list)
-    loss_sum: float = 0.0  # loss summed over this epoch's steps so far, so that a resumed epoch's
-    loss_steps: int = 0  # train_loss is the mean of the whole epoch, not of the part after the resume
-    seconds_sum: float = 0.0  # likewise the epoch's training seconds and images so far, so that a resumed
-    images_sum: int = 0  # epoch's seconds and img/s cover all of its steps (the time stopped not counted)
-
-    KEYS = ("epoch", "iter_in_epoch", "best_miou", "history", "loss_sum", "loss_steps", "seconds_sum", "images_sum")
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: Dict[str, Any]) -> "RunState":
-        defaults = cls()
-        return cls(**{k: ckpt[k] if ckpt.get(k) is not None else getattr(defaults, k) for k in cls.KEYS})
-
-    def to_checkpoint(self) -> Dict[str, Any]:
-        return {k: getattr(self, k) for k in self.KEYS}
-
-    def add_steps(self, result: Dict[str, Any]) -> None:
-        """Add what `train_one_epoch` returned (a whole epoch, or its part up to a stop) to the running epoch."""
-        self.iter_in_epoch += result["steps"]
-        self.loss_sum += result["loss"] * result["steps"]
-        self.loss_steps += result["steps"]
-        self.seconds_sum += result["seconds"]
-        self.images_sum += result["images"]
-
-    def close_epoch(self) -> None:
-        """Count the running epoch as done and clear its sums."""
-        self.epoch, self.iter_in_epoch = self.epoch + 1, 0
-        self.loss_sum, self.loss_steps, self.seconds_sum, self.images_sum = 0.0, 0, 0.0, 0
-
-
-@dataclass
 class Run:
     """The pieces of a training run, built once from its config."""
 
@@ -265,11 +227,11 @@ class Run:
 
     def checkpoint(self, state: RunState, finished: bool = False) -> Dict[str, Any]:
         """Everything to resume exactly (or to use the model), in one self-describing dict."""
+        progress = dataclasses.replace(state, iteration=self.scheduler.last_epoch, finished=finished)
         return make_checkpoint(
-            self.model, **self.meta, **state.to_checkpoint(), iteration=self.scheduler.last_epoch,
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict() if self.scaler is not None else None, rng=_rng_state(self.device),
-            finished=finished,
+            self.model, **self.meta, **progress.to_checkpoint(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            rng=_rng_state(self.device),
         )  # fmt: skip
 
     def restore(self, ckpt: Dict[str, Any]) -> RunState:

@@ -30,7 +30,8 @@ import torch
 from dabnet.benchmark import count_params
 from dabnet.checkpoint import read_checkpoint, save_safetensors
 from dabnet.config import DemoConfig, EvalConfig, TrainConfig, build_config, from_saved
-from dabnet.data.datasets import build_dataset, read_image, shares_frames
+from dabnet.data.datasets import build_dataset, shares_frames
+from dabnet.image_io import read_image
 from dabnet.demo import run_demo, sample_frames, sample_ground_truth
 from dabnet.distributed import describe_hardware
 from dabnet.evaluate import run_evaluation

@@ -87,7 +87,8 @@ def test_every_option_default_comes_from_its_config_dataclass(words, cls, capsys
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         action = actions[f.name]
-        assert action.help == f.metadata["help"] and action.help, f.name
+        help = f.metadata["help"]
+        assert action.help == (help() if callable(help) else help) and action.help, f.name
         if not action.required:
             assert action.default == default, f.name
     with pytest.raises(SystemExit):

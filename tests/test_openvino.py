@@ -11,7 +11,7 @@ import torch
 
 import dabnet
 from dabnet.cli import main
-from dabnet.data.datasets import read_image
+from dabnet.image_io import read_image
 from dabnet.demo import sample_frames
 from dabnet.metrics import labels_from_logits
 from dabnet.runtimes import choose_auto, cpu_has_bf16, predict_labels, prepare
@@ -75,7 +75,9 @@ def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, t
     assert torch.equal(first(x), second(x))
     # Other weights are another cache entry.
     other = dabnet.create_model("dabnet", 11).eval()
-    assert ovr.cache_key(other, "int8", calibration) != ovr.cache_key(model, "int8", calibration)
+    from dabnet.runtimes.cache import cache_key
+
+    assert cache_key(other, "int8", calibration) != cache_key(model, "int8", calibration)
     # So is other code with the same weights (a changed forward in a development install).
     class Doubled(type(model)):
         def forward(self, x):
@@ -83,7 +85,7 @@ def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, t
 
     doubled = copy.copy(model)
     doubled.__class__ = Doubled
-    assert ovr.cache_key(doubled, "float") != ovr.cache_key(model, "float")
+    assert cache_key(doubled, "float") != cache_key(model, "float")
 
 
 def test_auto_runs_openvino_and_says_why(tmp_path):
@@ -118,7 +120,7 @@ def test_auto_falls_back_to_fold_when_openvino_fails(monkeypatch):
     monkeypatch.setattr(S, "prepare", broken)
     lines = []
     seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
-    assert seg.backend == "fold" and "OpenVINO could not run this model (RuntimeError" in lines[0]
+    assert seg.backend == "fold" and "openvino int8 could not run this model (RuntimeError" in lines[0]
 
 
 def test_auto_falls_back_when_openvino_fails_only_at_compilation(monkeypatch):
@@ -130,7 +132,7 @@ def test_auto_falls_back_when_openvino_fails_only_at_compilation(monkeypatch):
     monkeypatch.setattr(ovr.OpenVINORunner, "request", cannot_compile)  # each graph is compiled on first use
     lines = []
     seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
-    assert seg.backend == "fold" and "OpenVINO could not run this model (RuntimeError" in lines[0]
+    assert seg.backend == "fold" and "openvino int8 could not run this model (RuntimeError" in lines[0]
 
 
 def test_predict_labels_uses_the_runners_own_labels():
@@ -210,8 +212,8 @@ def test_eval_with_a_backend_and_precision(tmp_path, make_camvid, capsys):
         assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--workers", "0", "--backend", backend,
                      "--precision", precision, "--json", str(js)]) == 0  # fmt: skip
         results[backend] = json.loads(js.read_text())
-    assert results["openvino"]["backend"] == "openvino fp32" and results["eager"]["backend"] == "eager"
+    assert results["openvino"]["backend"] == "openvino" and results["eager"]["backend"] == "eager"
     assert results["openvino"]["miou"] == pytest.approx(results["eager"]["miou"], abs=2e-3)
-    assert "backend openvino fp32" in capsys.readouterr().out
+    assert "backend openvino," in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--backend", "eager", "--precision", "int8"]) == 2
-    assert "int8 is not an autocast precision" in capsys.readouterr().err
+    assert "the eager backend runs fp32, bf16, fp16, not int8; int8 runs with --backend int8 or openvino" in capsys.readouterr().err

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import dabnet
-from dabnet.checkpoint import PRETRAINED, make_checkpoint, resolve_checkpoint, save_safetensors
+from dabnet.checkpoint import make_checkpoint, resolve_checkpoint, save_safetensors
 from dabnet.config import DemoConfig
-from dabnet.data.datasets import read_image
+from dabnet.image_io import read_image
 from dabnet.demo import bundled_weights_available, run_demo, sample_frames
 from dabnet.segmenter import Segmenter
 
@@ -41,7 +41,7 @@ bundled = pytest.mark.skipif(not bundled_weights_available(), reason="no trained
 @bundled
 def test_bundled_weights_load_by_name_with_complete_metadata():
     path = resolve_checkpoint("dabnet-camvid")
-    assert path.stat().st_size <= 4 * 2**20 and str(path).endswith(PRETRAINED["dabnet-camvid"])
+    assert path.stat().st_size <= 4 * 2**20 and str(path).endswith(dabnet.models.pretrained_config("dabnet-camvid").file)
     model = dabnet.load_model("dabnet-camvid")
     meta = model.checkpoint_meta
     missing = [k for k in REQUIRED_META if k not in meta]

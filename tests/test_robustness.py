@@ -19,7 +19,7 @@ from PIL import Image
 import dabnet
 from dabnet.checkpoint import CheckpointError, read_checkpoint
 from dabnet.cli import main
-from dabnet.data.datasets import read_image
+from dabnet.image_io import read_image
 from dabnet.preprocessing import to_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,11 +126,14 @@ def test_export_tolerance_follows_the_logits_and_a_failed_check_keeps_no_file(ck
     res = E.export_onnx(model, tmp_path / "big.onnx")
     assert res["max_abs_logit"] > 100 and res["tolerance"] == pytest.approx(1e-4 * res["max_abs_logit"])
 
-    class Wrong(E.OrtRunner):
-        def __call__(self, x):
-            return super().__call__(x) + 1.0
+    import dataclasses
 
-    monkeypatch.setattr(E, "OrtRunner", Wrong)
+    from dabnet.runtimes import get_runtime
+    from dabnet.runtimes import registry as reg
+
+    ort = get_runtime("onnxruntime")
+    wrong = dataclasses.replace(ort, load=lambda path, precision: (lambda x, r=ort.load(path, precision): r(x) + 1.0))
+    monkeypatch.setitem(reg._RUNTIMES, "onnxruntime", wrong)
     with pytest.raises(E.ExportError, match="nothing was kept"):
         E.export_onnx(dabnet.load_model(ckpt), tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()

@@ -439,7 +439,9 @@ def test_a_truncated_cached_ir_is_rebuilt(ckpt, tmp_path):
     bin_file.write_bytes(bin_file.read_bytes()[:100])
     with pytest.warns(UserWarning, match="is incomplete; rebuilding it"):
         again = ovr.cached_ir(model, False, None, tmp_path)
-    assert again == first and ovr._whole(first.parent)
+    from dabnet.runtimes.cache import whole
+
+    assert again == first and whole(first.parent)
     runner = ovr.OpenVINORunner(again)
     x = torch.randn(1, 3, 32, 32)
     with torch.inference_mode():
@@ -509,7 +511,7 @@ def test_segmenter_takes_pil_paths_tensors_and_refuses_the_rest_in_one_line(ckpt
 
 
 def test_bomb_message_reads_cleanly(tmp_path, monkeypatch):
-    from dabnet.data.datasets import ImageReadError, read_image
+    from dabnet.image_io import ImageReadError, read_image
 
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)

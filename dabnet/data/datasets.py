@@ -6,14 +6,14 @@ to class ids (255 = ignore); a value that maps to nothing is an error. Errors na
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..image_io import IMAGE_SUFFIXES, ImageReadError, PathLike, read_image
 from .classes import (
     CAMVID_CLASSES,
     CAMVID_IGNORE_INDEX,
@@ -29,9 +29,6 @@ from .classes import (
     default_palette,
 )
 
-PathLike = Union[str, os.PathLike]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
 
 class DatasetError(ValueError):
     """Something wrong with a dataset's files; the message names the file and what to do."""
@@ -39,47 +36,6 @@ class DatasetError(ValueError):
 
 class SplitNotFoundError(DatasetError):
     """The folder of a whole split is absent (e.g. a CamVid copy without its test split)."""
-
-
-class ImageReadError(ValueError):
-    """An image file that cannot be decoded."""
-
-
-def read_image(path: PathLike) -> np.ndarray:
-    """Decode an image fully (truncation shows here, not later) as writable HxWx3 uint8 RGB;
-    grayscale and RGBA are converted. A missing file is FileNotFoundError."""
-    from PIL import Image
-
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return pil_to_rgb(im)
-    except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise ImageReadError(f"corrupt or truncated image {path}: {str(e).rstrip('.')}. Re-export or remove this file.") from e
-
-
-def pil_to_rgb(im) -> np.ndarray:
-    """A decoded Pillow image as a viewer shows it, as writable HxWx3 uint8 RGB: EXIF orientation applied
-    (phones store portrait photos sideways), 16-bit and 32-bit grey scaled rather than clipped, CMYK,
-    palette and alpha images converted (alpha dropped)."""
-    from PIL import ImageOps
-
-    from ..preprocessing import to_rgb
-
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return to_rgb(np.asarray(im, dtype=np.uint16))
-    if im.mode == "I":  # 32-bit integer grey; 16-bit PNGs often open this way
-        arr = np.asarray(im, dtype=np.int64)
-        return to_rgb(arr.clip(0, 65535).astype(np.uint16) if arr.max(initial=0) > 255 else arr.clip(0, 255).astype(np.uint8))
-    if im.mode == "F":
-        return to_rgb(np.asarray(im, dtype=np.float32))
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -19,7 +19,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..files import atomic_output
-from .datasets import IGNORE_INDEX, IMAGE_SUFFIXES, DatasetError, PathLike
+from ..image_io import IMAGE_SUFFIXES, PathLike
+from .datasets import IGNORE_INDEX, DatasetError
 
 Pair = Tuple[Path, np.ndarray]
 Importer = Callable[..., Tuple[List[str], Optional[List[Tuple[int, int, int]]], Iterator[Pair]]]

@@ -13,7 +13,8 @@ from typing import Dict, Sequence
 from PIL import Image
 
 from ..files import atomic_output
-from .datasets import CamVid, ImageReadError, PathLike
+from ..image_io import ImageReadError, PathLike
+from .datasets import CamVid
 
 
 def pack_camvid(root: PathLike, out: PathLike, splits: Sequence[str] = ("train", "val"), quality: int = 95) -> Dict[str, object]:

@@ -1,6 +1,16 @@
 """Networks: DABNet, its ablation variants, and the comparison nets of the paper's speed table."""
 
 from . import dabnet, enet, erfnet, espnet, icnet, segnet  # noqa: F401  (each registers its models)
-from .registry import create_model, list_models, model_description, register_model
+from .registry import (
+    PretrainedConfig,
+    create_model,
+    list_models,
+    list_pretrained,
+    model_description,
+    pretrained_config,
+    register_model,
+    register_pretrained,
+)
 
-__all__ = ["create_model", "list_models", "model_description", "register_model"]
+__all__ = ["PretrainedConfig", "create_model", "list_models", "list_pretrained", "model_description", "pretrained_config",
+           "register_model", "register_pretrained"]

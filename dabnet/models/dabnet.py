@@ -18,7 +18,7 @@ from torch import nn
 
 from .fused import bn_prelu
 from .layers import BNPReLU, ConvBNPReLU, ERFNetDecoder, init_weights, resize_to
-from .registry import register_model
+from .registry import PretrainedConfig, register_model, register_pretrained
 
 PAPER_DILATIONS_2 = (4, 4, 8, 8, 16, 16)
 
@@ -236,3 +236,7 @@ def block_sizes_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str
     if "classifier.weight" in state_dict:
         info["num_classes"] = int(state_dict["classifier.weight"].shape[0])
     return info
+
+
+register_pretrained(PretrainedConfig("dabnet-camvid", "dabnet", 11, "weights/dabnet-camvid.safetensors", "camvid",
+                                     "DABNet trained here on CamVid (docs/MODEL_CARD.md)"))  # fmt: skip

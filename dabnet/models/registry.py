@@ -1,8 +1,10 @@
-"""A small model registry: `create_model(name, num_classes)` and `list_models()`."""
+"""The model registry: `create_model(name, num_classes)`, `list_models()`, and the pretrained weights declared
+beside the networks they fit (`register_pretrained`, `pretrained_config`), as timm keeps them."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
 
 from torch import nn
 
@@ -50,3 +52,39 @@ def create_model(name: str, num_classes: int = 19, **kwargs: Any) -> nn.Module:
     model.model_kwargs = dict(kwargs)
     model.num_classes = int(num_classes)
     return model
+
+
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """Weights shipped inside the package: the network they fit, the file (relative to the package) and the
+    dataset they were trained on; the file's own metadata holds the rest of its description (classes,
+    colours, normalisation, recipe)."""
+
+    name: str
+    model: str
+    num_classes: int
+    file: str
+    dataset: str
+    summary: str = ""
+
+
+_PRETRAINED: Dict[str, PretrainedConfig] = {}
+
+
+def register_pretrained(cfg: PretrainedConfig) -> PretrainedConfig:
+    """Declare bundled weights for a registered model, addressable by name wherever a checkpoint is."""
+    _check_name(cfg.model)
+    if cfg.name in _PRETRAINED:
+        raise ValueError(f"pretrained weights {cfg.name!r} are registered twice")
+    _PRETRAINED[cfg.name] = cfg
+    return cfg
+
+
+def pretrained_config(name: str) -> Optional[PretrainedConfig]:
+    """The declaration of bundled weights `name`, or None when no such name is registered."""
+    return _PRETRAINED.get(str(name))
+
+
+def list_pretrained() -> List[str]:
+    """Names of every bundled set of weights."""
+    return sorted(_PRETRAINED)

@@ -1,15 +1,18 @@
-"""Runtimes: one module per way of running a network, each giving a callable `NCHW tensor -> fp32 logits`.
+"""Runtimes: each way of running a network is one module that registers a `Runtime` (runtimes.registry), giving
+a callable `NCHW tensor -> fp32 logits`; `prepare` runs any of them, `auto` picks one per device.
 
 - `eager`, `fold`, `compile` (runtimes.pytorch): PyTorch as trained, with BatchNorm folded, or compiled.
+- `torchscript` (runtimes.torchscript): the traced network; exports .pt files.
 - `int8` (runtimes.int8): static int8 quantization (torchao PT2E), calibrated on batches you pass.
-- `onnxruntime` (runtimes.onnx): the ONNX export run by ONNX Runtime.
-- `openvino` (runtimes.openvino): OpenVINO's CPU plugin in fp32, bf16 or int8 (NNCF).
+- `onnxruntime` (runtimes.onnx): the ONNX export run by ONNX Runtime; runs .onnx files.
+- `openvino` (runtimes.openvino): OpenVINO's CPU plugin in fp32, bf16 or int8 (NNCF); runs .xml IR.
 - `auto`: the fastest accurate one for the device, chosen by `choose_auto`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, Optional, Tuple
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -17,9 +20,23 @@ from torch import nn
 from ..metrics import labels_from_logits
 from ..precision import PRECISIONS, cpu_flags, cpu_has_bf16
 from ..preprocessing import pad_to_min_side
-from .pytorch import fold_batchnorm, torch_runner
-
-BACKENDS: List[str] = ["auto", "eager", "fold", "compile", "int8", "onnxruntime", "openvino"]
+# One import per runtime module: importing it registers its runtimes, in this order.
+from . import pytorch, torchscript, int8, onnx, openvino  # noqa: F401  isort: skip
+from .pytorch import fold_batchnorm
+from .registry import (
+    AUTO,
+    Runtime,
+    backend_help,
+    backend_names,
+    export_formats,
+    exported_suffixes,
+    get_runtime,
+    list_runtimes,
+    register_runtime,
+    runtime_for_export,
+    runtime_for_file,
+    runtimes_table,
+)
 
 
 def _importable(name: str) -> bool:
@@ -64,29 +81,23 @@ def prepare(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A callable that runs `model` (eval mode) with `backend` and returns fp32 logits. `calibration`
     (normalised NCHW train batches) is what the int8 backend quantizes with."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
-    if backend == "auto":
+    if backend == AUTO:
         backend, precision, _ = choose_auto(device)
-    if backend == "openvino":
-        if torch.device(device).type != "cpu":
-            raise ValueError("the openvino backend runs on the CPU (--device cpu)")
-        from .openvino import openvino_runner
+    runtime = get_runtime(backend)
+    precision = runtime.precision_for(precision)
+    runtime.check_device(device)
+    if precision in runtime.calibrated and not calibration:
+        raise ValueError(f"the {backend} backend in {precision} needs calibration batches (normalised training images)")
+    return runtime.prepare(model.eval(), precision=precision, device=str(device), channels_last=channels_last,
+                           calibration=list(calibration) if calibration is not None else None)  # fmt: skip
 
-        return openvino_runner(model.eval(), precision, list(calibration) if calibration is not None else None)
-    if backend in ("int8", "onnxruntime"):
-        if precision != "fp32" or torch.device(device).type != "cpu":
-            raise ValueError(f"the {backend} backend runs on the CPU and takes fp32 input (leave precision at fp32)")
-        if backend == "onnxruntime":
-            from .onnx import onnx_runner
 
-            return onnx_runner(model.eval())
-        if calibration is None:
-            raise ValueError("the int8 backend needs calibration batches (normalised training images)")
-        from .int8 import int8_runner
-
-        return int8_runner(model.eval().cpu(), calibration)
-    return torch_runner(model, backend, precision, device, channels_last)
+def load_exported(path, precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
+    """A runner for an exported file (by its suffix), which carries its own description (`checkpoint_meta`)."""
+    runtime = runtime_for_file(path)
+    if runtime is None:
+        raise ValueError(f"{path} is no exported model this installation runs (those end in {', '.join(exported_suffixes())})")
+    return runtime.load(Path(path), runtime.precision_for(precision))
 
 
 def predict_labels(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -99,4 +110,6 @@ def predict_labels(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     return labels[..., :h, :w]
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "choose_auto", "cpu_has_bf16", "fold_batchnorm", "predict_labels", "prepare"]
+__all__ = ["AUTO", "PRECISIONS", "Runtime", "backend_help", "backend_names", "choose_auto", "cpu_has_bf16", "export_formats", "exported_suffixes",
+           "fold_batchnorm", "get_runtime", "list_runtimes", "load_exported", "predict_labels", "prepare", "register_runtime",
+           "runtime_for_export", "runtime_for_file", "runtimes_table"]

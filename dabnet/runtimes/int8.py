@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .pytorch import fold_batchnorm
+from .registry import Runtime, register_runtime
 
 
 def _torchao():
@@ -107,3 +108,12 @@ def int8_runner(
             return fallback(x)
 
     return run
+
+
+def _prepare(model: nn.Module, precision: str = "int8", device: str = "cpu", channels_last: Optional[bool] = None,
+             calibration: Optional[Sequence[torch.Tensor]] = None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+    return int8_runner(model.eval().cpu(), calibration or [])
+
+
+register_runtime(Runtime("int8", "PyTorch static int8 (torchao PT2E) compiled by inductor; needs torchao", _prepare,
+                         precisions=("int8",), calibrated=("int8",)))  # fmt: skip

@@ -8,12 +8,13 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..data.datasets import PathLike
+from ..files import PathLike
+from .registry import Runtime, register_runtime
 
 META_KEYS = ("model_name", "num_classes", "class_names", "palette", "mean", "std", "val_miou", "source")
 
@@ -86,3 +87,27 @@ def onnx_runner(model: nn.Module) -> OrtRunner:
         return OrtRunner(write_onnx(model.cpu(), Path(folder) / "model.onnx"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_onnx_metadata(path: PathLike) -> Dict[str, Any]:
+    """dabnet's metadata from an ONNX file's metadata_props, without building a session."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props if p.key in META_KEYS}
+    dims = proto.graph.output[0].type.tensor_type.shape.dim if proto.graph.output else []
+    if "num_classes" not in meta and len(dims) > 1 and dims[1].dim_value:
+        meta["num_classes"] = int(dims[1].dim_value)  # a foreign file: the logits' channels
+    return meta
+
+
+def _prepare(model: nn.Module, precision: str = "fp32", device: str = "cpu", channels_last: Optional[bool] = None,
+             calibration: Optional[Sequence[torch.Tensor]] = None) -> OrtRunner:  # fmt: skip
+    return onnx_runner(model.eval())
+
+
+register_runtime(Runtime(
+    "onnxruntime", "the ONNX export run by ONNX Runtime", _prepare, suffixes=(".onnx",),
+    load=lambda path, precision: OrtRunner(path), read_metadata=read_onnx_metadata, export_format="onnx",
+    export=lambda model, path: write_onnx(model, path),
+))  # fmt: skip

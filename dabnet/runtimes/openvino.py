@@ -4,23 +4,18 @@ by its CPU plugin, in fp32, bf16 (CPUs with native bf16) or int8 (NNCF post-trai
 int8 keeps the first and last convolutions in float, as the `int8` runtime does: quantizing the
 normalised RGB input and the logits cost most of the accuracy (bundled weights, CamVid val: all-int8
 -0.44 mIoU points; first/last in float -0.18 with NNCF's MIXED preset, -0.14 with PERFORMANCE).
-Converted and quantized models are cached as IR in $DABNET_CACHE/openvino (else
-~/.cache/dabnet/openvino), keyed by the weights, the versions of dabnet, OpenVINO and NNCF, the
-calibration data and the CPU, so that only a first start pays for them.
+Converted and quantized models are kept as IR in the compiled-model cache (`runtimes.cache`:
+$DABNET_CACHE/openvino, else ~/.cache/dabnet/openvino), so that only a first start pays for them.
 Needs `openvino` (and `nncf` for int8), which `pip install dabnet` brings.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -28,11 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import files
-from ..data.datasets import PathLike
+from ..files import PathLike
 from ..metrics import labels_from_logits
 from ..precision import cpu_flags, cpu_has_bf16
+from . import cache
 from .onnx import META_KEYS, export_sizes, model_metadata
+from .registry import Runtime, register_runtime
 
 OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": None}  # int8: float parts at the plugin's default
 
@@ -171,91 +167,22 @@ class OpenVINORunner:
         return self._infer(x, "labels")
 
 
-def package_versions() -> Dict[str, str]:
-    """Installed versions of dabnet, OpenVINO and NNCF ("none" when absent): part of a cached IR's key."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("dabnet", "openvino", "nncf"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "none"
-    return out
-
-
-def _source_digest(model: nn.Module) -> str:
-    """Digest of the code that builds the graph (the network's module, dabnet's layers, this runtime):
-    a changed forward in a development install must not be served from an IR of the old one."""
-    import inspect
-
-    from ..models import layers
-
-    h = hashlib.sha256()
-    for obj in (type(model), layers, sys.modules[__name__]):
-        try:
-            h.update(Path(inspect.getfile(obj)).read_bytes())
-        except (OSError, TypeError):  # no source file (e.g. a class defined at the prompt)
-            h.update(type(obj).__qualname__.encode())
-    return h.hexdigest()[:16]
-
-
-def cache_key(model: nn.Module, kind: str, calibration: Optional[Sequence[torch.Tensor]] = None) -> str:
-    """What a cached IR depends on: the weights, the network and its code, the versions, the
-    calibration and the CPU."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"model": model.model_name, "kwargs": getattr(model, "model_kwargs", {}), "classes": model.num_classes,
-                         "kind": kind, "versions": package_versions(), "cpu": cpu_flags(), "code": _source_digest(model)},
-                        sort_keys=True, default=str).encode())  # fmt: skip
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    for batch in calibration or []:
-        h.update(batch.detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:24]
-
-
 def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None) -> Path:
-    """The IR of `model` (float, or int8 quantized on `calibration`), converted once and then read from the cache."""
+    """The IR of `model` (float, or int8 quantized on `calibration`), converted once and then read from the
+    compiled-model cache (`runtimes.cache`)."""
     kind = f"int8-{QUANT_PRESET}" if int8 else "float"
-    folder = Path(cache_dir or files.cache_dir()) / "openvino" / f"{model.model_name}-{kind}-{cache_key(model, kind, calibration)}"
-    xml = folder / "model.xml"
-    if _whole(folder):
-        return xml
-    if folder.exists():  # truncated or damaged (a disk that filled, a copy cut short): rebuilt, not used as is
-        warnings.warn(f"the cached OpenVINO model {folder} is incomplete; rebuilding it", stacklevel=2)
-        shutil.rmtree(folder, ignore_errors=True)
-    ov = _openvino()
-    ov_model = convert(model)
-    info: Dict[str, Any] = {"versions": package_versions(), "cpu": cpu_flags()}
-    if int8:
-        ov_model = quantize(ov_model, calibration or [])
-        info["agreement"] = label_agreement(model, OpenVINORunner(ov_model, "int8"), calibration or [])
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        ov.save_model(ov_model, str(tmp / "model.xml"), compress_to_fp16=False)
-        info["sizes"] = {name: (tmp / name).stat().st_size for name in IR_FILES}  # what _whole checks
-        (tmp / "info.json").write_text(json.dumps(info, indent=1))
-        try:
-            os.replace(tmp, folder)  # atomic: a reader sees no IR or a whole one
-        except OSError:  # another process cached it first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return xml
+    key = cache.cache_key(model, kind, calibration, code=[sys.modules[__name__]])
 
+    def build(folder: Path) -> Dict[str, Any]:
+        ov_model = convert(model)
+        info: Dict[str, Any] = {"versions": cache.package_versions(), "cpu": cpu_flags()}
+        if int8:
+            ov_model = quantize(ov_model, calibration or [])
+            info["agreement"] = label_agreement(model, OpenVINORunner(ov_model, "int8"), calibration or [])
+        _openvino().save_model(ov_model, str(folder / "model.xml"), compress_to_fp16=False)
+        return info
 
-IR_FILES = ("model.xml", "model.bin")
-
-
-def _whole(folder: Path) -> bool:
-    """Whether a cached IR folder holds both files at the sizes recorded when it was written."""
-    try:
-        sizes = json.loads((folder / "info.json").read_text())["sizes"]
-        return all((folder / name).stat().st_size == sizes[name] for name in IR_FILES)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return cache.cached("openvino", f"{model.model_name}-{kind}-{key}", build, cache_dir) / "model.xml"
 
 
 def label_agreement(model: nn.Module, runner, batches: Iterable[torch.Tensor]) -> float:
@@ -266,12 +193,6 @@ def label_agreement(model: nn.Module, runner, batches: Iterable[torch.Tensor]) -
             a, b = labels_from_logits(model.eval().cpu()(x.float().cpu())), labels_from_logits(runner(x))
             same, total = same + int((a == b).sum()), total + a.numel()
     return same / max(total, 1)
-
-
-def ir_info(xml: PathLike) -> Dict[str, Any]:
-    """What `cached_ir` recorded beside an IR (int8: its label agreement with fp32 on the calibration frames)."""
-    info = Path(xml).with_name("info.json")
-    return json.loads(info.read_text()) if info.is_file() else {}
 
 
 def openvino_runner(
@@ -285,7 +206,7 @@ def openvino_runner(
         raise ValueError(f"the openvino backend runs {', '.join(OV_PRECISIONS)}; got {precision!r}")
     xml = cached_ir(model, precision == "int8", calibration if precision == "int8" else None, cache_dir)
     runner = OpenVINORunner(xml, precision, blob_cache=xml.parent / "compiled")
-    runner.info = ir_info(xml)
+    runner.info = cache.info(xml.parent)
     return runner
 
 
@@ -298,3 +219,29 @@ def export_ir(model: nn.Module, path: PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(convert(model), str(path), compress_to_fp16=False)
     return path
+
+
+def _prepare(model: nn.Module, precision: str = "fp32", device: str = "cpu", channels_last: Optional[bool] = None,
+             calibration: Optional[Sequence[torch.Tensor]] = None) -> OpenVINORunner:  # fmt: skip
+    return openvino_runner(model.eval(), precision, list(calibration) if calibration is not None else None)
+
+
+def _export(model: nn.Module, path: Path) -> Path:
+    return export_ir(model.eval(), path)
+
+
+def _metadata(path: Path) -> Dict[str, Any]:
+    ov_model = core().read_model(str(path))  # reading an IR compiles nothing
+    meta = read_metadata(ov_model)
+    channels = ov_model.outputs[0].get_partial_shape()[1]
+    if "num_classes" not in meta and channels.is_static:
+        meta["num_classes"] = channels.get_length()  # a foreign IR: the logits' channels
+    return meta
+
+
+register_runtime(Runtime(
+    "openvino", "OpenVINO's CPU plugin in fp32, bf16 or int8 (NNCF), the arg-max inside the graph", _prepare,
+    precisions=tuple(OV_PRECISIONS), calibrated=("int8",), computes_labels=True, suffixes=(".xml",),
+    load=lambda path, precision: OpenVINORunner(path, precision), read_metadata=_metadata, export_format="openvino",
+    export=_export, export_files=lambda path: (path, path.with_suffix(".bin")),
+))  # fmt: skip

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..precision import autocast, check_precision, cpu_has_bf16
+from ..precision import PRECISIONS, autocast, check_precision, cpu_has_bf16
+from .registry import Runtime, register_runtime
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -67,3 +68,17 @@ def torch_runner(
             return net(x.to(dev, memory_format=fmt)).float()
 
     return run
+
+
+def _registered(backend: str, summary: str) -> Runtime:
+    def prepare(model: nn.Module, precision: str = "fp32", device: str = "cpu", channels_last: Optional[bool] = None,
+                calibration=None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+        return torch_runner(model, backend, precision, device, channels_last)
+
+    floats = tuple(p for p in PRECISIONS if p != "int8")
+    return register_runtime(Runtime(backend, summary, prepare, precisions=floats, devices=("cpu", "cuda"), channels_last=True))
+
+
+_registered("eager", "PyTorch as trained")
+_registered("fold", "PyTorch with BatchNorm folded into the convolutions (same outputs, faster)")
+_registered("compile", "torch.compile of the folded network (CUDA graphs on a GPU)")

@@ -1,0 +1,76 @@
+"""The `torchscript` runtime: the network traced to TorchScript (with the class names, colours and
+normalisation in the file's extra files), run by PyTorch's TorchScript interpreter, and `dabnet export
+--format torchscript`."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..files import PathLike
+from .onnx import export_sizes, model_metadata
+from .registry import Runtime, register_runtime
+
+EXTRA_FILE = "dabnet.json"
+
+
+def trace(model: nn.Module, device: str = "cpu") -> torch.jit.ScriptModule:
+    """`model` (eval mode) traced at a padding-free size; a network that cannot be traced says which format to use."""
+    size = export_sizes(model)[0]
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic
+            return torch.jit.trace(model.eval().to(device), torch.randn(1, 3, *size, device=device))
+    except Exception as e:
+        raise ValueError(f"{model.model_name} cannot be traced to TorchScript ({type(e).__name__}); use --format onnx") from e
+
+
+class ScriptRunner:
+    """A TorchScript module: `NCHW tensor -> fp32 logits`, with the description saved beside it."""
+
+    def __init__(self, module: torch.jit.ScriptModule, meta: Dict[str, Any], device: str = "cpu") -> None:
+        self.module, self.device, self.checkpoint_meta = module, torch.device(device), meta
+        self.model_name = meta.get("model_name", "model") + " (torchscript)"
+        self.num_classes = int(meta.get("num_classes", 0))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(x.to(self.device)).float()
+
+
+def write_torchscript(model: nn.Module, path: PathLike) -> Path:
+    """Trace `model` and save it with its metadata; no check."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(trace(model), str(path), _extra_files={EXTRA_FILE: json.dumps(model_metadata(model))})
+    return path
+
+
+def read_torchscript_metadata(path: PathLike) -> Dict[str, Any]:
+    """The description saved in a TorchScript file by `write_torchscript` (empty for a foreign file)."""
+    extra = {EXTRA_FILE: ""}
+    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
+
+
+def load_torchscript(path: PathLike, precision: str = "fp32") -> ScriptRunner:
+    """A TorchScript file written by `write_torchscript`, run on the CPU."""
+    extra = {EXTRA_FILE: ""}
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return ScriptRunner(module.eval(), json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {})
+
+
+def _prepare(model: nn.Module, precision: str = "fp32", device: str = "cpu", channels_last: Optional[bool] = None,
+             calibration=None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+    return ScriptRunner(trace(model, device), model_metadata(model), device)
+
+
+register_runtime(Runtime(
+    "torchscript", "the network traced to TorchScript", _prepare, devices=("cpu", "cuda"), load=load_torchscript,
+    read_metadata=read_torchscript_metadata, export_format="torchscript", export=lambda model, path: write_torchscript(model, path),
+))  # fmt: skip
