@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import dabnet
 
@@ -167,3 +168,18 @@ def test_finetune_benchmark_runs_differ_only_in_init_from(repo_script, monkeypat
             bench.run(tmp_path / "dataset.yaml", tmp_path / "run", 3, init)
     assert [c.init_from for c in seen] == ["dabnet-camvid", None]
     assert {k: v for k, v in vars(seen[0]).items() if k != "init_from"} == {k: v for k, v in vars(seen[1]).items() if k != "init_from"}
+
+
+def test_openvino_profile_sums_each_node_kind_of_the_labels_graph(repo_script):
+    pytest.importorskip("openvino")
+    from dabnet.runtimes import prepare
+
+    script = repo_script("benchmarks/ov_profile.py")
+    runner = prepare(dabnet.create_model("dabnet", 11, block_1=1, block_2=2).eval(), "openvino", "fp32")
+    x = torch.randn(1, 3, 64, 96).numpy()
+    rows, wall = script.profile(runner, x, frames=3, warmup=1)
+    kinds = {node_type for node_type, _, _, _ in rows}
+    assert {"Convolution", "Interpolate", "TopK"} <= kinds and wall > 0  # the network and the arg-max graph
+    assert all(ms >= 0 and n >= 1 for _, _, ms, n in rows) and [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
+    text = script.table(rows, wall, top=3)
+    assert text.count("\n| ") == 1 + 3 + 1 and "other kinds" in text  # header, 3 rows, the rest

@@ -87,7 +87,7 @@ def first_and_last_convolutions(ov_model) -> List[str]:
 QUANT_PRESET = "mixed"
 
 
-def quantize(ov_model, calibration: Iterable[torch.Tensor], keep_float: Optional[Sequence[str]] = None):
+def quantize(ov_model, calibration: Iterable[torch.Tensor], keep_float: Optional[Sequence[str]] = None, preset: str = QUANT_PRESET):
     """NNCF post-training int8 (MIXED preset: symmetric weights, asymmetric activations), calibrated on
     `calibration` (normalised NCHW training batches); `keep_float` (default: first and last convolutions)
     stays in float."""
@@ -97,7 +97,7 @@ def quantize(ov_model, calibration: Iterable[torch.Tensor], keep_float: Optional
         raise ValueError("int8 calibration needs at least one image")
     names = list(first_and_last_convolutions(ov_model) if keep_float is None else keep_float)
     with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars have no switch; keep dabnet's output clean
-        return nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset(QUANT_PRESET), subset_size=len(batches),
+        return nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset(preset), subset_size=len(batches),
                              ignored_scope=nncf.IgnoredScope(names=names, validate=False))  # fmt: skip
 
 
@@ -167,17 +167,18 @@ class OpenVINORunner:
         return self._infer(x, "labels")
 
 
-def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None) -> Path:
+def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None,
+              preset: str = QUANT_PRESET) -> Path:  # fmt: skip
     """The IR of `model` (float, or int8 quantized on `calibration`), converted once and then read from the
     compiled-model cache (`runtimes.cache`)."""
-    kind = f"int8-{QUANT_PRESET}" if int8 else "float"
+    kind = f"int8-{preset}" if int8 else "float"
     key = cache.cache_key(model, kind, calibration, code=[sys.modules[__name__]])
 
     def build(folder: Path) -> Dict[str, Any]:
         ov_model = convert(model)
         info: Dict[str, Any] = {"versions": cache.package_versions(), "cpu": cpu_flags()}
         if int8:
-            ov_model = quantize(ov_model, calibration or [])
+            ov_model = quantize(ov_model, calibration or [], preset=preset)
             info["agreement"] = label_agreement(model, OpenVINORunner(ov_model, "int8"), calibration or [])
         _openvino().save_model(ov_model, str(folder / "model.xml"), compress_to_fp16=False)
         return info
@@ -197,14 +198,15 @@ def label_agreement(model: nn.Module, runner, batches: Iterable[torch.Tensor]) -
 
 def openvino_runner(
     model: nn.Module, precision: str = "fp32", calibration: Optional[Sequence[torch.Tensor]] = None,
-    cache_dir: Optional[PathLike] = None,
+    cache_dir: Optional[PathLike] = None, preset: str = QUANT_PRESET,
 ) -> OpenVINORunner:  # fmt: skip
-    """`model` run by OpenVINO at `precision` (fp32, bf16, int8); int8 quantizes on `calibration`."""
+    """`model` run by OpenVINO at `precision` (fp32, bf16, int8); int8 quantizes on `calibration` with NNCF's
+    `preset` (mixed: asymmetric activations; performance: symmetric)."""
     if precision == "int8" and not calibration:
         raise ValueError("OpenVINO int8 needs calibration batches (normalised training images)")
     if precision not in OV_PRECISIONS:
         raise ValueError(f"the openvino backend runs {', '.join(OV_PRECISIONS)}; got {precision!r}")
-    xml = cached_ir(model, precision == "int8", calibration if precision == "int8" else None, cache_dir)
+    xml = cached_ir(model, precision == "int8", calibration if precision == "int8" else None, cache_dir, preset)
     runner = OpenVINORunner(xml, precision, blob_cache=xml.parent / "compiled")
     runner.info = cache.info(xml.parent)
     return runner

@@ -1,0 +1,131 @@
+"""Where the default CPU graph spends its time: OpenVINO's per-node counters (PERF_COUNT) for the `auto`
+backend's labels graph (the network + the arg-max, what predict runs), summed per node type and kernel.
+
+    python benchmarks/ov_profile.py --size 360x480 --frames 50            # prints the table
+    python benchmarks/ov_profile.py --size 360x480 --out docs/OV_PROFILE.md  # and writes it
+    python benchmarks/ov_profile.py --presets mixed performance              # NNCF presets side by side
+
+Batch 1, one CPU stream with the LATENCY hint, the cached IR `Segmenter.from_checkpoint(..., backend="auto")`
+uses; medians per node over `--frames` runs after warm-up. The wall time per frame is measured in the same
+run; the counters' sum is lower (it leaves out the runtime's own overhead between nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dabnet.config import parse_size  # noqa: E402
+from dabnet.precision import cpu_flags  # noqa: E402
+from dabnet.runtimes.openvino import core, with_labels  # noqa: E402
+from dabnet.segmenter import Segmenter  # noqa: E402
+
+
+def profile(runner, x: np.ndarray, frames: int, warmup: int = 10):
+    """(rows of (node type, kernel, ms per frame, count), wall ms per frame) of an OpenVINO runner's labels graph."""
+    config = dict(runner.config, PERF_COUNT=True)
+    request = core().compile_model(with_labels(runner.ov_model), "CPU", config).create_infer_request()
+    for _ in range(warmup):
+        request.infer([x])
+    per_node = defaultdict(list)
+    walls = []
+    for _ in range(frames):
+        t0 = time.perf_counter()
+        request.infer([x])
+        walls.append((time.perf_counter() - t0) * 1000)
+        for info in request.profiling_info:
+            if info.status.name == "EXECUTED":
+                per_node[(info.node_name, info.node_type, info.exec_type)].append(info.real_time.total_seconds() * 1000)
+    by_kind = defaultdict(lambda: [0.0, 0])
+    for (_, node_type, exec_type), times in per_node.items():
+        by_kind[(node_type, exec_type)][0] += statistics.median(times)
+        by_kind[(node_type, exec_type)][1] += 1
+    rows = sorted(((t, k, ms, n) for (t, k), (ms, n) in by_kind.items()), key=lambda r: -r[2])
+    return rows, statistics.median(walls)
+
+
+def table(rows, wall: float, top: int) -> str:
+    total = sum(r[2] for r in rows)
+    lines = [f"Wall time per frame (median): **{wall:.2f} ms**; sum of the node counters: {total:.2f} ms.", "",
+             "| node type | kernel | nodes | ms per frame | share of the counters |", "|---|---|---:|---:|---:|"]  # fmt: skip
+    for node_type, kernel, ms, n in rows[:top]:
+        lines.append(f"| {node_type} | {kernel} | {n} | {ms:.3f} | {100 * ms / total:.1f}% |")
+    rest = rows[top:]
+    if rest:
+        lines.append(f"| ({len(rest)} other kinds) | | {sum(r[3] for r in rest)} | {sum(r[2] for r in rest):.3f} | "
+                     f"{100 * sum(r[2] for r in rest) / total:.1f}% |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def compare_presets(seg: Segmenter, x: np.ndarray, presets, frames: int) -> str:
+    """NNCF presets side by side: label agreement with fp32 on the calibration frames, the labels graph's
+    wall time (interleaved frame by frame, medians) and the time its zero-point nodes take."""
+    from dabnet.runtimes.openvino import openvino_runner
+    from dabnet.segmenter import calibration_batches
+
+    model = seg.spec.build()
+    calibration = calibration_batches(seg.mean, seg.std)
+    runners = {p: openvino_runner(model, "int8", calibration, preset=p) for p in presets}
+    xt = torch.from_numpy(x)
+    times = {p: [] for p in presets}
+    for i in range(frames + 10):
+        for p, r in runners.items():
+            t0 = time.perf_counter()
+            r.labels(xt)
+            if i >= 10:
+                times[p].append((time.perf_counter() - t0) * 1000)
+    base = statistics.median(times[presets[0]])
+    lines = ["| NNCF preset | label agreement with fp32 (calibration pixels) | labels ms (median, interleaved) | vs "
+             f"{presets[0]} | Subtract + PowerStatic ms (counters) |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for p, r in runners.items():
+        rows, _ = profile(r, x, 20)
+        zero_points = sum(ms for t, _, ms, _ in rows if t in ("Subtract", "PowerStatic"))
+        ms = statistics.median(times[p])
+        lines.append(f"| {p} | {100 * r.info['agreement']:.2f}% | {ms:.2f} | {base / ms:.2f}x | {zero_points:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="dabnet-camvid")
+    ap.add_argument("--size", type=parse_size, default=(360, 480))
+    ap.add_argument("--frames", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--presets", nargs="*", default=[], help="also compare these NNCF presets (e.g. mixed performance)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the table as markdown")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seg = Segmenter.from_checkpoint(args.checkpoint, backend="auto", log=None)
+    if not hasattr(seg.run, "ov_model"):
+        sys.exit(f"auto runs {seg.backend} here, not OpenVINO: nothing to profile")
+    x = np.ascontiguousarray(seg.preprocess([np.zeros((*args.size, 3), np.uint8)]).numpy())
+    rows, wall = profile(seg.run, x, args.frames)
+    cpu = cpu_flags()
+    head = (f"# OpenVINO per-node profile of the default graph\n\nGenerated by `python benchmarks/ov_profile.py --size "
+            f"{args.size[0]}x{args.size[1]} --frames {args.frames}{' --presets ' + ' '.join(args.presets) if args.presets else ''}` on **{cpu['model']}** (flags: {' '.join(cpu['flags'])}), "
+            f"backend `{seg.backend}` ({seg.backend_reason}), {torch.get_num_threads()} threads, batch 1, "
+            f"{args.size[0]}x{args.size[1]}, labels graph (network + arg-max).\n")  # fmt: skip
+    text = head + "\n" + table(rows, wall, args.top) + "\n"
+    if args.presets:
+        text += ("\n## NNCF presets\n\n`auto` keeps int8 only above 98.5% agreement (`segmenter.MIN_INT8_AGREEMENT`); "
+                 "the performance preset makes activations symmetric. The Subtract nodes are not activation zero points: they are the standalone BatchNorms (after each concatenation and at each DAB module's input; OpenVINO names them BatchNormInference), which stay either way.\n\n"
+                 + compare_presets(seg, x, args.presets, args.frames) + "\n")  # fmt: skip
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
