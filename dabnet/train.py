@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from . import distributed as D
-from .checkpoint import CheckpointError, RunState, load_model, make_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import TRAINING_STATE, CheckpointError, RunState, load_model, make_checkpoint, read_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, save_config
 from .data.datasets import (
     DatasetError,
@@ -228,22 +228,21 @@ class Run:
     def checkpoint(self, state: RunState, finished: bool = False) -> Dict[str, Any]:
         """Everything to resume exactly (or to use the model), in one self-describing dict."""
         progress = dataclasses.replace(state, iteration=self.scheduler.last_epoch, finished=finished)
-        return make_checkpoint(
-            self.model, **self.meta, **progress.to_checkpoint(), optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler is not None else None,
-            rng=_rng_state(self.device),
-        )  # fmt: skip
+        training = (self.optimizer.state_dict(), self.scheduler.state_dict(),
+                    self.scaler.state_dict() if self.scaler is not None else None, _rng_state(self.device))  # fmt: skip
+        return make_checkpoint(self.model, **self.meta, **progress.to_checkpoint(), **dict(zip(TRAINING_STATE, training)))
 
     def restore(self, ckpt: Dict[str, Any]) -> RunState:
         """Load weights, optimiser, schedule, scaler and RNG from a training checkpoint."""
         if ckpt.get("num_classes") != self.train_ds.num_classes:
             raise CheckpointError(f"cannot resume: checkpoint has {ckpt.get('num_classes')} classes, dataset {self.train_ds.num_classes}")
+        optimizer, scheduler, scaler, rng = (ckpt.get(k) for k in TRAINING_STATE)
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], self.device)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(scheduler)
+        if self.scaler is not None and scaler:
+            self.scaler.load_state_dict(scaler)
+        _set_rng_state(rng, self.device)
         return RunState.from_checkpoint(ckpt)
 
 
