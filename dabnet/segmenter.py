@@ -161,11 +161,10 @@ class Segmenter:
 
     @classmethod
     def for_model(cls, model: Any, device: Union[str, torch.device] = "cpu", runner=None, backend: str = "eager") -> "Segmenter":
-        """A Segmenter for a network already built (or a runner with `checkpoint_meta`), described by `describe`."""
-        spec = describe(model) if isinstance(model, nn.Module) else None
-        if spec is None:
+        """A Segmenter for a network already built by dabnet, described by `describe`, run by `runner` if given."""
+        if not isinstance(model, nn.Module):
             raise TypeError(f"for_model takes a network built by dabnet, got a {type(model).__name__}; use from_checkpoint")
-        return cls._of(spec, model, device, runner, backend)
+        return cls._of(describe(model), model, device, runner, backend)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack same-size RGB uint8 images into a normalised NCHW float tensor."""
