@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -103,7 +104,7 @@ def _runner(model: nn.Module, label: str, precision: str, device: str, channels_
     return (label, prec, "inference"), runner
 
 
-def _time_ms(run, x: torch.Tensor, dev: torch.device) -> float:
+def _time_ms(run, x, dev: torch.device) -> float:
     """Milliseconds of one call: between CUDA events on a GPU (its own clock; the events are recorded
     once the queue is empty), wall clock around the call elsewhere."""
     _sync(dev)
@@ -140,17 +141,22 @@ def benchmark(
     affects them alike. `paper_protocol` adds eager runs without no_grad (as the paper timed);
     `channels_last` is passed to `dabnet.runtimes.prepare` (rows then name the backend `NAME+cl`);
     a backend written `NAME+cl` runs channels_last on its own, beside the others, and `NAME:PRECISION`
-    at its own precision (e.g. `openvino:int8`). `labels` also times each backend to the label map
-    (protocol `labels`: its logits' arg-max, or the arg-max inside OpenVINO), what a Segmenter needs.
+    at its own precision (e.g. `openvino:int8`). `labels` also times each backend from RGB uint8 frames
+    to the label map (protocol `labels`: normalisation, network and arg-max, as `Segmenter.predict` runs them;
+    OpenVINO does all three inside its graph)
     FPS count images: `batch` * 1000 / median ms."""
     from .checkpoint import load_model
-    from .runtimes import predict_labels
+    from .preprocessing import Normalize
+    from .runtimes import predict_image_labels
+    from .spec import describe
 
     dev = torch.device(device)
     rows: List[Dict[str, object]] = []
     for name in models:
         model = load_model(checkpoint) if checkpoint else create_model(name, num_classes)
         model = model.eval().to(dev)
+        spec = describe(model)
+        normalize = Normalize(spec.mean, spec.std, dev)
         params = count_params(model)
         runners = {}  # prepared once for all sizes: quantizing or converting per size would only repeat work
         for label in backends:
@@ -158,21 +164,23 @@ def benchmark(
                 key, runner = _runner(model, label, precision, device, channels_last)
                 runners[key] = runner
                 if labels:
-                    runners[key[:2] + ("labels",)] = lambda t, r=runner: predict_labels(r, t)
+                    runners[key[:2] + ("labels",)] = lambda images, r=runner: predict_image_labels(r, images, normalize)
             except Exception as e:  # e.g. max-unpooling nets cannot be traced for ONNX
                 log(f"{model.model_name:<10} {label:<12} skipped: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
         if paper_protocol:
             runners[("eager", "fp32", "paper (autograd on)")] = lambda t, m=model: m(t)
         for size in sizes:
             x = torch.randn(batch, 3, size[0], size[1], device=dev)
+            images = [np.random.default_rng(i).integers(0, 256, (*size, 3), dtype=np.uint8) for i in range(batch)]
+            feed = {k: images if k[2] == "labels" else x for k in runners}
             macs = model_complexity(model.model_name, model.num_classes, size)["gmacs"] if not checkpoint else count_macs(model, size) / 1e9
             times: Dict[tuple, List[float]] = {k: [] for k in runners}
             for _ in range(warmup):
-                for run in runners.values():
-                    run(x)
+                for key, run in runners.items():
+                    run(feed[key])
             for _ in range(frames):
                 for key, run in runners.items():
-                    times[key].append(_time_ms(run, x, dev))
+                    times[key].append(_time_ms(run, feed[key], dev))
             for (b, prec, protocol), ts in times.items():
                 med = statistics.median(ts)
                 row = {"model": model.model_name, "size": f"{size[0]}x{size[1]}", "backend": b, "precision": prec,

@@ -13,7 +13,7 @@ from torch import nn
 from .data.classes import default_palette
 from .image_io import PathLike, read_image
 from .preprocessing import Normalize, as_rgb_array
-from .runtimes import AUTO, choose_auto, cpu_has_bf16, get_runtime, load_exported, predict_labels, prepare
+from .runtimes import AUTO, choose_auto, cpu_has_bf16, get_runtime, load_exported, predict_image_labels, prepare
 from .spec import ModelSpec, describe
 
 
@@ -141,7 +141,8 @@ class Segmenter:
                 precision = "bf16" if cpu_has_bf16() else "fp32"
                 why = f"int8 agreed with fp32 on only {100 * agreement:.1f}% of the calibration pixels, so {precision}"
                 runner = prepare(model, backend, precision, str(device))
-            predict_labels(runner, torch.zeros(1, 3, 64, 64, device=device))  # compiles now, so a failure falls back here
+            blank = np.zeros((64, 64, 3), np.uint8)  # compiles what predict runs now, so a failure falls back here
+            predict_image_labels(runner, [blank], Normalize(spec.mean, spec.std, device))
         except (ImportError, RuntimeError, ValueError) as e:
             failed = _label(backend, precision)
             backend, precision, runner = "fold", "fp32", prepare(model, "fold", "fp32", str(device))
@@ -202,7 +203,7 @@ class Segmenter:
         return out  # type: ignore[return-value]
 
     def _labels(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return predict_labels(self.run, self.preprocess(images)).to(torch.uint8).cpu().numpy()
+        return predict_image_labels(self.run, images, self.normalize).to(torch.uint8).cpu().numpy()
 
     def _tiled(self, image: np.ndarray) -> np.ndarray:
         """The label map of an image over `max_pixels`, tile by tile: each tile's centre, seen with its margin."""

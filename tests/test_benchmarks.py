@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import dabnet
+from dabnet.segmenter import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,7 +177,8 @@ def test_openvino_profile_sums_each_node_kind_of_the_labels_graph(repo_script):
     from dabnet.runtimes import prepare
 
     script = repo_script("benchmarks/ov_profile.py")
-    runner = prepare(dabnet.create_model("dabnet", 11, block_1=1, block_2=2).eval(), "openvino", "fp32")
+    model = dabnet.create_model("dabnet", 11, block_1=1, block_2=2).eval()
+    runner = prepare(model, "openvino", "fp32")
     x = torch.randn(1, 3, 64, 96).numpy()
     rows, wall = script.profile(runner, x, frames=3, warmup=1)
     kinds = {node_type for node_type, _, _, _ in rows}
@@ -183,3 +186,9 @@ def test_openvino_profile_sums_each_node_kind_of_the_labels_graph(repo_script):
     assert all(ms >= 0 and n >= 1 for _, _, ms, n in rows) and [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
     text = script.table(rows, wall, top=3)
     assert text.count("\n| ") == 1 + 3 + 1 and "other kinds" in text  # header, 3 rows, the rest
+    frame = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    u8_rows, _ = script.profile(runner, np.ascontiguousarray(frame.transpose(2, 0, 1)[None]), 3, 1, image_input=((1, 2, 3), (4, 5, 6)))
+    assert {"Convolution", "Interpolate", "TopK"} <= {r[0] for r in u8_rows}  # the same network, fed uint8 frames
+    seg = Segmenter.for_model(model, runner=runner, backend="openvino")
+    compared = script.predict_against_float_path(seg, frame, frames=2)
+    assert compared.count("\n| ") == 2 and "| 1.00x |" in compared  # Segmenter.predict, then the float path against it

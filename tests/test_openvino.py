@@ -6,6 +6,7 @@ import copy
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,23 @@ def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement
     # The arg-max inside OpenVINO gives the arg-max of the same run's logits, as uint8.
     labels = run.labels(x[:, :, :97, :131])
     assert labels.dtype == torch.uint8 and torch.equal(labels.long(), labels_from_logits(odd))
+    # uint8 frames straight in (conversion and normalisation inside the graph): the labels of the float path.
+    images = [read_image(p)[:97, :131] for p in sample_frames()]
+    inside = torch.from_numpy(run.image_labels(np.stack(images), seg.mean, seg.std))
+    assert inside.dtype == torch.uint8 and (inside == run.labels(seg.preprocess(images))).float().mean() > 0.999
+
+
+def test_segmenter_feeds_openvino_uint8_frames_tiny_ones_padded_as_the_float_path_pads(bundled, monkeypatch):
+    model, seg, _ = bundled
+    ov_seg = Segmenter.for_model(model, runner=prepare(model, "openvino", "fp32"), backend="openvino")
+    calls = []
+    monkeypatch.setattr(ov_seg.run, "image_labels", lambda *a, _f=ov_seg.run.image_labels: calls.append(a[0].shape) or _f(*a))
+    frame = read_image(sample_frames()[0])
+    for crop in (frame[:5, :7], frame[:40, :3], frame[:64, :96]):
+        got = ov_seg.predict(crop)
+        want = predict_labels(ov_seg.run, seg.preprocess([crop]))[0].numpy()
+        assert got.shape == crop.shape[:2] and (got == want).mean() > 0.999
+    assert calls == [(1, 16, 16, 3), (1, 40, 16, 3), (1, 64, 96, 3)]  # padded to 16 a side by edge replication
 
 
 def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, tmp_path):
@@ -126,7 +144,7 @@ def test_auto_falls_back_to_fold_when_openvino_fails(monkeypatch):
 def test_auto_falls_back_when_openvino_fails_only_at_compilation(monkeypatch):
     import dabnet.runtimes.openvino as ovr
 
-    def cannot_compile(self, output="logits"):
+    def cannot_compile(self, *args, **kwargs):
         raise RuntimeError("Exception from src/plugins/intel_cpu: unsupported")
 
     monkeypatch.setattr(ovr.OpenVINORunner, "request", cannot_compile)  # each graph is compiled on first use

@@ -12,14 +12,15 @@ a callable `NCHW tensor -> fp32 logits`; `prepare` runs any of them, `auto` pick
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..metrics import labels_from_logits
 from ..precision import PRECISIONS, cpu_flags, cpu_has_bf16
-from ..preprocessing import pad_to_min_side
+from ..preprocessing import MIN_SIDE, Normalize, pad_to_min_side
 # One import per runtime module: importing it registers its runtimes, in this order.
 from . import pytorch, torchscript, int8, onnx, openvino  # noqa: F401  isort: skip
 from .pytorch import fold_batchnorm
@@ -110,6 +111,20 @@ def predict_labels(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     return labels[..., :h, :w]
 
 
+def predict_image_labels(runner: Callable[[torch.Tensor], torch.Tensor], images: Sequence[np.ndarray], normalize: Normalize) -> torch.Tensor:
+    """NxHxW class indices of same-size HxWx3 RGB uint8 `images`: the runner's own `image_labels` where it has
+    one (OpenVINO converts and normalises inside the graph), else `predict_labels` on `normalize(images)`."""
+    own = getattr(runner, "image_labels", None)
+    if own is None:
+        return predict_labels(runner, normalize(images))
+    images = np.stack(images)
+    h, w = images.shape[1:3]
+    pad = ((0, 0), (0, max(0, MIN_SIDE - h)), (0, max(0, MIN_SIDE - w)), (0, 0))
+    if pad[1][1] or pad[2][1]:  # edge replication commutes with the per-channel normalisation: as predict_labels pads
+        images = np.pad(images, pad, mode="edge")
+    return torch.from_numpy(own(images, normalize.mean, normalize.std))[..., :h, :w]
+
+
 __all__ = ["AUTO", "PRECISIONS", "Runtime", "backend_help", "backend_names", "choose_auto", "cpu_has_bf16", "export_formats", "exported_suffixes",
-           "fold_batchnorm", "get_runtime", "list_runtimes", "load_exported", "predict_labels", "prepare", "register_runtime",
+           "fold_batchnorm", "get_runtime", "list_runtimes", "load_exported", "predict_image_labels", "predict_labels", "prepare", "register_runtime",
            "runtime_for_export", "runtime_for_file", "runtimes_table"]

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -122,6 +122,19 @@ def with_labels(ov_model):
     return ov.Model([labels], ov_model.get_parameters(), "labels")
 
 
+def with_image_input(ov_model, mean: Sequence[float], std: Sequence[float]):
+    """A copy of `ov_model` that takes RGB uint8 NCHW images: the conversion to float and (x - mean) / std
+    run inside OpenVINO, next to the first convolution, instead of as separate passes over the frame."""
+    from openvino.preprocess import PrePostProcessor
+
+    ov = _openvino()
+    ppp = PrePostProcessor(ov_model.clone())  # the processor rewrites the model it is given
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NCHW"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))  # per-channel mean and scale need to know where C is
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).mean([float(m) for m in mean]).scale([float(s) for s in std])
+    return ppp.build()
+
+
 class OpenVINORunner:
     """An OpenVINO model compiled for the CPU: `NCHW tensor -> fp32 logits`, and `labels(x)` for the
     class map alone. Each is compiled on first use, so a caller that needs only one pays for one."""
@@ -147,12 +160,16 @@ class OpenVINORunner:
         self.num_classes = int(self.checkpoint_meta.get("num_classes", ov_model.outputs[0].get_partial_shape()[1].get_length()))
         self._requests: Dict[str, Any] = {}
 
-    def request(self, output: str = "logits"):
-        """The infer request of the network with `output` "logits" or "labels", compiled on first use."""
-        if output not in self._requests:
+    def request(self, output: str = "logits", image_input: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None):
+        """The infer request of the network with `output` "logits" or "labels", taking normalised float input,
+        or uint8 images when `image_input` is (mean, std); each compiled on first use."""
+        key = (output, image_input)
+        if key not in self._requests:
             model = self.ov_model if output == "logits" else with_labels(self.ov_model)
-            self._requests[output] = core().compile_model(model, "CPU", self.config).create_infer_request()
-        return self._requests[output]
+            if image_input is not None:
+                model = with_image_input(model, *image_input)
+            self._requests[key] = core().compile_model(model, "CPU", self.config).create_infer_request()
+        return self._requests[key]
 
     def _infer(self, x: torch.Tensor, output: str) -> torch.Tensor:
         request = self.request(output)
@@ -165,6 +182,13 @@ class OpenVINORunner:
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """NxHxW class indices (uint8 up to 256 classes), the arg-max computed inside OpenVINO."""
         return self._infer(x, "labels")
+
+    def image_labels(self, images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+        """NxHxW class indices of NxHxWx3 RGB uint8 `images`: conversion, normalisation and arg-max all run
+        inside OpenVINO, so no float copy of the frame is made in Python."""
+        request = self.request("labels", (tuple(float(m) for m in mean), tuple(float(s) for s in std)))
+        request.infer([np.ascontiguousarray(images.transpose(0, 3, 1, 2))], share_inputs=True)
+        return request.get_output_tensor(0).data.copy()
 
 
 def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None,
