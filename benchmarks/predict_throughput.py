@@ -35,6 +35,37 @@ def model_alone(seg: Segmenter, frames: List) -> float:
     return len(frames) / (time.perf_counter() - t0)
 
 
+def encoding_costs(seg: Segmenter, frames: List, repeats: int) -> List[str]:
+    """Per-frame CPU cost and size of each picture predict writes, in the ways it could be written (the colour
+    mask as RGB or as a palette PNG, the overlay at several zlib levels), timed on the frames' own labels."""
+    from dabnet.image_io import PNG_LEVEL, encode_png
+    from dabnet.visualize import colorize, colour_table, overlay
+
+    labels = [seg.predict(f) for f in frames]
+    lut = colour_table(seg.palette)
+    ways = {
+        "label map, grey PNG": lambda i: encode_png(labels[i]),
+        "colour mask, RGB PNG (colorize + encode)": lambda i: encode_png(colorize(labels[i], seg.palette)),
+        "colour mask, palette PNG": lambda i: encode_png(labels[i], palette=lut),
+        **{f"overlay (blend + encode), zlib level {lvl}": (lambda i, lvl=lvl: encode_png(overlay(frames[i], colorize(labels[i], seg.palette)), lvl))
+           for lvl in (1, 2, 3, 6)},
+    }  # fmt: skip
+    times: Dict[str, List[float]] = {k: [] for k in ways}
+    for _ in range(repeats):
+        for k, fn in ways.items():
+            t0 = time.perf_counter()
+            for i in range(len(frames)):
+                fn(i)
+            times[k].append((time.perf_counter() - t0) * 1000 / len(frames))
+    lines = [f"| picture | ms per frame (median of {repeats}) | KB per frame |", "|---|---:|---:|"]
+    for k, fn in ways.items():
+        kb = sum(len(fn(i)) for i in range(min(5, len(frames)))) / min(5, len(frames)) / 1024
+        lines.append(f"| {k} | {statistics.median(times[k]):.2f} | {kb:.1f} |")
+    lines.append("")
+    lines.append(f"predict writes the colour mask as a palette PNG and everything at zlib level {PNG_LEVEL} (`image_io.PNG_LEVEL`).")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folder", type=Path, default=ROOT.parent / "shared" / "data" / "camvid" / "val")
@@ -101,6 +132,8 @@ def main() -> None:
     for name, vals in results.items():
         med = statistics.median(vals)
         lines.append(f"| {name} | {med:.1f} | {', '.join(f'{v:.1f}' for v in vals)} | {100 * med / base:.0f}% |")
+    lines += ["", "## What each output costs", "", "The CPU time the pictures take beside the network, one thread, on the same frames:", ""]
+    lines += encoding_costs(seg, frames[:30], args.repeats)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -22,6 +22,20 @@ def _field_kind(hint: Any) -> Tuple[Any, bool]:
     return hint, False
 
 
+def _choice_list(choices: List[str]) -> Type[argparse.Action]:
+    """An argparse action for a list option whose values may also come comma-separated, each one checked."""
+
+    class ChoiceList(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None) -> None:
+            items = [v for value in values for v in str(value).split(",") if v]
+            bad = [v for v in items if v not in choices]
+            if bad or not items:
+                raise argparse.ArgumentError(self, f"invalid choice: {(bad or [','.join(values)])[0]!r} (choose from {', '.join(choices)})")
+            setattr(namespace, self.dest, items)
+
+    return ChoiceList
+
+
 def add_options(parser: argparse.ArgumentParser, cls: Type) -> None:
     """One argparse option (or positional) per field of `cls`, with the field's default, choices and help."""
     hints = typing.get_type_hints(cls)
@@ -45,6 +59,9 @@ def add_options(parser: argparse.ArgumentParser, cls: Type) -> None:
             kw["type"] = meta.get("type", kind if kind in (int, float, str) else str)
             if is_list:
                 kw["nargs"] = meta.get("nargs", "+")
+                if "choices" in kw:  # `--save label color` or `--save label,color`
+                    kw["metavar"] = kw.get("metavar") or "{" + ",".join(kw["choices"]) + "}"
+                    kw["action"] = _choice_list(list(kw.pop("choices")))
         if meta.get("positional"):
             parser.add_argument(f.name, default=default, **kw)
             continue

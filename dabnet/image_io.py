@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from .preprocessing import to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-PNG_LEVEL = 3  # zlib level: the overlay (photo content) encodes about 5x faster than at Pillow's 6, a few % larger
+PNG_LEVEL = 2  # zlib level: the overlay (photo content) encodes several times faster than at Pillow's 6, a few % larger (docs/PREDICT_SPEED.md)
 
 
 class ImageReadError(ValueError):
@@ -59,21 +59,26 @@ def pil_to_rgb(im) -> np.ndarray:
     return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
 
 
-def save_png(array: np.ndarray, path: PathLike, level: int = PNG_LEVEL, fsync: bool = False) -> None:
+def _png(array: np.ndarray, palette: Optional[np.ndarray]):
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    if palette is not None:  # HxW indices shown through a colour table: one byte a pixel to encode, not three
+        image.putpalette(np.asarray(palette, dtype=np.uint8).ravel().tolist())
+    return image
+
+
+def save_png(array: np.ndarray, path: PathLike, level: int = PNG_LEVEL, fsync: bool = False, palette: Optional[np.ndarray] = None) -> None:
     """Write an HxW or HxWx3 uint8 array as PNG atomically: a stopped run leaves no truncated file (no fsync by
-    default: predict writes three per image)."""
-    from PIL import Image
-
+    default: predict writes three per image). With `palette` (Nx3 uint8), HxW `array` is written as a palette PNG."""
     with atomic_output(path, fsync=fsync) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG", compress_level=level)
+        _png(array, palette).save(tmp, format="PNG", compress_level=level)
 
 
-def encode_png(array: np.ndarray, level: int = PNG_LEVEL) -> bytes:
-    """An HxW or HxWx3 uint8 array as PNG bytes."""
-    from PIL import Image
-
+def encode_png(array: np.ndarray, level: int = PNG_LEVEL, palette: Optional[np.ndarray] = None) -> bytes:
+    """An HxW or HxWx3 uint8 array as PNG bytes (a palette PNG of HxW indices with `palette`)."""
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=level)
+    _png(array, palette).save(buf, format="PNG", compress_level=level)
     return buf.getvalue()
 
 

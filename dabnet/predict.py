@@ -17,7 +17,7 @@ from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, VideoWrite
 from .preprocessing import to_rgb
 from .segmenter import Segmenter
 from .spec import describe
-from .visualize import colorize, overlay
+from .visualize import colorize, colour_table, overlay
 
 def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Union[Path, int]], List[str]]:
     """Split command-line inputs into image files, video sources (files or webcam indices) and
@@ -89,12 +89,14 @@ def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem
         save_png(label, out / f"{stem}_label.png")
     if "color" not in save and "overlay" not in save:
         return None
-    colour = colorize(label, palette)
-    if "color" in save:
-        save_png(colour, out / f"{stem}_color.png")
+    if "color" in save:  # a palette PNG (as PASCAL VOC's masks): the same colours, a fraction of the encoding
+        if label.dtype == np.uint8:
+            save_png(label, out / f"{stem}_color.png", palette=colour_table(palette))
+        else:
+            save_png(colorize(label, palette), out / f"{stem}_color.png")
     if "overlay" not in save:
         return None
-    blend = overlay(image, colour)
+    blend = overlay(image, colorize(label, palette))
     save_png(blend, out / f"{stem}_overlay.png")
     return blend
 

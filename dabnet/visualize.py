@@ -7,12 +7,17 @@ from typing import Sequence, Tuple
 import numpy as np
 
 
-def colorize(label: np.ndarray, palette: Sequence[Tuple[int, int, int]], ignore_colour: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
-    """HxW label map -> HxWx3 uint8 colour mask; ids outside the palette get `ignore_colour`."""
+def colour_table(palette: Sequence[Tuple[int, int, int]], ignore_colour: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """256x3 uint8 colour of each label id: the palette's, then `ignore_colour` for ids outside it."""
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[:] = ignore_colour
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[label.astype(np.uint8)]
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
+    return lut
+
+
+def colorize(label: np.ndarray, palette: Sequence[Tuple[int, int, int]], ignore_colour: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """HxW label map -> HxWx3 uint8 colour mask; ids outside the palette get `ignore_colour`."""
+    return np.take(colour_table(palette, ignore_colour), label.astype(np.uint8, copy=False), axis=0)  # take: a row gather, not fancy indexing
 
 
 def overlay(image: np.ndarray, colour_mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:

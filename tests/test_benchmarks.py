@@ -149,6 +149,7 @@ def test_predict_throughput_table_has_every_path(tmp_path):
     text = out.read_text()
     assert "backend eager; 3 frames of 48x32" in text and text.count("| predict ") == 6
     assert "| Segmenter.predict alone (decoded frames) |" in text and "| 100% |" in text
+    assert "| colour mask, palette PNG |" in text and text.count("| overlay (blend + encode), zlib level") == 4
 
 
 def test_finetune_benchmark_runs_differ_only_in_init_from(repo_script, monkeypatch, tmp_path):

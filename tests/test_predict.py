@@ -17,6 +17,7 @@ from dabnet.export import ExportError, export_onnx, export_torchscript
 from dabnet.predict import expand_inputs
 from dabnet.runtimes.onnx import OrtRunner
 from dabnet.segmenter import Segmenter
+from dabnet.visualize import colorize
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +72,14 @@ def test_predict_folder_writes_three_pictures_and_skips_bad_files(ckpt, images, 
     out = tmp_path / "out"
     rc = main(["predict", "--checkpoint", str(ckpt), str(images), "--out", str(out), "--batch-size", "2"])
     assert rc == 1  # a skipped file is reported in the exit code
+    palette = Segmenter.from_checkpoint(ckpt, backend="eager").palette
     for stem, size in [("odd", (97, 131)), ("gray", (60, 80)), ("rgba", (48, 64))]:
         label = np.asarray(Image.open(out / f"{stem}_label.png"))
         assert label.shape == size and label.max() < 11
         assert np.asarray(Image.open(out / f"{stem}_overlay.png")).shape == size + (3,)
-        assert (out / f"{stem}_color.png").is_file()
+        colour = Image.open(out / f"{stem}_color.png")  # a palette PNG: the label ids shown in the palette's colours
+        assert colour.mode == "P" and np.array_equal(np.asarray(colour), label)
+        assert np.array_equal(np.asarray(colour.convert("RGB")), colorize(label, palette))
     err = capsys.readouterr()
     assert "skipped" in err.out + err.err and "broken.png" in err.out + err.err
 

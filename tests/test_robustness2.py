@@ -588,9 +588,14 @@ def test_overlapped_reads_and_writes_give_the_same_files_and_save_chooses_them(c
     out = tmp_path / "labels_only"
     assert main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--out", str(out), "--backend", "eager", "--save", "label"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["f1_label.png"]
-    with pytest.raises(SystemExit):  # argparse: "invalid choice: 'mask' (choose from 'label', 'color', 'overlay')"
-        main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--save", "mask"])
-    assert "invalid choice: 'mask'" in capsys.readouterr().err
+    for save in (["label,color"], ["color", "label"]):  # comma-separated or one word each
+        out = tmp_path / f"two{len(save)}"
+        assert main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--out", str(out), "--backend", "eager", "--save", *save]) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["f1_color.png", "f1_label.png"]
+    for bad in ("mask", "label,mask"):
+        with pytest.raises(SystemExit):  # argparse: "invalid choice: 'mask' (choose from label, color, overlay)"
+            main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--save", bad])
+        assert "invalid choice: 'mask' (choose from label, color, overlay)" in capsys.readouterr().err
 
 
 def test_video_with_decode_and_encode_threads_writes_the_same_frames(ckpt, tmp_path):
