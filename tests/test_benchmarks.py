@@ -152,6 +152,25 @@ def test_predict_throughput_table_has_every_path(tmp_path):
     assert "| colour mask, palette PNG |" in text and text.count("| overlay (blend + encode), zlib level") == 4
 
 
+def test_avx2_emulation_caps_onednn_and_reports_what_auto_keeps(tmp_path):
+    pytest.importorskip("nncf")
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    ckpt = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11, block_1=1, block_2=2)), tmp_path / "m.pth")
+    out = tmp_path / "AVX2.md"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "avx2_emulated.py"), "--folder", str(folder), "--checkpoint", str(ckpt),
+                    "--frames", "2", "--repeats", "1", "--out", str(out)], check=True, env={**os.environ, "DABNET_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    text = out.read_text()
+    assert "int8 label agreement with fp32" in text and ("keeps int8" in text or "drops int8" in text)
+    assert "jit_avx2_I8" in text or "brgconv_avx2" in text  # oneDNN's convolutions ran at the capped ISA
+    assert "Convolution jit_avx512" not in text and "Convolution brgconv_avx512" not in text
+    assert text.count("| openvino ") == 2 and "| eager fp32 |" in text and "| 1.00x |" in text
+
+
 def test_finetune_benchmark_runs_differ_only_in_init_from(repo_script, monkeypatch, tmp_path):
     import dabnet.train
 
