@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dabnet.config import parse_size  # noqa: E402
+from dabnet.image_io import read_image  # noqa: E402
 from dabnet.precision import cpu_flags  # noqa: E402
 from dabnet.runtimes import predict_labels  # noqa: E402
 from dabnet.runtimes.openvino import core, with_image_input, with_labels  # noqa: E402
@@ -75,24 +76,29 @@ def table(rows, wall: float, top: int) -> str:
     return "\n".join(lines)
 
 
-def predict_against_float_path(seg: Segmenter, frame: np.ndarray, frames: int) -> str:
-    """`Segmenter.predict` on a uint8 frame against the float path it replaced (normalised in PyTorch, then the
-    float-input labels graph), interleaved call by call, medians."""
-    paths = {"Segmenter.predict (uint8 frame into the graph)": lambda: seg.predict(frame),
-             "before: normalised in PyTorch, float graph": lambda: predict_labels(seg.run, seg.preprocess([frame]))}  # fmt: skip
+def predict_against_float_path(seg: Segmenter, images, frames: int) -> str:
+    """`Segmenter.predict` on uint8 frames against the float path it replaced (normalised in PyTorch, then the
+    float-input labels graph), interleaved call by call, medians; and how often their labels agree."""
+    paths = {"Segmenter.predict (uint8 frame into the graph)": lambda f: seg.predict(f),
+             "before: normalised in PyTorch, float graph": lambda f: predict_labels(seg.run, seg.preprocess([f]))[0].numpy()}  # fmt: skip
     times = {k: [] for k in paths}
+    same = total = 0
     for i in range(frames + 10):
+        image = images[i % len(images)]
+        out = []
         for k, run in paths.items():
             t0 = time.perf_counter()
-            run()
+            out.append(run(image))
             if i >= 10:
                 times[k].append((time.perf_counter() - t0) * 1000)
+        if i < len(images):
+            same, total = same + int((out[0] == out[1]).sum()), total + out[0].size
     new = statistics.median(times[next(iter(paths))])
     lines = ["| frame to label map | ms (median) | FPS | time vs Segmenter.predict |", "|---|---:|---:|---:|"]
     for k, ts in times.items():
         ms = statistics.median(ts)
         lines.append(f"| {k} | {ms:.2f} | {1000 / ms:.1f} | {ms / new:.2f}x |")
-    return "\n".join(lines)
+    return "\n".join(lines) + f"\n\nThe two paths' labels agree on {100 * same / max(total, 1):.3f}% of the pixels of {len(images)} frames."
 
 
 def compare_presets(seg: Segmenter, x: np.ndarray, presets, frames: int) -> str:
@@ -123,6 +129,36 @@ def compare_presets(seg: Segmenter, x: np.ndarray, presets, frames: int) -> str:
     return "\n".join(lines)
 
 
+def sample_images(size) -> list:
+    """The bundled demo frames (CamVid), resized to `size` (H, W) where they differ."""
+    from PIL import Image
+
+    from dabnet.demo import sample_frames
+
+    images = [read_image(p) for p in sample_frames()]
+    return [im if im.shape[:2] == tuple(size) else np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.BILINEAR)) for im in images]
+
+
+def profile_report(seg: Segmenter, size, frames: int, top: int = 15, presets=()) -> str:
+    """The per-node tables of the uint8-input and the float-input labels graphs, Segmenter.predict against the
+    float path, and (with `presets`) NNCF presets side by side, as markdown sections (## headings)."""
+    images = sample_images(size)
+    frame = images[0]
+    rows, wall = profile(seg.run, np.ascontiguousarray(frame.transpose(2, 0, 1)[None]), frames, image_input=(seg.mean, seg.std))
+    x = np.ascontiguousarray(seg.preprocess([frame]).numpy())
+    float_rows, float_wall = profile(seg.run, x, frames)
+    text = (f"Backend `{seg.backend}` ({seg.backend_reason}), batch 1, {size[0]}x{size[1]}, labels graph (network + arg-max).\n\n"
+            "## uint8 frames in (conversion and normalisation inside the graph: what Segmenter.predict runs)\n\n"
+            + table(rows, wall, top) + "\n\n## normalised float in (the graph predict ran before; eval and bench's inference protocol)\n\n"
+            + table(float_rows, float_wall, top) + "\n\n## Segmenter.predict against the float path, interleaved\n\n"
+            + predict_against_float_path(seg, images, frames) + "\n")  # fmt: skip
+    if presets:
+        text += ("\n## NNCF presets\n\n`auto` keeps int8 only above 98.5% agreement (`segmenter.MIN_INT8_AGREEMENT`); "
+                 "the performance preset makes activations symmetric. The Subtract nodes are not activation zero points: they are the standalone BatchNorms (after each concatenation and at each DAB module's input; OpenVINO names them BatchNormInference), which stay either way.\n\n"
+                 + compare_presets(seg, x, list(presets), frames) + "\n")  # fmt: skip
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="dabnet-camvid")
@@ -138,23 +174,11 @@ def main() -> None:
     seg = Segmenter.from_checkpoint(args.checkpoint, backend="auto", log=None)
     if not hasattr(seg.run, "ov_model"):
         sys.exit(f"auto runs {seg.backend} here, not OpenVINO: nothing to profile")
-    frame = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
-    x = np.ascontiguousarray(seg.preprocess([frame]).numpy())
-    rows, wall = profile(seg.run, np.ascontiguousarray(frame.transpose(2, 0, 1)[None]), args.frames, image_input=(seg.mean, seg.std))
-    float_rows, float_wall = profile(seg.run, x, args.frames)
     cpu = cpu_flags()
     head = (f"# OpenVINO per-node profile of the default graph\n\nGenerated by `python benchmarks/ov_profile.py --size "
             f"{args.size[0]}x{args.size[1]} --frames {args.frames}{' --presets ' + ' '.join(args.presets) if args.presets else ''}` on **{cpu['model']}** (flags: {' '.join(cpu['flags'])}), "
-            f"backend `{seg.backend}` ({seg.backend_reason}), {torch.get_num_threads()} threads, batch 1, "
-            f"{args.size[0]}x{args.size[1]}, labels graph (network + arg-max).\n")  # fmt: skip
-    text = (head + "\n## uint8 frames in (conversion and normalisation inside the graph: what Segmenter.predict runs)\n\n"
-            + table(rows, wall, args.top) + "\n\n## normalised float in (the graph predict ran before; eval and bench's inference protocol)\n\n"
-            + table(float_rows, float_wall, args.top) + "\n\n## Segmenter.predict against the float path, interleaved\n\n"
-            + predict_against_float_path(seg, frame, args.frames) + "\n")  # fmt: skip
-    if args.presets:
-        text += ("\n## NNCF presets\n\n`auto` keeps int8 only above 98.5% agreement (`segmenter.MIN_INT8_AGREEMENT`); "
-                 "the performance preset makes activations symmetric. The Subtract nodes are not activation zero points: they are the standalone BatchNorms (after each concatenation and at each DAB module's input; OpenVINO names them BatchNormInference), which stay either way.\n\n"
-                 + compare_presets(seg, x, args.presets, args.frames) + "\n")  # fmt: skip
+            f"{torch.get_num_threads()} threads.\n")  # fmt: skip
+    text = head + "\n" + profile_report(seg, args.size, args.frames, args.top, args.presets)
     print(text)
     if args.out:
         args.out.write_text(text)

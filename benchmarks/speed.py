@@ -90,6 +90,103 @@ def default_backends() -> list:
     return labels
 
 
+def pipeline_sections(checkpoint: str, folder: Path, size, frames: int, repeats: int) -> list:
+    """`dabnet predict` end to end on a folder and a video (benchmarks/predict_throughput.py), and the per-node
+    profile of the default graph with the float-input graph it replaced (benchmarks/ov_profile.py)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ov_profile
+    import predict_throughput
+
+    from dabnet.segmenter import Segmenter
+
+    seg = Segmenter.from_checkpoint(checkpoint, backend="auto", log=None)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    with tempfile.TemporaryDirectory(prefix="dabnet-speed-") as work:
+        lines = ["", f"## `dabnet predict` end to end (backend {seg.backend}, {folder.name} folder)", "",
+                 *predict_throughput.end_to_end(seg, paths, repeats, Path(work))]  # fmt: skip
+    if hasattr(seg.run, "ov_model"):
+        report = ov_profile.profile_report(seg, size, frames).replace("\n## ", "\n### ")
+        lines += ["", f"## Per-node profile of the default graph ({size[0]}x{size[1]})", "", report]
+    return lines
+
+
+def dabnet_lines(rows, miou, accuracy, backends, peak, checkpoint) -> list:
+    """The DABNet backends table: speed against eager fp32, share of the fp32 peak, mIoU change."""
+
+    def base(size):
+        return next(r["ms_median"] for r in rows if r["size"] == size and r["backend"] == "eager" and r["precision"] == "fp32" and r["protocol"] == "inference")
+
+    lines = [
+        f"## DABNet ({checkpoint}), CPU backends",
+        "",
+        f"| size | backend | precision | protocol | ms (median) | FPS | vs eager fp32 | peak % | {accuracy[0]} mIoU | change |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = base(r["size"]) / r["ms_median"]
+        frac = 100 * 2 * r["gmacs"] / (r["ms_median"] / 1000) / peak
+        m = miou.get(_label_of(r, backends)) if r["protocol"] == "inference" else None
+        change = "" if m is None or "eager" not in miou else f"{100 * (m - miou['eager']):+.2f}"
+        lines.append(f"| {r['size']} | {r['backend']} | {r['precision']} | {r['protocol']} | {r['ms_median']:.1f} | {r['fps']:.1f} | "
+                     f"{ratio:.2f}x | {frac:.0f}% | {'' if m is None else f'{100 * m:.2f}%'} | {change} |")  # fmt: skip
+    return lines + [
+        "",
+        "`paper (autograd on)` is the paper's protocol: the forward pass without `no_grad`, so the",
+        "FPS it reports include autograd's bookkeeping; `inference` runs under `torch.inference_mode()`.",
+        "int8 rows count int8 operations against the fp32 peak. `auto (openvino)` is the default backend",
+        "(`dabnet.runtimes.choose_auto`); its mIoU is `dabnet eval --backend auto`. `change` is the mIoU",
+        f"change against eager fp32, in points, on all {accuracy[0]} images at 360x480 (`dabnet eval",
+        "--backend B --precision P`; the weights' held-out drive when they have one: never trained on).",
+        "`+cl` rows run channels_last.",
+    ]
+
+
+def labels_lines(to_labels, eager_inference_ms: float) -> list:
+    """Frame to label map (protocol `labels`) beside the same backends' logits."""
+    eager_labels_run = next(r["ms_median"] for r in to_labels if r["size"] == "512x1024" and r["backend"] == "eager" and r["protocol"] == "inference")
+    lines = [
+        "",
+        "## Image to label map",
+        "",
+        "What `dabnet predict`, `serve` and the demo run per frame after decoding: from the RGB uint8 frame to",
+        "the label map (protocol `labels`: normalisation, network and arg-max; eager normalises in PyTorch and",
+        "takes the arg-max of its logits, `auto` has OpenVINO do all three inside its graph), beside the same",
+        "backends' logits from a normalised tensor (`inference`), interleaved in one run.",
+        "",
+        f"Eager fp32 at 512x1024 took {eager_inference_ms:.0f} ms in the table above and {eager_labels_run:.0f} ms in this "
+        "one, a few minutes apart: this machine's speed drifts between runs, so compare ratios within one table.",
+        "",
+        "| size | backend | precision | protocol | ms (median) | FPS | vs eager fp32 (same protocol) |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in to_labels:
+        ref = next(q["ms_median"] for q in to_labels if q["size"] == r["size"] and q["backend"] == "eager" and q["protocol"] == r["protocol"])
+        lines.append(f"| {r['size']} | {r['backend']} | {r['precision']} | {r['protocol']} | {r['ms_median']:.1f} | {r['fps']:.1f} | "
+                     f"{ref / r['ms_median']:.2f}x |")  # fmt: skip
+    return lines
+
+
+def conv_lines(convs, cpu, gmacs: float, peak: float) -> list:
+    """How much int8 can gain on this CPU: one compiled 3x3 convolution, fp32 against int8."""
+    vnni = any(f in cpu["flags"] for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+    return [
+        "",
+        "## How much int8 can gain here: one 3x3 convolution at DABNet's shapes",
+        "",
+        "Compiled fp32 against compiled int8 (the `int8` backend's lowering), batch 1, median of 10:",
+        "",
+        "| conv (in->out @ HxW) | fp32 GFLOP/s | int8 GOP/s | int8 / fp32 |",
+        "|---|---:|---:|---:|",
+        *[f"| {c['shape']} | {c['fp32']:.0f} | {c['int8']:.0f} | {c['int8'] / c['fp32']:.2f}x |" for c in convs],
+        "",
+        f"This CPU {'has' if vnni else 'has no'} VNNI/AMX int8 dot-product instructions. With DABNet's "
+        f"{2 * gmacs:.1f} GFLOP at 512x1024 and the fp32 peak above, fp32 cannot go below {1000 * 2 * gmacs / peak:.0f} ms a frame.",
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="dabnet-camvid")
@@ -97,6 +194,7 @@ def main() -> None:
     ap.add_argument("--backends", nargs="+", default=default_backends(), help="NAME or NAME:PRECISION (openvino:int8)")
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--table5-frames", type=int, default=5)
+    ap.add_argument("--pipeline-repeats", type=int, default=3, help="repeats of the end-to-end predict rows (0: leave them out)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "SPEED.md"))
     args = ap.parse_args()
     t0 = time.time()
@@ -106,7 +204,7 @@ def main() -> None:
     timed = args.backends + [f"{b}+cl" for b in args.backends if b in ("eager", "fold")]  # NHWC, interleaved too
     rows = benchmark(["dabnet"], [(512, 1024), (360, 480)], timed, frames=args.frames, warmup=3,
                      checkpoint=args.checkpoint)  # fmt: skip
-    # To the label map, as `dabnet predict` and the demo run (eager: arg-max of its logits; auto: inside OpenVINO).
+    # From the uint8 frame to the label map, as `dabnet predict` and the demo run.
     to_labels = benchmark(["dabnet"], [(512, 1024), (360, 480)], ["eager", "auto"], frames=args.frames, warmup=3,
                           checkpoint=args.checkpoint, paper_protocol=False, labels=True)  # fmt: skip
     accuracy = accuracy_split(args.checkpoint)
@@ -114,16 +212,14 @@ def main() -> None:
     convs = conv_throughput() if "int8" in args.backends else []
     table5 = benchmark(["dabnet", "enet", "espnet", "erfnet", "icnet", "segnet"], [(256, 512), (512, 1024)], ["eager"],
                        frames=args.table5_frames, warmup=1)  # fmt: skip
+    folder = Path(args.data_root) / "val"
+    pipeline = pipeline_sections(args.checkpoint, folder, (360, 480), 5 * args.frames, args.pipeline_repeats) if args.pipeline_repeats and folder.is_dir() else []
     docs = Path(args.out).parent
     plot_bench([r for r in table5 if r["size"] == "512x1024"], str(docs / "speed_cpu.png"))
     (docs / "speed_cpu.json").write_text(
         json.dumps({"matmul_peak_gflops": peak, "dabnet": rows, "to_labels": to_labels, "table5": table5, "miou": miou, "conv_int8_vs_fp32": convs}, indent=2)
     )
-
-    def base(size):
-        return next(r["ms_median"] for r in rows if r["size"] == size and r["backend"] == "eager" and r["precision"] == "fp32" and r["protocol"] == "inference")
-
-    eager_labels_run = next(r["ms_median"] for r in to_labels if r["size"] == "512x1024" and r["backend"] == "eager" and r["protocol"] == "inference")
+    eager_ms = next(r["ms_median"] for r in rows if r["size"] == "512x1024" and r["backend"] == "eager" and r["precision"] == "fp32" and r["protocol"] == "inference")
     lines = [
         "# Speed on this machine",
         "",
@@ -134,73 +230,18 @@ def main() -> None:
         f"Measured fp32 matmul peak of this machine: **{peak:.0f} GFLOP/s** (1024x1024 sgemm, best of 2 s); "
         "'peak %' is the rate a run reaches counting 2 FLOPs per MAC of `dabnet models`, against that peak.",
         "",
-        f"## DABNet ({args.checkpoint}), CPU backends",
-        "",
-        f"| size | backend | precision | protocol | ms (median) | FPS | vs eager fp32 | peak % | {accuracy[0]} mIoU | change |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        ratio = base(r["size"]) / r["ms_median"]
-        frac = 100 * 2 * r["gmacs"] / (r["ms_median"] / 1000) / peak
-        m = miou.get(_label_of(r, args.backends)) if r["protocol"] == "inference" else None
-        change = "" if m is None or "eager" not in miou else f"{100 * (m - miou['eager']):+.2f}"
-        lines.append(f"| {r['size']} | {r['backend']} | {r['precision']} | {r['protocol']} | {r['ms_median']:.1f} | {r['fps']:.1f} | "
-                     f"{ratio:.2f}x | {frac:.0f}% | {'' if m is None else f'{100 * m:.2f}%'} | {change} |")  # fmt: skip
-    lines += [
-        "",
-        "`paper (autograd on)` is the paper's protocol: the forward pass without `no_grad`, so the",
-        "FPS it reports include autograd's bookkeeping; `inference` runs under `torch.inference_mode()`.",
-        "int8 rows count int8 operations against the fp32 peak. `auto (openvino)` is the default backend",
-        "(`dabnet.runtimes.choose_auto`); its mIoU is `dabnet eval --backend auto`. `change` is the mIoU",
-        f"change against eager fp32, in points, on all {accuracy[0]} images at 360x480 (`dabnet eval",
-        "--backend B --precision P`; the weights' held-out drive when they have one: never trained on).",
-        "`+cl` rows run channels_last.",
-        "",
-        "## Image to label map",
-        "",
-        "What `dabnet predict`, `serve` and the demo run per frame after decoding: the network and the",
-        "arg-max (protocol `labels`; eager takes the arg-max of its logits, `auto` has OpenVINO compute it",
-        "inside the graph and return uint8 labels), beside the same backends' logits (`inference`),",
-        "interleaved in one run.",
-        "",
-        f"Eager fp32 at 512x1024 took {base('512x1024'):.0f} ms in the table above and {eager_labels_run:.0f} ms in this "
-        "one, a few minutes apart: this machine's speed drifts between runs, so compare "
-        "ratios within one table.",
-        "",
-        "| size | backend | precision | protocol | ms (median) | FPS | vs eager fp32 (same protocol) |",
-        "|---|---|---|---|---:|---:|---:|",
-    ]
-    for r in to_labels:
-        ref = next(q["ms_median"] for q in to_labels if q["size"] == r["size"] and q["backend"] == "eager" and q["protocol"] == r["protocol"])
-        lines.append(f"| {r['size']} | {r['backend']} | {r['precision']} | {r['protocol']} | {r['ms_median']:.1f} | {r['fps']:.1f} | "
-                     f"{ref / r['ms_median']:.2f}x |")  # fmt: skip
-    lines += [
+        *dabnet_lines(rows, miou, accuracy, args.backends, peak, args.checkpoint),
+        *labels_lines(to_labels, eager_ms),
+        *pipeline,
         "",
         "## The paper's Table 5 protocol, comparison networks (eager fp32, fresh weights)",
         "",
         "| model | size | protocol | ms (median) | FPS | params | GMACs |",
         "|---|---|---|---:|---:|---:|---:|",
+        *[f"| {r['model']} | {r['size']} | {r['protocol']} | {r['ms_median']:.1f} | {r['fps']:.2f} | {r['params']:,} | {r['gmacs']:.2f} |" for r in table5],
     ]
-    for r in table5:
-        lines.append(f"| {r['model']} | {r['size']} | {r['protocol']} | {r['ms_median']:.1f} | {r['fps']:.2f} | {r['params']:,} | {r['gmacs']:.2f} |")
     if convs:
-        lines += [
-            "",
-            "## How much int8 can gain here: one 3x3 convolution at DABNet's shapes",
-            "",
-            "Compiled fp32 against compiled int8 (the `int8` backend's lowering), batch 1, median of 10:",
-            "",
-            "| conv (in->out @ HxW) | fp32 GFLOP/s | int8 GOP/s | int8 / fp32 |",
-            "|---|---:|---:|---:|",
-        ]
-        lines += [f"| {c['shape']} | {c['fp32']:.0f} | {c['int8']:.0f} | {c['int8'] / c['fp32']:.2f}x |" for c in convs]
-        vnni = any(f in cpu["flags"] for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-        lines += [
-            "",
-            f"This CPU {'has' if vnni else 'has no'} VNNI/AMX int8 dot-product instructions. With DABNet's "
-            f"{2 * rows[0]['gmacs']:.1f} GFLOP at 512x1024 and the fp32 peak above, fp32 cannot go below "
-            f"{1000 * 2 * rows[0]['gmacs'] / peak:.0f} ms a frame.",
-        ]
+        lines += conv_lines(convs, cpu, rows[0]["gmacs"], peak)
     lines += ["", "![FPS against parameters at 512x1024](speed_cpu.png)", ""]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
