@@ -158,7 +158,7 @@ class OpenVINORunner:
         self.checkpoint_meta = read_metadata(ov_model)
         self.model_name = self.checkpoint_meta.get("model_name", "model") + " (openvino)"
         self.num_classes = int(self.checkpoint_meta.get("num_classes", ov_model.outputs[0].get_partial_shape()[1].get_length()))
-        self._requests: Dict[str, Any] = {}
+        self._requests: Dict[Tuple[str, Any], Any] = {}
 
     def request(self, output: str = "logits", image_input: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None):
         """The infer request of the network with `output` "logits" or "labels", taking normalised float input,
