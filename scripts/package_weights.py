@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shlex
 import shutil
 import statistics
 import tempfile
@@ -41,6 +42,9 @@ from dabnet.segmenter import Segmenter
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ["model_name", "num_classes", "model_kwargs", "class_names", "palette", "ignore_index", "raw_ignore",
         "mean", "std", "config", "data_splits", "epoch", "iteration", "best_miou", "dataset", "selected_on", "averaged_from"]  # fmt: skip
+# Earlier bundled weights and their CamVid test-split mIoU, measured independently (the test split is held out here).
+HISTORY = [("v1", "240x320 crops, train split, 100 CPU epochs, epoch chosen on val", 57.64),
+           ("v2", "the official recipe on train+val without drive 0006R0, 300 CPU epochs, epoch chosen on 0006R0", 60.84)]  # fmt: skip
 # The weights bundled before held-out-drive validation, as their starting point (CamVid test measured independently).
 PREVIOUS = ("`dabnet-camvid` v1 (240x320 crops, train split, batch 8, 100 CPU epochs, epoch chosen on val): 69.05% val "
             "mIoU, **57.6% on the CamVid test split** (233 images, measured independently)")  # fmt: skip
@@ -137,10 +141,22 @@ def learning_curve(history: List[Dict[str, Any]], holdout: List[str], path: Path
     plt.close(fig)
 
 
+def base_config(cfg: TrainConfig) -> str:
+    """The shipped config a run's recipe starts from: held-out drives, every labelled frame, or the train split."""
+    return "camvid_holdout" if cfg.holdout else "camvid_trainval" if cfg.train_split == "trainval" else "camvid"
+
+
+def every_frame(cfg: TrainConfig, meta: Dict[str, Any]) -> bool:
+    """Whether the run trained on every labelled frame (val included, nothing held out): no figure left to choose by."""
+    return not cfg.holdout and bool(meta.get("val_trained_on"))
+
+
 def reproduce_command(cfg: TrainConfig, out: str) -> str:
     """The `dabnet train` command that re-runs `cfg`: its shipped base config plus the options that differ."""
-    base_name = "camvid_holdout" if cfg.holdout else "camvid"
+    base_name = base_config(cfg)
     base = dataclasses.asdict(build_config(TrainConfig, base_name))
+    if cfg.init_from:  # the run's own path means nothing elsewhere: the file by name, fetched as the card says
+        cfg = dataclasses.replace(cfg, init_from=Path(cfg.init_from).name)
     def text(v: Any) -> str:
         return v if isinstance(v, str) and v.isidentifier() else json.dumps(v).replace(" ", "")
 
@@ -149,12 +165,17 @@ def reproduce_command(cfg: TrainConfig, out: str) -> str:
 
 
 def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", hardware: str = "",
-            samples: Path = SAMPLES, sample_names: Sequence[str] = (), weights: Optional[Path] = None) -> Dict[str, Any]:  # fmt: skip
+            samples: Path = SAMPLES, sample_names: Sequence[str] = (), weights: Optional[Path] = None, rule: str = "",
+            init_from_how: str = "") -> Dict[str, Any]:  # fmt: skip
     """Evaluate, store and describe `run`'s best.pth, or `weights` from that run (e.g. `dabnet average` of its
-    epochs), with `sample_names` as the demo frames in `samples`; returns the stored metadata."""
+    epochs), with `sample_names` as the demo frames in `samples`; returns the stored metadata. A run that trained
+    on every labelled frame needs `rule`: how the shipped weights were chosen, written down before the run ended."""
     weights = weights or run / "best.pth"
     ckpt, history = read_checkpoint(weights), read_checkpoint(run / "last.pth")["history"]
     cfg = from_saved(TrainConfig, ckpt["config"])
+    if not cfg.holdout and val_is_trained_on(cfg, data_root) and not rule:
+        raise SystemExit(f"{run} trained on every labelled frame, so no figure can have chosen its weights: pass --rule, the "
+                         "rule written down before the run ended (e.g. 'the mean of epochs 691-700, made by dabnet average')")  # fmt: skip
     if sample_names:
         replace_samples(cfg, data_root, sample_names, samples)
     res = figures(weights, data_root, cfg)
@@ -169,6 +190,11 @@ def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", ha
                 holdout_validations=len(checks), holdout_median_last_20=statistics.median(checks[-20:]) if checks else None,
                 trained_minutes=round(sum(h["seconds"] for h in history) / 60, 1), hardware=hardware,
                 torch_version=torch.__version__, model=ckpt["model"])  # fmt: skip
+    if rule:
+        meta["selection_rule"] = rule
+    if cfg.init_from:
+        meta["init_from"] = Path(cfg.init_from).name
+    meta["trained_on_every_labelled_frame"] = every_frame(cfg, meta)
     save_safetensors(meta, out)
     seg = Segmenter.from_checkpoint(out, backend="eager")
     meta["sample_frames_miou"] = sample_frames_miou(seg, samples)
@@ -176,12 +202,35 @@ def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", ha
     save_safetensors(meta, out)
     learning_curve(history, list(cfg.holdout), card.with_name("camvid_learning_curve.png"))
     readme_figure(out, card.with_name("demo_side_by_side.png"), samples)
-    card.write_text(model_card(run, weights, out, meta, cfg, res, cpu_latency_ms(seg, samples), count_params(seg.model), note))
+    card.write_text(model_card(run, weights, out, meta, cfg, res, cpu_latency_ms(seg, samples), count_params(seg.model), note, init_from_how))
     return meta
 
 
+def why_every_frame(cfg: TrainConfig, meta: Dict[str, Any], res: Dict[str, Dict[str, Any]]) -> str:
+    """The card's account of a run on every labelled frame: why all of it, where it started, what ships and why."""
+    start = (f"- **Started from `{meta['init_from']}`** with a fresh {cfg.epochs}-epoch poly schedule: those weights had\n"
+             f"  already learned the task, and a fresh schedule over all the frames costs less CPU time than the\n"
+             f"  official 1000 epochs from scratch."
+             if meta.get("init_from") else f"- **{cfg.epochs} epochs from scratch**, the official schedule's shape.")  # fmt: skip
+    return f"""
+## Why this data and this length
+
+- **Every labelled frame** ({res['val']['images']} of val among them; train+val, as the official run): the drive
+  the previous weights left out to choose an epoch by is now learned from. Nothing is held out, so no
+  figure here says how the weights do on a new drive; val below is trained on (a fitting figure).
+{start}
+- **{meta['epochs_run']} epochs run**, {meta['trained_minutes'] / 60:.1f} hours of training on {meta['hardware']}.
+- **The weights that ship: {meta['selection_rule']}.** The rule was written down before the run ended
+  and nothing else was considered: with every frame trained on, choosing by a figure would choose by
+  fitting.
+"""
+
+
 def why_section(cfg: TrainConfig, meta: Dict[str, Any], res: Dict[str, Dict[str, Any]]) -> str:
-    """The card's account of what the weights were trained on and for how long (held-out-drive runs)."""
+    """The card's account of what the weights were trained on and for how long (held-out-drive runs, and runs
+    on every labelled frame)."""
+    if every_frame(cfg, meta):
+        return why_every_frame(cfg, meta, res)
     if not cfg.holdout:
         return ""
     held = ", ".join(cfg.holdout)
@@ -217,14 +266,18 @@ def which_bullet(meta: Dict[str, Any], held: str) -> str:
             f"  ([CAMVID_AVERAGING.md](CAMVID_AVERAGING.md) has both on {held}).")
 
 
-def reproduce_steps(cfg: TrainConfig, meta: Dict[str, Any], out: str) -> str:
-    """The card's commands: train, average the kept epochs when the weights are a mean, package."""
+def reproduce_steps(cfg: TrainConfig, meta: Dict[str, Any], out: str, init_from_how: str = "") -> str:
+    """The card's commands: fetch the starting weights, train, average the kept epochs when the weights are a
+    mean, package."""
     averaged = averaged_epochs(meta)
+    fetch = f"{init_from_how}\n" if init_from_how else ""
+    rule = f" --rule {shlex.quote(meta['selection_rule'])}" if meta.get("selection_rule") else ""
     if not averaged:
-        return f"{reproduce_command(cfg, out)}\npython scripts/package_weights.py --run {out}"
+        return f"{fetch}{reproduce_command(cfg, out)}\npython scripts/package_weights.py --run {out}{rule}"
     kept = " ".join(f"{out}/epoch_{e:04d}.pth" for e in averaged)
-    return (f"{reproduce_command(cfg, out)} --set keep_every=1\ndabnet average {kept} --out {out}/averaged.pth\n"
-            f"python scripts/package_weights.py --run {out} --weights {out}/averaged.pth")
+    keep = "" if build_config(TrainConfig, base_config(cfg)).keep_every == 1 else " --set keep_every=1"  # the shipped config may keep them
+    return (f"{fetch}{reproduce_command(cfg, out)}{keep}\ndabnet average {kept} --out {out}/averaged.pth\n"
+            f"python scripts/package_weights.py --run {out} --weights {out}/averaged.pth{rule}")
 
 
 def which_weights(meta: Dict[str, Any]) -> str:
@@ -235,12 +288,24 @@ def which_weights(meta: Dict[str, Any]) -> str:
     return f"the mean of the weights of epochs {', '.join(map(str, averaged))} (`dabnet average`)"
 
 
+def history_row(meta: Dict[str, Any], cfg: TrainConfig) -> str:
+    """The card's row for earlier weights: v1's starting point on held-out-drive cards, every version's test figure
+    (measured independently) on a card of weights trained on every frame."""
+    if not every_frame(cfg, meta):
+        return f"| starting point | {PREVIOUS} |"
+    versions = "; ".join(f"{v} ({what}): **{test:.2f}%**" for v, what, test in HISTORY)
+    return f"| earlier weights, CamVid test mIoU (measured independently) | {versions} |"
+
+
 def model_card(run: Path, weights: Path, out: Path, meta: Dict[str, Any], cfg: TrainConfig, res: Dict[str, Dict[str, Any]],
-               latency: float, params: int, note: str) -> str:  # fmt: skip
+               latency: float, params: int, note: str, init_from_how: str = "") -> str:  # fmt: skip
     """docs/MODEL_CARD.md: what the weights are, what each figure was measured on, how to get them again."""
     held = ", ".join(cfg.holdout)
     trained_on = f"`{cfg.train_split}`" + (f" without drive(s) {held}" if held else "")
-    selected = f"the held-out drive(s) {held}, never trained on" if held else "`val`"
+    selected = f"epoch selected on the held-out drive(s) {held}, never trained on" if held else "epoch selected on `val`"
+    if every_frame(cfg, meta):
+        trained_on += ": every labelled frame, nothing held out"
+        selected = "no figure selected anything (see the rule below)"
     val_note = "trained on: these frames are in the training split, so this measures fitting" if meta["val_trained_on"] else "in-sequence: its drive 0016E5 is also in train"  # fmt: skip
     columns = list(res)
     header = " | ".join({"holdout": f"held-out {held}", "val": "val (0016E5)"}[k] for k in columns)
@@ -258,12 +323,12 @@ Generated by `python scripts/package_weights.py --run {run}` from `{weights.name
 |---|---|
 | network | DABNet (Li & Kim, BMVC 2019), {params:,} parameters, {meta['num_classes']} classes |
 | file | `dabnet/weights/{out.name}` ({out.stat().st_size / 2**20:.2f} MiB), loads with `dabnet.load_model("dabnet-camvid")` |
-| data | CamVid (SegNet layout, 360x480), trained on {trained_on}; epoch selected on {selected}; the test split was never used |
+| data | CamVid (SegNet layout, 360x480), trained on {trained_on}; {selected}; the test split was never used |
 | recipe | official CamVid recipe: Adam lr {cfg.lr}, betas {cfg.betas}, wd {cfg.weight_decay}, poly {cfg.poly_power}, warm-up {cfg.warmup_iters} it, ENet class weights (c = {cfg.enet_c}), random scale {cfg.scales}, crop {cfg.crop_size[0]}x{cfg.crop_size[1]}, flip, batch {cfg.batch_size}, {cfg.precision} autocast, schedule of {cfg.epochs} epochs |
 | trained | {meta['epochs_run']} epochs ({which_weights(meta)}), {meta['trained_minutes']:.0f} minutes on {meta['hardware']}{'; ' + note if note else ''} |
 | normalisation | RGB, mean {[round(v, 2) for v in meta['mean']]}, std {[round(v, 2) for v in meta['std']]} (0-255 scale) |
 {figures_rows}| CamVid test | not measured here (the test split is held out from this project); the paper: 66.4% after 1000 GPU epochs |
-| starting point | {PREVIOUS} |
+{history_row(meta, cfg)}
 | speed | {latency:.1f} ms per 360x480 frame on {describe_hardware(torch.device("cpu"))} (median of 20, batch 1, eager fp32, `Segmenter.predict`; `dabnet bench` for the default backend) |
 {why_section(cfg, meta, res)}
 ## Per-class IoU
@@ -279,7 +344,7 @@ Generated by `python scripts/package_weights.py --run {run}` from `{weights.name
 ## Reproduce
 
 ```bash
-{reproduce_steps(cfg, meta, f"runs/{run.name}")}
+{reproduce_steps(cfg, meta, f"runs/{run.name}", init_from_how)}
 ```
 
 Re-running the `dabnet train` command continues the run from `last.pth` (training here spans
@@ -310,9 +375,13 @@ def main() -> None:
                     help="frames of the held-out drive to bundle as the demo frames (e.g. 0006R0_f01050), replacing the current ones")
     ap.add_argument("--samples", default=str(SAMPLES), help="the demo frames' folder")
     ap.add_argument("--weights", default=None, help="a checkpoint of the run to ship instead of its best.pth (e.g. `dabnet average`'s)")
+    ap.add_argument("--rule", default="", help="how the shipped weights were chosen, written before the run ended (needed when "
+                    "the run trained on every labelled frame)")  # fmt: skip
+    ap.add_argument("--init-from-how", default="", help="the command that fetches the run's init_from file, for the card")
     args = ap.parse_args()
     meta = package(Path(args.run), args.data_root, Path(args.out), Path(args.card), args.note, args.hardware,
-                   Path(args.samples), args.sample_frames, Path(args.weights) if args.weights else None)  # fmt: skip
+                   Path(args.samples), args.sample_frames, Path(args.weights) if args.weights else None, args.rule,
+                   args.init_from_how)  # fmt: skip
     print(f"wrote {args.out}, {args.card}; sample-frames mIoU {100 * meta['sample_frames_miou']:.2f}%")
 
 

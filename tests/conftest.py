@@ -117,9 +117,9 @@ def make_camvid():
     return build_camvid
 
 
-def train_holdout_run(tmp_path: Path, out: str = "run", **overrides):
+def train_holdout_run(tmp_path: Path, out: str = "run", config: str = "camvid_holdout", **overrides):
     """A tiny CamVid (train: drives 0001TP and 0006R0; val: 0016E5) and a 2-epoch `camvid_holdout` run on it
-    that holds 0006R0 out; returns (data root, run folder, config)."""
+    that holds 0006R0 out (or a run of another shipped `config`); returns (data root, run folder, config)."""
     from dabnet import train as train_mod
     from dabnet.config import TrainConfig, build_config
 
@@ -128,7 +128,7 @@ def train_holdout_run(tmp_path: Path, out: str = "run", **overrides):
         build_camvid(root, n=8, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
     settings = dict(data_root=str(root), out=str(tmp_path / out), epochs=2, batch_size=2, crop_size=[32, 48], workers=0,
                     warmup_iters=2, val_batch_size=4, check_data=False, fused=False)  # fmt: skip
-    cfg = build_config(TrainConfig, "camvid_holdout", **{**settings, **overrides})
+    cfg = build_config(TrainConfig, config, **{**settings, **overrides})
     train_mod.train(cfg, log=lambda *a: None)
     return root, Path(cfg.out), cfg
 

@@ -83,3 +83,39 @@ def test_demo_frames_must_come_from_a_held_out_drive(tmp_path, make_camvid, repo
     with pytest.raises(SystemExit, match=f"--sample-frames {name}: not a frame of the .*never trained on"):
         repo_script("scripts/package_weights.py").replace_samples(cfg, str(root), [name], samples)
     assert (samples / "keep.jpg").exists()
+
+
+def test_a_run_on_every_labelled_frame_ships_by_its_rule_with_the_history_of_earlier_weights(tmp_path, holdout_run, repo_script):
+    from dabnet.checkpoint import average_checkpoints, make_checkpoint, save_checkpoint, save_safetensors
+
+    start = save_safetensors(make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "dabnet-camvid-v2.safetensors")
+    root, run, cfg = holdout_run(tmp_path, config="camvid_trainval", init_from=str(start), epochs=3)
+    pw = repo_script("scripts/package_weights.py")
+    card = tmp_path / "docs" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    with pytest.raises(SystemExit, match="trained on every labelled frame.*--rule"):  # nothing to choose by: a rule is needed
+        pw.package(run, str(root), tmp_path / "w.safetensors", card)
+    avg = save_checkpoint(average_checkpoints([run / "epoch_0002.pth", run / "epoch_0003.pth"]), run / "averaged.pth")
+    rule = "the mean of the last 2 epochs of the 3 (epochs 2-3), made by `dabnet average`"
+    fetch = "git show da77c38:dabnet/weights/dabnet-camvid.safetensors > dabnet-camvid-v2.safetensors"
+    meta = pw.package(run, str(root), tmp_path / "w.safetensors", card, weights=avg, rule=rule, init_from_how=fetch)
+    assert meta["trained_on_every_labelled_frame"] and meta["selection_rule"] == rule and meta["init_from"] == "dabnet-camvid-v2.safetensors"
+    text = card.read_text()
+    assert "trained on `trainval`: every labelled frame, nothing held out; no figure selected anything" in text
+    assert "v1 (" in text and "**57.64%**" in text and "v2 (" in text and "**60.84%**" in text and "| CamVid test | not measured here" in text
+    assert "trained on: these frames are in the training split" in text  # val marked as trained on
+    why = text.split("## Why this data and this length")[1].split("## Per-class IoU")[0]
+    assert "**Every labelled frame**" in why and "**Started from `dabnet-camvid-v2.safetensors`** with a fresh 3-epoch" in why
+    assert f"**The weights that ship: {rule}.**" in why
+    steps = text.split("## Reproduce")[1].split("```")[1].strip().splitlines()[1:]  # after "bash"
+    assert steps[0] == fetch and steps[1].startswith("dabnet train --config camvid_trainval")
+    args = shlex.split(steps[1])
+    assert "init_from=dabnet-camvid-v2.safetensors" in args and "keep_every" not in steps[1]  # the config keeps every epoch
+    assert steps[2] == "dabnet average runs/run/epoch_0002.pth runs/run/epoch_0003.pth --out runs/run/averaged.pth"
+    assert steps[3] == f"python scripts/package_weights.py --run runs/run --weights runs/run/averaged.pth --rule {shlex.quote(rule)}"
+    again = build_config(TrainConfig, args[args.index("--config") + 1], [args[i + 1] for i, a in enumerate(args) if a == "--set"])
+    same = {k: v for k, v in vars(cfg).items() if k not in pw.NOT_RECIPE}
+    assert {k: v for k, v in vars(again).items() if k not in pw.NOT_RECIPE} == {**same, "init_from": "dabnet-camvid-v2.safetensors"}
+    lines = []
+    run_demo(DemoConfig(checkpoint=str(tmp_path / "w.safetensors"), out=str(tmp_path / "demo"), backend="eager"), log=lines.append)
+    assert "trained on every labelled CamVid drive (train+val)" in lines[0] and "val mIoU" not in lines[0]
