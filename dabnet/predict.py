@@ -105,11 +105,43 @@ def _read(path: Path) -> np.ndarray:
     return to_rgb(read_image(path))
 
 
+def _waiting(items: Iterator[Any], waited: List[float]) -> Iterator[Any]:
+    """`items`, adding to waited[0] the seconds spent waiting for each: decoding is not model time."""
+    items = iter(items)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            waited[0] += time.perf_counter() - t0
+        yield item
+
+
+def _labelled(seg: Segmenter, images: Iterator[Tuple[Path, np.ndarray]], batch_size: int) -> Iterator[Tuple[Path, np.ndarray, np.ndarray]]:
+    """(path, image, label map) in order: through the Segmenter's stream (several images in flight where the
+    runtime has throughput streams) at batch size 1, else in batches of `batch_size`."""
+    if batch_size == 1:
+        yield from seg.predict_stream(images)
+        return
+    batch: List[Tuple[Path, np.ndarray]] = []
+    for item in images:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield from ((p, im, lab) for (p, im), lab in zip(batch, seg.predict_batch([im for _, im in batch])))
+            batch = []
+    if batch:
+        yield from ((p, im, lab) for (p, im), lab in zip(batch, seg.predict_batch([im for _, im in batch])))
+
+
 def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = "default", batch_size: int = 1, log=print,
                    save: Sequence[str] = OUTPUT_KINDS, workers: int = 2) -> Dict[str, Any]:  # fmt: skip
-    """Segment image files in batches; unreadable files are reported and skipped. With `workers` threads the
-    next images are decoded and the last ones encoded while the network runs (PIL and zlib release the GIL),
-    in bounded queues, so memory stays a few images deep; the files written are the same either way."""
+    """Segment image files; unreadable files are reported and skipped. With `workers` threads the next images
+    are decoded and the last ones encoded while the network runs (PIL and zlib release the GIL), in bounded
+    queues, so memory stays a few images deep; at batch size 1 a runtime with throughput streams (OpenVINO)
+    has several images in the network at once. The files written are the same either way."""
+    from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from .progress import progress_bar
@@ -120,12 +152,10 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
         log(f"not segmenting {len(skip)} file(s) that are predict's own outputs (in {out}, or NAME_label/_color/_overlay)")
     paths = [p for p in paths if p not in skip]
     stems = dict(zip(paths, output_names(paths))) if paths else {}
-    done, failed, seconds = 0, [], 0.0
+    done, failed, seconds, waited = 0, [], 0.0, [0.0]
     bar = progress_bar(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
     pool = ThreadPoolExecutor(workers) if workers else None
     ahead = max(2, 2 * workers) * batch_size  # images decoded ahead of the network
-    reads: List[Future] = []
-    writes: List[Future] = []
 
     def submit(fn, *args) -> Future:
         if pool is not None:
@@ -137,34 +167,32 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
             fut.set_exception(e)
         return fut
 
-    try:
-        queued = 0
-        for start in range(0, len(paths), batch_size):
-            while queued < min(len(paths), start + ahead):
-                reads.append(submit(_read, paths[queued]))
-                queued += 1
-            batch, names = [], []
-            for i in range(start, min(start + batch_size, len(paths))):
-                try:
-                    batch.append(reads[i].result())
-                    names.append(paths[i])
-                except (ImageReadError, FileNotFoundError, ValueError) as e:
-                    failed.append(str(paths[i]))
-                    bar.write(f"skipped {paths[i]}: {e}")
-                    bar.update(1)
-                reads[i] = None  # type: ignore[call-overload]  # the decoded image goes with its batch
-            if not batch:
+    def decoded() -> Iterator[Tuple[Path, np.ndarray]]:
+        reads = deque(submit(_read, p) for p in paths[:ahead])
+        for i, path in enumerate(paths):
+            if i + ahead < len(paths):
+                reads.append(submit(_read, paths[i + ahead]))
+            try:
+                image = reads.popleft().result()
+            except (ImageReadError, FileNotFoundError, ValueError) as e:
+                failed.append(str(path))
+                bar.write(f"skipped {path}: {e}")
+                bar.update(1)
                 continue
-            t0 = time.perf_counter()
-            labels = seg.predict_batch(batch)
-            seconds += time.perf_counter() - t0
-            for p, image, label in zip(names, batch, labels):
-                writes.append(submit(write_outputs, image, label, seg.palette, out, stems[p], fmt, save))
+            yield path, image
+
+    writes: "deque[Future]" = deque()
+    try:
+        t0, w0 = time.perf_counter(), 0.0
+        for path, image, label in _labelled(seg, _waiting(decoded(), waited), batch_size):
+            seconds += time.perf_counter() - t0 - (waited[0] - w0)
+            writes.append(submit(write_outputs, image, label, seg.palette, out, stems[path], fmt, save))
             while len(writes) > 2 * max(workers, 1):  # bounded: the encoders keep up, or the network waits
-                writes.pop(0).result()
-            done += len(batch)
-            bar.update(len(batch))
+                writes.popleft().result()
+            done += 1
+            bar.update(1)
             bar.set_postfix(fps=f"{done / max(seconds, 1e-9):.1f}", refresh=False)
+            t0, w0 = time.perf_counter(), waited[0]
         for w in writes:
             w.result()  # a write's error (a full disk) surfaces here
     finally:
@@ -236,14 +264,18 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
         writer.write(overlay(rgb, colorize(label, seg.palette)))
 
     decoded = _ahead(video_frames(cap, max_frames), 2 * workers)
+    waited = [0.0]
+    frames_in = ((None, rgb) for rgb in _waiting(decoded, waited))
+    # A file runs through the Segmenter's stream (frames in flight together where the runtime has throughput
+    # streams); a webcam one frame at a time, so that what is shown is the latest frame.
+    labelled = ((k, rgb, seg.predict(rgb)) for k, rgb in frames_in) if webcam else seg.predict_stream(frames_in)
     try:
         with atomic_output(target, fsync=False) as tmp:
             writer = VideoWriter(tmp, fps_in, shown_as=target)
             try:
-                for rgb in decoded:
-                    t0 = time.perf_counter()
-                    label = seg.predict(rgb)
-                    seconds += time.perf_counter() - t0
+                t0, w0 = time.perf_counter(), 0.0
+                for _, rgb, label in labelled:
+                    seconds += time.perf_counter() - t0 - (waited[0] - w0)
                     if not writer.started:  # opened here: an unwritable folder fails at once, not in a thread
                         encode(writer, rgb, label)
                     elif encoder is None:
@@ -255,6 +287,7 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
                     frames += 1
                     bar.update(1)
                     bar.set_postfix(fps=f"{frames / max(seconds, 1e-9):.1f}", refresh=False)
+                    t0, w0 = time.perf_counter(), waited[0]
             except KeyboardInterrupt:  # how a webcam stream ends; a file stopped midway is not kept
                 if not webcam:
                     raise
@@ -267,6 +300,7 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
             if not writer.started:
                 raise ImageReadError(f"{source}: no frame could be read")
     finally:
+        labelled.close()  # frames in flight finish first
         decoded.close()  # the decoding thread stops before the capture it reads is released
         bar.close()
         cap.release()

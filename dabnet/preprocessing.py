@@ -64,6 +64,17 @@ def pad_to_min_side(x: torch.Tensor, min_side: int = MIN_SIDE) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, max(0, min_side - w), 0, max(0, min_side - h)), mode="replicate")
 
 
+def edge_pad_images(images: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
+    """HxWxC or NxHxWxC `images`, edge-replicated at the bottom and right up to `min_side` pixels a side, as
+    `pad_to_min_side` pads a normalised tensor (the two commute: the normalisation is per channel)."""
+    h, w = images.shape[-3:-1]
+    if h >= min_side and w >= min_side:
+        return images
+    pad = [(0, 0)] * images.ndim
+    pad[-3], pad[-2] = (0, max(0, min_side - h)), (0, max(0, min_side - w))
+    return np.pad(images, pad, mode="edge")
+
+
 def as_rgb_array(image) -> np.ndarray:
     """What users pass as one image, as an HxWx3 uint8 array: a NumPy array (any layout `to_rgb` takes), a PIL
     image, or a torch tensor (uint8 or float, HxWxC or CxHxW); anything else is a TypeError that says what works."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from torch import nn
 
 from .data.classes import default_palette
 from .image_io import PathLike, read_image
-from .preprocessing import Normalize, as_rgb_array
+from .preprocessing import Normalize, as_rgb_array, edge_pad_images
 from .runtimes import AUTO, choose_auto, cpu_has_bf16, get_runtime, load_exported, predict_image_labels, prepare
 from .spec import ModelSpec, describe
 
@@ -218,6 +218,30 @@ class Segmenter:
                 tile = self._labels([image[ya : min(h, y1 + m), xa : min(w, x1 + m)]])[0]
                 out[y0:y1, x0:x1] = tile[y0 - ya : y1 - ya, x0 - xa : x1 - xa]
         return out
+
+    def predict_stream(self, items: Iterable[Tuple[Any, Any]]) -> Iterator[Tuple[Any, np.ndarray, np.ndarray]]:
+        """(key, HxWx3 RGB image, HxW uint8 label map) for each (key, image) of `items`, in their order. On a
+        runtime with throughput streams (OpenVINO) several frames are in flight at once, so a folder or a video
+        keeps every core busy; elsewhere, and for images over `max_pixels` (tiled), one after another."""
+        stream = getattr(self.run, "image_label_stream", None)
+        if stream is None:
+            for key, image in items:
+                image = self._image(image)
+                yield key, image, self.predict(image)
+            return
+        kept: dict = {}
+
+        def feed() -> Iterator[Tuple[int, Optional[np.ndarray]]]:
+            for i, (key, image) in enumerate(items):
+                image = self._image(image)
+                kept[i] = (key, image)
+                h, w = image.shape[:2]
+                yield i, None if h * w > self.max_pixels else edge_pad_images(image)  # None: tiled at its turn below
+
+        for i, label in stream(feed(), self.mean, self.std):
+            key, image = kept.pop(i)
+            h, w = image.shape[:2]
+            yield key, image, self._tiled(image) if label is None else label[:h, :w].astype(np.uint8, copy=False)
 
     def predict(self, image: Any) -> np.ndarray:
         """HxW uint8 label map of one image: an RGB (or grayscale/RGBA) array, a PIL image, a tensor or a path."""

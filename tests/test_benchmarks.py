@@ -147,7 +147,7 @@ def test_predict_throughput_table_has_every_path(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_throughput.py"), "--folder", str(folder), "--checkpoint",
                     str(ckpt), "--backend", "eager", "--repeats", "1", "--out", str(out)], check=True)  # fmt: skip
     text = out.read_text()
-    assert "backend eager." in text and "3 frames of 48x32" in text and text.count("| predict ") == 6
+    assert "backend eager." in text and "3 frames of 48x32" in text and text.count("| predict ") == 6 and "| Segmenter.predict_stream alone (decoded frames) |" in text
     assert "| Segmenter.predict alone (decoded frames) |" in text and "| 100% |" in text
     assert "| colour mask, palette PNG |" in text and text.count("| overlay (blend + encode), zlib level") == 4
 

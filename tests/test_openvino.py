@@ -235,3 +235,45 @@ def test_eval_with_a_backend_and_precision(tmp_path, make_camvid, capsys):
     assert "backend openvino," in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--backend", "eager", "--precision", "int8"]) == 2
     assert "the eager backend runs fp32, bf16, fp16, not int8; int8 runs with --backend int8 or openvino" in capsys.readouterr().err
+
+
+def test_openvino_stream_keeps_the_order_and_the_labels_of_one_at_a_time(bundled):
+    model, _, _ = bundled
+    ov_seg = Segmenter.for_model(model, runner=prepare(model, "openvino", "fp32"), backend="openvino")
+    ov_seg.max_pixels, ov_seg.tile_margin = 150 * 150, 16  # so that the 200x300 crop is tiled (6 tiles), at its turn
+    frame = read_image(sample_frames()[0])
+    images = [frame[:64, :96], frame[:5, :7], frame[:80, :48], frame[:200, :300], np.ascontiguousarray(frame[64:0:-1, :96])]
+    for _ in range(2):  # the throughput queue is compiled once and reused
+        got = list(ov_seg.predict_stream(enumerate(images)))
+        assert [k for k, _, _ in got] == list(range(len(images)))
+        for (_, image, label), original in zip(got, images):
+            assert np.array_equal(image, original) and label.shape == original.shape[:2] and label.dtype == np.uint8
+            assert (label == ov_seg.predict(original)).mean() > 0.999
+    passed = list(ov_seg.run.image_label_stream([("a", None), ("b", frame[:32, :32]), ("c", None)], ov_seg.mean, ov_seg.std))
+    assert [k for k, _ in passed] == ["a", "b", "c"] and passed[0][1] is None and passed[1][1].shape == (32, 32)
+
+
+def test_predict_folder_through_openvino_streams_writes_what_batches_write(bundled, tmp_path):
+    from PIL import Image
+
+    from dabnet.predict import predict_images
+
+    model, _, _ = bundled
+    ov_seg = Segmenter.for_model(model, runner=prepare(model, "openvino", "fp32"), backend="openvino")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frame = read_image(sample_frames()[1])
+    for i, (h, w) in enumerate([(64, 96), (64, 96), (48, 80), (64, 96), (10, 12)]):
+        Image.fromarray(np.ascontiguousarray(frame[i * 7 : i * 7 + h, i * 5 : i * 5 + w])).save(folder / f"f{i}.png")
+    (folder / "bad.png").write_bytes(b"not a png")
+    paths = sorted(folder.iterdir())
+    written = {}
+    for name, batch, workers in (("stream", 1, 2), ("stream0", 1, 0), ("batches", 2, 2)):
+        result = predict_images(ov_seg, paths, tmp_path / name, batch_size=batch, log=lambda *a: None, save=["label"], workers=workers)
+        assert result["images"] == 5 and result["skipped"] == [str(folder / "bad.png")] and result["fps"] > 0
+        written[name] = {p.name: np.asarray(Image.open(p)) for p in sorted((tmp_path / name).iterdir())}
+    assert sorted(written["stream"]) == [f"f{i}_label.png" for i in range(5)]
+    for name in ("stream0", "batches"):
+        assert written[name].keys() == written["stream"].keys()
+        for k, labels in written[name].items():
+            assert labels.shape == written["stream"][k].shape and (labels == written["stream"][k]).mean() > 0.999

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..metrics import labels_from_logits
 from ..precision import PRECISIONS, cpu_flags, cpu_has_bf16
-from ..preprocessing import MIN_SIDE, Normalize, pad_to_min_side
+from ..preprocessing import Normalize, edge_pad_images, pad_to_min_side
 # One import per runtime module: importing it registers its runtimes, in this order.
 from . import pytorch, torchscript, int8, onnx, openvino  # noqa: F401  isort: skip
 from .pytorch import fold_batchnorm
@@ -119,10 +119,7 @@ def predict_image_labels(runner: Callable[[torch.Tensor], torch.Tensor], images:
         return predict_labels(runner, normalize(images))
     images = np.stack(images)
     h, w = images.shape[1:3]
-    pad = ((0, 0), (0, max(0, MIN_SIDE - h)), (0, max(0, MIN_SIDE - w)), (0, 0))
-    if pad[1][1] or pad[2][1]:  # edge replication commutes with the per-channel normalisation: as predict_labels pads
-        images = np.pad(images, pad, mode="edge")
-    return torch.from_numpy(own(images, normalize.mean, normalize.std))[..., :h, :w]
+    return torch.from_numpy(own(edge_pad_images(images), normalize.mean, normalize.std))[..., :h, :w]
 
 
 __all__ = ["AUTO", "PRECISIONS", "Runtime", "backend_help", "backend_names", "choose_auto", "cpu_has_bf16", "export_formats", "exported_suffixes",

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -159,6 +159,7 @@ class OpenVINORunner:
         self.model_name = self.checkpoint_meta.get("model_name", "model") + " (openvino)"
         self.num_classes = int(self.checkpoint_meta.get("num_classes", ov_model.outputs[0].get_partial_shape()[1].get_length()))
         self._requests: Dict[Tuple[str, Any], Any] = {}
+        self._streams: Dict[Any, Any] = {}  # (mean, std) -> AsyncInferQueue of the throughput-compiled uint8 labels graph
 
     def request(self, output: str = "logits", image_input: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None):
         """The infer request of the network with `output` "logits" or "labels", taking normalised float input,
@@ -182,6 +183,42 @@ class OpenVINORunner:
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """NxHxW class indices (uint8 up to 256 classes), the arg-max computed inside OpenVINO."""
         return self._infer(x, "labels")
+
+    def image_label_stream(self, items: Iterable[Tuple[Any, Optional[np.ndarray]]], mean: Sequence[float],
+                           std: Sequence[float]) -> Iterator[Tuple[Any, Optional[np.ndarray]]]:  # fmt: skip
+        """(key, HxW class indices) for each (key, HxWx3 RGB uint8 image) of `items`, in their order, several
+        frames in flight at once on OpenVINO's throughput streams (one per core or so, each on its own
+        threads): a folder or a video keeps every core busy. An item whose image is None passes through as
+        (key, None) at its turn. One stream at a time per runner."""
+        norm = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        queue = self._streams.get(norm)
+        if queue is None:
+            graph = with_image_input(with_labels(self.ov_model), *norm)
+            config = dict(self.config, PERFORMANCE_HINT="THROUGHPUT")
+            compiled = core().compile_model(graph, "CPU", config)
+            queue = self._streams[norm] = _openvino().AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        done: Dict[int, Optional[np.ndarray]] = {}
+        keys: Dict[int, Any] = {}
+        queue.set_callback(lambda request, i: done.__setitem__(i, request.get_output_tensor(0).data[0].copy()))
+        turn = 0
+        try:
+            for i, (key, image) in enumerate(items):
+                keys[i] = key
+                if image is None:
+                    done[i] = None
+                else:  # waits while every request is busy
+                    queue.start_async([np.ascontiguousarray(image.transpose(2, 0, 1)[None])], userdata=i)
+                while turn in done:
+                    yield keys.pop(turn), done.pop(turn)
+                    turn += 1
+            queue.wait_all()
+            while turn in done:
+                yield keys.pop(turn), done.pop(turn)
+                turn += 1
+            if keys:
+                raise RuntimeError(f"OpenVINO returned no labels for {len(keys)} frame(s) of the stream")
+        finally:
+            queue.wait_all()  # nothing is left running into the next stream's callback
 
     def image_labels(self, images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
         """NxHxW class indices of NxHxWx3 RGB uint8 `images`: conversion, normalisation and arg-max all run
