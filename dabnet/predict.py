@@ -119,10 +119,11 @@ def _waiting(items: Iterator[Any], waited: List[float]) -> Iterator[Any]:
         yield item
 
 
-def _labelled(seg: Segmenter, images: Iterator[Tuple[Path, np.ndarray]], batch_size: int) -> Iterator[Tuple[Path, np.ndarray, np.ndarray]]:
+def _labelled(seg: Segmenter, images: Iterator[Tuple[Path, np.ndarray]], batch_size: int,
+              stream: bool = True) -> Iterator[Tuple[Path, np.ndarray, np.ndarray]]:  # fmt: skip
     """(path, image, label map) in order: through the Segmenter's stream (several images in flight where the
-    runtime has throughput streams) at batch size 1, else in batches of `batch_size`."""
-    if batch_size == 1:
+    runtime has throughput streams) at batch size 1 when `stream`, else in batches of `batch_size`."""
+    if batch_size == 1 and stream:
         yield from seg.predict_stream(images)
         return
     batch: List[Tuple[Path, np.ndarray]] = []
@@ -184,7 +185,8 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
     writes: "deque[Future]" = deque()
     try:
         t0, w0 = time.perf_counter(), 0.0
-        for path, image, label in _labelled(seg, _waiting(decoded(), waited), batch_size):
+        # One image: the latency graph `auto` has compiled already, rather than compiling the throughput one.
+        for path, image, label in _labelled(seg, _waiting(decoded(), waited), batch_size, stream=len(paths) > 1):
             seconds += time.perf_counter() - t0 - (waited[0] - w0)
             writes.append(submit(write_outputs, image, label, seg.palette, out, stems[path], fmt, save))
             while len(writes) > 2 * max(workers, 1):  # bounded: the encoders keep up, or the network waits
