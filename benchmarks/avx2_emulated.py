@@ -31,6 +31,8 @@ CAPPED = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 def measure(checkpoint: str, frames, repeats: int) -> dict:
     """Agreement, OpenVINO's kernels and the median ms per frame of each backend (run under the AVX2 cap)."""
+    import ov_profile  # beside this script
+
     import dabnet
     import dabnet.runtimes.openvino as ovr
     from dabnet.preprocessing import Normalize
@@ -44,13 +46,12 @@ def measure(checkpoint: str, frames, repeats: int) -> dict:
     int8 = prepare(model, "openvino", "int8", calibration=calibration_batches(seg.mean, seg.std))
     runs = {"eager fp32": model, "fold fp32": prepare(model, "fold", "fp32"), "openvino fp32": prepare(model, "openvino", "fp32"),
             "openvino int8": int8}  # fmt: skip
-    config = dict(int8.config, PERF_COUNT=True)
-    graph = ovr.with_image_input(ovr.with_labels(int8.ov_model), seg.mean, seg.std)
-    request = ovr.core().compile_model(graph, "CPU", config).create_infer_request()
-    request.infer([np.ascontiguousarray(frames[0].transpose(2, 0, 1)[None])])
-    executed = [p for p in request.profiling_info if p.status.name == "EXECUTED"]
-    kernels = collections.Counter(p.exec_type for p in executed)
-    wide = sorted({f"{p.node_type} {p.exec_type}" for p in executed if "avx512" in p.exec_type or "amx" in p.exec_type})
+    rows, _ = ov_profile.profile(int8, np.ascontiguousarray(frames[0].transpose(2, 0, 1)[None]), frames=1, warmup=1,
+                                 image_input=(seg.mean, seg.std))  # fmt: skip
+    kernels = collections.Counter()
+    for _, kernel, _, nodes in rows:
+        kernels[kernel] += nodes
+    wide = sorted(f"{node_type} {kernel}" for node_type, kernel, _, _ in rows if "avx512" in kernel or "amx" in kernel)
     times = {k: [] for k in runs}
     with torch.inference_mode():
         for r in runs.values():

@@ -32,18 +32,13 @@ from dabnet.config import parse_size  # noqa: E402
 from dabnet.image_io import read_image  # noqa: E402
 from dabnet.precision import cpu_flags  # noqa: E402
 from dabnet.runtimes import predict_labels  # noqa: E402
-from dabnet.runtimes.openvino import core, with_image_input, with_labels  # noqa: E402
 from dabnet.segmenter import Segmenter  # noqa: E402
 
 
 def profile(runner, x: np.ndarray, frames: int, warmup: int = 10, image_input=None):
     """(rows of (node type, kernel, ms per frame, count), wall ms per frame) of an OpenVINO runner's labels graph
     (taking uint8 frames normalised inside when `image_input` is (mean, std))."""
-    config = dict(runner.config, PERF_COUNT=True)
-    graph = with_labels(runner.ov_model)
-    if image_input is not None:
-        graph = with_image_input(graph, *image_input)
-    request = core().compile_model(graph, "CPU", config).create_infer_request()
+    request = runner.compiled("labels", image_input, PERF_COUNT=True).create_infer_request()
     for _ in range(warmup):
         request.infer([x])
     per_node = defaultdict(list)

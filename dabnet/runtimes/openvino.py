@@ -135,6 +135,11 @@ def with_image_input(ov_model, mean: Sequence[float], std: Sequence[float]):
     return ppp.build()
 
 
+def _norm_key(mean: Sequence[float], std: Sequence[float]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) as hashable floats: the key of the uint8-input graphs compiled for them."""
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 class OpenVINORunner:
     """An OpenVINO model compiled for the CPU: `NCHW tensor -> fp32 logits`, and `labels(x)` for the
     class map alone. Each is compiled on first use, so a caller that needs only one pays for one."""
@@ -161,15 +166,19 @@ class OpenVINORunner:
         self._requests: Dict[Tuple[str, Any], Any] = {}
         self._streams: Dict[Any, Any] = {}  # (mean, std) -> AsyncInferQueue of the throughput-compiled uint8 labels graph
 
+    def compiled(self, output: str = "logits", image_input: Optional[Tuple[Sequence[float], Sequence[float]]] = None, **config):
+        """The network compiled for the CPU with `output` "logits" or "labels", taking normalised float input, or
+        uint8 images when `image_input` is (mean, std); `config` adds to the runner's settings (a hint, PERF_COUNT)."""
+        model = self.ov_model if output == "logits" else with_labels(self.ov_model)
+        if image_input is not None:
+            model = with_image_input(model, *image_input)
+        return core().compile_model(model, "CPU", {**self.config, **config})
+
     def request(self, output: str = "logits", image_input: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None):
-        """The infer request of the network with `output` "logits" or "labels", taking normalised float input,
-        or uint8 images when `image_input` is (mean, std); each compiled on first use."""
+        """The infer request of `compiled(output, image_input)`, compiled on first use."""
         key = (output, image_input)
         if key not in self._requests:
-            model = self.ov_model if output == "logits" else with_labels(self.ov_model)
-            if image_input is not None:
-                model = with_image_input(model, *image_input)
-            self._requests[key] = core().compile_model(model, "CPU", self.config).create_infer_request()
+            self._requests[key] = self.compiled(output, image_input).create_infer_request()
         return self._requests[key]
 
     def _infer(self, x: torch.Tensor, output: str) -> torch.Tensor:
@@ -190,12 +199,10 @@ class OpenVINORunner:
         frames in flight at once on OpenVINO's throughput streams (one per core or so, each on its own
         threads): a folder or a video keeps every core busy. An item whose image is None passes through as
         (key, None) at its turn. One stream at a time per runner."""
-        norm = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+        norm = _norm_key(mean, std)
         queue = self._streams.get(norm)
         if queue is None:
-            graph = with_image_input(with_labels(self.ov_model), *norm)
-            config = dict(self.config, PERFORMANCE_HINT="THROUGHPUT")
-            compiled = core().compile_model(graph, "CPU", config)
+            compiled = self.compiled("labels", norm, PERFORMANCE_HINT="THROUGHPUT")
             queue = self._streams[norm] = _openvino().AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         done: Dict[int, Optional[np.ndarray]] = {}
         keys: Dict[int, Any] = {}
@@ -223,7 +230,7 @@ class OpenVINORunner:
     def image_labels(self, images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
         """NxHxW class indices of NxHxWx3 RGB uint8 `images`: conversion, normalisation and arg-max all run
         inside OpenVINO, so no float copy of the frame is made in Python."""
-        request = self.request("labels", (tuple(float(m) for m in mean), tuple(float(s) for s in std)))
+        request = self.request("labels", _norm_key(mean, std))
         request.infer([np.ascontiguousarray(images.transpose(0, 3, 1, 2))], share_inputs=True)
         return request.get_output_tensor(0).data.copy()
 
