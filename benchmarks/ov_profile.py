@@ -37,7 +37,8 @@ from dabnet.segmenter import Segmenter  # noqa: E402
 
 def profile(runner, x: np.ndarray, frames: int, warmup: int = 10, image_input=None):
     """(rows of (node type, kernel, ms per frame, count), wall ms per frame) of an OpenVINO runner's labels graph
-    (taking uint8 frames normalised inside when `image_input` is (mean, std))."""
+    (taking uint8 frames normalised inside when `image_input` is (mean, std)); with `host_upsample`, the labels
+    made from the graph's low-resolution logits are a row of their own and part of the wall time."""
     request = runner.compiled("labels", image_input, PERF_COUNT=True).create_infer_request()
     for _ in range(warmup):
         request.infer([x])
@@ -46,7 +47,11 @@ def profile(runner, x: np.ndarray, frames: int, warmup: int = 10, image_input=No
     for _ in range(frames):
         t0 = time.perf_counter()
         request.infer([x])
+        t1 = time.perf_counter()
+        runner.labels_of(runner.outputs(request))
         walls.append((time.perf_counter() - t0) * 1000)
+        if runner.host_upsample:
+            per_node[("host", "upsampled_argmax", "NumPy (host)")].append((walls[-1] - (t1 - t0) * 1000))
         for info in request.profiling_info:
             if info.status.name == "EXECUTED":
                 per_node[(info.node_name, info.node_type, info.exec_type)].append(info.real_time.total_seconds() * 1000)
@@ -71,29 +76,54 @@ def table(rows, wall: float, top: int) -> str:
     return "\n".join(lines)
 
 
-def predict_against_float_path(seg: Segmenter, images, frames: int) -> str:
-    """`Segmenter.predict` on uint8 frames against the float path it replaced (normalised in PyTorch, then the
-    float-input labels graph), interleaved call by call, medians; and how often their labels agree."""
-    paths = {"Segmenter.predict (uint8 frame into the graph)": lambda f: seg.predict(f),
-             "before: normalised in PyTorch, float graph": lambda f: predict_labels(seg.run, seg.preprocess([f]))[0].numpy()}  # fmt: skip
+def interleaved(paths: dict, images, frames: int) -> str:
+    """Each of `paths` (name -> frame -> label map) on the same frames, call by call in turn, medians against the
+    first; and how often each one's labels agree with the first's."""
     times = {k: [] for k in paths}
-    same = total = 0
+    same = {k: 0 for k in paths}
+    total = 0
     for i in range(frames + 10):
         image = images[i % len(images)]
-        out = []
+        out = {}
         for k, run in paths.items():
             t0 = time.perf_counter()
-            out.append(run(image))
+            out[k] = run(image)
             if i >= 10:
                 times[k].append((time.perf_counter() - t0) * 1000)
         if i < len(images):
-            same, total = same + int((out[0] == out[1]).sum()), total + out[0].size
+            first = next(iter(out.values()))
+            total += first.size
+            for k, labels in out.items():
+                same[k] += int((labels == first).sum())
     new = statistics.median(times[next(iter(paths))])
-    lines = ["| frame to label map | ms (median) | FPS | time vs Segmenter.predict |", "|---|---:|---:|---:|"]
+    lines = ["| frame to label map | ms (median) | FPS | time vs the first | labels as the first's |", "|---|---:|---:|---:|---:|"]
     for k, ts in times.items():
         ms = statistics.median(ts)
-        lines.append(f"| {k} | {ms:.2f} | {1000 / ms:.1f} | {ms / new:.2f}x |")
-    return "\n".join(lines) + f"\n\nThe two paths' labels agree on {100 * same / max(total, 1):.3f}% of the pixels of {len(images)} frames."
+        lines.append(f"| {k} | {ms:.2f} | {1000 / ms:.1f} | {ms / new:.2f}x | {100 * same[k] / max(total, 1):.3f}% |")
+    return "\n".join(lines) + f"\n\nLabel agreement over the {min(len(images), frames + 10)} distinct frames."
+
+
+def predict_against_float_path(seg: Segmenter, images, frames: int) -> str:
+    """`Segmenter.predict` on uint8 frames against the float path it replaced (normalised in PyTorch, then the
+    float-input labels graph), interleaved call by call."""
+    return interleaved({"Segmenter.predict (uint8 frame into the graph)": lambda f: seg.predict(f),
+                        "before: normalised in PyTorch, float graph": lambda f: predict_labels(seg.run, seg.preprocess([f]))[0].numpy()},
+                       images, frames)  # fmt: skip
+
+
+def predict_against_graph_upsample(seg: Segmenter, images, frames: int) -> str:
+    """`Segmenter.predict` with the labels made from the low-resolution logits on the host against the graph's own
+    x8 upsample + arg-max (what it ran before), interleaved call by call."""
+
+    def graph_path(frame):
+        seg.run.host_upsample = False
+        try:
+            return seg.predict(frame)
+        finally:
+            seg.run.host_upsample = True
+
+    return interleaved({"Segmenter.predict (labels from the 1/8 logits, upsampled_argmax)": lambda f: seg.predict(f),
+                        "before: upsample + arg-max inside the graph": graph_path}, images, frames)  # fmt: skip
 
 
 def compare_presets(seg: Segmenter, x: np.ndarray, presets, frames: int) -> str:
@@ -142,11 +172,17 @@ def profile_report(seg: Segmenter, size, frames: int, top: int = 15, presets=())
     rows, wall = profile(seg.run, np.ascontiguousarray(frame.transpose(2, 0, 1)[None]), frames, image_input=(seg.mean, seg.std))
     x = np.ascontiguousarray(seg.preprocess([frame]).numpy())
     float_rows, float_wall = profile(seg.run, x, frames)
-    text = (f"Backend `{seg.backend}` ({seg.backend_reason}), batch 1, {size[0]}x{size[1]}, labels graph (network + arg-max).\n\n"
+    text = (f"Backend `{seg.backend}` ({seg.backend_reason}), batch 1, {size[0]}x{size[1]}, labels graph (network + arg-max; the host's upsampled_argmax where the graph stops at the low-resolution logits).\n\n"
             "## uint8 frames in (conversion and normalisation inside the graph: what Segmenter.predict runs)\n\n"
             + table(rows, wall, top) + "\n\n## normalised float in (the graph predict ran before; eval and bench's inference protocol)\n\n"
             + table(float_rows, float_wall, top) + "\n\n## Segmenter.predict against the float path, interleaved\n\n"
             + predict_against_float_path(seg, images, frames) + "\n")  # fmt: skip
+    if seg.run.host_upsample:
+        text += ("\n## Labels from the low-resolution logits against the graph's own upsample + arg-max, interleaved\n\n"
+                 "The graph stops at the 1/8 logits; `dabnet.upsample.upsampled_argmax` gives each pixel the label its "
+                 "cells share and interpolates (fp32) only where they differ. The graph's own path upsamples all the "
+                 "logits (in bf16 on this plugin's int8 graph) before its arg-max.\n\n"
+                 + predict_against_graph_upsample(seg, images, frames) + "\n")  # fmt: skip
     if presets:
         text += ("\n## NNCF presets\n\n`auto` keeps int8 only above 98.5% agreement (`segmenter.MIN_INT8_AGREEMENT`); "
                  "the performance preset makes activations symmetric. The Subtract nodes are not activation zero points: they are the standalone BatchNorms (after each concatenation and at each DAB module's input; OpenVINO names them BatchNormInference), which stay either way.\n\n"

@@ -202,15 +202,21 @@ def test_openvino_profile_sums_each_node_kind_of_the_labels_graph(repo_script):
     x = torch.randn(1, 3, 64, 96).numpy()
     rows, wall = script.profile(runner, x, frames=3, warmup=1)
     kinds = {node_type for node_type, _, _, _ in rows}
-    assert {"Convolution", "Interpolate", "TopK"} <= kinds and wall > 0  # the network and the arg-max graph
+    # the network up to the 1/8 logits, then the labels made from them on the host, a row of its own
+    assert {"Convolution", "upsampled_argmax"} <= kinds and not {"Interpolate", "TopK"} & kinds and wall > 0
     assert all(ms >= 0 and n >= 1 for _, _, ms, n in rows) and [r[2] for r in rows] == sorted((r[2] for r in rows), reverse=True)
     text = script.table(rows, wall, top=3)
     assert text.count("\n| ") == 1 + 3 + 1 and "other kinds" in text  # header, 3 rows, the rest
+    runner.host_upsample = False
+    in_graph, _ = script.profile(runner, x, frames=3, warmup=1)
+    assert {"Interpolate", "TopK"} <= {r[0] for r in in_graph} and "upsampled_argmax" not in {r[0] for r in in_graph}
+    runner.host_upsample = True
     frame = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
     u8_rows, _ = script.profile(runner, np.ascontiguousarray(frame.transpose(2, 0, 1)[None]), 3, 1, image_input=((1, 2, 3), (4, 5, 6)))
-    assert {"Convolution", "Interpolate", "TopK"} <= {r[0] for r in u8_rows}  # the same network, fed uint8 frames
+    assert {"Convolution", "upsampled_argmax"} <= {r[0] for r in u8_rows}  # the same network, fed uint8 frames
     seg = Segmenter.for_model(model, runner=runner, backend="openvino")
-    compared = script.predict_against_float_path(seg, [frame], frames=2)
-    assert compared.count("\n| ") == 2 and "| 1.00x |" in compared  # Segmenter.predict, then the float path against it
-    agree = float(compared.split("labels agree on ")[1].split("%")[0])
-    assert agree > 99.9 and compared.endswith("of the pixels of 1 frames.")  # fp32: the same labels but for float ties
+    for compared in (script.predict_against_float_path(seg, [frame], frames=2), script.predict_against_graph_upsample(seg, [frame], frames=2)):
+        assert compared.count("\n| ") == 2 and "| 1.00x | 100.000% |" in compared  # Segmenter.predict, then the other path
+        agree = float(compared.split("\n")[3].split("|")[-2].strip().rstrip("%"))
+        assert agree > 99.9 and compared.endswith("over the 1 distinct frames.")  # fp32: the same labels but for float ties
+    assert seg.run.host_upsample  # the comparison puts it back

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import dabnet
 from dabnet.cli import main
@@ -52,8 +53,15 @@ def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement
     odd = run(x[:, :, :97, :131])  # dynamic height and width, odd sizes included
     assert odd.shape == (len(x), 11, 97, 131)
     # The arg-max inside OpenVINO gives the arg-max of the same run's logits, as uint8.
+    run.host_upsample = False
+    in_graph = run.labels(x[:, :, :97, :131])
+    assert in_graph.dtype == torch.uint8 and torch.equal(in_graph.long(), labels_from_logits(odd))
+    # By default the labels come from the low-resolution logits (upsampled_argmax, fp32): the same labels,
+    # up to the pixels where the graph's own upsampling (bf16 for bf16 and int8) rounds two classes level.
+    run.host_upsample = True
     labels = run.labels(x[:, :, :97, :131])
-    assert labels.dtype == torch.uint8 and torch.equal(labels.long(), labels_from_logits(odd))
+    agreement = (labels == in_graph).float().mean().item()
+    assert labels.dtype == torch.uint8 and (agreement == 1.0 if precision == "fp32" else agreement > 0.998), agreement
     # uint8 frames straight in (conversion and normalisation inside the graph): the labels of the float path.
     images = [read_image(p)[:97, :131] for p in sample_frames()]
     inside = torch.from_numpy(run.image_labels(np.stack(images), seg.mean, seg.std))
@@ -235,6 +243,43 @@ def test_eval_with_a_backend_and_precision(tmp_path, make_camvid, capsys):
     assert "backend openvino," in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--backend", "eager", "--precision", "int8"]) == 2
     assert "the eager backend runs fp32, bf16, fp16, not int8; int8 runs with --backend int8 or openvino" in capsys.readouterr().err
+
+
+class _Upsampled(torch.nn.Module):
+    """A 1x1 convolution at 1/4 of the input, then (when `mode`) an upsampling back to the input's size."""
+
+    num_classes, model_name = 5, "upsampled"
+
+    def __init__(self, mode):
+        super().__init__()
+        self.conv, self.mode = torch.nn.Conv2d(3, 5, 1), mode
+
+    def forward(self, x):
+        y = self.conv(F.avg_pool2d(x, 4))
+        if self.mode == "bilinear":
+            return F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False)
+        if self.mode == "corners":  # align_corners=True maps pixels differently: not taken over
+            return F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=True)
+        return F.interpolate(y, size=x.shape[2:], mode="nearest") if self.mode == "nearest" else y
+
+
+@pytest.mark.parametrize("mode,host", [("bilinear", True), ("corners", False), ("nearest", False), (None, False)])
+def test_labels_come_from_low_resolution_logits_only_after_a_half_pixel_bilinear_upsampling(mode, host):
+    from dabnet.runtimes.openvino import OpenVINORunner, convert
+
+    torch.manual_seed(0)
+    model = _Upsampled(mode).eval()
+    runner = OpenVINORunner(convert(model))
+    assert runner.host_upsample is host
+    x = torch.randn(2, 3, 64, 52)  # 16 x 13 cells: x4 by blocks; and 61 x 50, no integer factor
+    for crop in (x, x[:, :, :61, :50]):
+        with torch.inference_mode():
+            want = model(crop).argmax(1)
+        got = runner.labels(crop)
+        assert got.dtype == torch.uint8 and got.shape == want.shape and (got.long() == want).float().mean() > 0.9999
+    if host:  # the labels graph stops at the low-resolution logits and the size they go to
+        outputs = runner.outputs(runner.request("labels"))
+        assert outputs[0].shape == (2, 5, 15, 12) and outputs[1].tolist() == [61, 50]  # the last run: the 61x50 crop
 
 
 def test_openvino_stream_keeps_the_order_and_the_labels_of_one_at_a_time(bundled):

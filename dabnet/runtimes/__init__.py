@@ -102,8 +102,8 @@ def load_exported(path, precision: str = "fp32") -> Callable[[torch.Tensor], tor
 
 
 def predict_labels(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """NxHxW class indices from a runner: its own `labels` where it has one (OpenVINO computes the
-    arg-max inside the graph), else the arg-max of its logits."""
+    """NxHxW class indices from a runner: its own `labels` where it has one (OpenVINO's, from the logits
+    before the last upsampling), else the arg-max of its logits."""
     h, w = x.shape[-2:]
     x = pad_to_min_side(x)  # a 1x1 image runs on every backend, and the same way on each
     own = getattr(runner, "labels", None)

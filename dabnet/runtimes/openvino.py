@@ -26,6 +26,7 @@ from torch import nn
 from ..files import PathLike
 from ..metrics import labels_from_logits
 from ..precision import cpu_flags, cpu_has_bf16
+from ..upsample import label_dtype, upsampled_argmax
 from . import cache
 from .onnx import META_KEYS, export_sizes, model_metadata
 from .registry import Runtime, register_runtime
@@ -122,6 +123,40 @@ def with_labels(ov_model):
     return ov.Model([labels], ov_model.get_parameters(), "labels")
 
 
+def final_upsample(ov_model) -> Optional[Tuple[Any, Any]]:
+    """(low-resolution logits, output size H, W) when `ov_model` ends in a bilinear upsampling (half-pixel,
+    no antialias) of its logits over H and W alone, as DABNet does; else None."""
+    node = ov_model.get_results()[0].input_value(0).get_node()
+    if node.get_type_name() != "Interpolate" or node.get_input_size() < 3:
+        return None
+    attrs = node.get_attributes()
+    if (attrs.get("mode") not in ("linear", "linear_onnx") or attrs.get("shape_calculation_mode") != "sizes" or attrs.get("antialias")
+            or attrs.get("coordinate_transformation_mode") not in ("half_pixel", "pytorch_half_pixel")
+            or any(attrs.get("pads_begin", [])) or any(attrs.get("pads_end", []))):  # fmt: skip
+        return None
+    axes = node.input_value(2 if node.get_type_info().version_id == "opset11" else 3) if node.get_input_size() > 2 else None
+    axes_node = axes.get_node() if axes is not None else None
+    rank = node.get_input_partial_shape(0).rank
+    if axes_node is None or axes_node.get_type_name() != "Constant" or not rank.is_static or rank.get_length() != 4:
+        return None
+    if sorted(int(a) % 4 for a in axes_node.get_data().ravel()) != [2, 3]:
+        return None
+    return node.input_value(0), node.input_value(1)
+
+
+def with_low_labels(ov_model):
+    """`ov_model` cut before its final bilinear upsampling (see `final_upsample`): outputs the low-resolution
+    logits and the size they were upsampled to, from which `upsampled_argmax` makes the labels on the host
+    without ever making the full-resolution logits."""
+    ov = _openvino()
+    low, size = final_upsample(ov_model)
+    ops = ov.opset13
+    low, size = ops.result(low), ops.result(ops.convert(size, "i32"))
+    low.output(0).get_tensor().set_names({"low_logits"})
+    size.output(0).get_tensor().set_names({"size"})
+    return ov.Model([low, size], ov_model.get_parameters(), "low_labels")
+
+
 def with_image_input(ov_model, mean: Sequence[float], std: Sequence[float]):
     """A copy of `ov_model` that takes RGB uint8 NCHW images: the conversion to float and (x - mean) / std
     run inside OpenVINO, next to the first convolution, instead of as separate passes over the frame."""
@@ -163,35 +198,57 @@ class OpenVINORunner:
         self.checkpoint_meta = read_metadata(ov_model)
         self.model_name = self.checkpoint_meta.get("model_name", "model") + " (openvino)"
         self.num_classes = int(self.checkpoint_meta.get("num_classes", ov_model.outputs[0].get_partial_shape()[1].get_length()))
-        self._requests: Dict[Tuple[str, Any], Any] = {}
-        self._streams: Dict[Any, Any] = {}  # (mean, std) -> AsyncInferQueue of the throughput-compiled uint8 labels graph
+        # labels from the low-resolution logits (upsampled_argmax) where the graph ends in a bilinear upsampling;
+        # False makes them inside the graph (upsample + arg-max), as before: benchmarks compare the two
+        self.host_upsample = final_upsample(ov_model) is not None
+        self._requests: Dict[Tuple[str, Any, bool], Any] = {}
+        self._streams: Dict[Any, Any] = {}  # (mean, std, host_upsample) -> AsyncInferQueue of the throughput uint8 labels graph
 
     def compiled(self, output: str = "logits", image_input: Optional[Tuple[Sequence[float], Sequence[float]]] = None, **config):
         """The network compiled for the CPU with `output` "logits" or "labels", taking normalised float input, or
-        uint8 images when `image_input` is (mean, std); `config` adds to the runner's settings (a hint, PERF_COUNT)."""
-        model = self.ov_model if output == "logits" else with_labels(self.ov_model)
+        uint8 images when `image_input` is (mean, std); `config` adds to the runner's settings (a hint, PERF_COUNT).
+        With `host_upsample`, the labels graph stops at the low-resolution logits (`labels_of` finishes it)."""
+        if output == "logits":
+            model = self.ov_model
+        else:
+            model = with_low_labels(self.ov_model) if self.host_upsample else with_labels(self.ov_model)
         if image_input is not None:
             model = with_image_input(model, *image_input)
         return core().compile_model(model, "CPU", {**self.config, **config})
 
     def request(self, output: str = "logits", image_input: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None):
         """The infer request of `compiled(output, image_input)`, compiled on first use."""
-        key = (output, image_input)
+        key = (output, image_input, self.host_upsample)
         if key not in self._requests:
             self._requests[key] = self.compiled(output, image_input).create_infer_request()
         return self._requests[key]
 
-    def _infer(self, x: torch.Tensor, output: str) -> torch.Tensor:
-        request = self.request(output)
+    @staticmethod
+    def outputs(request) -> Tuple[np.ndarray, ...]:
+        """Copies of a finished request's outputs (what `labels_of` takes)."""
+        return tuple(t.data.copy() for t in request.output_tensors)
+
+    def labels_of(self, outputs: Tuple[np.ndarray, ...]) -> np.ndarray:
+        """NxHxW class indices from the `outputs` of a labels graph: as they are, or made from the
+        low-resolution logits and the size when the graph stops before the upsampling."""
+        if len(outputs) == 1:
+            return outputs[0]
+        low, size = outputs
+        if not len(low):
+            return np.zeros((0, *size.tolist()), label_dtype(low.shape[1]))
+        return np.stack([upsampled_argmax(one, size.tolist()) for one in low])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        request = self.request("logits")
         request.infer([np.ascontiguousarray(x.detach().cpu().float().numpy())])
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._infer(x, "logits")
-
     def labels(self, x: torch.Tensor) -> torch.Tensor:
-        """NxHxW class indices (uint8 up to 256 classes), the arg-max computed inside OpenVINO."""
-        return self._infer(x, "labels")
+        """NxHxW class indices (uint8 up to 256 classes): the arg-max of the upsampled logits, made from the
+        low-resolution ones where the graph allows (`host_upsample`), else inside OpenVINO."""
+        request = self.request("labels")
+        request.infer([np.ascontiguousarray(x.detach().cpu().float().numpy())])
+        return torch.from_numpy(self.labels_of(self.outputs(request)))
 
     def image_label_stream(self, items: Iterable[Tuple[Any, Optional[np.ndarray]]], mean: Sequence[float],
                            std: Sequence[float]) -> Iterator[Tuple[Any, Optional[np.ndarray]]]:  # fmt: skip
@@ -200,13 +257,22 @@ class OpenVINORunner:
         threads): a folder or a video keeps every core busy. An item whose image is None passes through as
         (key, None) at its turn. One stream at a time per runner."""
         norm = _norm_key(mean, std)
-        queue = self._streams.get(norm)
+        queue = self._streams.get((norm, self.host_upsample))
         if queue is None:
             compiled = self.compiled("labels", norm, PERFORMANCE_HINT="THROUGHPUT")
-            queue = self._streams[norm] = _openvino().AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        done: Dict[int, Optional[np.ndarray]] = {}
+            queue = _openvino().AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._streams[(norm, self.host_upsample)] = queue
+        done: Dict[int, Optional[Tuple[np.ndarray, ...]]] = {}
         keys: Dict[int, Any] = {}
-        queue.set_callback(lambda request, i: done.__setitem__(i, request.get_output_tensor(0).data[0].copy()))
+        queue.set_callback(lambda request, i: done.__setitem__(i, self.outputs(request)))
+
+        def ready() -> Iterator[Tuple[Any, Optional[np.ndarray]]]:
+            nonlocal turn
+            while turn in done:  # the upsampling (if any) runs here, beside the frames still in flight
+                outputs = done.pop(turn)
+                yield keys.pop(turn), None if outputs is None else self.labels_of(outputs)[0]
+                turn += 1
+
         turn = 0
         try:
             for i, (key, image) in enumerate(items):
@@ -215,24 +281,20 @@ class OpenVINORunner:
                     done[i] = None
                 else:  # waits while every request is busy
                     queue.start_async([np.ascontiguousarray(image.transpose(2, 0, 1)[None])], userdata=i)
-                while turn in done:
-                    yield keys.pop(turn), done.pop(turn)
-                    turn += 1
+                yield from ready()
             queue.wait_all()
-            while turn in done:
-                yield keys.pop(turn), done.pop(turn)
-                turn += 1
+            yield from ready()
             if keys:
                 raise RuntimeError(f"OpenVINO returned no labels for {len(keys)} frame(s) of the stream")
         finally:
             queue.wait_all()  # nothing is left running into the next stream's callback
 
     def image_labels(self, images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-        """NxHxW class indices of NxHxWx3 RGB uint8 `images`: conversion, normalisation and arg-max all run
-        inside OpenVINO, so no float copy of the frame is made in Python."""
+        """NxHxW class indices of NxHxWx3 RGB uint8 `images`: conversion and normalisation run inside OpenVINO,
+        so no float copy of the frame is made in Python; the labels as `labels` makes them."""
         request = self.request("labels", _norm_key(mean, std))
         request.infer([np.ascontiguousarray(images.transpose(0, 3, 1, 2))], share_inputs=True)
-        return request.get_output_tensor(0).data.copy()
+        return self.labels_of(self.outputs(request))
 
 
 def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None,
@@ -310,7 +372,7 @@ def _metadata(path: Path) -> Dict[str, Any]:
 
 
 register_runtime(Runtime(
-    "openvino", "OpenVINO's CPU plugin in fp32, bf16 or int8 (NNCF), the arg-max inside the graph", _prepare,
+    "openvino", "OpenVINO's CPU plugin in fp32, bf16 or int8 (NNCF), labels from the low-resolution logits", _prepare,
     precisions=tuple(OV_PRECISIONS), calibrated=("int8",), computes_labels=True, suffixes=(".xml",),
     load=lambda path, precision: OpenVINORunner(path, precision), read_metadata=_metadata, export_format="openvino",
     export=_export, export_files=lambda path: (path, path.with_suffix(".bin")),
