@@ -220,3 +220,32 @@ def test_openvino_profile_sums_each_node_kind_of_the_labels_graph(repo_script):
         agree = float(compared.split("\n")[3].split("|")[-2].strip().rstrip("%"))
         assert agree > 99.9 and compared.endswith("over the 1 distinct frames.")  # fp32: the same labels but for float ties
     assert seg.run.host_upsample  # the comparison puts it back
+
+
+def test_int8_roofline_counts_multiply_adds_and_bounds_the_frame(repo_script):
+    pytest.importorskip("nncf")
+    script = repo_script("benchmarks/int8_roofline.py")
+    model = dabnet.create_model("dabnet", 11, block_1=1, block_2=2).eval()
+    rows = script.multiply_adds(model, (64, 96))
+    first = rows[0]
+    assert first == ("3x3", 3, 32, (32, 48), 32 * 48 * 32 * 3 * 9)  # the first convolution, stride 2
+    assert {r[0] for r in rows} == {"3x3", "1x1", "depth-wise"} and rows[-1][:3] == ("1x1", 259, 11)
+    depthwise = [r for r in rows if r[0] == "depth-wise"][0]
+    assert depthwise[-1] == depthwise[3][0] * depthwise[3][1] * depthwise[2] * 3  # 3x1 or 1x3, one input channel each
+    rate = script.int8_rate(64, depth=2, side=16, frames=2)
+    seg = Segmenter.from_checkpoint("dabnet-camvid", log=None)
+    if hasattr(seg.run, "ov_model"):
+        measured = script.graph_times(seg, (64, 96), frames=2)
+        assert measured["int8_conv"] > 0 and measured["eager"] > 0 and measured["wall"] > measured["int8_conv"]
+    assert rate["macs"] == 2 * 16 * 16 * 64 * 64 * 9 and rate["ms"] > 0 and rate["gmac_s"] > 0
+    graph = {"wall": 20.0, "int8_conv": 12.0, "float_conv": 1.0, "rest": 7.0, "eager": 60.0,
+             "kernels": {"brgconv_avx512_I8": 12.0, "brgconv_avx512_bf16": 1.0}}  # fmt: skip
+    total = sum(r[-1] for r in rows)
+    int8_macs = total - rows[0][-1] - rows[-1][-1]
+    fast = {"channels": 128, "side": 64, "macs": 1, "ms": 1.0, "gmac_s": int8_macs / 4e6}  # the int8 work in 4 ms
+    slow = dict(fast, channels=64, gmac_s=fast["gmac_s"] / 2)
+    text = script.report([((64, 96), rows, graph)], [slow, fast], {"model": "test cpu", "flags": ["avx2"]}, "cmd")
+    assert "- int8 convolutions at the dense stack's rate: 4.00 ms" in text  # the best of the stacks
+    assert "**12.00 ms per frame, 83 FPS, 5.0x eager fp32**" in text and "need 40% of it" in text  # 4 + 1 + 7; 60 / 12
+    assert "| 60.00 (3.00x the default graph's time) |" in text and "## 64x96" in text
+    assert f"{100 * 4 / 12:.0f}% of the best dense stack's rate" in text and "test cpu" in text
