@@ -153,8 +153,9 @@ def labels_lines(to_labels, eager_inference_ms: float) -> list:
         "",
         "What `dabnet predict`, `serve` and the demo run per frame after decoding: from the RGB uint8 frame to",
         "the label map (protocol `labels`: normalisation, network and arg-max; eager normalises in PyTorch and",
-        "takes the arg-max of its logits, `auto` has OpenVINO do all three inside its graph), beside the same",
-        "backends' logits from a normalised tensor (`inference`), interleaved in one run.",
+        "takes the arg-max of its logits; `auto` has OpenVINO normalise inside its graph and stop at the 1/8 logits,",
+        "and `upsampled_argmax` makes the labels from them), beside the same backends' logits from a normalised",
+        "tensor (`inference`), interleaved in one run.",
         "",
         f"Eager fp32 at 512x1024 took {eager_inference_ms:.0f} ms in the table above and {eager_labels_run:.0f} ms in this "
         "one, a few minutes apart: this machine's speed drifts between runs, so compare ratios within one table.",
