@@ -50,17 +50,18 @@ def _block_weights(sy: int, sx: int) -> np.ndarray:
     return np.stack(corners).reshape(4, sy * sx).astype(np.float32)
 
 
-# Rows per matrix product: small enough (rows x 4 x 64 multiply-adds) that the BLAS library runs each on the
-# calling thread. Its worker threads, once woken, keep spinning after the product returns and slow the next
-# inference on the same cores more than the product saves.
-_ROWS_PER_PRODUCT = 1024
+# Multiply-adds per matrix product: few enough that the BLAS library runs each on the calling thread (OpenBLAS
+# goes multi-threaded above 4 x 65536). Its worker threads, once woken, keep spinning after the product returns
+# and slow the next inference on the same cores more than the product saves.
+_PRODUCT_MACS = 1 << 17
 
 
 def _combine(corners: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """corners (N, 4) @ weights (4, M), as single-threaded products of `_ROWS_PER_PRODUCT` rows each."""
+    """corners (N, 4) @ weights (4, M), as single-threaded products of at most `_PRODUCT_MACS` each."""
     out = np.empty((corners.shape[0], weights.shape[1]), np.float32)
-    for start in range(0, len(corners), _ROWS_PER_PRODUCT):
-        np.matmul(corners[start : start + _ROWS_PER_PRODUCT], weights, out=out[start : start + _ROWS_PER_PRODUCT])
+    rows = max(1, _PRODUCT_MACS // weights.size)
+    for start in range(0, len(corners), rows):
+        np.matmul(corners[start : start + rows], weights, out=out[start : start + rows])
     return out
 
 

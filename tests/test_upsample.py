@@ -89,3 +89,10 @@ def test_many_classes_give_int32_labels():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match="C x h x w"):
         upsampled_argmax(np.zeros((1, 3, 4, 4), np.float32), (8, 8))
+
+
+def test_the_blocks_product_in_slices_is_the_whole_product():
+    rng = np.random.default_rng(4)
+    corners, weights = rng.normal(size=(3001, 4)).astype(np.float32), upsample._block_weights(8, 8)
+    assert upsample._PRODUCT_MACS // weights.size < len(corners)  # several slices, the last one short
+    assert np.allclose(upsample._combine(corners, weights), corners @ weights, atol=1e-5)
