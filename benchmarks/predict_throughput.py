@@ -46,17 +46,21 @@ def stream_alone(seg: Segmenter, frames: List) -> float:
 def encoding_costs(seg: Segmenter, frames: List, repeats: int) -> List[str]:
     """Per-frame CPU cost and size of each picture predict writes, in the ways it could be written (the colour
     mask as RGB or as a palette PNG, the overlay at several zlib levels), timed on the frames' own labels."""
-    from dabnet.image_io import PNG_LEVEL, encode_png
+    from dabnet.image_io import PNG_LEVEL, PNG_STRATEGY, encode_png
     from dabnet.visualize import colorize, colour_table, overlay
 
     labels = [seg.predict(f) for f in frames]
     lut = colour_table(seg.palette)
+    blend = lambda i: overlay(frames[i], colorize(labels[i], seg.palette))  # noqa: E731
     ways = {
-        "label map, grey PNG": lambda i: encode_png(labels[i]),
+        "label map, grey PNG, zlib's default strategy": lambda i: encode_png(labels[i], strategy=-1),
+        "label map, grey PNG, RLE": lambda i: encode_png(labels[i]),
         "colour mask, RGB PNG (colorize + encode)": lambda i: encode_png(colorize(labels[i], seg.palette)),
-        "colour mask, palette PNG": lambda i: encode_png(labels[i], palette=lut),
-        **{f"overlay (blend + encode), zlib level {lvl}": (lambda i, lvl=lvl: encode_png(overlay(frames[i], colorize(labels[i], seg.palette)), lvl))
+        "colour mask, palette PNG, zlib's default strategy": lambda i: encode_png(labels[i], palette=lut, strategy=-1),
+        "colour mask, palette PNG, RLE": lambda i: encode_png(labels[i], palette=lut),
+        **{f"overlay (blend + encode), zlib level {lvl}, default strategy": (lambda i, lvl=lvl: encode_png(blend(i), lvl, strategy=-1))
            for lvl in (1, 2, 3, 6)},
+        f"overlay (blend + encode), zlib level {PNG_LEVEL}, RLE": lambda i: encode_png(blend(i)),
     }  # fmt: skip
     times: Dict[str, List[float]] = {k: [] for k in ways}
     for _ in range(repeats):
@@ -70,7 +74,8 @@ def encoding_costs(seg: Segmenter, frames: List, repeats: int) -> List[str]:
         kb = sum(len(fn(i)) for i in range(min(5, len(frames)))) / min(5, len(frames)) / 1024
         lines.append(f"| {k} | {statistics.median(times[k]):.2f} | {kb:.1f} |")
     lines.append("")
-    lines.append(f"predict writes the colour mask as a palette PNG and everything at zlib level {PNG_LEVEL} (`image_io.PNG_LEVEL`).")
+    lines.append(f"predict writes the colour mask as a palette PNG and everything at zlib level {PNG_LEVEL} with strategy "
+                 f"{'RLE' if PNG_STRATEGY == 3 else PNG_STRATEGY} (`image_io.PNG_LEVEL`, `PNG_STRATEGY`).")  # fmt: skip
     return lines
 
 

@@ -18,6 +18,10 @@ from .preprocessing import to_rgb
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 PNG_LEVEL = 2  # zlib level: the overlay (photo content) encodes several times faster than at Pillow's 6, a few % larger (docs/PREDICT_SPEED.md)
+# zlib strategy Z_RLE (matches only against the previous byte): after PNG's row filters that is where most matches
+# are, so every picture encodes as fast as with zlib's default and comes out smaller, label maps by about a third
+# (docs/PREDICT_SPEED.md); -1: zlib's default
+PNG_STRATEGY = 3
 
 
 class ImageReadError(ValueError):
@@ -68,17 +72,18 @@ def _png(array: np.ndarray, palette: Optional[np.ndarray]):
     return image
 
 
-def save_png(array: np.ndarray, path: PathLike, level: int = PNG_LEVEL, fsync: bool = False, palette: Optional[np.ndarray] = None) -> None:
+def save_png(array: np.ndarray, path: PathLike, level: int = PNG_LEVEL, fsync: bool = False, palette: Optional[np.ndarray] = None,
+             strategy: int = PNG_STRATEGY) -> None:  # fmt: skip
     """Write an HxW or HxWx3 uint8 array as PNG atomically: a stopped run leaves no truncated file (no fsync by
     default: predict writes three per image). With `palette` (Nx3 uint8), HxW `array` is written as a palette PNG."""
     with atomic_output(path, fsync=fsync) as tmp:
-        _png(array, palette).save(tmp, format="PNG", compress_level=level)
+        _png(array, palette).save(tmp, format="PNG", compress_level=level, compress_type=strategy)
 
 
-def encode_png(array: np.ndarray, level: int = PNG_LEVEL, palette: Optional[np.ndarray] = None) -> bytes:
+def encode_png(array: np.ndarray, level: int = PNG_LEVEL, palette: Optional[np.ndarray] = None, strategy: int = PNG_STRATEGY) -> bytes:
     """An HxW or HxWx3 uint8 array as PNG bytes (a palette PNG of HxW indices with `palette`)."""
     buf = io.BytesIO()
-    _png(array, palette).save(buf, format="PNG", compress_level=level)
+    _png(array, palette).save(buf, format="PNG", compress_level=level, compress_type=strategy)
     return buf.getvalue()
 
 

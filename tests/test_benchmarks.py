@@ -149,7 +149,8 @@ def test_predict_throughput_table_has_every_path(tmp_path):
     text = out.read_text()
     assert "backend eager." in text and "3 frames of 48x32" in text and text.count("| predict ") == 6 and "| Segmenter.predict_stream alone (decoded frames) |" in text
     assert "| Segmenter.predict alone (decoded frames) |" in text and "| 100% |" in text
-    assert "| colour mask, palette PNG |" in text and text.count("| overlay (blend + encode), zlib level") == 4
+    assert "| colour mask, palette PNG, RLE |" in text and text.count("| overlay (blend + encode), zlib level") == 5
+    assert "zlib level 2 with strategy RLE" in text
 
 
 def test_avx2_emulation_caps_onednn_and_reports_what_auto_keeps(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 
 import numpy as np
@@ -314,3 +315,19 @@ def test_gpu_speed_script_writes_its_tables_and_device(tmp_path):
     assert {r["model"] for r in data["table5"]} == {"dabnet", "enet"}
     text = out.read_text()
     assert "## DABNet, batch 1" in text and "## DABNet throughput at larger batches" in text and "| enet |" in text
+
+
+def test_pngs_are_written_with_the_rle_strategy_and_decode_to_what_was_given(tmp_path):
+    from dabnet.image_io import PNG_STRATEGY, encode_png, save_png
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.repeat(rng.integers(0, 11, (12, 16), dtype=np.uint8), 8, 0), 8, 1)
+    photo = rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    assert PNG_STRATEGY == 3  # zlib's Z_RLE
+    for array in (labels, photo):
+        rle, default = encode_png(array), encode_png(array, strategy=-1)
+        assert rle != default  # the strategy reaches zlib
+        for data in (rle, default):
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), array)
+    save_png(labels, tmp_path / "l.png")
+    assert (tmp_path / "l.png").read_bytes() == encode_png(labels)
