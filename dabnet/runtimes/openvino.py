@@ -238,17 +238,18 @@ class OpenVINORunner:
             return np.zeros((0, *size.tolist()), label_dtype(low.shape[1]))
         return np.stack([upsampled_argmax(one, size.tolist()) for one in low])
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        request = self.request("logits")
+    def _infer(self, x: torch.Tensor, output: str) -> Tuple[np.ndarray, ...]:
+        request = self.request(output)
         request.infer([np.ascontiguousarray(x.detach().cpu().float().numpy())])
-        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+        return self.outputs(request)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._infer(x, "logits")[0])
 
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """NxHxW class indices (uint8 up to 256 classes): the arg-max of the upsampled logits, made from the
         low-resolution ones where the graph allows (`host_upsample`), else inside OpenVINO."""
-        request = self.request("labels")
-        request.infer([np.ascontiguousarray(x.detach().cpu().float().numpy())])
-        return torch.from_numpy(self.labels_of(self.outputs(request)))
+        return torch.from_numpy(self.labels_of(self._infer(x, "labels")))
 
     def image_label_stream(self, items: Iterable[Tuple[Any, Optional[np.ndarray]]], mean: Sequence[float],
                            std: Sequence[float]) -> Iterator[Tuple[Any, Optional[np.ndarray]]]:  # fmt: skip
