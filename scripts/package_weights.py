@@ -164,6 +164,21 @@ def reproduce_command(cfg: TrainConfig, out: str) -> str:
     return " ".join([f"dabnet train --config {base_name} --out {out} --set data_root=../shared/data/camvid", *sets])
 
 
+def check_inputs(run: Path, weights: Path, out: Path, card: Path, samples: Path, sample_names: Sequence[str]) -> None:
+    """Refuse, before minutes of evaluation, what would fail or lose work at the end: demo frames that are not
+    there, or an output that is one of the files being read. Makes the output folders."""
+    read = {p.resolve(): p for p in (weights, run / "last.pth")}
+    for option, path in (("--out", out), ("--card", card)):
+        if path.resolve() in read:
+            raise SystemExit(f"{option} {path}: that is the checkpoint being packaged ({read[path.resolve()]}); "
+                             f"write the {'weights' if option == '--out' else 'card'} somewhere else")  # fmt: skip
+    if not sample_names and not (samples.is_dir() and sample_frames(samples)):
+        raise SystemExit(f"--samples {samples}: no demo frames there (*.jpg beside *_label.png); pass the folder that "
+                         "holds them, or --sample-frames to fill it from the run's held-out drive")  # fmt: skip
+    for folder in (out.parent, card.parent, samples):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
 def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", hardware: str = "",
             samples: Path = SAMPLES, sample_names: Sequence[str] = (), weights: Optional[Path] = None, rule: str = "",
             init_from_how: str = "") -> Dict[str, Any]:  # fmt: skip
@@ -171,6 +186,7 @@ def package(run: Path, data_root: str, out: Path, card: Path, note: str = "", ha
     epochs), with `sample_names` as the demo frames in `samples`; returns the stored metadata. A run that trained
     on every labelled frame needs `rule`: how the shipped weights were chosen, written down before the run ended."""
     weights = weights or run / "best.pth"
+    check_inputs(run, weights, out, card, samples, sample_names)
     ckpt, history = read_checkpoint(weights), read_checkpoint(run / "last.pth")["history"]
     cfg = from_saved(TrainConfig, ckpt["config"])
     if not cfg.holdout and val_is_trained_on(cfg, data_root) and not rule:

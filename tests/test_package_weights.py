@@ -119,3 +119,27 @@ def test_a_run_on_every_labelled_frame_ships_by_its_rule_with_the_history_of_ear
     lines = []
     run_demo(DemoConfig(checkpoint=str(tmp_path / "w.safetensors"), out=str(tmp_path / "demo"), backend="eager"), log=lines.append)
     assert "trained on every labelled CamVid drive (train+val)" in lines[0] and "val mIoU" not in lines[0]
+
+
+def test_inputs_that_would_fail_at_the_end_are_refused_before_any_evaluation(tmp_path, holdout_run, repo_script, monkeypatch):
+    """No demo frames, or an output that is the checkpoint being read: refused at once, nothing written over."""
+    root, run, _ = holdout_run(tmp_path)
+    pw = repo_script("scripts/package_weights.py")
+    monkeypatch.setattr(pw, "figures", lambda *a: pytest.fail("evaluated before the inputs were checked"))
+    card = tmp_path / "docs" / "MODEL_CARD.md"
+    for samples in (tmp_path / "missing", tmp_path):  # absent, and a folder without frames
+        with pytest.raises(SystemExit, match=f"--samples {samples}: no demo frames there.*--sample-frames"):
+            pw.package(run, str(root), tmp_path / "w.safetensors", card, samples=samples)
+    before = (run / "best.pth").read_bytes()
+    with pytest.raises(SystemExit, match="--out .*best.pth: that is the checkpoint being packaged"):
+        pw.package(run, str(root), run / "best.pth", card)
+    with pytest.raises(SystemExit, match="--card .*last.pth: that is the checkpoint being packaged"):
+        pw.package(run, str(root), tmp_path / "w.safetensors", run / "last.pth")
+    assert (run / "best.pth").read_bytes() == before and not card.parent.exists()
+
+
+def test_the_output_folders_are_made(tmp_path, holdout_run, repo_script):
+    root, run, _ = holdout_run(tmp_path)
+    out, card = tmp_path / "new" / "w.safetensors", tmp_path / "other" / "docs" / "MODEL_CARD.md"
+    repo_script("scripts/package_weights.py").package(run, str(root), out, card)
+    assert out.exists() and card.exists() and (card.parent / "demo_side_by_side.png").exists()
