@@ -69,8 +69,9 @@ def plot_curve(history: List[Dict[str, Any]], path: Path) -> None:
                  label="val mIoU (trained on)")  # fmt: skip
         ax2.set_ylabel("val mIoU (%), trained on")
     ax.grid(alpha=0.3)
-    fig.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
+    # Above the axes, in a strip of its own: inside, it covers a tick label or the latest points.
+    fig.legend(loc="upper center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path)
     plt.close(fig)
 
