@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dabnet
-from dabnet.checkpoint import CheckpointError, average_checkpoints, make_checkpoint, save_checkpoint
+from dabnet.checkpoint import NEGLIGIBLE, CheckpointError, average_checkpoints, flush_negligible, make_checkpoint, save_checkpoint
 from dabnet.models.dabnet import DABNet, convert_official_state_dict
 
 
@@ -70,6 +70,27 @@ def test_our_checkpoint_round_trip(tmp_path):
     x = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("name", dabnet.list_models())
+def test_loading_zeroes_negligible_weights_and_keeps_the_output(tmp_path, name):
+    """Weights decayed towards zero (dead channels) load as zero: subnormal arithmetic is many times slower on CPUs."""
+    torch.manual_seed(0)
+    model = dabnet.create_model(name, 5).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        floats = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point() and v.numel() > 3]
+        for (_, weight), tiny in zip(floats, (1e-30, 1e-40, -3e-25)):  # normal-but-negligible, subnormal, negative
+            weight.view(-1)[:3] = tiny
+        before = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    loaded = dabnet.load_model(save_checkpoint(make_checkpoint(model), tmp_path / "w.pth"))
+    for key, value in loaded.state_dict().items():
+        small = state[key].abs() < NEGLIGIBLE if value.is_floating_point() else torch.zeros_like(value, dtype=torch.bool)
+        assert torch.equal(value[small], torch.zeros_like(value[small])) and torch.equal(value[~small], state[key][~small]), key
+    assert flush_negligible(state)[1] == sum(int(((v.abs() < NEGLIGIBLE) & (v != 0)).sum()) for k, v in floats)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), before, rtol=1e-4, atol=1e-4)
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
