@@ -124,8 +124,9 @@ def bundled_line(folders: List[Path]) -> str:
     if source not in {f.name for f in folders}:
         return ""
     chosen = f"the mean of epochs {meta['averaged_from'][0]['epoch']}-{meta['averaged_from'][-1]['epoch']}" if meta.get("averaged_from") else f"epoch {meta['epoch']}"  # fmt: skip
-    return (f"Bundled now as `dabnet-camvid`: {source}, {chosen} ({_pct(meta['holdout_miou'])}% on the held-out drive, "
-            "eager fp32; [MODEL_CARD.md](MODEL_CARD.md)).")
+    figure = (f"{_pct(meta['holdout_miou'])}% on the held-out drive, eager fp32" if meta.get("holdout_miou") is not None
+              else "trained on every labelled frame: no held-out figure")  # fmt: skip
+    return f"Bundled now as `dabnet-camvid`: {source}, {chosen} ({figure}; [MODEL_CARD.md](MODEL_CARD.md))."
 
 
 def write_table(rows: List[Dict[str, Any]], compare_at: Optional[int], pairs: List[List[Path]], per_class: List[str], path: Path,

@@ -99,7 +99,10 @@ def test_recipe_table_names_the_run_the_bundled_weights_come_from(repo_script):
     meta = dabnet.load_model("dabnet-camvid").checkpoint_meta
     source = Path(meta["config"]["out"]).name
     line = recipes.bundled_line([Path("elsewhere") / source])
-    assert line.startswith(f"Bundled now as `dabnet-camvid`: {source}, epoch {meta['epoch']} ({100 * meta['holdout_miou']:.2f}%"), line
+    averaged = [a["epoch"] for a in meta.get("averaged_from", [])]
+    chosen = f"the mean of epochs {averaged[0]}-{averaged[-1]}" if averaged else f"epoch {meta['epoch']}"
+    figure = "trained on every labelled frame" if meta.get("holdout_miou") is None else f"{100 * meta['holdout_miou']:.2f}%"
+    assert line.startswith(f"Bundled now as `dabnet-camvid`: {source}, {chosen} ({figure}"), line
     assert recipes.bundled_line([Path("elsewhere") / f"not_{source}"]) == ""
 
 
@@ -131,6 +134,15 @@ def test_finetune_benchmark_dataset_merges_classes_and_keeps_the_drives_apart(re
     assert train.classes == ["flat", "structure", "nature", "dynamic"] and len(train) == 2
     assert all(p.name.startswith("0001TP") for p, _ in train.pairs) and all(p.name.startswith("0006R0") for p, _ in val.pairs)
     assert [int(train.lut[c]) for c in range(12)] == [2, 1, 1, 0, 0, 2, 1, 1, 3, 3, 3, 255]
+
+
+def test_finetune_benchmark_says_whether_the_start_weights_saw_the_validation_drive(repo_script, tmp_path):
+    bench = repo_script("benchmarks/finetune_camvid4.py")
+    model = dabnet.create_model("dabnet", 11, block_1=1, block_2=2)
+    held = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(model, holdout_sequences=["0006R0"]), tmp_path / "held.pth")
+    every = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(model, holdout_sequences=[]), tmp_path / "every.pth")
+    assert bench.validation_drive_note(str(held)) == "which the starting weights never trained on"
+    assert bench.validation_drive_note(str(every)).startswith("which the starting weights also trained on")
 
 
 def test_predict_throughput_table_has_every_path(tmp_path):
