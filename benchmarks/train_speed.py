@@ -13,7 +13,10 @@ to the plain loop.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -151,6 +154,11 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="ROWS", help="add the top ROWS operators of one step, eager vs fused")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "TRAIN_SPEED.md"))
     args = ap.parse_args()
+    capped = any(os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"))
+    if capped and not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        # Inductor's cache does not tell kernels compiled under the cap from those compiled without it on this
+        # machine: reused, they wrote garbage (fused) or crashed (compile). A capped run compiles afresh.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dabnet-inductor-capped-")
     device = torch.device(args.device)
     crop = tuple(args.crop)
     # Since the fused kernels became training's default, the other rows switch them off to show each
@@ -185,10 +193,12 @@ def main() -> None:
         f"## {hardware}",
         "",
         f"Generated on {hardware} by `python benchmarks/train_speed.py --device {args.device} --batch {args.batch} --crop {crop[0]} {crop[1]} "
-        f"--steps {args.steps} --repeats {args.repeats}{f' --profile {args.profile}' if args.profile else ''}`, "
+        f"--steps {args.steps} --repeats {args.repeats}{f' --profile {args.profile}' if args.profile else ''}"
+        f"{''.join(f' {shlex.quote(v)}' for v in ([] if not args.variants else ['--variants', *args.variants]))}`, "
         f"torch {torch.__version__}. DABNet, 11 classes, Adam, batch {args.batch} at {crop[0]}x{crop[1]}, {args.steps} steps "
         f"per timing, {args.repeats} timings per variant after {args.warmup} warm-up; the plain eager fp32 loop was timed "
-        "before and after all variants and its median is the baseline.",
+        "before and after all variants and its median is the baseline."
+        + (" Capped (an AVX2-only CPU emulated): compiled into an inductor cache of its own, as the cap needs." if capped else ""),
         "",
         "| loop | images/s (median) | all timings | vs plain eager fp32 |",
         "|---|---:|---|---:|",

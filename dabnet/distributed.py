@@ -66,4 +66,7 @@ def describe_hardware(device: torch.device) -> str:
     from .precision import cpu_flags
 
     cpu = cpu_flags()
-    return f"{cpu['model']} ({' '.join(cpu['flags']) or cpu['capability']}), {torch.get_num_threads()} threads x{world_size()}"
+    # The libraries' own caps: with them the flags overstate what runs (how an AVX2-only CPU is emulated).
+    caps = " ".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k))
+    return (f"{cpu['model']} ({' '.join(cpu['flags']) or cpu['capability']}), {torch.get_num_threads()} threads x{world_size()}"
+            + (f", capped by {caps}" if caps else ""))

@@ -262,3 +262,15 @@ def test_int8_roofline_counts_multiply_adds_and_bounds_the_frame(repo_script):
     assert "**12.00 ms per frame, 83 FPS, 5.0x eager fp32**" in text and "need 40% of it" in text  # 4 + 1 + 7; 60 / 12
     assert "| 60.00 (3.00x the default graph's time) |" in text and "## 64x96" in text
     assert f"{100 * 4 / 12:.0f}% of the best dense stack's rate" in text and "test cpu" in text
+
+
+def test_hardware_names_the_isa_caps_that_emulate_a_smaller_cpu(monkeypatch):
+    from dabnet.distributed import describe_hardware
+
+    for key in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(key, raising=False)
+    plain = describe_hardware(torch.device("cpu"))
+    assert "capped" not in plain
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert describe_hardware(torch.device("cpu")) == plain + ", capped by ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"
