@@ -29,7 +29,7 @@ from dabnet.distributed import describe_hardware
 from dabnet.engine import train_one_epoch
 from dabnet.losses import CrossEntropy
 from dabnet.models.fused import set_fused
-from dabnet.precision import autocast, cpu_has_bf16
+from dabnet.precision import autocast, cpu_has_bf16, isa_caps
 
 
 def _data(batch: int, crop, device, steps: int):
@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="ROWS", help="add the top ROWS operators of one step, eager vs fused")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "TRAIN_SPEED.md"))
     args = ap.parse_args()
-    capped = any(os.environ.get(k) for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"))
+    capped = bool(isa_caps())
     if capped and not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         # Inductor's cache does not tell kernels compiled under the cap from those compiled without it on this
         # machine: reused, they wrote garbage (fused) or crashed (compile). A capped run compiles afresh.

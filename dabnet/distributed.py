@@ -63,10 +63,9 @@ def describe_hardware(device: torch.device) -> str:
     """The machine a run trains on, for logs and model cards: GPU name, or CPU model, ISA level and threads."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} x{world_size()}"
-    from .precision import cpu_flags
+    from .precision import cpu_flags, isa_caps
 
     cpu = cpu_flags()
-    # The libraries' own caps: with them the flags overstate what runs (how an AVX2-only CPU is emulated).
-    caps = " ".join(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k))
+    caps = " ".join(f"{k}={v}" for k, v in isa_caps().items())
     return (f"{cpu['model']} ({' '.join(cpu['flags']) or cpu['capability']}), {torch.get_num_threads()} threads x{world_size()}"
             + (f", capped by {caps}" if caps else ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from typing import Any, Dict, List, Union
 
@@ -37,6 +38,12 @@ def cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def isa_caps() -> Dict[str, str]:
+    """The instruction-set caps set on oneDNN and ATen through their environment variables (how a smaller CPU is
+    emulated): with them, the CPU's flags overstate what runs."""
+    return {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)}
 
 
 def cpu_flags() -> Dict[str, Any]:
