@@ -30,12 +30,17 @@ from dabnet.engine import train_one_epoch
 from dabnet.losses import CrossEntropy
 from dabnet.models.fused import set_fused
 from dabnet.precision import autocast, cpu_has_bf16, isa_caps
+from dabnet.training import Callbacks
+from dabnet.training.distill import Distill
 
 
-def _data(batch: int, crop, device, steps: int):
+def _data(batch: int, crop, device, steps: int, soft: bool = False):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, *crop, generator=g)
     y = torch.randint(0, 11, (batch, *crop), generator=g)
+    if soft:  # a teacher's uint8 probabilities, as the distillation loader gives them
+        p = torch.rand(batch, 11, *crop, generator=g) ** 4
+        return [(x, y, (p / p.sum(1, keepdim=True) * 255).round().to(torch.uint8))] * steps, x.to(device), y.to(device)
     return [(x, y)] * steps, x.to(device), y.to(device)
 
 
@@ -60,8 +65,10 @@ def plain_loop(device, batch, crop, steps, repeats, warmup) -> List[float]:
     return rates
 
 
-def our_loop(device, batch, crop, steps, repeats, warmup, precision="fp32", channels_last=False, compile=False, fused=False) -> List[float]:
-    """engine.train_one_epoch with the given switches (what `dabnet train` runs)."""
+def our_loop(device, batch, crop, steps, repeats, warmup, precision="fp32", channels_last=False, compile=False, fused=False,
+             distill=False) -> List[float]:  # fmt: skip
+    """engine.train_one_epoch with the given switches (what `dabnet train` runs); `distill`: with the distillation
+    callback's loss on teacher maps that come with each batch (the loader's work on them is not timed here)."""
     torch.manual_seed(0)
     model = dabnet.create_model("dabnet", 11).to(device).train()
     set_fused(model, fused)
@@ -71,13 +78,14 @@ def our_loop(device, batch, crop, steps, repeats, warmup, precision="fp32", chan
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-    batches, _, _ = _data(batch, crop, device, steps)
+    batches, _, _ = _data(batch, crop, device, steps, soft=distill)
     loss_fn = CrossEntropy(None, fused=fused).to(device)
+    callbacks = Callbacks([Distill(None, "synthetic", [1.0], False, 1.0, 1.0, Path("."), device, fused=fused)] if distill else [])
     rates = []
     for r in range(warmup + repeats):
         _sync(device)
         t0 = time.perf_counter()
-        res = train_one_epoch(fwd, batches, loss_fn, opt, sched, device, precision, scaler, 0.0, channels_last)
+        res = train_one_epoch(fwd, batches, loss_fn, opt, sched, device, precision, scaler, 0.0, channels_last, callbacks=callbacks)
         _sync(device)
         if r >= warmup:
             rates.append(res["images"] / (time.perf_counter() - t0))
@@ -169,10 +177,12 @@ def main() -> None:
         "channels_last, fused=false": {"channels_last": True},
         "compile, fused=false": {"compile": True},
         "fused": {"fused": True},
+        "fused + distill": {"fused": True, "distill": True},
         "bf16, fused=false": {"precision": "bf16"},
     }
     if bf16_ok:
         variants["bf16 + fused"] = {"precision": "bf16", "fused": True}
+        variants["bf16 + fused + distill"] = {"precision": "bf16", "fused": True, "distill": True}
     if device.type == "cuda":
         variants["fp16 + channels_last, fused=false"] = {"precision": "fp16", "channels_last": True}
         variants["bf16 + channels_last + fused"] = {"precision": "bf16", "channels_last": True, "fused": True}
@@ -212,6 +222,10 @@ def main() -> None:
     if pairs:
         lines += ["", "The fused kernels (training's default) against the same loop without them: "
                   + ", ".join(f"{p} {medians[f] / medians[e]:.2f}x" for p, f, e in pairs) + " (ratios of the medians above)."]
+    distilled = [(f, f"{f} + distill") for f in ("fused", "bf16 + fused") if f in medians and f"{f} + distill" in medians]
+    if distilled:
+        lines += ["", "A distilled step (the teacher's maps in the batch, the KL term added to the loss) against the same "
+                  "step without it: " + ", ".join(f"{f}: {medians[f] / medians[d]:.2f}x the time" for f, d in distilled) + "."]
     if args.profile:
         precision = "bf16" if bf16_ok else "fp32"
         for fused in (False, True):

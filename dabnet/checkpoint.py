@@ -93,7 +93,8 @@ class RunState:
 # resumes from it, `load_model` keeps all but weights and training state as `checkpoint_meta`, and
 # `average_checkpoints` drops the run's progress.
 NETWORK_KEYS = ("format", "model_name", "num_classes", "model_kwargs", "model")
-TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
+# `train_model`: the trained weights, where a callback publishes others as `model` (EMA's average); `callbacks`: their state.
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng", "train_model", "callbacks")
 RUN_PROGRESS = tuple(k for k in RunState.keys() if k != "epoch")  # the epoch also describes the weights
 
 

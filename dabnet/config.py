@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,14 @@ class TrainConfig:
     warmup_iters: int = 500
     warmup_ratio: float = 1.0 / 3.0  # warm-up starts at lr * warmup_ratio
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    # extensions (dabnet.training): weight EMA, and distillation from a teacher's (ensemble's) probabilities
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved as the model; 0 = off
+    distill_from: Optional[str] = None  # teacher: a checkpoint path or bundled name with this run's classes; None = off
+    distill_scales: List[float] = field(default_factory=lambda: [1.0])  # the teacher's ensemble: input scales...
+    distill_flip: bool = False  # ...and horizontal flips, probabilities averaged
+    distill_weight: float = 1.0  # loss = CE + weight * T^2 * KL(teacher_T || student_T)
+    distill_temperature: float = 1.0
+    distill_cache: Optional[str] = None  # folder of the teacher's maps (None: OUT/teacher_cache); runs may share one
     loss: str = "ce"  # ce | ohem
     class_weights: str = "enet"  # enet | median | none
     enet_c: float = 1.02  # w = 1 / ln(c + p); the official DABNet code uses 1.10
@@ -108,6 +117,16 @@ class TrainConfig:
         require(self.std is None or _positive_numbers(self.std) and len(self.std) == 3, "std", self.std, "null or three positive numbers")
         require(isinstance(self.holdout, list) and all(isinstance(h, str) and h for h in self.holdout), "holdout", self.holdout,
                 "a list of file-name prefixes, e.g. [0006R0]")  # fmt: skip
+        require(_number(self.ema) and 0 <= self.ema < 1, "ema", self.ema, "a decay in [0, 1), e.g. 0.999 (0 = off)")
+        require(self.distill_from is None or (isinstance(self.distill_from, str) and self.distill_from != ""), "distill_from",
+                self.distill_from, "null, or a checkpoint path or bundled name such as dabnet-camvid")  # fmt: skip
+        require(_positive_numbers(self.distill_scales), "distill_scales", self.distill_scales, "a list of positive numbers, e.g. [1, 1.5, 2]")
+        require(_number(self.distill_weight) and self.distill_weight >= 0, "distill_weight", self.distill_weight, "a number >= 0")
+        require(_number(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature",
+                self.distill_temperature, "a positive number")  # fmt: skip
+        if self.distill_from and self.data_on_device:
+            raise ConfigError("distill_from with data_on_device=true is not supported: the teacher's maps come through the "
+                              "loader; use data_on_device=false")  # fmt: skip
         check_device(self.device)
 
 
@@ -151,6 +170,10 @@ def require(ok: bool, option: str, value: Any, valid: str) -> None:
 
 def _positive_ints(v: Any, n: int) -> bool:
     return isinstance(v, (list, tuple)) and len(v) == n and all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _positive_numbers(v: Any) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -61,10 +61,13 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
     on_step: Optional[Callable[[int, float, float, float], None]] = None,
     skipped_in_a_row: int = 0,
+    callbacks: Optional[Any] = None,
 ) -> Dict[str, float]:
-    """Train over `batches`; stops early (cleanly, between steps) when `should_stop()` turns true. A step
-    whose gradients are inf or NaN is skipped and counted (`skipped_steps`); `skipped_in_a_row` carries
-    the count of such steps that ended the previous epoch, so that a run of them across epochs stops training."""
+    """Train over `batches` of (images, masks, *extra); stops early (cleanly, between steps) when `should_stop()`
+    turns true. A step whose gradients are inf or NaN is skipped and counted (`skipped_steps`); `skipped_in_a_row`
+    carries the count of such steps that ended the previous epoch, so that a run of them across epochs stops
+    training. `callbacks` (training.callbacks.Callbacks) see each step's batch, logits and loss (and may add to the
+    loss), and each step's end."""
     model.train()
     total_loss, steps, images, skipped = 0.0, 0, 0, 0
     t0 = time.perf_counter()
@@ -73,7 +76,7 @@ def train_one_epoch(
     try:
         while True:
             try:
-                x, y = next(it)
+                batch = next(it)
             except StopIteration:
                 break
             except Exception:
@@ -83,13 +86,14 @@ def train_one_epoch(
                     stopped = True
                     break
                 raise
-            x = x.to(device, non_blocking=True)
-            y = y.to(device, non_blocking=True)
+            x, y, *extra = (t.to(device, non_blocking=True) for t in batch)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
                 logits = model(x)
             loss = loss_fn(logits, y)
+            if callbacks is not None:
+                loss = callbacks.on_loss((x, y, *extra), logits, loss)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"loss is {loss.item()} after {steps} step(s) of this epoch")
             optimizer.zero_grad(set_to_none=True)
@@ -110,6 +114,8 @@ def train_one_epoch(
                     skipped_in_a_row += 1
                     if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
                         raise NonFiniteLossError(f"gradients were inf or NaN (the loss finite) at {skipped_in_a_row} steps in a row")
+            if callbacks is not None:
+                callbacks.on_step_end(model)
             scheduler.step()
             steps += 1
             images += x.shape[0]

@@ -38,6 +38,8 @@ from .losses import build_loss
 from .models import create_model
 from .models.fused import set_fused
 from .models.layers import BROKEN_LIMIT, broken_channels, reinit_channels
+from .training import Callbacks, build_callbacks
+from .training.callbacks import weights_in
 
 
 class ResumableSampler(Sampler):
@@ -165,7 +167,7 @@ def _write_logs(out: Path, history: List[Dict[str, Any]], class_names: List[str]
     """metrics.jsonl, metrics.csv and the loss/mIoU curves, rewritten from the checkpoint's history."""
     (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     keys = ["epoch", "iteration", "lr", "train_loss", "images_per_s", "val_miou", "val_pixel_acc", "holdout_miou",
-            "holdout_pixel_acc", "seconds"]
+            "holdout_pixel_acc", "seconds", "val_trained_miou", "holdout_trained_miou", "distill_kl"]
     rows = [",".join(keys)] + [",".join("" if h.get(k) is None else str(h.get(k)) for k in keys) for h in history]
     (out / "metrics.csv").write_text("\n".join(rows) + "\n")
     try:
@@ -175,7 +177,7 @@ def _write_logs(out: Path, history: List[Dict[str, Any]], class_names: List[str]
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    for keys, name, ylabel in [(["train_loss"], "loss.png", "train loss"), (["val_miou", "holdout_miou"], "miou.png", "mIoU")]:
+    for keys, name, ylabel in [(["train_loss"], "loss.png", "train loss"), (["val_miou", "holdout_miou", "val_trained_miou", "holdout_trained_miou"], "miou.png", "mIoU")]:
         curves = {k: [(h["epoch"], h[k]) for h in history if h.get(k) is not None] for k in keys}
         curves = {k: pts for k, pts in curves.items() if pts}
         if not curves:
@@ -220,24 +222,32 @@ class Run:
     val_loaders: Dict[str, DataLoader]
     select_on: Optional[str]
     meta: Dict[str, Any]
+    callbacks: Callbacks
 
     @property
     def iters_per_epoch(self) -> int:
         return len(self.sampler.inner) // self.cfg.batch_size
 
     def checkpoint(self, state: RunState, finished: bool = False) -> Dict[str, Any]:
-        """Everything to resume exactly (or to use the model), in one self-describing dict."""
+        """Everything to resume exactly (or to use the model), in one self-describing dict: `model` holds the weights
+        the callbacks publish (EMA's average), `train_model` the trained ones where those differ."""
         progress = dataclasses.replace(state, iteration=self.scheduler.last_epoch, finished=finished)
+        trained = self.model.state_dict()
+        published = self.callbacks.published(trained)
         training = (self.optimizer.state_dict(), self.scheduler.state_dict(),
-                    self.scaler.state_dict() if self.scaler is not None else None, _rng_state(self.device))  # fmt: skip
-        return make_checkpoint(self.model, **self.meta, **progress.to_checkpoint(), **dict(zip(TRAINING_STATE, training)))
+                    self.scaler.state_dict() if self.scaler is not None else None, _rng_state(self.device),
+                    None if published is trained else trained, self.callbacks.state_dict())  # fmt: skip
+        ckpt = make_checkpoint(self.model, **self.meta, **progress.to_checkpoint(), **dict(zip(TRAINING_STATE, training)))
+        ckpt["model"] = published
+        return ckpt
 
     def restore(self, ckpt: Dict[str, Any]) -> RunState:
         """Load weights, optimiser, schedule, scaler and RNG from a training checkpoint."""
         if ckpt.get("num_classes") != self.train_ds.num_classes:
             raise CheckpointError(f"cannot resume: checkpoint has {ckpt.get('num_classes')} classes, dataset {self.train_ds.num_classes}")
-        optimizer, scheduler, scaler, rng = (ckpt.get(k) for k in TRAINING_STATE)
-        self.model.load_state_dict(ckpt["model"])
+        optimizer, scheduler, scaler, rng, trained, callbacks = (ckpt.get(k) for k in TRAINING_STATE)
+        self.model.load_state_dict(trained if trained is not None else ckpt["model"])
+        self.callbacks.load_state_dict(callbacks)
         self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(scheduler)
         if self.scaler is not None and scaler:
@@ -308,14 +318,16 @@ def _build_model(cfg: TrainConfig, num_classes: int, device: torch.device, init:
     return model, (torch.compile(net) if cfg.compile else net)
 
 
-def _loaders(cfg: TrainConfig, train_ds: SegmentationDataset, val_sets, sampler: ResumableSampler, device: torch.device):
+def _loaders(cfg: TrainConfig, train_ds: SegmentationDataset, drawn: Any, val_sets, sampler: ResumableSampler,
+             device: torch.device):  # fmt: skip
+    """The training batches (drawn from `drawn`, the dataset as the callbacks give it) and the validation loaders."""
     if cfg.data_on_device:
         from .data.device import DeviceBatches
 
         loader: Any = DeviceBatches(train_ds, sampler, cfg.batch_size, device, tuple(cfg.crop_size), cfg.scales, cfg.flip,
                                     train_ds.mean, train_ds.std, progress=D.is_main())  # fmt: skip
     else:
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+        loader = DataLoader(drawn, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                             pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     val_loaders = {}
     for key, ds in val_sets.items():
@@ -327,11 +339,13 @@ def _loaders(cfg: TrainConfig, train_ds: SegmentationDataset, val_sets, sampler:
 
 def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
     """Datasets, model, optimiser, schedule, scaler, loss and loaders of `cfg` (`fresh`: not a resume)."""
-    torch.manual_seed(cfg.seed)
+    callbacks = build_callbacks(cfg, device, log)  # a teacher that cannot be read stops the run here
+    torch.manual_seed(cfg.seed)  # after the callbacks: building a teacher draws from the generator
+    train_ds, val_sets = build_datasets(cfg)  # file lists only
+    drawn = callbacks.on_data(train_ds)  # checks against the data (a teacher's classes) before any work
     if cfg.check_data and D.is_main() and fresh:
         _check_files(cfg, log)
     D.barrier()
-    train_ds, val_sets = build_datasets(cfg)
     select_on = selection_set(cfg)
     for key, ds in val_sets.items():
         if shares_frames(ds, train_ds):
@@ -351,11 +365,11 @@ def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
     scaler = torch.amp.GradScaler(device.type) if (cfg.precision == "fp16" and device.type == "cuda") else None
     min_kept = cfg.ohem_min_kept if cfg.ohem_min_kept is not None else cfg.batch_size * cfg.crop_size[0] * cfg.crop_size[1] // 16
     loss_fn = build_loss(cfg.loss, weights, train_ds.ignore_index, cfg.ohem_thresh, min_kept, cfg.fused).to(device)
-    loader, val_loaders = _loaders(cfg, train_ds, val_sets, sampler, device)
+    loader, val_loaders = _loaders(cfg, train_ds, drawn, val_sets, sampler, device)
     meta = dict(train_ds.describe(), config=dataclasses.asdict(cfg), selected_on=select_on, hardware=D.describe_hardware(device),
                 data_splits={"train": cfg.train_split, "val": cfg.val_split, "holdout": list(cfg.holdout)})  # fmt: skip
     return Run(cfg, device, Path(cfg.out), model, forward, optimizer, scheduler, scaler, loss_fn, train_ds, sampler, loader,
-               val_loaders, select_on, meta)  # fmt: skip
+               val_loaders, select_on, meta, callbacks)  # fmt: skip
 
 
 def _progress(run: Run, state: RunState) -> Tuple[Any, Callable[..., None]]:
@@ -383,13 +397,20 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
               "train_loss": round(state.loss_sum / max(state.loss_steps, 1), 6), "images_per_s": round(state.images_sum / max(state.seconds_sum, 1e-9), 2),
               "seconds": round(state.seconds_sum, 2), "val_miou": None, "val_pixel_acc": None}  # fmt: skip
     finished = epoch == cfg.epochs
+    run.callbacks.on_epoch_end(record)
     if epoch % max(cfg.val_every, 1) == 0 or finished:
-        for key, loader in run.val_loaders.items():
-            metrics = evaluate(run.model, loader, run.train_ds.num_classes, run.device, run.train_ds.ignore_index,
-                               precision=cfg.precision, channels_last=cfg.channels_last).compute()  # fmt: skip
-            record[f"{key}_miou"] = round(metrics["miou"], 6)
-            record[f"{key}_pixel_acc"] = round(metrics["pixel_acc"], 6)
-            record[f"{key}_iou"] = [None if np.isnan(v) else round(float(v), 6) for v in metrics["iou"]]
+        trained = run.model.state_dict()
+        published = run.callbacks.published(trained)
+        # The published weights (EMA's) are the run's figures; the trained ones, where they differ, are shown beside.
+        for weights, suffix in [(published, "")] + ([(trained, "_trained")] if published is not trained else []):
+            with weights_in(run.model, weights):
+                for key, loader in run.val_loaders.items():
+                    metrics = evaluate(run.model, loader, run.train_ds.num_classes, run.device, run.train_ds.ignore_index,
+                                       precision=cfg.precision, channels_last=cfg.channels_last).compute()  # fmt: skip
+                    record[f"{key}{suffix}_miou"] = round(metrics["miou"], 6)
+                    if not suffix:
+                        record[f"{key}_pixel_acc"] = round(metrics["pixel_acc"], 6)
+                        record[f"{key}_iou"] = [None if np.isnan(v) else round(float(v), 6) for v in metrics["iou"]]
     score = record.get(f"{run.select_on}_miou")
     improved = score is not None and score > state.best_miou
     state.history.append(record)
@@ -410,6 +431,9 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
                     writer.add_scalar(k, record[k], epoch)
     mious = "".join(f"  {k} mIoU {100 * record[f'{k}_miou']:.2f}%{' (best)' if improved and k == run.select_on else ''}"
                     for k in run.val_loaders if record.get(f"{k}_miou") is not None)  # fmt: skip
+    mious += "".join(f" ({100 * record[f'{k}_trained_miou']:.2f}% trained weights)" for k in run.val_loaders
+                     if record.get(f"{k}_trained_miou") is not None)  # fmt: skip
+    mious += f"  distill KL {record['distill_kl']:.4f}" if "distill_kl" in record else ""
     log(f"epoch {epoch}/{cfg.epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s{mious}")
     broken = broken_channels(run.model)
     if broken:  # a corrupted update: the channels are dead from here on, and the loss does not show it
@@ -446,7 +470,7 @@ RUN_FILES = ("last.pth", "best.pth", "epoch_*.pth", "config.yaml", "metrics.json
 # Settings a run cannot change midway (its weights, optimiser state or data order depend on them), and settings
 # that change nothing a resume restores.
 FIXED_ON_RESUME = ("dataset", "train_split", "holdout", "model", "model_kwargs", "batch_size", "optimizer", "seed")
-FREE_ON_RESUME = ("data_root", "workers", "check_data", "val_batch_size", "log_every", "out", "device", "init_from")
+FREE_ON_RESUME = ("data_root", "workers", "check_data", "val_batch_size", "log_every", "out", "device", "init_from", "distill_cache")
 
 
 def _check_resume_config(saved: Dict[str, Any], cfg: TrainConfig, path: str, log) -> None:
@@ -516,6 +540,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[
         _check_resume_config(ckpt.get("config") or {}, cfg, resume or str(Path(cfg.out) / "last.pth"), log)
     run = build_run(cfg, device, fresh=ckpt is None, log=log)
     state = run.restore(ckpt) if ckpt is not None else RunState()
+    run.callbacks.on_start(run.model)
     if ckpt is not None:
         log(f"resuming {run.out} at epoch {state.epoch + 1}, iteration {state.iter_in_epoch} of {run.iters_per_epoch}")
     if D.is_main():
@@ -534,7 +559,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[
             try:
                 result = train_one_epoch(run.forward, run.loader, run.loss_fn, run.optimizer, run.scheduler, device,
                                          cfg.precision, run.scaler, cfg.grad_clip, cfg.channels_last, should_stop=stop,
-                                         on_step=on_step, skipped_in_a_row=skipped_in_a_row)  # fmt: skip
+                                         on_step=on_step, skipped_in_a_row=skipped_in_a_row, callbacks=run.callbacks)  # fmt: skip
             finally:
                 if bar is not None:
                     bar.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,33 @@ def load_repo_script(path: str):
 def repo_script():
     """`repo_script("benchmarks/speed.py")`: that script as a module, to test its functions."""
     return load_repo_script
+
+
+def sigterm_at_step(real, epoch: int, step: int):
+    """`train_one_epoch` that delivers a real SIGTERM to this process after `step` steps of its `epoch`-th call."""
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            should_stop, steps = kwargs["should_stop"], {"k": 0}
+
+            def stop_after():
+                steps["k"] += 1
+                if steps["k"] == step:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return should_stop()
+
+            kwargs["should_stop"] = stop_after
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
+@pytest.fixture(scope="session")
+def sigterm_at():
+    """`sigterm_at(train_one_epoch, epoch, step)`: a train_one_epoch that SIGTERMs this process mid-epoch."""
+    return sigterm_at_step
 
 
 @pytest.fixture(scope="session")

@@ -208,33 +208,12 @@ def test_data_on_device_trains_on_cpu(tiny_camvid, tmp_path):
     assert len(history) == 2 and history[1]["iteration"] == 8 and summary["best_miou"] >= 0
 
 
-def _sigterm_at(real, epoch: int, step: int):
-    """`train_one_epoch` that delivers a real SIGTERM to this process after `step` steps of its `epoch`-th call."""
-    calls = {"n": 0}
-
-    def wrapped(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == epoch:
-            should_stop, steps = kwargs["should_stop"], {"k": 0}
-
-            def stop_after():
-                steps["k"] += 1
-                if steps["k"] == step:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return should_stop()
-
-            kwargs["should_stop"] = stop_after
-        return real(*args, **kwargs)
-
-    return wrapped
-
-
-def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypatch):
+def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypatch, sigterm_at):
     straight = tmp_path / "straight"
     train_mod.train(_cfg(tiny_camvid, straight, epochs=4), log=lambda *a: None)
 
     real = train_mod.train_one_epoch
-    monkeypatch.setattr(train_mod, "train_one_epoch", _sigterm_at(real, epoch=3, step=1))
+    monkeypatch.setattr(train_mod, "train_one_epoch", sigterm_at(real, epoch=3, step=1))
     resumed = tmp_path / "resumed"
     result = train_mod.train(_cfg(tiny_camvid, resumed, epochs=4), log=lambda *a: None)
     assert result["interrupted"] == "SIGTERM" and result["epoch"] == 2 and result["iter_in_epoch"] == 1
@@ -258,9 +237,9 @@ def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypa
     assert abs(ips * seconds - 8) <= 0.005 * (ips + seconds) + 1e-6 < 1, (ips, seconds)
 
 
-def test_a_stop_on_an_epochs_last_step_saves_once_and_resumes_at_the_next_epoch(tiny_camvid, tmp_path, monkeypatch):
+def test_a_stop_on_an_epochs_last_step_saves_once_and_resumes_at_the_next_epoch(tiny_camvid, tmp_path, monkeypatch, sigterm_at):
     real, save, saved = train_mod.train_one_epoch, train_mod.save_checkpoint, []
-    monkeypatch.setattr(train_mod, "train_one_epoch", _sigterm_at(real, epoch=2, step=4))  # tiny_camvid: 4 steps an epoch
+    monkeypatch.setattr(train_mod, "train_one_epoch", sigterm_at(real, epoch=2, step=4))  # tiny_camvid: 4 steps an epoch
     monkeypatch.setattr(train_mod, "save_checkpoint", lambda ckpt, path: saved.append((ckpt["epoch"], Path(path).name)) or save(ckpt, path))
     result = train_mod.train(_cfg(tiny_camvid, tmp_path / "run", epochs=3), log=lambda *a: None)
     assert result["interrupted"] == "SIGTERM" and result["epoch"] == 2 and result["iter_in_epoch"] == 0
@@ -275,7 +254,8 @@ def test_checkpoints_written_before_the_redesign_still_resume(tiny_camvid, tmp_p
     out = tmp_path / "old"
     train_mod.train(_cfg(tiny_camvid, out, epochs=1), log=lambda *a: None)
     ckpt = torch.load(out / "last.pth", weights_only=True)
-    old = {k: v for k, v in ckpt.items() if k not in ("loss_sum", "loss_steps", "seconds_sum", "images_sum", "selected_on", "hardware")}
+    new_keys = ("loss_sum", "loss_steps", "seconds_sum", "images_sum", "selected_on", "hardware", "train_model", "callbacks")
+    old = {k: v for k, v in ckpt.items() if k not in new_keys}
     old["config"] = {("amp" if k == "precision" else k): ("none" if k == "precision" else v) for k, v in ckpt["config"].items()}
     old["data_splits"] = {"train": "train", "val": "val"}
     assert set(old) == {"format", "model_name", "num_classes", "model_kwargs", "model", "dataset", "class_names", "palette",

@@ -8,7 +8,7 @@ the number of loader workers, and a resumed run replays exactly the same crops.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -25,29 +25,59 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: Tuple[int, int]) -> T
     return img, msk
 
 
-def random_scale(image: np.ndarray, mask: np.ndarray, scales: Sequence[float], rng: np.random.Generator):
-    """Rescale by a factor drawn from `scales`."""
-    s = float(scales[rng.integers(len(scales))])
-    if s == 1.0:
-        return image, mask
-    h, w = mask.shape
-    return resize_pair(image, mask, (max(1, int(round(h * s))), max(1, int(round(w * s)))))
+def draw_scale(scales: Sequence[float], rng: np.random.Generator) -> float:
+    """A factor drawn from `scales` (one integer draw, the first of TrainTransform's)."""
+    return float(scales[rng.integers(len(scales))])
 
 
-def pad_and_random_crop(
-    image: np.ndarray, mask: np.ndarray, crop: Tuple[int, int], ignore_index: int, rng: np.random.Generator
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Pad (image with 0, mask with ignore) up to the crop size, then crop at a random place."""
-    ch, cw = crop
-    h, w = mask.shape
-    ph, pw = max(ch - h, 0), max(cw - w, 0)
+def scaled_size(shape: Tuple[int, int], s: float) -> Tuple[int, int]:
+    """(H, W) of an (H, W) image rescaled by `s`, one pixel per side at least."""
+    return max(1, int(round(shape[0] * s))), max(1, int(round(shape[1] * s)))
+
+
+def crop_window(shape: Tuple[int, int], crop: Tuple[int, int], rng: np.random.Generator) -> Tuple[int, int]:
+    """Top-left corner of a random `crop` in an (H, W) image padded up to the crop size (two integer draws)."""
+    h, w = max(shape[0], crop[0]), max(shape[1], crop[1])
+    return int(rng.integers(h - crop[0] + 1)), int(rng.integers(w - crop[1] + 1))
+
+
+def pad_crop(array: np.ndarray, crop: Tuple[int, int], corner: Tuple[int, int], fill: int) -> np.ndarray:
+    """`array` (HxW or HxWxC) padded with `fill` at the bottom and right up to `crop`, then cropped at `corner`."""
+    ph, pw = max(crop[0] - array.shape[0], 0), max(crop[1] - array.shape[1], 0)
     if ph or pw:
-        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
-        mask = np.pad(mask, ((0, ph), (0, pw)), constant_values=ignore_index)
-        h, w = mask.shape
-    y = int(rng.integers(h - ch + 1))
-    x = int(rng.integers(w - cw + 1))
-    return image[y : y + ch, x : x + cw], mask[y : y + ch, x : x + cw]
+        array = np.pad(array, ((0, ph), (0, pw)) + ((0, 0),) * (array.ndim - 2), constant_values=fill)
+    y, x = corner
+    return array[y : y + crop[0], x : x + crop[1]]
+
+
+def _bilinear_taps(n_in: int, n_out: int, start: int, count: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (two) and weight of the second for output pixels start..start+count-1 of a bilinear resize
+    from n_in to n_out pixels (align_corners=False, as torch's and PIL's upsampling); those past n_out are -1."""
+    dst = np.arange(start, start + count)
+    src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    i0[dst >= n_out] = -1
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def soft_window(soft: np.ndarray, size: Tuple[int, int], corner: Tuple[int, int], crop: Tuple[int, int]) -> np.ndarray:
+    """The `crop` window at `corner` of an HxWxC uint8 probability map resized bilinearly to `size`, zero beyond
+    it (padding), computing only the window's pixels. Maps stored below the frame's resolution are enlarged at
+    every training scale; one shrunk below its stored size goes through torch's antialiased resize first."""
+    if size[0] < soft.shape[0] or size[1] < soft.shape[1]:
+        t = torch.from_numpy(np.ascontiguousarray(soft)).permute(2, 0, 1)[None].float()
+        t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+        soft = t[0].round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    (r0, r1, wr), (c0, c1, wc) = (_bilinear_taps(soft.shape[d], size[d], corner[d], crop[d]) for d in (0, 1))
+    rows, cols = r0 >= 0, c0 >= 0
+    a = soft[r0[rows]].astype(np.float32)
+    rowmix = a + (soft[r1[rows]].astype(np.float32) - a) * wr[rows, None, None]
+    b = rowmix[:, c0[cols]]
+    mixed = b + (rowmix[:, c1[cols]] - b) * wc[None, cols, None]
+    out = np.zeros((crop[0], crop[1], soft.shape[2]), np.uint8)
+    out[: int(rows.sum()), : int(cols.sum())] = np.rint(mixed).clip(0, 255)
+    return out
 
 
 def normalize_to_tensor(image: np.ndarray, mask: np.ndarray, mean: Sequence[float], std: Sequence[float]):
@@ -69,14 +99,25 @@ class TrainTransform:
     ignore_index: int = 255
     to_tensor: bool = True
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-        image, mask = random_scale(image, mask, self.scales, rng)
-        image, mask = pad_and_random_crop(image, mask, tuple(self.crop_size), self.ignore_index, rng)
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, soft: Optional[np.ndarray] = None):
+        """(image, mask), or (image, mask, soft) with `soft` (hxwxC uint8 class probabilities of the image, a
+        teacher's, at any resolution) scaled, cropped and flipped with the same draws; padding gives it zeros."""
+        s = draw_scale(self.scales, rng)
+        size = scaled_size(mask.shape, s)
+        if s != 1.0:
+            image, mask = resize_pair(image, mask, size)
+        corner = crop_window(size, tuple(self.crop_size), rng)
+        image, mask = pad_crop(image, self.crop_size, corner, 0), pad_crop(mask, self.crop_size, corner, self.ignore_index)
+        if soft is not None:
+            soft = soft_window(soft, size, corner, tuple(self.crop_size))
         if self.flip and rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
+            soft = None if soft is None else soft[:, ::-1]
+        out = (image, mask) if soft is None else (image, mask, soft)
         if not self.to_tensor:
-            return np.ascontiguousarray(image), np.ascontiguousarray(mask)
-        return normalize_to_tensor(image, mask, self.mean, self.std)
+            return tuple(np.ascontiguousarray(a) for a in out)
+        tensors = normalize_to_tensor(image, mask, self.mean, self.std)
+        return tensors if soft is None else (*tensors, torch.from_numpy(np.ascontiguousarray(soft)).permute(2, 0, 1).contiguous())
 
 
 @dataclass

@@ -1,0 +1,247 @@
+"""Distillation (`distill_from: CHECKPOINT`): the loss adds, to the cross-entropy on the ground truth, a
+pixel-wise KL divergence to a teacher's class probabilities, weighted and temperature-scaled (Hinton et al.
+2015). The teacher is any checkpoint of a network with the run's classes, optionally run as its own
+ensemble (`distill_scales`, `distill_flip`): its averaged probabilities are computed once per training
+frame, at the frame's own size, and cached on disk; the loader scales, crops and flips them with the same
+draws as the image and its mask (data.transforms.TrainTransform)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from .. import distributed as D
+from ..checkpoint import CheckpointError, load_model
+from ..engine import predict_logits
+from ..models.fused import run_compiled
+from .callbacks import Callback, register_callback
+
+# The maps are stored at 1/CACHE_STRIDE of the frame's size: DABNet's logits are at 1/8 of its input, so even
+# the teacher's 2x scale carries no detail finer than 1/4 of the frame, and a quarter of the pixels loses nothing
+# that the bilinear resize back to the frame does not restore.
+CACHE_STRIDE = 2
+_LOG_FLOOR = 1e-6  # probabilities below one uint8 step are stored as 0; their log is taken at this floor
+
+
+class DistillError(ValueError):
+    """A teacher that cannot teach this run (missing, other classes, a cache folder that is not ours)."""
+
+
+def _kl_and_grad(logits: torch.Tensor, soft: torch.Tensor, target: torch.Tensor, ignore_index: int, temperature: float):
+    """distillation_loss's value and its gradient with respect to `logits`, in one pass (no autograd graph):
+    d/dz of T^2 * KL(q_t || softmax(z / T)) is T * (softmax(z / T) - q_t)."""
+    p = soft.float()
+    total = p.sum(1, keepdim=True)
+    if temperature == 1.0:  # q_t is the teacher's probabilities themselves
+        q_t = p / total.clamp_min(1.0)
+        log_qt = torch.log(q_t.clamp_min(_LOG_FLOOR))
+    else:
+        log_qt = torch.log_softmax(torch.log((p / total.clamp_min(1.0)).clamp_min(_LOG_FLOOR)) / temperature, 1)
+        q_t = log_qt.exp()
+    log_qs = torch.log_softmax(logits.float() / temperature, 1)
+    valid = ((target != ignore_index) & (total[:, 0] > 0)).to(torch.float32).unsqueeze(1)
+    scale = valid * (temperature * temperature / valid.sum().clamp_min(1.0))
+    loss = (q_t * (log_qt - log_qs) * scale).sum()
+    grad = (log_qs.exp() - q_t) * (scale / temperature)
+    return loss, grad.to(logits.dtype)
+
+
+class _DistillationLoss(torch.autograd.Function):
+    """The KL term with its gradient computed alongside, so that backward is one multiplication."""
+
+    @staticmethod
+    def forward(ctx, logits, soft, target, ignore_index: int, temperature: float, fused: bool):  # type: ignore[override]
+        out = run_compiled(_kl_and_grad, logits.detach(), soft, target, ignore_index, temperature) if fused else None
+        loss, grad = _kl_and_grad(logits.detach(), soft, target, ignore_index, temperature) if out is None else out
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None, None, None, None
+
+
+def distillation_loss(logits: torch.Tensor, soft: torch.Tensor, target: torch.Tensor, ignore_index: int,
+                      temperature: float = 1.0, fused: bool = False) -> torch.Tensor:  # fmt: skip
+    """T^2 * mean over labelled pixels of KL(teacher_T || student_T): the teacher's uint8 probabilities (NCHW,
+    any scale: they are normalised per pixel), sharpened or softened as softmax(log p / T), against
+    softmax(logits / T). Pixels whose mask is `ignore_index`, or whose teacher map is all zero (padding), count not.
+    `fused`: value and gradient on one compiled kernel (models.fused.run_compiled), where kernels compile."""
+    return _DistillationLoss.apply(logits, soft, target, ignore_index, float(temperature), fused)
+
+
+def _weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class TeacherCache:
+    """One HxWxC uint8 file per training frame (`NNNNN.npy`, by dataset index) under `folder`, and `cache.json`,
+    which says what teacher, views and frames made them; a folder made for anything else is made anew."""
+
+    def __init__(self, folder: Path, key: Dict[str, Any]) -> None:
+        self.folder, self.key = Path(folder), key
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"{index:05d}.npy"
+
+    def load(self, index: int) -> np.ndarray:
+        return np.load(self.path(index))
+
+    def prepare(self) -> List[int]:
+        """Claim the folder for this key; the indices still to compute."""
+        manifest = self.folder / "cache.json"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        old = json.loads(manifest.read_text()) if manifest.is_file() else None
+        if old != self.key:
+            ours = old is not None or not any(self.folder.iterdir())
+            if not ours:
+                raise DistillError(f"distill_cache={self.folder} holds files that are not a teacher cache (no cache.json); "
+                                   "give an empty or new folder")  # fmt: skip
+            for p in self.folder.glob("*.npy"):
+                p.unlink()
+            tmp = manifest.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(self.key, indent=1))
+            os.replace(tmp, manifest)
+        return [i for i in range(len(self.key["frames"])) if not self.path(i).is_file()]
+
+    def store(self, index: int, probs: np.ndarray) -> None:
+        tmp = self.folder / f".{index:05d}.tmp.npy"
+        np.save(tmp, probs)
+        os.replace(tmp, self.path(index))
+
+
+@torch.inference_mode()
+def teacher_probabilities(teacher: nn.Module, image: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                          scales: Sequence[float], flip: bool, device: torch.device) -> np.ndarray:  # fmt: skip
+    """The teacher's class probabilities of an HxWx3 uint8 image, averaged over its views, at 1/CACHE_STRIDE of
+    the image's size, as hxwxC uint8 (probability * 255, rounded)."""
+    x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float()
+    x = (x - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(std, device=device).view(1, 3, 1, 1)
+    out = predict_logits(teacher, x, scales, flip)
+    views = len(scales) * (2 if flip else 1)
+    probs = out.softmax(1) if views == 1 else out / views  # predict_logits sums probabilities over several views
+    h, w = image.shape[:2]
+    probs = F.interpolate(probs, size=(math.ceil(h / CACHE_STRIDE), math.ceil(w / CACHE_STRIDE)), mode="area")
+    return (probs[0] * 255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+class DistillDataset(Dataset):
+    """A training dataset whose samples also carry the teacher's map: (image, mask, soft)."""
+
+    def __init__(self, base: Any, cache: TeacherCache) -> None:
+        self.base, self.cache = base, cache
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, mask = self.base.load_pair(index)
+        rng = np.random.default_rng([self.base.seed, self.base.epoch, index])  # the base dataset's own draws
+        return self.base.transform(image, mask, rng, soft=self.cache.load(index))
+
+
+class Distill(Callback):
+    """Adds `weight` * distillation_loss to the loss of every step; reports the epoch's mean KL as `distill_kl`."""
+
+    name = "distill"
+
+    def __init__(self, teacher: nn.Module, source: str, scales: Sequence[float], flip: bool, weight: float,
+                 temperature: float, cache_folder: Path, device: torch.device, fused: bool = False, log=print) -> None:  # fmt: skip
+        self.teacher, self.source = teacher, source
+        self.scales, self.flip = [float(s) for s in scales], bool(flip)
+        self.weight, self.temperature = float(weight), float(temperature)
+        self.cache_folder, self.device, self.fused, self.log = Path(cache_folder), device, fused, log
+        self.ignore_index = 255
+        self.kl_sum, self.kl_steps = 0.0, 0
+
+    def check(self, dataset: Any) -> None:
+        """The teacher's classes are the dataset's (by name where the teacher names them)."""
+        meta = getattr(self.teacher, "checkpoint_meta", {}) or {}
+        names = meta.get("class_names")
+        if self.teacher.num_classes != dataset.num_classes or (names is not None and list(names) != list(dataset.classes)):
+            theirs = names if names is not None else f"{self.teacher.num_classes} classes"
+            raise DistillError(f"distill_from={self.source} predicts {theirs}, but {dataset.name} has {dataset.classes}; "
+                               "give a teacher trained on these classes")  # fmt: skip
+
+    def on_data(self, dataset: Any) -> Any:
+        self.check(dataset)
+        self.ignore_index = dataset.ignore_index
+        meta = self.teacher.checkpoint_meta or {}
+        self.mean, self.std = list(meta.get("mean") or dataset.mean), list(meta.get("std") or dataset.std)
+        key = {"teacher": self.source, "weights": _weights_digest(self.teacher), "scales": self.scales, "flip": self.flip,
+               "stride": CACHE_STRIDE, "mean": self.mean, "std": self.std, "frames": [str(i) for i, _ in dataset.pairs]}  # fmt: skip
+        self.dataset, self.cache = dataset, TeacherCache(self.cache_folder, key)
+        return DistillDataset(dataset, self.cache)
+
+    def on_start(self, model: nn.Module) -> None:
+        """The teacher's maps of every training frame not cached yet (by the main process; the others wait)."""
+        if D.is_main():
+            todo = self.cache.prepare()
+            if todo:
+                from ..progress import progress_bar
+
+                self.teacher.to(self.device)
+                views = f"scales {self.scales}{' + flip' if self.flip else ''}"
+                for i in progress_bar(todo, desc=f"teacher maps ({views}) -> {self.cache_folder}", unit="img", leave=False):
+                    image = self.dataset.load_pair(i)[0]
+                    self.cache.store(i, teacher_probabilities(self.teacher, image, self.mean, self.std, self.scales, self.flip,
+                                                              self.device))  # fmt: skip
+                self.teacher.cpu()
+            self.log(f"distilling from {self.source} ({len(self.dataset)} teacher maps in {self.cache_folder}, "
+                     f"{len(todo)} computed now), weight {self.weight:g}, temperature {self.temperature:g}")  # fmt: skip
+        D.barrier()
+
+    def on_loss(self, batch: Sequence[torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        if len(batch) < 3:
+            raise DistillError("distillation needs the teacher's maps in each batch (image, mask, soft); this loader gives none")
+        _, target, soft = batch[:3]
+        kl = distillation_loss(logits, soft, target, self.ignore_index, self.temperature, self.fused and logits.requires_grad)
+        self.kl_sum += float(kl.detach())
+        self.kl_steps += 1
+        return loss + self.weight * kl
+
+    def on_epoch_end(self, record: Dict[str, Any]) -> None:
+        record["distill_kl"] = round(self.kl_sum / max(self.kl_steps, 1), 6)
+        self.kl_sum, self.kl_steps = 0.0, 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"kl_sum": self.kl_sum, "kl_steps": self.kl_steps}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.kl_sum, self.kl_steps = float(state.get("kl_sum", 0.0)), int(state.get("kl_steps", 0))
+
+
+def load_teacher(source: str) -> nn.Module:
+    """The teacher network from a checkpoint path or a pretrained name; a one-line DistillError otherwise."""
+    try:
+        return load_model(source)
+    except FileNotFoundError:
+        raise DistillError(f"distill_from={source}: no such file or pretrained name; give a checkpoint path "
+                           "(.pth, .safetensors) or a bundled name such as dabnet-camvid") from None  # fmt: skip
+    except (CheckpointError, OSError, ValueError, RuntimeError) as e:
+        raise DistillError(f"distill_from={source} cannot be read as a teacher: {e}") from None
+
+
+@register_callback("distill")
+def _from_config(cfg: Any, device: torch.device, log) -> Optional[Distill]:
+    if not getattr(cfg, "distill_from", None):
+        return None
+    teacher = load_teacher(cfg.distill_from)
+    folder = Path(cfg.distill_cache) if cfg.distill_cache else Path(cfg.out) / "teacher_cache"
+    return Distill(teacher, cfg.distill_from, cfg.distill_scales, cfg.distill_flip, cfg.distill_weight, cfg.distill_temperature,
+                   folder, device, fused=cfg.fused, log=log)  # fmt: skip
