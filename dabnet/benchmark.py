@@ -235,9 +235,15 @@ def run_bench(cfg: BenchConfig, log=print) -> List[Dict[str, object]]:
             check_output_file(path, option)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rows = benchmark(cfg.models, cfg.sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, cfg.device,
+    if cfg.scale != 1.0:
+        log(f"scale {cfg.scale:g}: frames of " + ", ".join(f"{h}x{w}" for h, w in cfg.sizes) + " run the network at "
+            + ", ".join(f"{h}x{w}" for h, w in cfg.network_sizes))  # fmt: skip
+    rows = benchmark(cfg.models, cfg.network_sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, cfg.device,
                      checkpoint=cfg.checkpoint, paper_protocol=not cfg.no_paper_protocol,
                      channels_last=cfg.channels_last, labels=cfg.labels, batch=cfg.batch, log=log)  # fmt: skip
+    frames = {f"{n[0]}x{n[1]}": f"{f[0]}x{f[1]}" for f, n in zip(cfg.sizes, cfg.network_sizes)}
+    for row in rows:
+        row.update(scale=cfg.scale, frame_size=frames.get(str(row["size"]), row["size"]))
     if cfg.json:
         with atomic_output(cfg.json, fsync=False) as tmp:
             tmp.write_text(json.dumps(rows, indent=2))

@@ -180,6 +180,11 @@ def _positive_numbers(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(i, (int, float)) and not isinstance(i, bool) and i > 0 for i in v)
 
 
+def check_scale(scale: float) -> None:
+    """An inference scale: a finite factor in [0.1, 4]."""
+    require(_number(scale) and 0.1 <= scale <= 4, "scale", scale, "a factor in [0.1, 4] (1: images as they are; e.g. 1.5)")
+
+
 def check_device(device: str) -> None:
     """auto, cpu, cuda or cuda:N, and CUDA only where this PyTorch build and machine have it."""
     import torch
@@ -320,11 +325,14 @@ class PredictConfig:
     save: List[str] = option(help="what to write per image: label (class ids), color (the colour mask), overlay",
                              factory=lambda: list(OUTPUT_KINDS), choices=OUTPUT_KINDS, nargs="+")  # fmt: skip
     workers: int = option(2, "threads that decode and encode images while the network runs (0: one after another)")
+    scale: float = option(1.0, "resize images by this factor before the network (labels at the image's size); "
+                          "above 1 is more accurate and slower, e.g. 1.5")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, backend_names())
         check_choice("precision", self.precision, PRECISIONS)
         check_counts(self, batch_size=1, max_frames=0, workers=0)
+        check_scale(self.scale)
         for kind in self.save:
             check_choice("save", kind, OUTPUT_KINDS)
         require(not Path(self.out).exists() or Path(self.out).is_dir(), "out", self.out, "a folder (this is an existing file)")
@@ -366,16 +374,24 @@ class BenchConfig:
                           flag_only=True)  # fmt: skip
     json: Optional[str] = option(None, "write the rows as JSON", metavar="FILE")
     plot: Optional[str] = option(None, "plot FPS against parameters", metavar="PNG")
+    scale: float = option(1.0, "frames of each size are resized by this factor before the network: the network is "
+                          "timed at the resized size")  # fmt: skip
 
     def __post_init__(self) -> None:
         from .preprocessing import MIN_SIDE
 
         check_counts(self, frames=1, warmup=0, threads=1, batch=1)
         check_choice("precision", self.precision, PRECISIONS)
-        small = [f"{h}x{w}" for h, w in self.sizes if min(h, w) < MIN_SIDE]
+        check_scale(self.scale)
+        small = [f"{h}x{w}" for h, w in self.network_sizes if min(h, w) < MIN_SIDE]
         require(not small, "sizes", small, f"sizes of at least {MIN_SIDE}x{MIN_SIDE}: below that the runtimes' pooling "
                 "has no window, and predict pads such images to it (what would be timed is the padded size)")  # fmt: skip
         check_device(self.device)
+
+    @property
+    def network_sizes(self) -> List[Tuple[int, int]]:
+        """The sizes the network runs at: each frame size resized by `scale`."""
+        return [(max(1, round(h * self.scale)), max(1, round(w * self.scale))) for h, w in self.sizes]
 
 
 @dataclass
@@ -392,9 +408,12 @@ class ServeConfig:
     timeout_s: float = option(30.0, "seconds per request before 504", flag="--timeout", metavar="SECONDS")
     max_batch: int = option(4, "same-size requests run together")
     batch_wait_ms: float = option(2.0, "how long the worker waits to fill a batch")
+    scale: float = option(1.0, "resize images by this factor before the network (labels at the image's size); "
+                          "above 1 is more accurate and slower, e.g. 1.5")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, backend_names())
+        check_scale(self.scale)
         check_counts(self, max_queue=1, max_pixels=1, max_batch=1)
         require(0 <= self.port <= 65535, "port", self.port, "a TCP port, 0-65535")
         require(self.max_mb > 0, "max_mb", self.max_mb, "a positive size in MiB")

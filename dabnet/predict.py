@@ -329,7 +329,7 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
               f"{len(names)} classes ({', '.join(names[:3])}, ...), not Cityscapes' 19; use the default format",
               file=sys.stderr)  # fmt: skip
         return 2
-    seg = Segmenter.from_spec(spec, cfg.device, cfg.backend, cfg.precision, cfg.channels_last)
+    seg = Segmenter.from_spec(spec, cfg.device, cfg.backend, cfg.precision, cfg.channels_last, scale=cfg.scale)
     failed = bool(missing)
     if images:
         failed |= bool(predict_images(seg, images, out, cfg.format, cfg.batch_size, log, cfg.save, cfg.workers)["skipped"])

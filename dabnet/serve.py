@@ -196,7 +196,7 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     except ImportError as e:
         raise ImportError(f"dabnet serve needs FastAPI ({e.name} is missing): pip install 'dabnet[serve]'") from None
 
-    seg = seg or Segmenter.from_checkpoint(cfg.checkpoint, backend=cfg.backend)
+    seg = seg or Segmenter.from_checkpoint(cfg.checkpoint, backend=cfg.backend, scale=cfg.scale)
     backend = seg.backend
     worker = InferenceWorker(seg, cfg)
     model_info = {

@@ -274,3 +274,28 @@ def test_hardware_names_the_isa_caps_that_emulate_a_smaller_cpu(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     assert describe_hardware(torch.device("cpu")) == plain + ", capped by ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2"
+
+
+def test_distill_proxy_table_reads_each_arm_from_its_runs_metrics(tmp_path, repo_script):
+    proxy = repo_script("benchmarks/distill_proxy.py")
+    arms = {"proxy_A": [(5, {"holdout_miou": 0.44})], "proxy_BC": [(5, {"holdout_miou": 0.46, "holdout_trained_miou": 0.45})]}
+    for folder, rows in arms.items():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "seconds": 100.0, **r}) + "\n" for e, r in rows))
+    out = tmp_path / "PROXY.md"
+    text = proxy.report(tmp_path, out)
+    assert "| 5 | 44.00 | 45.00 | 46.00 | +1.00 | +2.00 |" in text and out.read_text() == text
+    assert "B: distilled +1.00 over the 1 common evaluations" in text
+    argv = proxy.train_argv("BC", tmp_path)
+    assert argv[:5] == ["dabnet", "train", "--config", "camvid_holdout", "--out"] and f"init_from={tmp_path / 'v2.safetensors'}" in argv
+    assert "ema=0.998" in argv and "distill_flip=true" in argv
+    assert proxy.train_argv("A", tmp_path)[-10:] == sum((["--set", s] for s in proxy.COMMON), [])
+
+
+def test_bench_scale_times_the_network_at_the_resized_frames(tmp_path):
+    from dabnet.benchmark import run_bench
+    from dabnet.config import BenchConfig
+
+    rows = run_bench(BenchConfig(models=["dabnet"], sizes=[(64, 96)], frames=1, warmup=0, no_paper_protocol=True, scale=1.5),
+                     log=lambda *a: None)  # fmt: skip
+    assert rows and all(r["size"] == "96x144" and r["frame_size"] == "64x96" and r["scale"] == 1.5 for r in rows)

@@ -331,3 +331,29 @@ def test_pngs_are_written_with_the_rle_strategy_and_decode_to_what_was_given(tmp
             assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), array)
     save_png(labels, tmp_path / "l.png")
     assert (tmp_path / "l.png").read_bytes() == encode_png(labels)
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.5])
+def test_inference_scale_runs_the_network_on_the_resized_image_and_answers_at_its_size(ckpt, scale):
+    image = np.random.default_rng(1).integers(0, 255, (97, 131, 3), dtype=np.uint8)
+    plain = Segmenter.from_checkpoint(ckpt, backend="eager", log=None)
+    scaled = Segmenter.from_checkpoint(ckpt, backend="eager", log=None, scale=scale)
+    seen = Image.fromarray(image).resize((round(131 * scale), round(97 * scale)), Image.BILINEAR)
+    expected = np.asarray(Image.fromarray(plain.predict(np.asarray(seen))).resize((131, 97), Image.NEAREST))
+    got = scaled.predict(image)
+    assert got.shape == (97, 131) and np.array_equal(got, expected)
+    assert all(np.array_equal(a, expected) for a in scaled.predict_batch([image, image]))
+    assert not np.array_equal(got, plain.predict(image))  # the scale changes what the network sees
+
+
+def test_inference_scale_on_the_command_line(ckpt, images, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ckpt), str(images / "odd.png"), "--out", str(out), "--backend", "eager",
+                 "--scale", "1.5", "--save", "label"]) == 0  # fmt: skip
+    label = np.asarray(Image.open(out / "odd_label.png"))
+    expected = Segmenter.from_checkpoint(ckpt, backend="eager", log=None, scale=1.5).predict(images / "odd.png")
+    assert np.array_equal(label, expected)
+    for bad in ["0", "nan", "9"]:
+        assert main(["predict", "--checkpoint", str(ckpt), str(images), "--out", str(out), "--scale", bad]) == 2
+    with pytest.raises(ValueError, match="scale"):
+        Segmenter.from_checkpoint(ckpt, backend="eager", log=None, scale=0.0)
