@@ -285,7 +285,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `dabnet` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(config_from(args.config_cls, args)) or 0)
+        cfg = config_from(args.config_cls, args)
+        C.check_io(cfg)
+        return int(args.func(cfg) or 0)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         # Expected user errors (bad names, paths, checkpoints, a missing extra) read best without a traceback.
         print(f"dabnet {args.command}: error: {user_message(e)}", file=sys.stderr)

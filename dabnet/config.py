@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -130,6 +131,59 @@ class TrainConfig:
         check_device(self.device)
 
 
+def _input_paths(value: Any) -> List[Path]:
+    """The paths an input option names: files, folders, glob matches, bundled weights' files."""
+    import glob
+
+    from .checkpoint import resolve_checkpoint
+
+    paths = []
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if not isinstance(item, str) or not item:
+            continue
+        if Path(item).exists():
+            paths.append(Path(item))
+        elif any(c in item for c in "*?["):
+            paths += [Path(p) for p in glob.glob(item)]
+        else:
+            try:
+                paths.append(resolve_checkpoint(item))  # a bundled name; anything else names no file
+            except FileNotFoundError:
+                pass
+    return [p for p in paths if p.exists()]
+
+
+# What a dataset or a folder of images holds: an output file of these kinds inside an input folder is refused.
+_READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".yaml", ".yml", ".json", ".txt")
+
+
+def check_io(cfg: Any) -> None:
+    """No output of a command lands on what it reads: an output file is never one of its input files, nor an
+    existing image, mask or dataset file inside an input folder; an output folder and an input never hold one another. Every
+    command's output options go through here (their fields say io="out" or "out_dir"), before any work."""
+    from .files import OutputError
+
+    inputs: List[Tuple[str, Path]] = []
+    outputs: List[Tuple[str, Path, str]] = []
+    for f in dataclasses.fields(cfg):
+        io, value = f.metadata.get("io"), getattr(cfg, f.name)
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        if io == "in":
+            inputs += [(flag, p.resolve()) for p in _input_paths(value)]
+        elif io in ("out", "out_dir") and value:
+            outputs.append((flag, Path(value).resolve(), io))
+    for flag, out, io in outputs:
+        for what, p in inputs:
+            if io == "out" and out.exists() and out.is_file() and (p == out or (p.is_file() and os.path.samefile(p, out))):
+                raise OutputError(f"{flag} {out} is also read by this command ({what}): it would be overwritten; choose another {flag}")
+            if io == "out" and out.exists() and p.is_dir() and p in out.parents and out.suffix.lower() in _READ_SUFFIXES:
+                raise OutputError(f"{flag} {out} is a file inside {p} ({what}), which this command reads: it would be "
+                                  f"overwritten; choose another {flag}")  # fmt: skip
+            if io == "out_dir" and (p == out or out in p.parents or (p.is_dir() and p in out.parents)):
+                raise OutputError(f"{flag} {out} and {p} ({what}), which this command reads, hold one another: its "
+                                  f"outputs could overwrite or mix with what it reads; choose a folder apart for {flag}")  # fmt: skip
+
+
 def config_names() -> List[str]:
     """Names of the configs shipped in dabnet/configs."""
     folder = resources.files("dabnet") / "configs"
@@ -151,7 +205,9 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 def option(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any = None, **cli: Any) -> Any:
     """A config field whose metadata carries its command-line help and, in `cli`, argparse details:
-    choices, positional, required, nargs, type, metavar, flag (another option name), hidden (no flag).
+    choices, positional, required, nargs, type, metavar, flag (another option name), hidden (no flag); and
+    io: "in" (a file or folder the command reads), "out" (a file it writes), "out_dir" (a folder it fills),
+    which `check_io` holds against each other before the command runs.
     `help` and `choices` may be functions, called when a parser is built (registries that grow at run time)."""
     meta = {"help": help, **cli}
     if factory is not None:
@@ -213,9 +269,9 @@ def check_choice(option: str, value: Any, choices) -> None:
 class EvalConfig:
     """mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset split."""
 
-    checkpoint: str = option("", "checkpoint, bundled name or official DABNet checkpoint", required=True)
+    checkpoint: str = option("", "checkpoint, bundled name or official DABNet checkpoint", required=True, io="in")
     dataset: str = option("camvid", "dataset kind", choices=DATASET_CHOICES)
-    data_root: str = option("../shared/data/camvid", "dataset root (for 'folder': the dataset YAML)")
+    data_root: str = option("../shared/data/camvid", "dataset root (for 'folder': the dataset YAML)", io="in")
     split: str = option("val", "split to evaluate")
     sequences: List[str] = option(help="only frames whose file names start with these (whole drives, e.g. 0006R0)",
                                   factory=list, metavar="PREFIX")  # fmt: skip
@@ -228,7 +284,7 @@ class EvalConfig:
     backend: str = option("auto", backend_help, choices=backend_names)
     precision: str = option("fp32", "fp32, bf16/fp16 autocast, or int8 with the openvino backend (auto chooses its own)",
                             choices=PRECISIONS)  # fmt: skip
-    json: Optional[str] = option(None, "write miou, per_class_iou, pixel_acc, images to this file", metavar="FILE")
+    json: Optional[str] = option(None, "write miou, per_class_iou, pixel_acc, images to this file", metavar="FILE", io="out")
     confusion_png: Optional[str] = option(None, "draw the confusion matrix to this PNG", metavar="FILE")
 
     def __post_init__(self) -> None:
@@ -244,11 +300,11 @@ class EvalConfig:
 class TrainCommand:
     """Train a network (the paper's recipes ship as configs); every TrainConfig option can be --set."""
 
-    config: str = option("", "YAML path or shipped config name: " + ", ".join(config_names()), required=True)
+    config: str = option("", "YAML path or shipped config name: " + ", ".join(config_names()), required=True, io="in")
     set: List[str] = option(help="override any config option (repeatable)", factory=list, nargs=None, action="append",
                             metavar="KEY=VALUE")  # fmt: skip
     out: Optional[str] = option(None, "run folder (default: the config's `out`)")
-    resume: Optional[str] = option(None, "resume from this checkpoint (default: OUT/last.pth when present)", metavar="CKPT")
+    resume: Optional[str] = option(None, "resume from this checkpoint (default: OUT/last.pth when present)", metavar="CKPT", io="in")
     restart: bool = option(False, "ignore OUT/last.pth and start from scratch", flag_only=True)
 
 
@@ -257,8 +313,8 @@ class AverageConfig:
     """Average the weights of checkpoints of one network (e.g. a run's last epochs) into one checkpoint."""
 
     checkpoints: List[str] = option(help="two or more checkpoints, e.g. runs/camvid/epoch_02*.pth", factory=list,
-                                    positional=True, nargs="+")  # fmt: skip
-    out: str = option("averaged.pth", "where to write the averaged checkpoint")
+                                    positional=True, nargs="+", io="in")  # fmt: skip
+    out: str = option("averaged.pth", "where to write the averaged checkpoint", io="out")
 
     def __post_init__(self) -> None:
         require(len(self.checkpoints) >= 2, "checkpoints", self.checkpoints, "two or more checkpoint files")
@@ -294,7 +350,7 @@ class DescribeConfig:
 class DemoConfig:
     """Segment the bundled street frames, write pictures and report the FPS."""
 
-    checkpoint: Optional[str] = option(None, "weights to use (default: the bundled dabnet-camvid)")
+    checkpoint: Optional[str] = option(None, "weights to use (default: the bundled dabnet-camvid)", io="in")
     out: str = option("dabnet-demo", "output folder")
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
     backend: str = option("auto", backend_help, choices=backend_names)
@@ -310,8 +366,8 @@ class PredictConfig:
     """Segment images, folders, globs, videos or a webcam."""
 
     inputs: List[str] = option(help="image files, folders, globs ('data/*.jpg'), videos, or a webcam index",
-                               factory=list, positional=True, nargs="+")  # fmt: skip
-    checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name")
+                               factory=list, positional=True, nargs="+", io="in")  # fmt: skip
+    checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name", io="in")
     out: str = option("predictions", "output folder")
     format: str = option("default", "cityscapes: labelId PNGs for the benchmark server instead of label/colour/overlay",
                          choices=["default", "cityscapes"])  # fmt: skip
@@ -343,9 +399,9 @@ class PredictConfig:
 class ExportConfig:
     """Export to ONNX or OpenVINO IR (dynamic H, W) or TorchScript, checked against PyTorch."""
 
-    checkpoint: str = option("", "checkpoint or bundled name", required=True)
+    checkpoint: str = option("", "checkpoint or bundled name", required=True, io="in")
     format: str = option("onnx", "file format", choices=export_formats, required=True)
-    out: str = option("", "output file (openvino: NAME.xml, written with NAME.bin)", required=True)
+    out: str = option("", "output file (openvino: NAME.xml, written with NAME.bin)", required=True, io="out")
 
     def __post_init__(self) -> None:
         check_choice("format", self.format, export_formats())
@@ -368,12 +424,12 @@ class BenchConfig:
     batch: int = option(1, "images per forward pass (the paper: 1); FPS count images")
     device: str = option("cpu", "cpu, cuda or cuda:N")
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
-    checkpoint: Optional[str] = option(None, "time these weights instead of fresh models")
+    checkpoint: Optional[str] = option(None, "time these weights instead of fresh models", io="in")
     no_paper_protocol: bool = option(False, "skip the eager runs without no_grad", flag_only=True)
     labels: bool = option(False, "also time each backend up to the label map (arg-max included), what predict does",
                           flag_only=True)  # fmt: skip
-    json: Optional[str] = option(None, "write the rows as JSON", metavar="FILE")
-    plot: Optional[str] = option(None, "plot FPS against parameters", metavar="PNG")
+    json: Optional[str] = option(None, "write the rows as JSON", metavar="FILE", io="out")
+    plot: Optional[str] = option(None, "plot FPS against parameters", metavar="PNG", io="out")
     scale: float = option(1.0, "frames of each size are resized by this factor before the network: the network is "
                           "timed at the resized size")  # fmt: skip
 
@@ -398,7 +454,7 @@ class BenchConfig:
 class ServeConfig:
     """HTTP API and web page for segmentation."""
 
-    checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name")
+    checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name", io="in")
     backend: str = option("auto", backend_help, choices=backend_names)
     host: str = option("127.0.0.1", "address to bind (default: this machine only)")
     port: int = option(8000, "TCP port")
@@ -450,8 +506,8 @@ class DataStatsConfig:
 class DataPackConfig:
     """Compact CamVid copy (JPEG frames + PNG labels) to carry to a GPU machine."""
 
-    root: str = option("", "CamVid root (SegNet layout)", positional=True)
-    out: str = option("", "output folder, same layout (keep it git-ignored, e.g. data_packed/camvid)", positional=True)
+    root: str = option("", "CamVid root (SegNet layout)", positional=True, io="in")
+    out: str = option("", "output folder, same layout (keep it git-ignored, e.g. data_packed/camvid)", positional=True, io="out_dir")
     splits: List[str] = option(help="splits to pack", factory=lambda: ["train", "val"])
     quality: int = option(95, "JPEG quality (4:4:4 chroma)")
 
@@ -467,9 +523,9 @@ class DataImportConfig:
 
     format: str = option("coco", "the export's format", choices=list(IMPORTERS), positional=True)
     source: str = option("", "COCO: the JSON file; CVAT: the export folder (labelmap.txt); Labelme: the folder of .json files",
-                         positional=True)  # fmt: skip
-    images: str = option("", "folder holding the annotated images", required=True, metavar="DIR")
-    out: str = option("", "new dataset folder (images/, masks/, dataset.yaml)", required=True, metavar="DIR")
+                         positional=True, io="in")  # fmt: skip
+    images: str = option("", "folder holding the annotated images", required=True, metavar="DIR", io="in")
+    out: str = option("", "new dataset folder (images/, masks/, dataset.yaml)", required=True, metavar="DIR", io="out_dir")
     val_fraction: float = option(0.0, "share of the images (the last ones, in the export's order) put in a val split")
     classes: Optional[List[str]] = option(None, "Labelme: class names in id order (default: the labels, sorted)", nargs="+")
 

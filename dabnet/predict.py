@@ -64,16 +64,65 @@ def own_outputs(images: Sequence[Path], out: Path) -> List[Path]:
 
 
 def output_names(paths: Sequence[Path]) -> List[str]:
-    """Output stems that never collide: the file's stem when that is unique, else its path relative to the
+    """Output stems unique by construction: the file's stem when that is unique, else its path relative to the
     inputs' common folder (a/x.jpg and b/x.png -> a/x and b/x), with the suffix kept where even that is shared
-    (x.jpg and x.png in one folder -> x.jpg and x.png)."""
+    (x.jpg and x.png in one folder -> x.jpg and x.png), and a counter where a name is still taken (x.jpg.png's
+    stem is x.jpg: it becomes x.jpg~2)."""
     stems = [p.stem for p in paths]
     if len(set(stems)) == len(stems):
         return stems
     root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
     names = [str(p.resolve().with_suffix("").relative_to(root)) for p in paths]
     counts = Counter(names)
-    return [n + p.suffix if counts[n] > 1 else n for n, p in zip(names, paths)]
+    names = [n + p.suffix if counts[n] > 1 else n for n, p in zip(names, paths)]
+    taken: set = set()
+    unique = []
+    for n in names:
+        name, k = n, 1
+        while name in taken:
+            k += 1
+            name = f"{n}~{k}"
+        taken.add(name)
+        unique.append(name)
+    return unique
+
+
+MANIFEST = ".dabnet-predict.json"  # in OUT: every file predict has written there, in this run or an earlier one
+
+
+class OutputClaims:
+    """The files predict may write in OUT: new ones, and those it wrote before (listed in OUT/MANIFEST). A file
+    that exists and predict did not write (a ground truth beside its image, a user's own video) is never
+    replaced: the input that would write it is refused, and said so."""
+
+    def __init__(self, out: Path) -> None:
+        import json
+
+        self.out = out
+        self.path = out / MANIFEST
+        try:
+            self.ours = set(json.loads(self.path.read_text())) if self.path.is_file() else set()
+        except (ValueError, OSError):
+            self.ours = set()
+
+    def foreign(self, files: Sequence[str]) -> List[str]:
+        """Those of `files` (relative to OUT) that exist and are not predict's own."""
+        return [f for f in files if f not in self.ours and (self.out / f).exists()]
+
+    def claim(self, files: Sequence[str]) -> None:
+        """Record `files` as predict's before they are written (an interrupted run leaves no file unclaimed)."""
+        import json
+
+        new = set(files) - self.ours
+        if new:
+            self.ours |= new
+            with atomic_output(self.path, fsync=False) as tmp:
+                tmp.write_text(json.dumps(sorted(self.ours), indent=0))
+
+
+def output_files(stem: str, fmt: str, save: Sequence[str]) -> List[str]:
+    """The files write_outputs writes for `stem`, relative to OUT."""
+    return [f"{stem}.png"] if fmt == "cityscapes" else [f"{stem}_{kind}.png" for kind in OUTPUT_KINDS if kind in save]
 
 
 def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem: str, fmt: str = "default",
@@ -153,7 +202,15 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
         log(f"not segmenting {len(skip)} file(s) that are predict's own outputs (in {out}, or NAME_label/_color/_overlay)")
     paths = [p for p in paths if p not in skip]
     stems = dict(zip(paths, output_names(paths))) if paths else {}
-    done, failed, seconds, waited = 0, [], 0.0, [0.0]
+    claims = OutputClaims(out)
+    refused = {p: claims.foreign(output_files(stems[p], fmt, save)) for p in paths}
+    refused = {p: files for p, files in refused.items() if files}
+    for p, files in refused.items():
+        log(f"not segmenting {p}: {', '.join(str(out / f) for f in files)} exists and predict did not write it; "
+            "it is kept. Choose another --out")  # fmt: skip
+    paths = [p for p in paths if p not in refused]
+    claims.claim([f for p in paths for f in output_files(stems[p], fmt, save)])
+    done, failed, seconds, waited = 0, [str(p) for p in refused], 0.0, [0.0]
     bar = progress_bar(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
     pool = ThreadPoolExecutor(workers) if workers else None
     ahead = max(2, 2 * workers) * batch_size  # images decoded ahead of the network
@@ -254,9 +311,14 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
     from .progress import progress_bar
 
     webcam = isinstance(source, int)
-    cap, fps_in, total = open_video(source)
     name = name or (f"webcam{source}" if webcam else Path(source).stem)
     target = out / f"{name}_overlay.mp4"
+    claims = OutputClaims(out)
+    relative = str(target.relative_to(out))
+    if claims.foreign([relative]):
+        raise ImageReadError(f"{target} exists and predict did not write it; it is kept. Choose another --out")
+    claims.claim([relative])
+    cap, fps_in, total = open_video(source)
     frames, seconds = 0, 0.0
     bar = progress_bar(total=total or None, desc=name, unit="frame", dynamic_ncols=True)
     encoder = ThreadPoolExecutor(1) if workers else None  # one thread: frames must reach the file in order

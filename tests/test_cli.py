@@ -138,3 +138,58 @@ def test_predict_out_must_not_be_a_file(tmp_path, capsys):
     out.write_text("x")
     assert main(["predict", str(tmp_path), "--out", str(out)]) == 2
     assert "out=" in capsys.readouterr().err
+
+
+def _victim(tmp_path):
+    import dabnet
+    from dabnet.checkpoint import make_checkpoint
+
+    path = tmp_path / "victim.safetensors"
+    from dabnet.checkpoint import save_safetensors
+
+    save_safetensors(make_checkpoint(dabnet.create_model("dabnet", 11)), path)
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["eval", "--checkpoint", "{v}", "--data-root", "{d}", "--json", "{v}"],
+    ["bench", "--models", "dabnet", "--sizes", "64x96", "--frames", "1", "--checkpoint", "{v}", "--json", "{v}"],
+    ["bench", "--models", "dabnet", "--sizes", "64x96", "--frames", "1", "--checkpoint", "{v}", "--plot", "{v}"],
+    ["average", "{v}", "{w}", "--out", "{w}"],
+    ["export", "--checkpoint", "{v}", "--format", "onnx", "--out", "{v}"],
+    ["eval", "--checkpoint", "{v}", "--data-root", "{d}", "--json", "{d}/train/a.png"],
+    ["data", "import", "coco", "{d}/x.json", "--images", "{d}", "--out", "{d}"],
+    ["data", "import", "coco", "{d}/x.json", "--images", "{d}/train", "--out", "{d}"],
+    ["data", "pack", "{d}", "{d}/train"],
+])  # fmt: skip
+def test_no_command_writes_over_what_it_reads(argv, tmp_path, capsys):
+    victim = _victim(tmp_path)
+    other = tmp_path / "w.safetensors"
+    other.write_bytes(victim.read_bytes())
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "a.png").write_bytes(b"an image")
+    (data / "x.json").write_text("{}")
+    before = {p: p.read_bytes() for p in [victim, other, data / "train" / "a.png", data / "x.json"]}
+    args = [a.format(v=victim, w=other, d=data) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "which this command reads" in err or "is also read by this command" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_every_output_option_goes_through_the_io_check():
+    """A field named like an output (out, json, plot) declares what it is, so check_io sees it."""
+    import dataclasses
+
+    from dabnet.cli import COMMANDS, DATA_COMMANDS
+
+    unmarked = []
+    for name, (cls, _) in {**COMMANDS, **{f"data {k}": v for k, v in DATA_COMMANDS.items()}}.items():
+        for f in dataclasses.fields(cls):
+            if f.name in ("out", "json", "plot") and "bool" not in str(f.type) and "io" not in f.metadata:
+                unmarked.append(f"{name} {f.name}")
+    # predict's and demo's --out are folders of their own outputs: predict keeps every file it did not write
+    # (test_predict.py), the demo writes only into its own folder.
+    assert sorted(unmarked) == ["demo out", "predict out", "train out"]

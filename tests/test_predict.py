@@ -357,3 +357,61 @@ def test_inference_scale_on_the_command_line(ckpt, images, tmp_path):
         assert main(["predict", "--checkpoint", str(ckpt), str(images), "--out", str(out), "--scale", bad]) == 2
     with pytest.raises(ValueError, match="scale"):
         Segmenter.from_checkpoint(ckpt, backend="eager", log=None, scale=0.0)
+
+
+def test_predict_never_replaces_a_file_it_did_not_write(ckpt, tmp_path, capsys):
+    """The demo's layout: NAME.jpg beside its ground truth NAME_label.png. Predicting the folder into itself keeps
+    the ground truth, refuses that image, says so, and still writes the others; a second run replaces only what
+    the first one wrote."""
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"{name}.jpg")
+    truth = np.full((40, 56), 3, np.uint8)
+    Image.fromarray(truth).save(folder / "a_label.png")
+    args = ["predict", "--checkpoint", str(ckpt), str(folder), "--out", str(folder), "--backend", "eager"]
+    assert main(args) == 1
+    assert np.array_equal(np.asarray(Image.open(folder / "a_label.png")), truth)
+    assert (folder / "b_label.png").exists() and not (folder / "a_overlay.png").exists()
+    said = capsys.readouterr()
+    assert "a_label.png exists and predict did not write it" in said.out + said.err
+    first = (folder / "b_label.png").stat().st_mtime_ns
+    assert main(args) == 1  # a still refused; b's outputs are predict's own and are written again
+    assert (folder / "b_label.png").stat().st_mtime_ns >= first
+    assert np.array_equal(np.asarray(Image.open(folder / "a_label.png")), truth)
+
+
+def test_a_users_video_beside_its_source_is_kept(ckpt, tmp_path, capsys):
+    pytest.importorskip("cv2")
+    from dabnet.image_io import VideoWriter
+
+    folder = tmp_path / "v"
+    folder.mkdir()
+    writer = VideoWriter(folder / "x.mp4", 5.0, folder / "x.mp4")
+    for i in range(3):
+        writer.write(np.full((32, 48, 3), 40 * i, np.uint8))
+    writer.close()
+    mine = folder / "x_overlay.mp4"
+    mine.write_bytes(b"my own edit")
+    assert main(["predict", "--checkpoint", str(ckpt), str(folder / "x.mp4"), "--out", str(folder), "--backend", "eager"]) == 1
+    assert mine.read_bytes() == b"my own edit"
+    said = capsys.readouterr()
+    assert "x_overlay.mp4 exists and predict did not write it" in said.out + said.err
+
+
+def test_output_names_are_unique_even_where_stems_and_suffixes_collide(tmp_path):
+    from dabnet.predict import output_names
+
+    paths = [tmp_path / n for n in ("x.png", "x.jpg", "x.jpg.png", "y.png")]
+    names = output_names(paths)
+    assert len(set(names)) == 4 and names[3] == "y"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n in ("x.png", "x.jpg", "x.jpg.png"):
+        Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(folder / n, format="PNG")
+    from dabnet.predict import predict_images
+
+    seg = Segmenter.for_model(dabnet.create_model("dabnet", 11))
+    result = predict_images(seg, sorted(folder.iterdir()), tmp_path / "out", save=["label"], log=lambda *a: None)
+    assert result["images"] == 3 and len(list((tmp_path / "out").glob("*_label.png"))) == 3
