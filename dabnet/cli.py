@@ -227,15 +227,14 @@ def _data_pack(cfg: C.DataPackConfig) -> int:
 
 def _data_import(cfg: C.DataImportConfig) -> int:
     from .data.check import check_dataset, format_report, is_clean
-    from .data.importers import import_annotations
+    from .data.importers import finetune_command, import_annotations
 
-    res = import_annotations(cfg.format, cfg.source, cfg.images, cfg.out, cfg.val_fraction, cfg.classes)
+    res = import_annotations(cfg.format, cfg.source, cfg.images, cfg.out, cfg.val_fraction, cfg.classes, cfg.overwrite)
     print(f"imported {res['images']} image(s), {len(res['classes'])} classes ({', '.join(res['classes'])}) -> {res['yaml']}")
     reports = check_dataset("folder", res["yaml"], progress=False)  # what training will read, checked now
     print(format_report(reports))
     clean = is_clean(reports)
-    print(f"dataset is clean; train on it with: dabnet train --config finetune --set data_root={res['yaml']}"
-          if clean else "dataset has problems (see PROBLEM lines above)")  # fmt: skip
+    print(f"dataset is clean; train on it with: {finetune_command(res, cfg.out)}" if clean else "dataset has problems (see PROBLEM lines above)")
     return 0 if clean else 1
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
 
@@ -32,7 +33,7 @@ class TrainConfig:
     dataset: str = "camvid"
     data_root: str = "../shared/data/camvid"
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: Optional[str] = "val"  # None: no in-sequence validation
     # Whole sequences (file-name prefixes, e.g. CamVid's 0006R0) taken out of train_split and validated
     # on: a drive never trained on, the honest proxy for a test set of new drives. When set, best.pth
     # is selected on them; val_split is then in-sequence validation (the held-out drives leave it too).
@@ -96,8 +97,11 @@ class TrainConfig:
         """Every option checked before any data is read; errors name the option and what is valid."""
         from .models import list_models
 
+        check_field_types(self)
         check_choice("dataset", self.dataset, DATASET_CHOICES)
         check_choice("model", self.model, list_models())
+        if self.model_kwargs:
+            _check_model_kwargs(self.model, self.model_kwargs)
         check_choice("optimizer", self.optimizer, ["adam", "adamw", "sgd"])
         check_choice("loss", self.loss, ["ce", "ohem"])
         check_choice("class_weights", self.class_weights, ["enet", "median", "none"])
@@ -216,6 +220,62 @@ def option(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any =
 
 
 DATASET_CHOICES = list(DATASETS)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value is of its field's declared type (ints count as floats, bools as neither)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is Union:
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, List, tuple, Sequence):
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
+    if origin in (dict, Dict):
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any, plural: bool = False) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return " or ".join(_type_name(a, plural) for a in args)
+    if origin in (list, List):
+        return f"a list of {_type_name(args[0], True) if args else 'values'}"
+    if origin in (dict, Dict):
+        return "a mapping of names to values"
+    names = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
+             bool: ("true or false", "true/false values"), type(None): ("null", "nulls")}  # fmt: skip
+    return names[hint][plural] if hint in names else str(hint)
+
+
+def _check_model_kwargs(model: str, kwargs: Dict[str, Any]) -> None:
+    """The network builds with these arguments (on the meta device: no memory, no time)."""
+    import torch
+
+    from .models import create_model
+
+    try:
+        with torch.device("meta"):
+            create_model(model, 2, **kwargs)
+    except (TypeError, ValueError, KeyError, IndexError, AssertionError) as e:
+        raise ConfigError(f"model_kwargs={kwargs!r} is not valid for {model}: {e}") from None
+
+
+def check_field_types(obj: Any) -> None:
+    """Every field of a config dataclass holds a value of its declared type; a ConfigError naming the first that
+    does not (YAML and --set can put a list where a number belongs)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not _matches(value, hints[f.name]):
+            raise ConfigError(f"{f.name}={value!r} is not valid: {_type_name(hints[f.name])}")
 
 
 def require(ok: bool, option: str, value: Any, valid: str) -> None:
@@ -528,6 +588,7 @@ class DataImportConfig:
     out: str = option("", "new dataset folder (images/, masks/, dataset.yaml)", required=True, metavar="DIR", io="out_dir")
     val_fraction: float = option(0.0, "share of the images (the last ones, in the export's order) put in a val split")
     classes: Optional[List[str]] = option(None, "Labelme: class names in id order (default: the labels, sorted)", nargs="+")
+    overwrite: bool = option(False, "replace an existing --out folder whole (default: refuse a non-empty one)", flag_only=True)
 
     def __post_init__(self) -> None:
         check_choice("format", self.format, list(IMPORTERS))
@@ -559,13 +620,16 @@ def _coerce(cls: Type[T], key: str, value: Any) -> Any:
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{key} expects true or false, got {value!r}")
+        raise ConfigError(f"{key}={value!r} is not valid: true or false")
     if isinstance(default, (list, dict)) or default is None or value.startswith(("[", "{")):
-        return yaml.safe_load(value)
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}={value!r} is not valid: it does not read as YAML ({str(e).splitlines()[0]})") from None
     try:
         return type(default)(value) if not isinstance(default, float) else float(value)
     except ValueError:
-        raise ConfigError(f"{key} expects a {type(default).__name__}, got {value!r}") from None
+        raise ConfigError(f"{key}={value!r} is not valid: {_type_name(typing.get_type_hints(cls)[key])}") from None
 
 
 # Options renamed since; old configs, commands and run folders keep working: old name -> (new name, value map).

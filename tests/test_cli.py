@@ -106,7 +106,7 @@ def test_serve_backend_default_is_the_same_everywhere():
 
 BAD_OPTIONS = [  # issue 14, row 7: each one line naming the option and what is valid, before any data is read
     (["train", "--config", "camvid", "--set", "batch_size=0"], "batch_size=0 is not valid: an integer >= 1"),
-    (["train", "--config", "camvid", "--set", "crop_size=128"], "crop_size=128 is not valid: [HEIGHT, WIDTH]"),
+    (["train", "--config", "camvid", "--set", "crop_size=128"], "crop_size=128 is not valid: a list of integers"),
     (["train", "--config", "camvid", "--set", "epochs=0"], "epochs=0 is not valid"),
     (["train", "--config", "camvid", "--set", "lr=-0.01"], "lr=-0.01 is not valid: a positive number"),
     (["train", "--config", "camvid", "--set", "workers=-1"], "workers=-1 is not valid: an integer >= 0"),

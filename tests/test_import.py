@@ -148,3 +148,200 @@ def test_from_an_annotation_tool_to_a_fine_tuned_model_in_four_commands(tmp_path
                  "--out", str(tmp_path / "pred"), "--backend", "eager"]) == 0  # fmt: skip
     label = np.asarray(Image.open(tmp_path / "pred" / "f0_label.png"))
     assert label.shape == (H, W) and label.max() <= 2
+
+
+# ----------------------------------------------------------------------------- round 3 of bad input (issue 40)
+
+
+def _coco_doc(images, annotations, categories=({"id": 1, "name": "road"},)):
+    return {"images": list(images), "annotations": list(annotations), "categories": list(categories)}
+
+
+def _square(image_id, cat=1, x=0):
+    return {"id": image_id * 10 + x, "image_id": image_id, "category_id": cat, "segmentation": [[x, 0, x + 10, 0, x + 10, 10, x, 10]]}
+
+
+def test_images_of_one_stem_or_one_name_in_two_folders_stay_apart(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    (imgs / "cam1").mkdir(parents=True)
+    (imgs / "cam2").mkdir()
+    for i, name in enumerate(["s1.png", "s1.jpg", "cam1/0001.jpg", "cam2/0001.jpg"]):
+        Image.fromarray(np.full((H, W, 3), 30 * i, np.uint8)).save(imgs / name)
+    recs = [{"id": i + 1, "file_name": n, "height": H, "width": W} for i, n in enumerate(["s1.png", "s1.jpg", "cam1/0001.jpg", "cam2/0001.jpg"])]
+    src = tmp_path / "c.json"
+    src.write_text(json.dumps(_coco_doc(recs, [_square(i + 1, x=10 * i) for i in range(4)])))
+    res = import_annotations("coco", src, imgs, tmp_path / "out")
+    assert res["images"] == {"train": 4}
+    ds = build_dataset("folder", tmp_path / "out" / "dataset.yaml", "train")
+    assert len(ds) == 4
+    for i in range(4):  # each image is paired with its own mask: the square at x = 10 * (record index)
+        image, mask = ds.load_pair(i)
+        k = int(round(int(image[0, 0, 0]) / 30))  # JPEG may move a flat colour by a level or two
+        assert [mask[5, 10 * j + 5] == 0 for j in range(4)] == [j == k for j in range(4)]
+
+
+def test_an_existing_out_is_refused_unless_overwrite_replaces_it_whole(tmp_path, capsys):
+    export = _cvat(tmp_path)
+    out = tmp_path / "out"
+    args = ["data", "import", "cvat", str(export), "--images", str(tmp_path / "imgs"), "--out", str(out)]
+    assert main(args) == 0
+    (out / "images" / "train" / "stray.png").write_bytes((out / "images" / "train" / "f0.png").read_bytes())
+    assert main(args) == 2
+    assert "exists and is not empty" in capsys.readouterr().err and (out / "images" / "train" / "stray.png").exists()
+    (export / "SegmentationClass" / "f2.png").unlink()
+    assert main(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "images" / "train").iterdir()) == ["f0.png", "f1.png"]
+
+
+def test_declared_sizes_are_checked_against_the_image_before_any_mask_is_made(tmp_path):
+    imgs = _images(tmp_path / "imgs", ["a.png"])
+    for h, w in [(30000, 30000), (200000, 200000), (H + 1, W)]:
+        src = tmp_path / "c.json"
+        src.write_text(json.dumps(_coco_doc([{"id": 1, "file_name": "a.png", "height": h, "width": w}], [_square(1)])))
+        with pytest.raises(DatasetError, match=f"declares {w}x{h}, but .*a.png is {W}x{H}"):
+            import_annotations("coco", src, imgs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing half-made
+
+
+def test_records_without_a_size_take_the_images(tmp_path):
+    imgs = _images(tmp_path / "imgs", ["a.png"])
+    src = tmp_path / "c.json"
+    src.write_text(json.dumps(_coco_doc([{"id": 1, "file_name": "a.png"}], [{**_square(1), "segmentation": [0, 0, 10, 0, 10, 10, 0, 10]}])))
+    import_annotations("coco", src, imgs, tmp_path / "out")  # a flat polygon list is one polygon
+    assert _mask(tmp_path / "out", "train", "a")[5, 5] == 0
+
+
+@pytest.mark.parametrize("name", ["../secret.png", "/etc/secret.png"])
+def test_paths_that_leave_images_are_never_read_outside(tmp_path, name):
+    imgs = _images(tmp_path / "imgs", ["a.png"])
+    Image.fromarray(np.full((H, W, 3), 99, np.uint8)).save(tmp_path / "secret.png")
+    src = tmp_path / "c.json"
+    src.write_text(json.dumps(_coco_doc([{"id": 1, "file_name": name, "height": H, "width": W}], [_square(1)])))
+    with pytest.raises(DatasetError, match="no such image is in"):
+        import_annotations("coco", src, imgs, tmp_path / "out")
+
+
+def test_a_labelme_file_saved_on_windows_finds_its_image(tmp_path):
+    imgs = _images(tmp_path / "images", ["f0.jpg"])
+    src = tmp_path / "lm"
+    src.mkdir()
+    shape = {"label": "road", "points": [[0, 0], [20, 0], [20, 20]], "shape_type": "polygon"}
+    (src / "f0.json").write_text(json.dumps({"shapes": [shape], "imagePath": "..\\images\\f0.jpg"}))
+    assert import_annotations("labelme", src, imgs, tmp_path / "out")["images"] == {"train": 1}
+
+
+def test_labelme_masks_and_four_point_rectangles_are_drawn_lines_and_points_skipped_and_said(tmp_path, capsys):
+    import base64
+    import io
+
+    imgs = _images(tmp_path / "imgs", ["x.jpg"])
+    box = np.zeros((6, 8), np.uint8)
+    box[1:5, 2:6] = 255
+    buf = io.BytesIO()
+    Image.fromarray(box).save(buf, format="PNG")
+    shapes = [
+        {"label": "mask", "shape_type": "mask", "points": [[30, 20], [37, 25]], "mask": base64.b64encode(buf.getvalue()).decode()},
+        {"label": "rect", "shape_type": "rectangle", "points": [[0, 0], [10, 0], [10, 10], [0, 10]]},
+        {"label": "wire", "shape_type": "line", "points": [[0, 30], [50, 30]]},
+        {"label": "spot", "shape_type": "point", "points": [[5, 35]]},
+    ]
+    src = tmp_path / "lm"
+    src.mkdir()
+    (src / "x.json").write_text(json.dumps({"shapes": shapes, "imagePath": "x.jpg"}))
+    logs = []
+    res = import_annotations("labelme", src, imgs, tmp_path / "out", log=logs.append)
+    names = res["classes"]
+    m = _mask(tmp_path / "out", "train", "x")
+    assert m[22, 34] == names.index("mask") and m[20, 30] == IGNORE_INDEX  # the mask's own pixels, not its box
+    assert m[5, 5] == names.index("rect")
+    assert any("shape 2 ('wire') skipped: a line has no area" in s for s in logs)
+    assert any("shape 3 ('spot') skipped: a point has no area" in s for s in logs)
+
+
+def test_data_check_fails_an_image_whose_mask_is_all_ignore(tmp_path, capsys):
+    imgs = _images(tmp_path / "imgs", ["x.jpg", "y.jpg"])
+    src = tmp_path / "lm"
+    src.mkdir()
+    (src / "x.json").write_text(json.dumps({"shapes": [{"label": "wire", "shape_type": "line", "points": [[0, 1], [9, 1]]}], "imagePath": "x.jpg"}))
+    (src / "y.json").write_text(json.dumps({"shapes": [{"label": "road", "points": [[0, 0], [20, 0], [20, 20]]}], "imagePath": "y.jpg"}))
+    assert main(["data", "import", "labelme", str(src), "--images", str(imgs), "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "x.png is ignore everywhere" in out and "dataset has problems" in out
+
+
+@pytest.mark.parametrize("val_fraction, train, val", [("0", 3, 0), ("0.34", 2, 1), ("0.9", 1, 2)])
+def test_the_printed_finetune_command_works_as_printed(tmp_path, capsys, val_fraction, train, val):
+    import shlex
+    import subprocess
+    import sys
+
+    export = _cvat(tmp_path)
+    out = tmp_path / "mine"
+    assert main(["data", "import", "cvat", str(export), "--images", str(tmp_path / "imgs"), "--out", str(out),
+                 "--val-fraction", val_fraction]) == 0  # fmt: skip
+    spec = yaml.safe_load((out / "dataset.yaml").read_text())
+    assert {s: len(list((out / "images" / s).iterdir())) for s in spec["splits"]} == {"train": train, **({"val": val} if val else {})}
+    printed = capsys.readouterr().out.split("train on it with: ")[1].strip()
+    argv = shlex.split(printed)
+    assert argv[:4] == ["dabnet", "train", "--config", "finetune"]
+    # Run as printed, stopped by Ctrl-C once its first epoch is saved: the command starts and trains.
+    proc = subprocess.Popen([sys.executable, "-m", "dabnet", *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    import signal
+    import time
+
+    run = Path(argv[argv.index("--out") + 1])
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (run / "last.pth").exists():
+        time.sleep(0.5)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    text = proc.communicate(timeout=120)[0]
+    assert (run / "last.pth").exists(), text[-2000:]
+    assert "Traceback" not in text and "error" not in text.lower().replace("errors", ""), text[-2000:]
+
+
+FUZZ_VALUES = [None, 0, -1, 1e12, "", "x", [], {}, [1], [[1, 2]], {"a": 1}, True]
+
+
+@pytest.mark.parametrize("fmt", ["coco", "labelme"])
+def test_fuzzed_exports_import_or_fail_in_one_line(tmp_path, fmt):
+    """Every key of a valid export, deleted or set to values of other types: a correct import or a DatasetError."""
+    rng = np.random.default_rng(0)
+    imgs = _images(tmp_path / "imgs", ["a.png"])
+    if fmt == "coco":
+        valid = _coco_doc([{"id": 1, "file_name": "a.png", "height": H, "width": W}], [_square(1)])
+    else:
+        valid = {"shapes": [{"label": "road", "points": [[0, 0], [20, 0], [20, 20]], "shape_type": "polygon"}],
+                 "imagePath": "a.png", "imageHeight": H, "imageWidth": W}  # fmt: skip
+
+    def paths(node, prefix=()):
+        yield prefix
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from paths(v, prefix + (k,))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from paths(v, prefix + (i,))
+
+    targets = [p for p in paths(valid) if p]
+    outcomes = set()
+    for trial in range(120):
+        doc = json.loads(json.dumps(valid))
+        path = targets[rng.integers(len(targets))]
+        parent = doc
+        for k in path[:-1]:
+            parent = parent[k]
+        if rng.random() < 0.3 and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = FUZZ_VALUES[rng.integers(len(FUZZ_VALUES))]
+        src = tmp_path / f"t{trial}.json" if fmt == "coco" else tmp_path / f"t{trial}" / "a.json"
+        src.parent.mkdir(exist_ok=True)
+        src.write_text(json.dumps(doc))
+        try:
+            import_annotations(fmt, src if fmt == "coco" else src.parent, imgs, tmp_path / f"o{trial}")
+            outcomes.add("imported")
+        except DatasetError as e:
+            assert "\n" not in str(e), str(e)
+            outcomes.add("error")
+    assert outcomes == {"imported", "error"}

@@ -122,7 +122,7 @@ def test_overrides_and_unknown_keys(tmp_path):
     old_yaml = tmp_path / "old.yaml"
     old_yaml.write_text("amp: none\nepochs: 3\n")
     assert build_config(TrainConfig, str(old_yaml)).precision == "fp32"
-    with pytest.raises(ConfigError, match="expects true or false"):
+    with pytest.raises(ConfigError, match="is not valid: true or false"):
         build_config(TrainConfig, "camvid", ["flip=maybe"])
     with pytest.raises(ConfigError, match="not found"):
         build_config(TrainConfig, "no_such_config")
@@ -559,3 +559,31 @@ T.train(cfg, log=lambda *a: None)
 """
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "KeyError: 'injected'" in res.stderr
+
+
+@pytest.mark.parametrize("setting", ["weight_decay=[1]", "betas=5", "mean=5", "train_split=[a]", "model_kwargs={foo: 1}",
+                                     "model_kwargs={block_2: x}", "holdout=5", "scales=[a]", "ema=[1]", "epochs=1.5"])  # fmt: skip
+def test_settings_of_the_wrong_type_are_one_line_errors(setting, tmp_path, capsys):
+    from dabnet.cli import main
+
+    assert main(["train", "--config", "camvid", "--out", str(tmp_path / "run"), "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dabnet train: error: {setting.split('=')[0]}=") and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_fuzzed_settings_give_a_config_or_a_config_error():
+    """Every field set to values of every other kind, as YAML or --set gives them: a TrainConfig or a ConfigError."""
+    import dataclasses
+
+    values = ["1", "0", "-1", "2.5", "true", "null", "[]", "[1]", "[a]", "[a", "{}", "{a: 1}", "x", "[1, 2]", "nan", "inf"]
+    outcomes = set()
+    for f in dataclasses.fields(TrainConfig):
+        for v in values:
+            try:
+                build_config(TrainConfig, "camvid", **{f.name: v})
+                outcomes.add("config")
+            except ConfigError as e:
+                assert "\n" not in str(e), (f.name, v, str(e))
+                outcomes.add("error")
+    assert outcomes == {"config", "error"}

@@ -50,9 +50,13 @@ def check_split(name: str, root: str, split: str, progress: bool = True) -> Spli
         indices = progress_bar(indices, desc=f"checking {name}:{split}", unit="img", leave=False)
     for i in indices:
         try:
-            acc.add(*ds.load_pair(i))
+            image, mask = ds.load_pair(i)
         except DatasetError as e:
             report.problems.append(str(e))
+            continue
+        if mask.size and (mask == ds.ignore_index).all():
+            report.problems.append(f"mask {ds.pairs[i][1]} is ignore everywhere: no pixel of it can teach; annotate it or remove the pair")
+        acc.add(image, mask)
     report.stats = acc.result() if acc.images else None
     return report
 
