@@ -3,6 +3,7 @@ loaded back by that runtime and checked against PyTorch at two sizes; a file tha
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -25,23 +26,36 @@ class ExportError(ValueError):
 
 def export_model(model: nn.Module, fmt: str, path: PathLike, check: bool = True) -> Dict[str, Any]:
     """Write `model` (eval mode) as `fmt` and check it with its runtime at a padding-free and an odd size
-    (`check=False` only for timing untrained networks, whose huge logits make the check moot)."""
+    (`check=False` only for timing untrained networks, whose huge logits make the check moot). Every file is
+    written and checked in a temporary folder beside `path`, then renamed into place: an export that fails, or
+    is interrupted, leaves the files already at `path` as they were."""
+    import shutil
+    import tempfile
+
     runtime = runtime_for_export(fmt)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.exporting-", dir=path.parent))
     try:
-        runtime.export(model.eval(), path)
-    except ValueError as e:  # a network the format cannot hold: the runtime says which format can
-        raise ExportError(str(e)) from e
-    if not check:
-        return {"path": str(path), "format": fmt, "max_abs_error": None, "checked_sizes": []}
-    written = runtime.export_files(path)
-    try:
-        return _check_runner(model, runtime.load(path, "fp32"), path, fmt, written)
-    except ExportError:
-        raise
-    except Exception as e:  # the exported file fails to load or to run: nothing is kept
-        _remove(written)
-        raise ExportError(f"the {fmt} export of {model.model_name} fails when run ({type(e).__name__}: {e}); nothing was kept at {path}") from e
+        tmp = work / path.name  # same names as the final files: an IR's .xml finds its .bin by stem
+        try:
+            runtime.export(model.eval(), tmp)
+        except ValueError as e:  # a network the format cannot hold: the runtime says which format can
+            raise ExportError(str(e)) from e
+        result = {"path": str(path), "format": fmt, "max_abs_error": None, "checked_sizes": []}
+        if check:
+            try:
+                result = _check_runner(model, runtime.load(tmp, "fp32"), path, fmt)
+            except ExportError:
+                raise
+            except Exception as e:  # the exported file fails to load or to run: nothing is kept
+                raise ExportError(f"the {fmt} export of {model.model_name} fails when run ({type(e).__name__}: {e}); "
+                                  f"nothing was written at {path}") from e  # fmt: skip
+        for f in runtime.export_files(tmp):
+            os.replace(f, path.parent / f.name)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def export_onnx(model: nn.Module, path: PathLike, check: bool = True) -> Dict[str, Any]:
@@ -59,12 +73,7 @@ def export_openvino(model: nn.Module, path: PathLike) -> Dict[str, Any]:
     return export_model(model, "openvino", path)
 
 
-def _remove(paths) -> None:
-    for p in paths:
-        Path(p).unlink(missing_ok=True)
-
-
-def _check_runner(model: nn.Module, runner, path: Path, fmt: str, written) -> Dict[str, Any]:
+def _check_runner(model: nn.Module, runner, path: Path, fmt: str) -> Dict[str, Any]:
     """Compare an exported file's runner with PyTorch at a padding-free and an odd size."""
     sizes = export_sizes(model)
     errors, scale, agreement = [], 0.0, 1.0
@@ -79,7 +88,7 @@ def _check_runner(model: nn.Module, runner, path: Path, fmt: str, written) -> Di
     # Max-unpooling puts each value where its pooling window's maximum was: two values within fp32 rounding
     # of each other swap places in another runtime, and the logits downstream of that window differ though
     # the graph is right. Such a network is checked on its labels.
-    return _verdict(path, fmt, errors, list(sizes), scale, agreement if routes_by_argmax(model) else None, written)
+    return _verdict(path, fmt, errors, list(sizes), scale, agreement if routes_by_argmax(model) else None)
 
 
 MIN_LABEL_AGREEMENT = 0.99  # for networks that route by argmax (see _check_runner); a wrong graph agrees on ~1/classes
@@ -90,19 +99,17 @@ def routes_by_argmax(model: nn.Module) -> bool:
     return any(isinstance(m, MaxUnpool2x) for m in model.modules())
 
 
-def _verdict(path: Path, fmt: str, errors, sizes, logit_scale: float = 0.0, agreement: Optional[float] = None,
-             written=()) -> Dict[str, Any]:  # fmt: skip
+def _verdict(path: Path, fmt: str, errors, sizes, logit_scale: float = 0.0, agreement: Optional[float] = None) -> Dict[str, Any]:
     """Pass when the largest difference is under TOLERANCE relative to the logits' size (fp32 rounding grows
     with it: a trained net's logits reach 100), or, where `agreement` is given, when the labels agree on at
-    least MIN_LABEL_AGREEMENT of the pixels; otherwise delete what was written and raise."""
+    least MIN_LABEL_AGREEMENT of the pixels; otherwise raise (export_model then keeps nothing)."""
     worst = max(errors)
     allowed = TOLERANCE * max(1.0, logit_scale)
     on_labels = agreement is not None and agreement >= MIN_LABEL_AGREEMENT and np.isfinite(worst)
     if not on_labels and (not np.isfinite(worst) or worst >= allowed):
-        _remove(written or (path,))
         raise ExportError(
             f"{fmt} export disagrees with PyTorch: max abs error {worst:.2e} >= {allowed:.1e} (1e-4 x the largest "
-            f"logit, {logit_scale:.1f}); nothing was kept at {path}"
+            f"logit, {logit_scale:.1f}); nothing was written at {path}"
         )
     return {"path": str(path), "format": fmt, "max_abs_error": worst, "max_abs_logit": logit_scale, "tolerance": allowed,
             "checked_sizes": [list(s) for s in sizes], "label_agreement": agreement}  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 from .files import OutputError, PathLike, atomic_output
-from .preprocessing import to_rgb
+from .preprocessing import pil_to_rgb, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -42,25 +42,6 @@ def read_image(path: PathLike) -> np.ndarray:
         raise
     except Exception as e:
         raise ImageReadError(f"corrupt or truncated image {path}: {str(e).rstrip('.')}. Re-export or remove this file.") from e
-
-
-def pil_to_rgb(im) -> np.ndarray:
-    """A decoded Pillow image as a viewer shows it, as writable HxWx3 uint8 RGB: EXIF orientation applied
-    (phones store portrait photos sideways), 16-bit and 32-bit grey scaled rather than clipped, CMYK,
-    palette and alpha images converted (alpha dropped)."""
-    from PIL import ImageOps
-
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return to_rgb(np.asarray(im, dtype=np.uint16))
-    if im.mode == "I":  # 32-bit integer grey; 16-bit PNGs often open this way
-        arr = np.asarray(im, dtype=np.int64)
-        return to_rgb(arr.clip(0, 65535).astype(np.uint16) if arr.max(initial=0) > 255 else arr.clip(0, 255).astype(np.uint8))
-    if im.mode == "F":
-        return to_rgb(np.asarray(im, dtype=np.float32))
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
 
 
 def _png(array: np.ndarray, palette: Optional[np.ndarray]):

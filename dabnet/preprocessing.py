@@ -27,6 +27,8 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     """Pixel values as 0-255 uint8, read as a viewer would: 16-bit images scaled down (not clipped to
     white), floats in [0, 1] scaled up with a warning; booleans, NaN/inf and values that fit no such
     range are errors rather than silent clipping."""
+    if image.dtype.byteorder not in ("=", "|"):  # big-endian data (FITS, some TIFFs): the same values, native order
+        image = image.astype(image.dtype.newbyteorder("="))
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.bool_:
@@ -75,6 +77,25 @@ def edge_pad_images(images: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
     return np.pad(images, pad, mode="edge")
 
 
+def pil_to_rgb(im) -> np.ndarray:
+    """A decoded Pillow image as a viewer shows it, as writable HxWx3 uint8 RGB: EXIF orientation applied
+    (phones store portrait photos sideways), 16-bit and 32-bit grey scaled rather than clipped, CMYK,
+    palette and alpha images converted (alpha dropped)."""
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return to_rgb(np.asarray(im, dtype=np.uint16))
+    if im.mode == "I":  # 32-bit integer grey; 16-bit PNGs often open this way
+        arr = np.asarray(im, dtype=np.int64)
+        return to_rgb(arr.clip(0, 65535).astype(np.uint16) if arr.max(initial=0) > 255 else arr.clip(0, 255).astype(np.uint8))
+    if im.mode == "F":
+        return to_rgb(np.asarray(im, dtype=np.float32))
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
+
+
 def as_rgb_array(image) -> np.ndarray:
     """What users pass as one image, as an HxWx3 uint8 array: a NumPy array (any layout `to_rgb` takes), a PIL
     image, or a torch tensor (uint8 or float, HxWxC or CxHxW); anything else is a TypeError that says what works."""
@@ -86,10 +107,7 @@ def as_rgb_array(image) -> np.ndarray:
             arr = arr.transpose(1, 2, 0)  # CxHxW, as torchvision keeps images
         return to_rgb(arr)
     if type(image).__module__.startswith("PIL."):
-        from PIL import ImageOps
-
-        image = ImageOps.exif_transpose(image)  # as a viewer shows it
-        return to_rgb(np.asarray(image if image.mode in ("RGB", "RGBA", "L") else image.convert("RGB")))
+        return pil_to_rgb(image)  # as a file of it reads
     raise TypeError(f"cannot segment a {type(image).__name__}: pass an HxWx3 uint8 NumPy array, a PIL image, a torch "
                     "tensor (HxWx3 or 3xHxW), or a file path")  # fmt: skip
 

@@ -16,7 +16,13 @@ from .data.classes import default_palette
 from .image_io import PathLike, read_image
 from .preprocessing import Normalize, as_rgb_array, edge_pad_images
 from .runtimes import AUTO, choose_auto, cpu_has_bf16, get_runtime, load_exported, predict_image_labels, prepare
+from .models import pretrained_config
 from .spec import ModelSpec, describe
+
+
+def _rebuild(source: str, options: dict) -> "Segmenter":
+    """A Segmenter made again from its file or bundled name and options (how one unpickles)."""
+    return Segmenter.from_checkpoint(source, log=None, **options)
 
 
 def calibration_frames() -> List[Path]:
@@ -79,6 +85,7 @@ class Segmenter:
             raise ValueError(f"scale={scale!r} is not valid: the factor images are resized by before the network, in [0.1, 4] "
                              "(1: as they are; 1.5 is more accurate and slower)")  # fmt: skip
         self.scale = float(scale)  # the network sees each image resized by this; labels come back at the image's size
+        self._recipe: Optional[Tuple[str, dict]] = None  # (source, from_checkpoint options): how to make it again
         self.device = torch.device(device)
         self.model = model.to(self.device).eval() if isinstance(model, nn.Module) else model
         self.run = runner if runner is not None else self.model
@@ -125,6 +132,14 @@ class Segmenter:
         accurate runtime for the device (`runtimes.choose_auto`) and says what it chose and why through `log`;
         `precision` then follows that choice. An exported file runs with the runtime its suffix names.
         int8 calibrates on the bundled train frames."""
+        seg = cls._made(spec, device, backend, precision, channels_last, log, scale)
+        if isinstance(spec.source, str) and Path(spec.source).exists() or pretrained_config(spec.source) is not None:
+            seg._recipe = (spec.source, dict(device=str(device), backend=backend, precision=precision,
+                                             channels_last=channels_last, scale=scale))  # fmt: skip
+        return seg
+
+    @classmethod
+    def _made(cls, spec: ModelSpec, device, backend: str, precision: str, channels_last, log, scale: float) -> "Segmenter":
         if spec.exported:
             runtime = get_runtime(spec.runtime)
             precision = runtime.precision_for(precision)
@@ -137,6 +152,15 @@ class Segmenter:
             runner = prepare(model, backend, precision, str(device), channels_last=channels_last,
                              calibration=calibration_for(spec, backend, precision))  # fmt: skip
         return cls._of(spec, model, device, runner, _label(backend, precision), scale)
+
+    def __reduce__(self):
+        """Pickled (and deep-copied) as what made it: the file or bundled name and the options, prepared again on
+        load (a compiled runtime holds native state no pickle carries)."""
+        if self._recipe is None:
+            raise TypeError("this Segmenter was built around a network in memory, which it cannot pickle; build it with "
+                            "Segmenter.from_checkpoint(PATH or bundled name), which pickles, or send the path instead")  # fmt: skip
+        source, options = self._recipe
+        return _rebuild, (source, options)
 
     @classmethod
     def _auto(cls, spec: ModelSpec, model: nn.Module, device: Union[str, torch.device], log, scale: float = 1.0) -> "Segmenter":

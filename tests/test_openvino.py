@@ -322,3 +322,34 @@ def test_predict_folder_through_openvino_streams_writes_what_batches_write(bundl
         assert written[name].keys() == written["stream"].keys()
         for k, labels in written[name].items():
             assert labels.shape == written["stream"][k].shape and (labels == written["stream"][k]).mean() > 0.999
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_one_openvino_segmenter_is_safe_from_many_threads(threads):
+    """Each thread has its own infer requests of the one compiled model: every result equals the single-thread
+    one, whatever the interleaving (before: the other thread's labels, or 'Infer Request is busy')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seg = Segmenter.from_checkpoint("dabnet-camvid", backend="openvino", precision="fp32", log=None)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (72 + 8 * (i % 3), 96, 3), dtype=np.uint8) for i in range(8)]
+    expected = [seg.predict(im) for im in images]
+    calls = [i % len(images) for i in range(24 * threads)]
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(lambda i: (i, seg.predict(images[i])), calls))
+        streamed = list(pool.map(lambda k: [lab for _, _, lab in seg.predict_stream(enumerate(images))], range(threads)))
+    assert all(np.array_equal(label, expected[i]) for i, label in results)
+    assert all(all(np.array_equal(a, b) for a, b in zip(run, expected)) for run in streamed)
+
+
+def test_a_segmenter_pickles_as_what_made_it_and_comes_back_working(tmp_path):
+    import copy
+    import pickle
+
+    seg = Segmenter.from_checkpoint("dabnet-camvid", backend="openvino", precision="fp32", log=None, scale=1.25)
+    image = np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    for other in (pickle.loads(pickle.dumps(seg)), copy.deepcopy(seg)):
+        assert other.backend == seg.backend and other.scale == 1.25
+        assert np.array_equal(other.predict(image), seg.predict(image))
+    with pytest.raises(TypeError, match="built around a network in memory"):
+        pickle.dumps(Segmenter.for_model(dabnet.create_model("dabnet", 11)))

@@ -415,3 +415,30 @@ def test_output_names_are_unique_even_where_stems_and_suffixes_collide(tmp_path)
     seg = Segmenter.for_model(dabnet.create_model("dabnet", 11))
     result = predict_images(seg, sorted(folder.iterdir()), tmp_path / "out", save=["label"], log=lambda *a: None)
     assert result["images"] == 3 and len(list((tmp_path / "out").glob("*_label.png"))) == 3
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_a_pil_image_of_any_mode_reads_as_its_file_does(ckpt, tmp_path, mode):
+    from dabnet.image_io import read_image
+    from dabnet.preprocessing import as_rgb_array
+
+    ramp = (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)
+    image = {"I;16": Image.fromarray(ramp), "I": Image.fromarray(ramp.astype(np.int32)),
+             "F": Image.fromarray(ramp.astype(np.float32) / 65535)}[mode]  # fmt: skip
+    assert image.mode == mode
+    image.save(tmp_path / "x.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from_pil, from_file = as_rgb_array(image), read_image(tmp_path / "x.tif")
+    assert np.array_equal(from_pil, from_file) and from_pil.max() > 200  # scaled, not clipped to white
+    seg = Segmenter.from_checkpoint(ckpt, backend="eager", log=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.array_equal(seg.predict(image), seg.predict(tmp_path / "x.tif"))
+
+
+def test_a_big_endian_uint16_array_is_read_like_a_native_one():
+    from dabnet.preprocessing import to_rgb
+
+    ramp = (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)
+    assert np.array_equal(to_rgb(ramp.astype(">u2")), to_rgb(ramp))

@@ -128,13 +128,12 @@ def test_export_tolerance_follows_the_logits_and_a_failed_check_keeps_no_file(ck
 
     import dataclasses
 
-    from dabnet.runtimes import get_runtime
     from dabnet.runtimes import registry as reg
 
     ort = get_runtime("onnxruntime")
     wrong = dataclasses.replace(ort, load=lambda path, precision: (lambda x, r=ort.load(path, precision): r(x) + 1.0))
     monkeypatch.setitem(reg._RUNTIMES, "onnxruntime", wrong)
-    with pytest.raises(E.ExportError, match="nothing was kept"):
+    with pytest.raises(E.ExportError, match="nothing was written"):
         E.export_onnx(dabnet.load_model(ckpt), tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
 
@@ -246,3 +245,31 @@ def test_serve_without_its_extra_names_the_install(monkeypatch):  # row 14
 def test_no_generated_files_in_the_repository_root():  # row 16
     debris = [p.name for p in ROOT.iterdir() if p.suffix in (".onnx", ".data", ".xml", ".bin") or p.name.startswith("sym_shape_infer")]
     assert debris == []
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_failed_or_interrupted_export_leaves_the_good_file_in_place(ckpt, tmp_path, monkeypatch, fmt):
+    """Every export is written and checked in a temporary folder, then renamed: a good file already at --out
+    survives an export that fails its check, or is interrupted (Ctrl-C) in the middle."""
+    import dabnet.export as E
+    from dabnet.runtimes import registry as reg
+
+    target = tmp_path / f"t.{'onnx' if fmt == 'onnx' else 'pt'}"
+    E.export_model(dabnet.load_model(ckpt), fmt, target)
+    good = target.read_bytes()
+    runtime = reg.runtime_for_export(fmt)
+
+    def interrupted(path, precision):
+        raise KeyboardInterrupt
+
+    import dataclasses
+
+    monkeypatch.setitem(reg._RUNTIMES, runtime.name, dataclasses.replace(runtime, load=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        E.export_model(dabnet.load_model(ckpt), fmt, target)
+    assert target.read_bytes() == good
+    monkeypatch.setitem(reg._RUNTIMES, runtime.name, dataclasses.replace(runtime, load=lambda p, pr, r=runtime: (lambda x: r.load(p, pr)(x) + 1.0)))
+    with pytest.raises(E.ExportError, match="nothing was written"):
+        E.export_model(dabnet.load_model(ckpt), fmt, target)
+    assert target.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]  # no temporary folder left behind

@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import threading
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -201,8 +202,11 @@ class OpenVINORunner:
         # labels from the low-resolution logits (upsampled_argmax) where the graph ends in a bilinear upsampling;
         # False makes them inside the graph (upsample + arg-max), as before: benchmarks compare the two
         self.host_upsample = final_upsample(ov_model) is not None
-        self._requests: Dict[Tuple[str, Any, bool], Any] = {}
-        self._streams: Dict[Any, Any] = {}  # (mean, std, host_upsample) -> AsyncInferQueue of the throughput uint8 labels graph
+        # A compiled model may be shared by threads, an infer request may not: each thread gets its own requests
+        # (and throughput queues) of the models compiled once for all of them.
+        self._lock = threading.Lock()
+        self._compiled: Dict[Any, Any] = {}
+        self._local = threading.local()
 
     def compiled(self, output: str = "logits", image_input: Optional[Tuple[Sequence[float], Sequence[float]]] = None, **config):
         """The network compiled for the CPU with `output` "logits" or "labels", taking normalised float input, or
@@ -216,12 +220,28 @@ class OpenVINORunner:
             model = with_image_input(model, *image_input)
         return core().compile_model(model, "CPU", {**self.config, **config})
 
+    def _shared(self, output: str, image_input, **config):
+        """`compiled(output, image_input, **config)`, compiled once for every thread."""
+        key = (output, image_input, self.host_upsample, tuple(sorted(config.items())))
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = self.compiled(output, image_input, **config)
+            return self._compiled[key]
+
+    def _thread_cache(self, name: str) -> Dict[Any, Any]:
+        cache = getattr(self._local, name, None)
+        if cache is None:
+            cache = {}
+            setattr(self._local, name, cache)
+        return cache
+
     def request(self, output: str = "logits", image_input: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None):
-        """The infer request of `compiled(output, image_input)`, compiled on first use."""
+        """This thread's infer request of `compiled(output, image_input)`, compiled on first use."""
+        requests = self._thread_cache("requests")
         key = (output, image_input, self.host_upsample)
-        if key not in self._requests:
-            self._requests[key] = self.compiled(output, image_input).create_infer_request()
-        return self._requests[key]
+        if key not in requests:
+            requests[key] = self._shared(output, image_input).create_infer_request()
+        return requests[key]
 
     @staticmethod
     def outputs(request) -> Tuple[np.ndarray, ...]:
@@ -256,13 +276,14 @@ class OpenVINORunner:
         """(key, HxW class indices) for each (key, HxWx3 RGB uint8 image) of `items`, in their order, several
         frames in flight at once on OpenVINO's throughput streams (one per core or so, each on its own
         threads): a folder or a video keeps every core busy. An item whose image is None passes through as
-        (key, None) at its turn. One stream at a time per runner."""
+        (key, None) at its turn. One stream at a time per thread; threads have queues of their own."""
         norm = _norm_key(mean, std)
-        queue = self._streams.get((norm, self.host_upsample))
+        streams = self._thread_cache("streams")
+        queue = streams.get((norm, self.host_upsample))
         if queue is None:
-            compiled = self.compiled("labels", norm, PERFORMANCE_HINT="THROUGHPUT")
+            compiled = self._shared("labels", norm, PERFORMANCE_HINT="THROUGHPUT")
             queue = _openvino().AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-            self._streams[(norm, self.host_upsample)] = queue
+            streams[(norm, self.host_upsample)] = queue
         done: Dict[int, Optional[Tuple[np.ndarray, ...]]] = {}
         keys: Dict[int, Any] = {}
         queue.set_callback(lambda request, i: done.__setitem__(i, self.outputs(request)))
