@@ -128,6 +128,7 @@ def test_export_tolerance_follows_the_logits_and_a_failed_check_keeps_no_file(ck
 
     import dataclasses
 
+    from dabnet.runtimes import get_runtime
     from dabnet.runtimes import registry as reg
 
     ort = get_runtime("onnxruntime")
