@@ -443,11 +443,13 @@ class PredictConfig:
     workers: int = option(2, "threads that decode and encode images while the network runs (0: one after another)")
     scale: float = option(1.0, "resize images by this factor before the network (labels at the image's size); "
                           "above 1 is more accurate and slower, e.g. 1.5")  # fmt: skip
+    max_image_pixels: int = option(2 * 89_478_485, "largest image decoded, in pixels (Pillow's guard against "
+                                   "decompression bombs; larger images are tiled, so raising it costs only memory)")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, backend_names())
         check_choice("precision", self.precision, PRECISIONS)
-        check_counts(self, batch_size=1, max_frames=0, workers=0)
+        check_counts(self, batch_size=1, max_frames=0, workers=0, max_image_pixels=1)
         check_scale(self.scale)
         for kind in self.save:
             check_choice("save", kind, OUTPUT_KINDS)

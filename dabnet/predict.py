@@ -19,30 +19,45 @@ from .segmenter import Segmenter
 from .spec import describe
 from .visualize import colorize, colour_table, overlay
 
-def expand_inputs(inputs: Sequence[str]) -> Tuple[List[Path], List[Union[Path, int]], List[str]]:
+def expand_inputs(inputs: Sequence[str], skipped: Optional[List[str]] = None) -> Tuple[List[Path], List[Union[Path, int]], List[str]]:
     """Split command-line inputs into image files, video sources (files or webcam indices) and
-    inputs that matched nothing. Folders give their images (sorted); globs are expanded."""
+    inputs that matched nothing. A path that exists is taken as it is (`img[1].png` is a name, not a glob);
+    others are globs. Folders give their images and videos (sorted), leaving out hidden files (macOS's `._`
+    sidecars) and, with a note in `skipped`, files of other kinds and links to nothing."""
     import glob
 
     images: List[Path] = []
     videos: List[Union[Path, int]] = []
     missing: List[str] = []
+    notes = skipped if skipped is not None else []
     for item in inputs:
         if item.isdigit() and not Path(item).exists():
             videos.append(int(item))  # a webcam index
             continue
-        paths = [Path(p) for p in sorted(glob.glob(item))] if any(c in item for c in "*?[") else [Path(item)]
+        literal = Path(item).exists() or Path(item).is_symlink()
+        paths = [Path(item)] if literal or not any(c in item for c in "*?[") else [Path(p) for p in sorted(glob.glob(item))]
         if not paths or not all(p.exists() for p in paths):
             missing.append(item)
             continue
         for p in paths:
-            if p.is_dir():
-                images += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-                videos += sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES)
-            elif p.suffix.lower() in VIDEO_SUFFIXES:
-                videos.append(p)
-            else:
-                images.append(p)
+            if not p.is_dir():
+                (videos if p.suffix.lower() in VIDEO_SUFFIXES else images).append(p)
+                continue
+            for q in sorted(p.iterdir()):
+                kind = q.suffix.lower()
+                if q.name.startswith("."):
+                    continue
+                if not q.exists():
+                    notes.append(f"{q}: a link to nothing")
+                elif q.is_dir():
+                    continue
+                elif kind in IMAGE_SUFFIXES:
+                    images.append(q)
+                elif kind in VIDEO_SUFFIXES:
+                    videos.append(q)
+                else:
+                    notes.append(f"{q}: {'no file extension' if not kind else f'{kind} is not an image or video type predict reads'} "
+                                 f"({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")  # fmt: skip
     return images, videos, missing
 
 
@@ -71,8 +86,8 @@ def output_names(paths: Sequence[Path]) -> List[str]:
     stems = [p.stem for p in paths]
     if len(set(stems)) == len(stems):
         return stems
-    root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
-    names = [str(p.resolve().with_suffix("").relative_to(root)) for p in paths]
+    root = Path(os.path.commonpath([str(p.absolute().parent) for p in paths]))  # links named as given, not as their targets
+    names = [str(p.absolute().with_suffix("").relative_to(root)) for p in paths]
     counts = Counter(names)
     names = [n + p.suffix if counts[n] > 1 else n for n, p in zip(names, paths)]
     taken: set = set()
@@ -377,9 +392,15 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
     """`dabnet predict`: every input segmented; exit code 1 when an input was missing or unreadable."""
     import sys
 
-    images, videos, missing = expand_inputs(cfg.inputs)
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels // 2  # Pillow refuses beyond twice its limit (and warns beyond it)
+    skipped: List[str] = []
+    images, videos, missing = expand_inputs(cfg.inputs, skipped)
     for item in missing:
         print(f"dabnet predict: nothing found at {item!r}", file=sys.stderr)
+    for note in skipped:
+        print(f"dabnet predict: skipped {note}", file=sys.stderr)
     if not images and not videos:
         print("dabnet predict: error: no input images or videos", file=sys.stderr)
         return 2

@@ -334,3 +334,16 @@ def test_pack_camvid_keeps_labels_exact_and_images_close(camvid_tree, tmp_path):
         for (img_a, mask_a), (img_b, mask_b) in zip(src, packed):
             assert np.array_equal(mask_a, mask_b)
             assert np.abs(img_a.astype(int) - img_b.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("key, value, what", [("classes", ["road", "car", "road"], "class name"),
+                                              ("palette", [[1, 2, 3], [4, 5, 6], [1, 2, 3]], "palette colour")])  # fmt: skip
+def test_a_dataset_yaml_with_a_class_twice_is_refused(tmp_path, key, value, what):
+    import yaml as _yaml
+
+    from dabnet.data.datasets import load_folder_spec
+
+    spec = {"classes": ["road", "car", "sky"], "splits": {"train": {"images": "i", "masks": "m"}}, key: value}
+    (tmp_path / "dataset.yaml").write_text(_yaml.safe_dump(spec))
+    with pytest.raises(DatasetError, match=f"{what}.*appear more than once"):
+        load_folder_spec(tmp_path / "dataset.yaml")

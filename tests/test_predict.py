@@ -442,3 +442,33 @@ def test_a_big_endian_uint16_array_is_read_like_a_native_one():
 
     ramp = (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)
     assert np.array_equal(to_rgb(ramp.astype(">u2")), to_rgb(ramp))
+
+
+def test_folder_inputs_say_what_they_skip_and_take_odd_names_literally(ckpt, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(image).save(folder / "img[1].png")
+    (folder / "._img.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # a macOS sidecar
+    Image.fromarray(image).save(folder / "anim.gif")
+    Image.fromarray(image).save(folder / "noext", format="PNG")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    out = tmp_path / "out"
+    rc = main(["predict", "--checkpoint", str(ckpt), str(folder), "--out", str(out), "--backend", "eager", "--save", "label"])
+    said = capsys.readouterr()
+    text = said.out + said.err
+    assert rc == 0, text
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["img[1]_label.png"]
+    assert "anim.gif: .gif is not an image or video type" in text and "noext: no file extension" in text
+    assert "gone.png: a link to nothing" in text and "._img" not in text
+    assert main(["predict", "--checkpoint", str(ckpt), str(folder / "img[1].png"), "--out", str(tmp_path / "o2"),
+                 "--backend", "eager", "--save", "label"]) == 0  # fmt: skip
+
+
+def test_an_image_over_the_decoding_limit_says_which_option_reads_it(ckpt, tmp_path, capsys):
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / "big.png")
+    args = ["predict", "--checkpoint", str(ckpt), str(tmp_path / "big.png"), "--out", str(tmp_path / "o"), "--backend", "eager"]
+    assert main(args + ["--max-image-pixels", "1000"]) == 1
+    said = capsys.readouterr()
+    assert "--max-image-pixels" in said.out + said.err and "corrupt" not in said.out + said.err
+    assert main(args + ["--max-image-pixels", "4000"]) == 0

@@ -320,6 +320,10 @@ def load_folder_spec(path: PathLike) -> Dict[str, Any]:
     palette = spec.get("palette")
     if palette is not None and len(palette) != len(spec["classes"]):
         raise DatasetError(f"{path}: {len(palette)} palette colours for {len(spec['classes'])} classes")
+    for what, items in (("class name", [str(c) for c in spec["classes"]]), ("palette colour", [tuple(c) for c in palette or []])):
+        twice = sorted({str(i) for i in items if items.count(i) > 1})
+        if twice:
+            raise DatasetError(f"{path}: the {what}(s) {', '.join(twice)} appear more than once; each class needs its own")
     spec["_file"] = path
     return spec
 
