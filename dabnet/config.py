@@ -528,15 +528,28 @@ class ServeConfig:
     batch_wait_ms: float = option(2.0, "how long the worker waits to fill a batch")
     scale: float = option(1.0, "resize images by this factor before the network (labels at the image's size); "
                           "above 1 is more accurate and slower, e.g. 1.5")  # fmt: skip
+    header_timeout_s: float = option(10.0, "seconds a connection may take to send a request's headers (and to start "
+                                     "the next one) before it is closed")  # fmt: skip
+    max_connections: int = option(256, "open connections at most; more are closed at once (keep it under the "
+                                  "process's open-file limit)")  # fmt: skip
+    max_inflight_mb: float = option(512.0, "MiB of bodies and decoded images held by all requests in flight (503 beyond)")
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, backend_names())
         check_scale(self.scale)
-        check_counts(self, max_queue=1, max_pixels=1, max_batch=1)
+        check_counts(self, max_queue=1, max_pixels=1, max_batch=1, max_connections=1)
         require(0 <= self.port <= 65535, "port", self.port, "a TCP port, 0-65535")
-        require(self.max_mb > 0, "max_mb", self.max_mb, "a positive size in MiB")
-        require(self.timeout_s > 0, "timeout", self.timeout_s, "a positive number of seconds")
-        require(self.batch_wait_ms >= 0, "batch_wait_ms", self.batch_wait_ms, "a number >= 0")
+        limits = {"max_mb": (False, 1e5, "MiB"), "timeout_s": (False, 86400, "seconds"), "batch_wait_ms": (True, 60_000, "milliseconds"),
+                  "header_timeout_s": (False, 3600, "seconds"), "max_inflight_mb": (False, 1e6, "MiB")}  # fmt: skip
+        for name, (zero_ok, high, unit) in limits.items():
+            value = getattr(self, name)
+            ok = _number(value) and (value >= 0 if zero_ok else value > 0) and value <= high
+            require(ok, "timeout" if name == "timeout_s" else name, value,
+                    f"a finite number of {unit}, {'0' if zero_ok else 'above 0'} up to {high:g}")  # fmt: skip
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mb * 2**20)
 
     @property
     def max_bytes(self) -> int:

@@ -15,7 +15,7 @@ import torch
 from .checkpoint import resolve_checkpoint
 from .config import DemoConfig
 from .data.classes import CAMVID_IGNORE_INDEX, DATASET_INFO
-from .image_io import read_image
+from .image_io import READ_FORMATS, read_image
 from .files import atomic_output, check_output_folder
 from .models import create_model
 from .predict import write_outputs
@@ -36,7 +36,7 @@ def sample_ground_truth(frame: Path) -> Optional[np.ndarray]:
         return None
     from PIL import Image
 
-    truth = np.array(Image.open(label))
+    truth = np.array(Image.open(label, formats=READ_FORMATS))
     truth[truth == CAMVID_IGNORE_INDEX] = 255
     return truth
 

@@ -16,6 +16,9 @@ from .files import OutputError, PathLike, atomic_output
 from .preprocessing import pil_to_rgb, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The decoders dabnet lets Pillow use, whatever a file's name says (Pillow picks by signature among these): no
+# EPS (Ghostscript), no other plugin an image from elsewhere could reach.
+READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 PNG_LEVEL = 2  # zlib level: the overlay (photo content) encodes several times faster than at Pillow's 6, a few % larger (docs/PREDICT_SPEED.md)
 # zlib strategy Z_RLE (matches only against the previous byte): after PNG's row filters that is where most matches
@@ -35,7 +38,7 @@ def read_image(path: PathLike) -> np.ndarray:
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=READ_FORMATS) as im:
             im.load()
             return pil_to_rgb(im)
     except FileNotFoundError:

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from .config import ServeConfig
-from .image_io import encode_png, pil_to_rgb
+from .image_io import READ_FORMATS, encode_png, pil_to_rgb
 from .segmenter import Segmenter
 from .visualize import colorize, overlay
 
@@ -35,13 +35,14 @@ class HTTPProblem(Exception):
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """Bytes -> HxWx3 uint8 RGB; the pixel count is checked from the header before decoding."""
+    """Bytes -> HxWx3 uint8 RGB; only the formats READ_FORMATS names, chosen by their signature; the pixel count
+    is checked from the header before decoding."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise HTTPProblem(400, "empty body: send an image (PNG, JPEG, ...)")
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(io.BytesIO(data), formats=READ_FORMATS)
     except Image.DecompressionBombError as e:  # over Pillow's own limit: as large as ours says 413
         raise HTTPProblem(413, f"image is over the pixel limit: {e}") from None
     except UnidentifiedImageError:
@@ -94,19 +95,30 @@ class InferenceWorker:
             batch.append(item)
         return batch
 
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
     def _run(self) -> None:
         while True:
-            batch = self._take_batch()
-            live = [b for b in batch if not b[2].cancelled()]
-            if not live:
-                continue
-            if not self._answer(live) and len(live) > 1:
-                for item in live:  # one request's bad input must not fail the others batched with it
-                    self._answer([item])
-            pixels = sum(b[0].shape[0] * b[0].shape[1] for b in live)
-            del batch, live
-            if pixels > self.RELEASE_AFTER_PIXELS and self.queue.empty():
-                release_memory()
+            try:
+                self._serve_one_batch()
+            except Exception:  # the thread must outlive any one batch; /healthz reports it if it ever ends
+                log.exception("inference worker: a batch failed outside the model")
+
+    def _serve_one_batch(self) -> None:
+        """Take a batch, run it, answer it; memory goes back to the OS after a large one once idle."""
+        batch = self._take_batch()
+        live = [b for b in batch if not b[2].cancelled()]
+        if not live:
+            return
+        if not self._answer(live) and len(live) > 1:
+            for item in live:  # one request's bad input must not fail the others batched with it
+                self._answer([item])
+        pixels = sum(b[0].shape[0] * b[0].shape[1] for b in live)
+        del batch, live
+        if pixels > self.RELEASE_AFTER_PIXELS and self.queue.empty():
+            release_memory()
 
     def _answer(self, items: List[Tuple[np.ndarray, Any, Any]]) -> bool:
         """Run `items` as one batch and answer each; on failure answer only a lone item (its own error) and
@@ -152,8 +164,32 @@ def _fail(fut: asyncio.Future, exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-async def read_body(request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 past `max_bytes` (before reading it when the length is declared)."""
+class MemoryBudget:
+    """Bytes held by requests in flight (bodies as they arrive, decoded images), across all of them: a request
+    whose next chunk does not fit is answered 503 at once, so many slow uploads cannot grow the process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = int(limit), 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int, held: List[int]) -> None:
+        """Reserve `n` bytes for a request (added to its `held` tally), or 503."""
+        with self._lock:
+            if self.used + n > self.limit:
+                raise HTTPProblem(503, f"the server holds {self.used / 2**20:.0f} MiB of requests in flight, its limit: "
+                                  "try again shortly", {"Retry-After": "1"})  # fmt: skip
+            self.used += n
+        held[0] += n
+
+    def give_back(self, held: List[int]) -> None:
+        with self._lock:
+            self.used -= held[0]
+        held[0] = 0
+
+
+async def read_body(request, max_bytes: int, budget: Optional[MemoryBudget] = None, held: Optional[List[int]] = None) -> bytes:
+    """The request body, refused with 413 past `max_bytes` (before reading it when the length is declared), and
+    counted against `budget` chunk by chunk (503 when the server holds too much)."""
     from starlette.requests import ClientDisconnect
 
     length = request.headers.get("content-length")
@@ -165,6 +201,8 @@ async def read_body(request, max_bytes: int) -> bytes:
             size += len(chunk)
             if size > max_bytes:
                 raise HTTPProblem(413, f"request body is over the limit of {max_bytes} bytes")
+            if budget is not None:
+                budget.take(len(chunk), held if held is not None else [0])
             chunks.append(chunk)
     except ClientDisconnect:  # one line in the log, not an ASGI traceback: nobody is left to answer
         log.warning("client %s disconnected during its upload (%d bytes received)", request.client, size)
@@ -172,10 +210,10 @@ async def read_body(request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def image_bytes(request, max_bytes: int) -> bytes:
+async def image_bytes(request, max_bytes: int, budget: Optional[MemoryBudget] = None, held: Optional[List[int]] = None) -> bytes:
     """The image of a request: raw image/* (or octet-stream) bytes, or a multipart 'file' field."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await read_body(request, max_bytes)
+    body = await read_body(request, max_bytes, budget, held)
     if ctype == "multipart/form-data":
         request._body = body  # the size-checked body, already read: let the form parser reuse it
         form = await request.form()
@@ -210,22 +248,28 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
         "note": seg.spec.note if seg.spec else "",  # what describe assumed where the checkpoint was silent
         "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s, "max_queue": cfg.max_queue},
     }
-    app = FastAPI(title="dabnet", version="1", description="Real-time semantic segmentation with DABNet.")
+    # /docs and /redoc would load their scripts from a CDN: blank offline, and code from elsewhere. The schema stays.
+    app = FastAPI(title="dabnet", version="1", description="Real-time semantic segmentation with DABNet.", docs_url=None,
+                  redoc_url=None)  # fmt: skip
     app.state.worker = worker
+    budget = MemoryBudget(cfg.max_inflight_bytes)
+    app.state.budget = budget
 
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
-    @app.get("/healthz")
-    async def healthz() -> Dict[str, Any]:
-        return {"status": "ok", "queue": worker.queue.qsize()}
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    async def healthz():
+        if not worker.alive:  # every request would time out: say so, for the load balancer to act on
+            return JSONResponse({"status": "dead", "detail": "the inference thread has stopped"}, status_code=503)
+        return {"status": "ok", "queue": worker.queue.qsize(), "inflight_mb": round(budget.used / 2**20, 1)}
 
     @app.get("/v1/model")
     async def model() -> Dict[str, Any]:
         return model_info
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def page() -> str:
         return (resources.files("dabnet") / "assets" / "index.html").read_text()
 
@@ -238,13 +282,21 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
         format: str = Query("json", pattern="^(json|label|overlay)$", description="json, label (PNG of class ids) or overlay (PNG)"),
     ):
         """Segment one image (raw image bytes, or multipart with a 'file' field)."""
+        held = [0]
+        try:
+            return await _segment(request, format, held)
+        finally:
+            budget.give_back(held)
+
+    async def _segment(request: Request, format: str, held: List[int]):
         t0 = time.perf_counter()
         try:  # a slow client cannot hold a connection for ever
-            data = await asyncio.wait_for(image_bytes(request, cfg.max_bytes), timeout=cfg.timeout_s)
+            data = await asyncio.wait_for(image_bytes(request, cfg.max_bytes, budget, held), timeout=cfg.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPProblem(408, f"the upload did not complete within {cfg.timeout_s} s") from None
         # Decoding and encoding large images take a while: off the event loop, so /healthz and others stay prompt.
         image = await asyncio.to_thread(decode_image, data, cfg.max_pixels)
+        budget.take(image.nbytes, held)
         del data
         fut = worker.submit(image)
         try:
@@ -269,14 +321,115 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     return app
 
 
+class OncePerInterval(logging.Filter):
+    """Lets a message through once per `interval` seconds: a flood of one error (a client storm, a full file
+    table) reads as one line, then one line saying how many more came."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last: Dict[Tuple[int, str], Tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        key = (record.levelno, f"{record.getMessage()[:200]}|{type(exc).__name__ if exc else ''}|{str(exc)[:100] if exc else ''}")
+        now = time.monotonic()
+        with self._lock:
+            last, hidden = self._last.get(key, (-1e18, 0))
+            if now - last < self.interval:
+                self._last[key] = (last, hidden + 1)
+                return False
+            self._last[key] = (now, 0)
+        if hidden:
+            record.msg = f"{record.msg} (and {hidden} more like it in the last {self.interval:g} s)"
+        return True
+
+
+def quiet_repeats(interval: float = 10.0) -> OncePerInterval:
+    """One OncePerInterval on the loggers a server under attack fills: asyncio's (accept errors), uvicorn's, ours."""
+    limiter = OncePerInterval(interval)
+    for name in ("asyncio", "uvicorn.error", "dabnet.serve"):
+        logging.getLogger(name).addFilter(limiter)
+    return limiter
+
+
+def guarded_protocol(header_timeout_s: float, max_connections: int):
+    """uvicorn's HTTP/1.1 protocol, closing a connection that does not send a request's headers within
+    `header_timeout_s` (at the start, and again after each response), and any connection beyond `max_connections`:
+    trickling clients can neither hold the server's sockets nor exhaust its open files."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _deadline: Optional[asyncio.TimerHandle] = None
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                log.warning("connection from %s closed: %d connections open, the limit (--max-connections)", self.client,
+                            len(self.connections) - 1)  # fmt: skip
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._armed_cycle = self.cycle
+            self._deadline = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            if self.cycle is self._armed_cycle and not self.transport.is_closing():  # no request began in time
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._deadline is not None and self.cycle is not self._armed_cycle:  # a request's headers arrived
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+def uvicorn_config(app, cfg: ServeConfig, **options: Any):
+    """uvicorn's settings for `app` as `cfg` says: the guarded protocol, keep-alive no longer than the header timeout."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_level="warning", http=guarded_protocol(cfg.header_timeout_s, cfg.max_connections),
+                          timeout_keep_alive=max(1, int(cfg.header_timeout_s)), **options)  # fmt: skip
+
+
+def server_url(host: str, port: int) -> str:
+    """http://HOST:PORT/, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def serve(cfg: ServeConfig) -> None:
     """Run the app with uvicorn (127.0.0.1 unless told otherwise); the banner comes once the port is bound."""
+    import resource
     import socket
 
     try:
         import uvicorn
     except ImportError:
         raise ImportError("dabnet serve needs uvicorn: pip install 'dabnet[serve]'") from None
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if files != resource.RLIM_INFINITY and cfg.max_connections > files - 64:
+        raise RuntimeError(f"--max-connections {cfg.max_connections} leaves no room in this process's limit of {files} open "
+                           f"files (the model, logs and sockets need some): use at most {max(1, files - 64)}, or raise "
+                           "the limit (ulimit -n)")  # fmt: skip
     family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -287,6 +440,7 @@ def serve(cfg: ServeConfig) -> None:
         raise RuntimeError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror} (another server there? pick --port)") from None
     app = create_app(cfg)  # the model loads once the address is ours
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    print(f"dabnet serve: {cfg.checkpoint} on http://{cfg.host}:{port}/  (API docs: /docs)", flush=True)
+    quiet_repeats()
+    server = uvicorn.Server(uvicorn_config(app, cfg))
+    print(f"dabnet serve: {cfg.checkpoint} on {server_url(cfg.host, port)}  (API schema: /openapi.json)", flush=True)
     server.run(sockets=[sock])

@@ -157,13 +157,15 @@ def test_fuzz_random_bytes_never_take_the_server_down(client):
 
 
 @contextlib.contextmanager
-def _live_server(cfg=None):
+def _live_server(cfg=None, seg=None):
     """A real uvicorn server on a free loopback port, stopped afterwards; yields the port."""
     import uvicorn
 
+    from dabnet.serve import uvicorn_config
+
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg or ServeConfig(checkpoint="test"), seg=_segmenter()),
-                                           host="127.0.0.1", port=port, log_level="warning"))  # fmt: skip
+    cfg = cfg or ServeConfig(checkpoint="test")
+    server = uvicorn.Server(uvicorn_config(create_app(cfg, seg=seg or _segmenter()), cfg, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -250,3 +252,145 @@ def test_a_slow_upload_is_cut_off_and_others_are_served_meanwhile():
                 answer += chunk
             assert answer.startswith("HTTP/1.1 408") and "did not complete within 1.0 s" in answer
             assert time.perf_counter() - t0 < 5
+
+
+# ----------------------------------------------------------------------------- round 3 of bad input (issue 40)
+
+
+def test_trickling_headers_are_cut_off_and_connections_are_capped():
+    """Row 10: connections that trickle their headers are closed after --header-timeout-s; beyond
+    --max-connections, new ones are closed at once; /healthz stays prompt throughout."""
+    import http.client
+
+    cfg = ServeConfig(checkpoint="test", header_timeout_s=0.5, max_connections=8)
+    with _live_server(cfg) as port:
+        socks = []
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHo")  # and then nothing
+            socks.append(s)
+        time.sleep(0.2)
+        closed_early = 0
+        for s in socks:
+            s.settimeout(0.05)
+            try:
+                closed_early += s.recv(1) == b""
+            except ConnectionResetError:
+                closed_early += 1
+            except socket.timeout:  # still open: within the cap, waiting out its header timeout
+                pass
+        assert closed_early >= 4  # those over the cap (some may be closed by reset)
+        time.sleep(1.0)
+        for s in socks:  # all trickling ones are gone by the header timeout
+            s.settimeout(2)
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        t0 = time.perf_counter()
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200 and time.perf_counter() - t0 < 2
+
+
+def test_uploads_in_flight_are_held_to_a_memory_budget():
+    """Row 11: the bytes of all requests in flight are bounded; one that does not fit gets 503, and what a request
+    held is given back when it ends."""
+    app = create_app(ServeConfig(checkpoint="test", max_inflight_mb=0.05), seg=_segmenter())
+    with TestClient(app) as c:
+        big = _png((200, 300, 3))  # ~180 KB of noise: over a 51 KB budget
+        res = c.post("/v1/segment", content=big, headers={"content-type": "image/png"})
+        assert res.status_code == 503 and "in flight" in res.json()["detail"]
+        assert c.post("/v1/segment", content=_png((20, 24, 3)), headers={"content-type": "image/png"}).status_code == 200
+        assert app.state.budget.used == 0
+
+
+@pytest.mark.parametrize("body", [b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"])
+def test_only_the_listed_formats_are_decoded(client, body):
+    """Row 12: EPS (which Pillow hands to Ghostscript) or any format the 415 message does not list is refused."""
+    res = client.post("/v1/segment", content=body, headers={"content-type": "image/png"})
+    assert res.status_code == 415 and "PNG, JPEG" in res.json()["detail"]
+
+
+def test_read_image_refuses_formats_outside_the_list(tmp_path):
+    from dabnet.image_io import ImageReadError, read_image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.gif")
+    (tmp_path / "x.png").write_bytes((tmp_path / "x.gif").read_bytes())  # a GIF named .png
+    with pytest.raises(ImageReadError):
+        read_image(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("option, value", [("batch_wait_ms", float("inf")), ("max_mb", float("inf")), ("timeout_s", float("nan")),
+                                           ("batch_wait_ms", -1), ("header_timeout_s", 0), ("max_inflight_mb", float("inf"))])  # fmt: skip
+def test_numeric_serve_options_are_finite_and_in_range(option, value):
+    from dabnet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="a finite number"):
+        ServeConfig(checkpoint="test", **{option: value})
+
+
+def test_healthz_reports_a_dead_worker_and_head_is_answered():
+    """Row 14: /healthz says when the inference thread has died; row 15: HEAD / and /healthz, no CDN docs."""
+    app = create_app(ServeConfig(checkpoint="test"), seg=_segmenter())
+    with TestClient(app) as c:
+        assert c.head("/").status_code == 200 and c.head("/healthz").status_code == 200
+        assert c.get("/docs").status_code == 404 and c.get("/openapi.json").status_code == 200
+        dead = threading.Thread(target=lambda: None)
+        dead.start()
+        dead.join()
+        app.state.worker.thread = dead
+        res = c.get("/healthz")
+        assert res.status_code == 503 and res.json()["status"] == "dead"
+
+
+def test_the_banner_url_of_an_ipv6_host_is_a_url():
+    from dabnet.serve import server_url
+
+    assert server_url("::1", 8000) == "http://[::1]:8000/" and server_url("127.0.0.1", 80) == "http://127.0.0.1:80/"
+
+
+def test_a_flood_of_one_error_is_logged_once_per_interval():
+    import logging
+
+    from dabnet.serve import OncePerInterval
+
+    limiter = OncePerInterval(interval=0.3)
+    logger = logging.getLogger("dabnet.test.flood")
+    logger.addFilter(limiter)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        for _ in range(1000):
+            logger.error("accept failed: Too many open files")
+        time.sleep(0.35)
+        logger.error("accept failed: Too many open files")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["accept failed: Too many open files", "accept failed: Too many open files (and 999 more like it in the last 0.3 s)"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it)")
+def test_class_names_are_text_in_the_page_never_html(tmp_path):
+    """Row 13: a checkpoint whose class is named like markup shows the name; no script of it runs."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    evil = "<img src=x onerror=alert(1)>"
+    names = [evil] + list(CAMVID_CLASSES[1:])
+    seg = Segmenter(_segmenter().model, CAMVID_MEAN, CAMVID_STD, names, CAMVID_PALETTE)
+    with _live_server(seg=seg) as port:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            dialogs = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#legend span")
+            assert page.locator("#legend span").first.inner_text() == evil
+            assert page.locator("#legend img").count() == 0
+            page.wait_for_timeout(300)
+            assert dialogs == []
+            browser.close()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..image_io import IMAGE_SUFFIXES, ImageReadError, PathLike, read_image
+from ..image_io import IMAGE_SUFFIXES, READ_FORMATS, ImageReadError, PathLike, read_image
 from .classes import (
     CAMVID_CLASSES,
     CAMVID_IGNORE_INDEX,
@@ -53,7 +53,7 @@ def read_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=READ_FORMATS) as im:
             im.load()
             mode = im.mode
             arr = np.array(im)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from ..image_io import IMAGE_SUFFIXES, PathLike
+from ..image_io import IMAGE_SUFFIXES, READ_FORMATS, PathLike
 from .datasets import IGNORE_INDEX, DatasetError
 
 Pair = Tuple[Path, np.ndarray]
@@ -73,7 +73,7 @@ def _image_size(path: Path) -> Tuple[int, int]:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=READ_FORMATS) as im:
             return im.size[1], im.size[0]
     except Exception as e:
         raise DatasetError(f"{path} cannot be read as an image ({e})") from None
@@ -213,7 +213,7 @@ def import_cvat(source: Path, images: Path, classes: Optional[Sequence[str]] = N
             if _image_size(image) != _image_size(path):
                 h, w = _image_size(path)
                 raise DatasetError(f"{path} is {w}x{h} but its image {image} is {_image_size(image)[1]}x{_image_size(image)[0]}")
-            rgb = np.asarray(Image.open(path).convert("RGB"))
+            rgb = np.asarray(Image.open(path, formats=READ_FORMATS).convert("RGB"))
             codes = rgb[..., 0].astype(np.int32) << 16 | rgb[..., 1].astype(np.int32) << 8 | rgb[..., 2]
             mask = np.full(codes.shape, IGNORE_INDEX, np.uint8)
             for code in np.unique(codes):
@@ -251,7 +251,7 @@ def _labelme_shape(draw, canvas, shape: Dict[str, Any], value: int) -> Optional[
         import base64
         import io
 
-        with Image.open(io.BytesIO(base64.b64decode(shape["mask"]))) as m:
+        with Image.open(io.BytesIO(base64.b64decode(shape["mask"])), formats=("PNG",)) as m:
             box = np.asarray(m.convert("L")) > 0
         x0, y0 = (int(round(min(a, b))) for a, b in zip(pts[0], pts[1]))
         region = np.zeros((canvas.size[1], canvas.size[0]), bool)

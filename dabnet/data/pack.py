@@ -13,7 +13,7 @@ from typing import Dict, Sequence
 from PIL import Image
 
 from ..files import atomic_output
-from ..image_io import ImageReadError, PathLike
+from ..image_io import READ_FORMATS, ImageReadError, PathLike
 from .datasets import CamVid
 
 
@@ -33,7 +33,7 @@ def pack_camvid(root: PathLike, out: PathLike, splits: Sequence[str] = ("train",
         (out / f"{split}annot").mkdir(parents=True, exist_ok=True)
         for image, label in pairs:
             try:
-                with Image.open(image) as im:
+                with Image.open(image, formats=READ_FORMATS) as im:
                     frame = im.convert("RGB")
             except OSError as e:  # truncated or corrupt: name it, rather than a decoder's traceback
                 raise ImageReadError(f"data pack: {image} cannot be decoded ({e}); restore or replace it, then pack again") from None
