@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import BenchConfig
 from .files import atomic_output, check_output_file
+from .runtimes import resolve_device
 from .models import create_model, list_models, model_description
 
 
@@ -70,6 +71,8 @@ def _sync(device: torch.device) -> None:
 def measure_matmul_peak(seconds: float = 2.0, n: int = 1024, device: str = "cpu") -> float:
     """Achieved fp32 matmul rate (GFLOP/s) on this machine: the ceiling that convolutions approach."""
     dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed sizes per measurement: let cuDNN pick its fastest algorithms
     a = torch.randn(n, n, device=dev)
     b = torch.randn(n, n, device=dev)
     torch.mm(a, b)
@@ -238,7 +241,11 @@ def run_bench(cfg: BenchConfig, log=print) -> List[Dict[str, object]]:
     if cfg.scale != 1.0:
         log(f"scale {cfg.scale:g}: frames of " + ", ".join(f"{h}x{w}" for h, w in cfg.sizes) + " run the network at "
             + ", ".join(f"{h}x{w}" for h, w in cfg.network_sizes))  # fmt: skip
-    rows = benchmark(cfg.models, cfg.network_sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, cfg.device,
+    devices = {resolve_device(cfg.device, b, cfg.checkpoint) for b in cfg.backends}
+    device = next(iter(devices)) if len(devices) == 1 else "cpu"
+    if len(devices) > 1:  # auto, with backends of which some run on the GPU and some do not
+        log(f"device auto -> cpu: {', '.join(cfg.backends)} do not all run on the GPU; give --device to choose")
+    rows = benchmark(cfg.models, cfg.network_sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, device,
                      checkpoint=cfg.checkpoint, paper_protocol=not cfg.no_paper_protocol,
                      channels_last=cfg.channels_last, labels=cfg.labels, batch=cfg.batch, log=log)  # fmt: skip
     frames = {f"{n[0]}x{n[1]}": f"{f[0]}x{f[1]}" for f, n in zip(cfg.sizes, cfg.network_sizes)}

@@ -220,6 +220,7 @@ def option(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any =
 
 
 DATASET_CHOICES = list(DATASETS)
+DEVICE_HELP = "auto (the GPU when there is one and the backend runs there, else the CPU), cpu, cuda or cuda:N"
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -340,7 +341,7 @@ class EvalConfig:
     flip: bool = option(False, "add horizontally flipped predictions")
     scales: List[float] = option(help="test-time scales, e.g. 0.75 1 1.25", factory=lambda: [1.0])
     workers: int = option(2, "data loader processes")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    device: str = option("auto", DEVICE_HELP)
     backend: str = option("auto", backend_help, choices=backend_names)
     precision: str = option("fp32", "fp32, bf16/fp16 autocast, or int8 with the openvino backend (auto chooses its own)",
                             choices=PRECISIONS)  # fmt: skip
@@ -414,8 +415,12 @@ class DemoConfig:
     out: str = option("dabnet-demo", "output folder")
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
     backend: str = option("auto", backend_help, choices=backend_names)
+    device: str = option("auto", DEVICE_HELP)
     seed: int = option(0, "seed of the untrained network used when no weights are bundled", hidden=True)
     samples: Optional[str] = option(None, "folder of frames (NAME.jpg + NAME_label.png) instead of the bundled ones", hidden=True)
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
 
 
 OUTPUT_KINDS = ("label", "color", "overlay")  # what predict writes per image, as NAME_KIND.png
@@ -435,7 +440,7 @@ class PredictConfig:
     precision: str = option("fp32", "fp32, bf16/fp16 autocast (fp16: CUDA only), or int8 with the openvino backend; "
                             "auto chooses its own", choices=PRECISIONS)  # fmt: skip
     channels_last: Optional[bool] = option(None, "NHWC tensors (default: on for CUDA, off for a CPU)")
-    device: str = option("cpu", "cpu, cuda or cuda:N")
+    device: str = option("auto", DEVICE_HELP)
     batch_size: int = option(1, "images per forward pass")
     max_frames: int = option(0, "stop videos/webcams after N frames (0: all)")
     save: List[str] = option(help="what to write per image: label (class ids), color (the colour mask), overlay",
@@ -484,7 +489,7 @@ class BenchConfig:
     frames: int = option(100, "timed frames per measurement (the paper: 100)")
     warmup: int = option(10, "untimed frames first")
     batch: int = option(1, "images per forward pass (the paper: 1); FPS count images")
-    device: str = option("cpu", "cpu, cuda or cuda:N")
+    device: str = option("auto", DEVICE_HELP)
     threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
     checkpoint: Optional[str] = option(None, "time these weights instead of fresh models", io="in")
     no_paper_protocol: bool = option(False, "skip the eager runs without no_grad", flag_only=True)
@@ -518,6 +523,7 @@ class ServeConfig:
 
     checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name", io="in")
     backend: str = option("auto", backend_help, choices=backend_names)
+    device: str = option("auto", DEVICE_HELP)
     host: str = option("127.0.0.1", "address to bind (default: this machine only)")
     port: int = option(8000, "TCP port")
     max_queue: int = option(16, "waiting requests before 503")
@@ -537,6 +543,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, backend_names())
         check_scale(self.scale)
+        check_device(self.device)
         check_counts(self, max_queue=1, max_pixels=1, max_batch=1, max_connections=1)
         require(0 <= self.port <= 65535, "port", self.port, "a TCP port, 0-65535")
         limits = {"max_mb": (False, 1e5, "MiB"), "timeout_s": (False, 86400, "seconds"), "batch_wait_ms": (True, 60_000, "milliseconds"),

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .checkpoint import resolve_checkpoint
+from .runtimes import resolve_device
 from .config import DemoConfig
 from .data.classes import CAMVID_IGNORE_INDEX, DATASET_INFO
 from .image_io import READ_FORMATS, read_image
@@ -51,12 +52,13 @@ def bundled_weights_available() -> bool:
 
 
 def _segmenter(cfg: DemoConfig, log) -> Segmenter:
+    device = resolve_device(cfg.device, cfg.backend, cfg.checkpoint)
     if cfg.checkpoint:
-        return Segmenter.from_checkpoint(cfg.checkpoint, backend=cfg.backend, log=log)
+        return Segmenter.from_checkpoint(cfg.checkpoint, device, backend=cfg.backend, log=log)
     info = DATASET_INFO["camvid"]
     torch.manual_seed(cfg.seed)
     model = create_model("dabnet", num_classes=len(info["classes"]))
-    return Segmenter(model, info["mean"], info["std"], info["classes"], info["palette"])
+    return Segmenter(model, info["mean"], info["std"], info["classes"], info["palette"], device)
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:

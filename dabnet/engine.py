@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import any_rank
 from .metrics import ConfusionMatrix, labels_from_logits
 from .precision import autocast
 from .preprocessing import pad_to_min_side
@@ -94,8 +95,9 @@ def train_one_epoch(
             loss = loss_fn(logits, y)
             if callbacks is not None:
                 loss = callbacks.on_loss((x, y, *extra), logits, loss)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"loss is {loss.item()} after {steps} step(s) of this epoch")
+            if any_rank(not bool(torch.isfinite(loss))):  # every rank stops together, the bad one or not
+                raise NonFiniteLossError(f"loss is {loss.item()} after {steps} step(s) of this epoch" if not torch.isfinite(loss)
+                                         else f"another process's loss became non-finite after {steps} step(s) of this epoch")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:  # fp16: the scaler skips steps with inf/NaN gradients itself
                 scaler.scale(loss).backward()
@@ -122,7 +124,7 @@ def train_one_epoch(
             total_loss += loss.item()
             if on_step is not None:
                 on_step(steps, loss.item(), optimizer.param_groups[0]["lr"], images / (time.perf_counter() - t0))
-            if should_stop():
+            if any_rank(should_stop()):  # a signal that reached one process stops them all at this step
                 stopped = True
                 break
     finally:
@@ -200,5 +202,5 @@ def evaluate(
         for x, y in pairs:
             x, y = x.to(device), y.to(device)
             pred = labels_from_logits(predict_logits(model, x, scales, flip, precision, channels_last))
-            cm.update(pred, y)
+            cm.update(pred.to(cm.mat.device), y.to(cm.mat.device))  # a runner on the CPU (an exported file) beside a GPU matrix
     return cm.all_reduce()

@@ -16,6 +16,7 @@ from .distributed import init_distributed
 from .engine import evaluate
 from .files import atomic_output, check_output_file
 from .metrics import per_class_table
+from .runtimes import resolve_device
 from .segmenter import Segmenter
 
 
@@ -50,7 +51,7 @@ def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
     for option, path in (("--json", cfg.json), ("--confusion-png", cfg.confusion_png)):
         if path:  # before the evaluation, not after it
             check_output_file(path, option)
-    device, _ = init_distributed(cfg.device)
+    device, _ = init_distributed(resolve_device(cfg.device, cfg.backend, cfg.checkpoint))
     seg = Segmenter.from_checkpoint(cfg.checkpoint, str(device), cfg.backend, cfg.precision, log=log)
     ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, include=cfg.sequences, exclude=cfg.exclude_sequences)
     if len(seg.class_names) != ds.num_classes:

@@ -15,6 +15,7 @@ from .data.classes import CITYSCAPES_CLASSES
 from .files import atomic_output, check_output_folder
 from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, VideoWriter, open_video, read_image, save_png, video_frames
 from .preprocessing import to_rgb
+from .runtimes import resolve_device
 from .segmenter import Segmenter
 from .spec import describe
 from .visualize import colorize, colour_table, overlay
@@ -412,7 +413,8 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
               f"{len(names)} classes ({', '.join(names[:3])}, ...), not Cityscapes' 19; use the default format",
               file=sys.stderr)  # fmt: skip
         return 2
-    seg = Segmenter.from_spec(spec, cfg.device, cfg.backend, cfg.precision, cfg.channels_last, scale=cfg.scale)
+    device = resolve_device(cfg.device, cfg.backend, cfg.checkpoint)
+    seg = Segmenter.from_spec(spec, device, cfg.backend, cfg.precision, cfg.channels_last, scale=cfg.scale)
     failed = bool(missing)
     if images:
         failed |= bool(predict_images(seg, images, out, cfg.format, cfg.batch_size, log, cfg.save, cfg.workers)["skipped"])

@@ -20,6 +20,7 @@ import numpy as np
 
 from .config import ServeConfig
 from .image_io import READ_FORMATS, encode_png, pil_to_rgb
+from .runtimes import resolve_device
 from .segmenter import Segmenter
 from .visualize import colorize, overlay
 
@@ -234,7 +235,8 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     except ImportError as e:
         raise ImportError(f"dabnet serve needs FastAPI ({e.name} is missing): pip install 'dabnet[serve]'") from None
 
-    seg = seg or Segmenter.from_checkpoint(cfg.checkpoint, backend=cfg.backend, scale=cfg.scale)
+    seg = seg or Segmenter.from_checkpoint(cfg.checkpoint, resolve_device(cfg.device, cfg.backend, cfg.checkpoint),
+                                           backend=cfg.backend, scale=cfg.scale)  # fmt: skip
     backend = seg.backend
     worker = InferenceWorker(seg, cfg)
     model_info = {

@@ -98,6 +98,8 @@ def _worker_ignores_stop_signals(worker_id: int) -> None:
 
 def _resolve_device(cfg: TrainConfig) -> torch.device:
     device, _ = D.init_distributed(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed crops: let cuDNN pick its fastest algorithms
     return device
 
 
@@ -524,6 +526,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
     try:
         return _train(cfg, resume, restart, log)
     finally:
+        D.cleanup()  # the process group of a torchrun run ends with it
         if lock is not None:
             lock.close()
 
@@ -571,8 +574,8 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[
             epoch_done = state.iter_in_epoch >= run.iters_per_epoch or not result["stopped"]  # the loader ran dry
             if epoch_done:
                 end_of_epoch(run, state, writer, log)
-            if stop():
-                return stop_run(run, state, stop.signum, log, saved=epoch_done)
+            if result["stopped"]:  # agreed by every process (train_one_epoch): the one signalled, or not
+                return stop_run(run, state, stop.signum or signal.SIGTERM, log, saved=epoch_done)
     except NonFiniteLossError as e:
         raise NonFiniteLossError(f"{e} (epoch {state.epoch + 1}). Training stopped; the last good checkpoint is kept at "
                                  f"{run.out / 'last.pth'}. Lower lr, enable grad_clip, or check the data.") from None  # fmt: skip

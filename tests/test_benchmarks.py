@@ -18,6 +18,7 @@ from dabnet.segmenter import Segmenter
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_recipe_table_from_two_holdout_runs(tmp_path, holdout_run):
     runs = []
     for name, crop in (("new", [32, 48]), ("old", [24, 32])):
@@ -41,6 +42,7 @@ def test_recipe_table_from_two_holdout_runs(tmp_path, holdout_run):
     assert (out.parent / "camvid_recipes.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_train_speed_keeps_other_machines_sections(tmp_path):
     out = tmp_path / "TRAIN_SPEED.md"
     out.write_text("# Training speed\n\nOne section per machine.\n\n## Some other CPU, 2 threads x1\n\n| loop | images/s |\n| x | 1.00 |\n")
@@ -61,6 +63,7 @@ def test_train_speed_keeps_other_machines_sections(tmp_path):
     assert "| dabnet loop, eager, fused=false |" in text and "| dabnet loop, fused |" not in text
 
 
+@pytest.mark.slow
 def test_averaging_table_from_kept_epochs(tmp_path, holdout_run):
     root, run, _ = holdout_run(tmp_path, epochs=3, keep_every=1)
     out, saved = tmp_path / "AVERAGING.md", tmp_path / "avg.pth"
@@ -78,8 +81,10 @@ def test_averaging_table_from_kept_epochs(tmp_path, holdout_run):
     assert rows["single epochs, median (lowest–highest)"][1].strip() == f"{singles[1]:.2f} ({singles[0]:.2f}–{singles[2]:.2f})"
     names = [line.split("|")[1].strip() for line in out.read_text().splitlines() if line.startswith("| ")][1:]
     assert names == ["last epoch", "best single epoch", "single epochs, median (lowest–highest)", "mean of the last 2", "mean of the last 3"]
-    best = max(("mean of the last 2", "mean of the last 3"), key=lambda k: float(rows[k][1]))
-    assert [a["epoch"] for a in dabnet.load_model(saved).checkpoint_meta["averaged_from"]] == ([2, 3] if best.endswith("2") else [1, 2, 3])
+    two, three = (float(rows[k][1]) for k in ("mean of the last 2", "mean of the last 3"))
+    chosen = [a["epoch"] for a in dabnet.load_model(saved).checkpoint_meta["averaged_from"]]
+    # The better mean is saved; the table shows 2 decimals, so a tie there may be decided by the digits beyond.
+    assert chosen in ([[2, 3]] if two > three else [[1, 2, 3]] if three > two else [[2, 3], [1, 2, 3]])
 
 
 def test_speed_table_measures_backend_accuracy_where_the_weights_never_trained(tmp_path, holdout_run, repo_script):
@@ -106,6 +111,7 @@ def test_recipe_table_names_the_run_the_bundled_weights_come_from(repo_script):
     assert recipes.bundled_line([Path("elsewhere") / f"not_{source}"]) == ""
 
 
+@pytest.mark.slow
 def test_camvid_progress_writes_the_row_rule_and_curve(tmp_path, make_camvid):
     from dabnet import train as train_mod
     from dabnet.config import TrainConfig, build_config
@@ -145,6 +151,7 @@ def test_finetune_benchmark_says_whether_the_start_weights_saw_the_validation_dr
     assert bench.validation_drive_note(str(every)).startswith("which the starting weights also trained on")
 
 
+@pytest.mark.slow
 def test_predict_throughput_table_has_every_path(tmp_path):
     import numpy as np
     from PIL import Image
@@ -165,6 +172,7 @@ def test_predict_throughput_table_has_every_path(tmp_path):
     assert "zlib level 2 with strategy RLE" in text
 
 
+@pytest.mark.slow
 def test_avx2_emulation_caps_onednn_and_reports_what_auto_keeps(tmp_path):
     pytest.importorskip("nncf")
     from PIL import Image

@@ -15,6 +15,9 @@ from dabnet.losses import CrossEntropy
 from dabnet.models import fused
 from dabnet.models.layers import BNPReLU, ConvBNPReLU
 
+# Every test here compiles kernels (the fused layers' reason to exist): slow.
+pytestmark = pytest.mark.slow
+
 # bf16 rounds to 8 significant bits: the kernels and the eager ops may round at different points.
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.bfloat16: dict(rtol=3e-2, atol=3e-2)}
 

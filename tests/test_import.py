@@ -269,6 +269,7 @@ def test_data_check_fails_an_image_whose_mask_is_all_ignore(tmp_path, capsys):
     assert "x.png is ignore everywhere" in out and "dataset has problems" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("val_fraction, train, val", [("0", 3, 0), ("0.34", 2, 1), ("0.9", 1, 2)])
 def test_the_printed_finetune_command_works_as_printed(tmp_path, capsys, val_fraction, train, val):
     import shlex

@@ -316,7 +316,7 @@ def test_predict_folder_through_openvino_streams_writes_what_batches_write(bundl
     for name, batch, workers in (("stream", 1, 2), ("stream0", 1, 0), ("batches", 2, 2)):
         result = predict_images(ov_seg, paths, tmp_path / name, batch_size=batch, log=lambda *a: None, save=["label"], workers=workers)
         assert result["images"] == 5 and result["skipped"] == [str(folder / "bad.png")] and result["fps"] > 0
-        written[name] = {p.name: np.asarray(Image.open(p)) for p in sorted((tmp_path / name).iterdir())}
+        written[name] = {p.name: np.asarray(Image.open(p)) for p in sorted((tmp_path / name).iterdir()) if not p.name.startswith(".")}
     assert sorted(written["stream"]) == [f"f{i}_label.png" for i in range(5)]
     for name in ("stream0", "batches"):
         assert written[name].keys() == written["stream"].keys()

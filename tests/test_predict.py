@@ -299,6 +299,7 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert [(r["backend"], r["protocol"]) for r in json.loads(js.read_text())] == [("fold", "inference"), ("fold", "labels")]
 
 
+@pytest.mark.slow
 def test_gpu_speed_script_writes_its_tables_and_device(tmp_path):
     """benchmarks/speed_gpu.py, run small on the CPU: every table, and the JSON names the device."""
     import json

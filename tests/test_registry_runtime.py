@@ -155,3 +155,68 @@ def test_the_predict_path_reads_the_checkpoint_once(camvid_ckpt, tmp_path, monke
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
     assert main(["predict", str(image), "--checkpoint", str(camvid_ckpt), "--backend", "fold", "--out", str(tmp_path / "o")]) == 0
     assert reads == [camvid_ckpt] or [str(r) for r in reads] == [str(camvid_ckpt)]
+
+
+def test_the_cache_tells_a_lost_race_from_a_failed_rename(tmp_path, monkeypatch):
+    """A rename that fails because another process cached the model first returns that folder; any other
+    failure (a full disk, a read-only folder) is an error, never a folder that does not exist."""
+    import errno
+    import json
+    import os
+
+    from dabnet.runtimes import cache
+
+    def build(folder):
+        (folder / "model.bin").write_bytes(b"x" * 10)
+        return {}
+
+    def failing_replace(src, dst):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(cache.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="cannot cache the openvino model"):
+        cache.cached("openvino", "m1", build, tmp_path)
+
+    def lost_race(src, dst):  # the other process's whole folder lands first
+        os.makedirs(dst)
+        (tmp_path / "openvino" / "m2" / "model.bin").write_bytes(b"y" * 10)
+        (tmp_path / "openvino" / "m2" / cache.INFO).write_text(json.dumps({"sizes": {"model.bin": 10}}))
+        raise OSError(errno.ENOTEMPTY, "Directory not empty")
+
+    monkeypatch.setattr(cache.os, "replace", lost_race)
+    folder = cache.cached("openvino", "m2", build, tmp_path)
+    assert cache.whole(folder) and (folder / "model.bin").read_bytes() == b"y" * 10
+
+
+def test_one_device_rule_for_every_command(monkeypatch, tmp_path):
+    """auto: the GPU where there is one and the backend (or an exported file's runtime) runs there, else the CPU."""
+    from dabnet.runtimes import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", "auto") == "cpu" and resolve_device("auto", "eager") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", "auto") == "cuda" and resolve_device("auto", "eager") == "cuda"
+    assert resolve_device("auto", "openvino") == "cpu" and resolve_device("auto", "onnxruntime") == "cpu"
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "m.xml").write_bytes(b"")
+    assert resolve_device("auto", "auto", str(tmp_path / "m.onnx")) == "cpu"
+    assert resolve_device("auto", "auto", str(tmp_path / "m.xml")) == "cpu"
+    assert resolve_device("cpu", "eager") == "cpu" and resolve_device("cuda:1", "eager") == "cuda:1"
+
+
+def test_eval_with_a_cpu_backend_on_a_gpu_machine_runs_on_the_cpu(monkeypatch, tmp_path, make_camvid):
+    """The README's `eval --backend openvino` on a machine with a GPU: auto picks the CPU for that backend
+    (it refused before), and predictions meet the confusion matrix on its device."""
+    pytest.importorskip("openvino")
+    import dabnet
+    from dabnet.checkpoint import make_checkpoint
+    from dabnet.config import EvalConfig
+    from dabnet.evaluate import run_evaluation
+
+    root = make_camvid(tmp_path / "cv", splits=("val",), n=2)
+    ckpt = tmp_path / "m.pth"
+    dabnet.save_checkpoint(make_checkpoint(dabnet.create_model("dabnet", 11)), ckpt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    result = run_evaluation(EvalConfig(checkpoint=str(ckpt), data_root=str(root), backend="openvino", precision="fp32",
+                                       workers=0), log=lambda *a: None)  # fmt: skip
+    assert result["images"] == 2 and result["backend"].startswith("openvino")

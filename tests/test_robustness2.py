@@ -520,6 +520,7 @@ def test_bomb_message_reads_cleanly(tmp_path, monkeypatch):
     assert ".." not in str(e.value) and str(e.value).endswith("Re-export or remove this file.")
 
 
+@pytest.mark.slow
 def test_progress_bars_in_a_log_file_are_few_lines(ckpt, tmp_path):
     import subprocess
     import sys

@@ -370,6 +370,7 @@ def test_inf_gradients_step_after_step_stop_training(tiny_camvid, tmp_path, monk
         train_mod.train(_cfg(tiny_camvid, tmp_path / "run"), log=lambda *a: None)
 
 
+@pytest.mark.slow
 def test_init_from_weights_with_dead_channels_reinitialises_them_and_training_warns_when_channels_die(tiny_camvid, tmp_path):
     """A depth-wise channel whose weight overflowed (as two layers of the v2 CamVid weights did) is dead for good:
     init_from starts it afresh and says so; a run in which one appears says so after the epoch."""
@@ -587,3 +588,51 @@ def test_fuzzed_settings_give_a_config_or_a_config_error():
                 assert "\n" not in str(e), (f.name, v, str(e))
                 outcomes.add("error")
     assert outcomes == {"config", "error"}
+
+
+def _ddp_rank(rank: int, world: int, port: int, out: str, mode: str) -> None:
+    """One gloo process of test_ranks_agree...: trains a tiny DDP model; rank 1 alone is told to stop (mode "stop")
+    or rank 0's loss alone turns NaN (mode "nan") at the third step. Writes what its train_one_epoch did."""
+    import torch.distributed as dist
+
+    from dabnet.engine import NonFiniteLossError, train_one_epoch
+
+    import datetime
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # A short timeout: ranks that disagree block in an all-reduce, and the test fails in seconds instead of hanging.
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20))
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Conv2d(3, 4, 1))
+    opt = torch.optim.SGD(model.parameters(), 0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: 1.0)
+    batches = [(torch.randn(2, 3, 4, 4), torch.randint(0, 4, (2, 4, 4))) for _ in range(6)]
+    calls = {"n": 0}
+
+    def loss_fn(logits, y):
+        calls["n"] += 1
+        loss = F.cross_entropy(logits, y)
+        return loss * float("nan") if mode == "nan" and rank == 0 and calls["n"] == 3 else loss
+
+    stop = (lambda: calls["n"] >= 2) if mode == "stop" and rank == 1 else (lambda: False)
+    try:
+        result = train_one_epoch(model, batches, loss_fn, opt, sched, torch.device("cpu"), should_stop=stop)
+        outcome = {"steps": result["steps"], "stopped": result["stopped"]}
+    except NonFiniteLossError as e:
+        outcome = {"raised": str(e)}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(outcome))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stop", "nan"])
+def test_ranks_agree_on_a_stop_or_a_nan_that_only_one_of_them_sees(tmp_path, mode):
+    import torch.multiprocessing as mp
+
+    port = 29600 + (os.getpid() % 200) + (0 if mode == "stop" else 1)
+    mp.start_processes(_ddp_rank, args=(2, port, str(tmp_path), mode), nprocs=2, join=True, start_method="spawn")
+    outcomes = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    if mode == "stop":
+        assert outcomes == [{"steps": 2, "stopped": True}] * 2
+    else:
+        assert all("raised" in o for o in outcomes) and "another process" in outcomes[1]["raised"]

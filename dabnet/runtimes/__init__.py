@@ -55,8 +55,8 @@ def _importable(name: str) -> bool:
 def choose_auto(device: str = "cpu") -> Tuple[str, str, str]:
     """(backend, precision, why) of `auto`: on CUDA BatchNorm folding with fp16 autocast; on a CPU
     OpenVINO in int8 (x86 with AVX2 or better: int8 kernels beat float ones there, and NNCF with the
-    first/last convolutions in float cost DABNet 0.14 point of CamVid val mIoU), else in bf16
-    where the CPU has it natively, else fp32; PyTorch with BatchNorm folded when OpenVINO is missing."""
+    first/last convolutions in float keeps the labels of fp32: docs/SPEED.md has the figures), else in
+    bf16 where the CPU has it natively, else fp32; PyTorch with BatchNorm folded when OpenVINO is missing."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return "fold", "fp16", f"CUDA device {torch.cuda.get_device_name(dev)}: BatchNorm folded, fp16 autocast, channels_last"
@@ -70,6 +70,21 @@ def choose_auto(device: str = "cpu") -> Tuple[str, str, str]:
     if cpu_has_bf16():
         return "openvino", "bf16", f"{cpu['model']} has native bf16"
     return "openvino", "fp32", f"{cpu['model']}: no int8 path ({'NNCF missing' if 'avx2' in flags else 'no AVX2'}) and no native bf16"
+
+
+def resolve_device(device: str, backend: str = AUTO, source: Optional[str] = None) -> str:
+    """The one device rule of every command: `auto` is the GPU when there is one and the backend (or the
+    runtime an exported `source` file names) runs there, else the CPU; an explicit device is kept as given
+    (and a backend that cannot run there says so when it is prepared)."""
+    if device != "auto":
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    if source is not None and runtime_for_file(source) is not None:  # an exported file runs where its runtime runs
+        return "cuda" if "cuda" in runtime_for_file(source).devices else "cpu"
+    if backend == AUTO:
+        return "cuda"
+    return "cuda" if "cuda" in get_runtime(backend).devices else "cpu"
 
 
 def prepare(

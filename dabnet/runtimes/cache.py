@@ -97,8 +97,9 @@ def cached(runtime: str, name: str, build: Callable[[Path], Dict[str, Any]], cac
         (tmp / INFO).write_text(json.dumps(info, indent=1))
         try:
             os.replace(tmp, folder)  # atomic: a reader sees no folder or a whole one
-        except OSError:  # another process cached it first
-            pass
+        except OSError as e:
+            if not whole(folder):  # not another process caching it first: a real failure (a full disk, permissions)
+                raise OSError(e.errno, f"cannot cache the {runtime} model in {folder}: {e.strerror}", str(folder)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -83,9 +83,9 @@ def first_and_last_convolutions(ov_model) -> List[str]:
     return sorted({convs[0], convs[-1]}) if convs else []
 
 
-# MIXED (symmetric weights, asymmetric activations). With the v2 CamVid weights PERFORMANCE (symmetric
-# activations too) agreed with fp32 on only 97.8% of the calibration pixels (auto fell back to bf16), MIXED
-# on 98.8%; held-out 0006R0 mIoU fp32 46.08, MIXED 46.03, PERFORMANCE 46.16; 360x480 labels 20.6 vs 21.5 ms.
+# MIXED (symmetric weights, asymmetric activations): asymmetric activations follow DABNet's PReLU outputs,
+# which are far from symmetric, so int8 agrees with fp32 on more pixels than PERFORMANCE's symmetric ones
+# (the measurement: docs/SPEED.md).
 QUANT_PRESET = "mixed"
 
 

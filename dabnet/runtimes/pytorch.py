@@ -1,6 +1,7 @@
 """PyTorch runtimes: `eager` (the network as trained), `fold` (BatchNorm folded into the convolution
 before it: eval-mode algebra, same outputs, faster) and `compile` (`torch.compile` with inductor
-freezing on the folded net; on CUDA with CUDA graphs). channels_last and cudnn.benchmark on CUDA."""
+freezing on the folded net; on CUDA with CUDA graphs). channels_last on CUDA; cudnn.benchmark is left to
+the callers whose input sizes are fixed (bench, training), since predict and serve take any size."""
 
 from __future__ import annotations
 
@@ -48,8 +49,6 @@ def torch_runner(
     net = model if backend == "eager" else fold_batchnorm(model)
     if channels_last is None:
         channels_last = dev.type == "cuda"
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest algorithms
     if channels_last:  # on a copy: the caller's model keeps its layout
         net = (copy.deepcopy(net) if net is model else net).to(memory_format=torch.channels_last)
     if backend == "compile":
