@@ -44,9 +44,9 @@ def read_image(path: PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise
     except Image.DecompressionBombError as e:  # not corrupt: larger than the decoder's guard allows
-        raise ImageReadError(f"{path} is larger than the {Image.MAX_IMAGE_PIXELS * 2:,} pixels Pillow decodes by default "
-                             f"({str(e).split('(')[0].strip()}); predict tiles large images: pass --max-image-pixels N "
-                             "to read it") from e  # fmt: skip
+        raise ImageReadError(f"{path} has more than the {Image.MAX_IMAGE_PIXELS * 2:,} pixels Pillow decodes (its guard "
+                             "against decompression bombs), so it was not read; `dabnet predict --max-image-pixels N` "
+                             "reads it, in tiles") from e  # fmt: skip
     except Exception as e:
         raise ImageReadError(f"corrupt or truncated image {path}: {str(e).rstrip('.')}. Re-export or remove this file.") from e
 

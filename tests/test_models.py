@@ -69,11 +69,22 @@ def test_backward_reaches_every_parameter(name):
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_eval_is_deterministic(name):
-    model = _build(name).eval()
-    x = torch.randn(1, 3, 64, 96)
+def test_eval_mode_output_of_an_image_does_not_depend_on_its_batch(name):
+    """In eval mode BatchNorm (and dropout) use their fixed statistics: an image's logits are the same alone or
+    batched with others, and differ from train mode's, which normalises by the batch."""
+    model = _build(name)
+    with torch.no_grad():  # BatchNorm statistics of a few batches, so that eval and train modes differ
+        model.train()
+        for _ in range(2):
+            model(torch.randn(2, 3, 64, 96) * 3 + 1)
+    model.eval()
+    x, others = torch.randn(1, 3, 64, 96), torch.randn(3, 3, 64, 96)
     with torch.no_grad():
-        assert torch.equal(model(x), model(x))
+        alone, batched = model(x), model(torch.cat([x, others]))[:1]
+        scale = float(alone.abs().max())  # float32 rounding of other batch sizes' kernels grows with the logits
+        torch.testing.assert_close(alone, batched, rtol=1e-3, atol=1e-5 * max(1.0, scale))
+        model.train()
+        assert (model(torch.cat([x, others]))[:1] - alone).abs().max() > 1e-3 * max(1.0, scale)
 
 
 # Max-unpooling (ENet, SegNet) cannot be traced to TorchScript; those go through torch.export.

@@ -201,11 +201,24 @@ def test_holdout_drive_is_left_out_of_training_validated_on_and_selects_best(tmp
     assert res["images"] == 4 and res["miou"] == pytest.approx(meta["best_miou"], abs=1e-6)
 
 
-def test_data_on_device_trains_on_cpu(tiny_camvid, tmp_path):
-    out = tmp_path / "dev"
-    summary = train_mod.train(_cfg(tiny_camvid, out, epochs=2, data_on_device=True), log=lambda *a: None)
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(history) == 2 and history[1]["iteration"] == 8 and summary["best_miou"] >= 0
+def test_data_on_device_trains_on_the_batches_the_loader_gives(tiny_camvid, tmp_path):
+    """Without rescaling (where PIL and torch resize differently) the device's batches are the loader's, epoch after
+    epoch: the same crops, flips and order; and a run on them trains to the end."""
+    batches = {}
+    for on_device in (False, True):
+        cfg = _cfg(tiny_camvid, tmp_path / str(on_device), epochs=2, scales=[1.0], data_on_device=on_device)
+        run = train_mod.build_run(cfg, torch.device("cpu"), True, lambda *a: None)
+        batches[on_device] = []
+        for epoch in range(2):
+            run.train_ds.set_epoch(epoch)
+            run.sampler.set_epoch(epoch, 0)
+            batches[on_device] += list(run.loader)
+    assert len(batches[True]) == len(batches[False]) == 8
+    for (xa, ya), (xb, yb) in zip(batches[False], batches[True]):
+        torch.testing.assert_close(xb, xa, rtol=0, atol=1e-5)
+        assert torch.equal(ya, yb)
+    summary = train_mod.train(_cfg(tiny_camvid, tmp_path / "run", epochs=2, data_on_device=True), log=lambda *a: None)
+    assert summary["epoch"] == 2 and torch.load(tmp_path / "run" / "last.pth", weights_only=True)["iteration"] == 8
 
 
 def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypatch, sigterm_at):
