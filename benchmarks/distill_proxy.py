@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +31,14 @@ ARMS: Dict[str, List[str]] = {
     "BC": ["distill_from={v2}", f"distill_scales=[{', '.join(map(str, ENSEMBLE))}]", "distill_flip=true", "distill_weight=2",
            "distill_temperature=1", "distill_cache={runs}/teacher_v2_ensemble", "ema=0.998"],
 }
+# Written on 2026-12-06, with the arms at epoch 8 of 100 (A) and 0 (BC), before any result could sway them.
+RULES = [
+    "- **The v4 recipe** is the arm with the highest mean held-out mIoU over the last five evaluations (epochs "
+    "80-100). An arm within 0.2 points of a simpler one loses to it (A is simpler than B, B than C): a lever "
+    "must pay for itself.",
+    "- **What v4 ships**: the weights the v4 run saves at its last epoch (with EMA in the recipe, that epoch's "
+    "average), chosen by nothing else: with every labelled CamVid frame trained on, no figure is left to choose by.",
+]
 # What each table column reads: (arm's run folder, metrics key).
 COLUMNS = {
     "A: plain": ("proxy_A", "holdout_miou"),
@@ -86,12 +95,12 @@ def report(runs: Path, out: Path) -> str:
         f"`{' '.join(COMMON)}` and seed 0: the same frames, crops and order in every arm. Single-scale mIoU on "
         "all 101 frames of 0006R0, every 5 epochs.",
         "",
-        f"- A: plain continuation. `{' '.join(train_argv('A', runs)[1:])}`",
+        f"- A: plain continuation. `{shlex.join(train_argv('A', runs))}`",
         f"- B and C: distilled from v2's own ensemble (scales {ENSEMBLE} + flips, probabilities averaged), weight 2, "
         "temperature 1, with weight EMA 0.998: B is the run's trained weights (`holdout_trained_miou`), C their "
-        f"average (`holdout_miou`, what the run saves). `{' '.join(train_argv('BC', runs)[1:])}`",
+        f"average (`holdout_miou`, what the run saves). `{shlex.join(train_argv('BC', runs))}`",
         "",
-        "Epochs reached: " + ", ".join(f"{n} {e}" for n, e in a_epochs.items()) + " of 100.",
+        "Last evaluated epoch: " + ", ".join(f"{n} {e}" for n, e in a_epochs.items()) + " of 100.",
         "",
         *rows,
     ]
@@ -127,6 +136,7 @@ def report(runs: Path, out: Path) -> str:
         lines += ["", "![held-out mIoU per arm](distill_proxy.png)"]
     except ImportError:
         pass
+    lines += ["", "## Rules, written before the arms finished", "", *RULES]
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text
