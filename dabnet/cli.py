@@ -125,6 +125,8 @@ def _describe(cfg: C.DescribeConfig) -> int:
     print(f"input: 0-255 RGB, mean {info['mean']}, std {info['std']}")
     if info["note"]:
         print(f"note: {info['note']}")
+    for key, value in info["card"].items():  # the model card's key figures, from the file's own metadata
+        print(f"{key}: {value}")
     return 0
 
 

@@ -59,7 +59,52 @@ class ModelSpec:
         """JSON-ready: what `dabnet describe` prints and the service's /v1/model reports."""
         return {"source": self.source, "format": self.source_format, "network": self.network, "num_classes": self.num_classes,
                 "class_names": list(self.class_names), "palette": [list(c) for c in self.palette], "mean": list(self.mean),
-                "std": list(self.std), "runtime": self.runtime, "note": self.note}  # fmt: skip
+                "std": list(self.std), "runtime": self.runtime, "note": self.note, "card": training_card(self.meta)}  # fmt: skip
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * float(v):.2f}%"
+
+
+def training_card(meta: Dict[str, Any]) -> Dict[str, str]:
+    """The key figures of a model card, from a checkpoint's own metadata (so that the two cannot drift apart):
+    recipe, data, start, epochs and hours, hardware, how the weights were chosen, and what they score where."""
+    cfg = meta.get("config") or {}
+    card: Dict[str, str] = {}
+    if cfg:
+        card["recipe"] = (f"{cfg.get('crop_size', ['?', '?'])[0]}x{cfg.get('crop_size', ['?', '?'])[1]} crops, batch "
+                          f"{cfg.get('batch_size')}, {cfg.get('optimizer')} lr {cfg.get('lr')}, {cfg.get('epochs')}-epoch "
+                          f"schedule, {cfg.get('loss', 'ce')} with {cfg.get('class_weights')} class weights, {cfg.get('precision', 'fp32')}")  # fmt: skip
+        extras = [f"{k} {cfg[k]}" for k in ("distill_from", "ema") if cfg.get(k)]
+        card["recipe"] += "".join(f", {e}" for e in extras)
+    if meta.get("dataset"):
+        held = (meta.get("data_splits") or {}).get("holdout") or meta.get("holdout_sequences") or []
+        card["data"] = str(meta["dataset"]) + (f", drives {', '.join(held)} held out" if held else "")
+        if meta.get("trained_on_every_labelled_frame"):
+            card["data"] += ": every labelled frame trained on"
+    if meta.get("init_from") or cfg.get("init_from"):
+        card["started from"] = str(meta.get("init_from") or cfg.get("init_from"))
+    if meta.get("epochs_run") or meta.get("epoch"):
+        epochs = f"{meta.get('epochs_run') or meta.get('epoch')} epochs"
+        card["trained"] = epochs + (f", {float(meta['trained_minutes']) / 60:.1f} hours" if meta.get("trained_minutes") else "")
+    if meta.get("hardware"):
+        card["hardware"] = str(meta["hardware"])
+    if meta.get("selection_rule"):
+        card["chosen by"] = str(meta["selection_rule"])
+    elif meta.get("averaged_from"):
+        card["chosen by"] = f"the mean of {len(meta['averaged_from'])} checkpoints (dabnet average)"
+    elif meta.get("selected_on"):
+        card["chosen by"] = f"the best epoch on its {meta['selected_on']} set"
+    figures = []
+    for key, name in (("test_miou", "test"), ("holdout_miou", "held-out drives"), ("val_miou", "val")):
+        if meta.get(key) is not None:
+            trained = name == "val" and meta.get("val_trained_on")
+            figures.append(f"{name} {_pct(meta[key])}" + (" (trained on: fitting, not a new drive)" if trained else ""))
+    if str(meta.get("dataset", "")).startswith("camvid") and meta.get("test_miou") is None:
+        figures.append("CamVid test: not measured here")
+    if figures:
+        card["mIoU"] = "; ".join(figures)
+    return card
 
 
 def _dataset(meta: Dict[str, Any], num_classes: int, official: bool) -> Tuple[Optional[str], str]:

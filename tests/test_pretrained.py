@@ -78,3 +78,16 @@ def test_demo_uses_the_bundled_weights(tmp_path):
     text = "\n".join(lines)
     assert "weights: dabnet-camvid" in text and "UNTRAINED" not in text
     assert len(list((tmp_path / "demo").glob("*_overlay.png"))) == len(sample_frames())
+
+
+def test_describe_prints_the_cards_key_figures_from_the_weights_own_metadata(capsys):
+    from dabnet.checkpoint import read_network
+    from dabnet.cli import main
+
+    meta = read_network("dabnet-camvid").meta
+    assert main(["describe", "dabnet-camvid"]) == 0
+    out = capsys.readouterr().out
+    assert f"chosen by: {meta['selection_rule']}" in out
+    assert f"trained: {meta['epochs_run']} epochs, {meta['trained_minutes'] / 60:.1f} hours" in out
+    assert f"val {100 * meta['val_miou']:.2f}% (trained on" in out and "CamVid test: not measured here" in out
+    assert f"hardware: {meta['hardware']}" in out and "best epoch on its val set" not in out
