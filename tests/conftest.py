@@ -169,6 +169,44 @@ def sigterm_at_step(real, epoch: int, step: int):
     return wrapped
 
 
+def run_exported(path: Path, x: torch.Tensor) -> torch.Tensor:
+    """Logits of an exported file on `x`, through its runtime's own API (not dabnet's runners)."""
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    if path.suffix == ".xml":
+        import openvino
+
+        return torch.from_numpy(openvino.Core().compile_model(str(path), "CPU")(x.numpy())[0].copy())
+    return torch.jit.load(str(path))(x).detach()
+
+
+def check_export_parity(model, path: Path, sizes=((64, 96), (72, 104))) -> None:
+    """An exported file agrees with PyTorch on images made here: logits to float rounding (relative to their size),
+    or for networks that route by arg-max (max-unpooling: ties flip between runtimes) labels on 99% of pixels."""
+    from dabnet.export import routes_by_argmax
+
+    g = torch.Generator().manual_seed(1)
+    for h, w in sizes:
+        x = torch.rand(1, 3, h, w, generator=g) * 4 - 2
+        with torch.inference_mode():
+            ref = model.eval()(x)
+        out = run_exported(Path(path), x)
+        assert out.shape == ref.shape, (out.shape, ref.shape)
+        if routes_by_argmax(model):
+            assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.99
+        else:
+            assert (out - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max())), float((out - ref).abs().max())
+
+
+@pytest.fixture(scope="session")
+def export_parity():
+    """`export_parity(model, path)`: the exported file checked against PyTorch independently of export's own check."""
+    return check_export_parity
+
+
 @pytest.fixture(scope="session")
 def sigterm_at():
     """`sigterm_at(train_one_epoch, epoch, step)`: a train_one_epoch that SIGTERMs this process mid-epoch."""

@@ -134,7 +134,13 @@ def test_slow_model_answers_504():
 
 
 def test_concurrent_requests_are_batched_and_all_answered():
-    app = create_app(ServeConfig(checkpoint="test", max_batch=4, batch_wait_ms=50), seg=_segmenter())
+    """Eight requests at once, while the worker is busy: answered, and run in batches the worker saw (up to
+    --max-batch), each request's labels those of its own image."""
+    seg = SlowSegmenter(0.2)
+    seen = []
+    real = seg.predict_batch
+    seg.predict_batch = lambda images: (seen.append(len(images)), real(images))[1]
+    app = create_app(ServeConfig(checkpoint="test", max_batch=4, batch_wait_ms=50), seg=seg)
     results = []
     with TestClient(app) as c:
         threads = [threading.Thread(target=lambda: results.append(
@@ -144,6 +150,7 @@ def test_concurrent_requests_are_batched_and_all_answered():
         for t in threads:
             t.join()
     assert results == [200] * 8
+    assert sum(seen) == 8 and max(seen) > 1 and max(seen) <= 4, seen
 
 
 def test_fuzz_random_bytes_never_take_the_server_down(client):
