@@ -140,12 +140,20 @@ class Segmenter:
 
     @classmethod
     def _made(cls, spec: ModelSpec, device, backend: str, precision: str, channels_last, log, scale: float) -> "Segmenter":
-        if spec.exported:
+        if spec.exported:  # runs as exported: what its runtime cannot honour is refused, not ignored
             runtime = get_runtime(spec.runtime)
             precision = runtime.precision_for(precision)
-            return cls._of(spec, load_exported(spec.source, precision), device, None, _label(runtime.name, precision), scale)
+            runtime.check_device(str(device))
+            if channels_last is not None:
+                raise ValueError(f"--channels-last sets the layout of a PyTorch network; {spec.source} runs as exported by "
+                                 f"{runtime.name}: drop the option")  # fmt: skip
+            runner = load_exported(spec.source, precision, str(device))
+            return cls._of(spec, runner, device, None, _label(runtime.name, precision), scale)
         model = spec.build()
         if backend == AUTO:
+            if channels_last is not None:
+                raise ValueError("--channels-last chooses a PyTorch backend's layout, but --backend auto picks the backend "
+                                 "(and its layout) itself: give --backend fold or eager with it, or drop it")  # fmt: skip
             return cls._auto(spec, model, device, log, scale)
         runner = None
         if backend != "eager" or precision != "fp32" or channels_last is not None:

@@ -474,3 +474,28 @@ def test_an_image_over_the_decoding_limit_says_which_option_reads_it(ckpt, tmp_p
     said = capsys.readouterr()
     assert "--max-image-pixels" in said.out + said.err and "corrupt" not in said.out + said.err
     assert main(args + ["--max-image-pixels", "4000"]) == 0
+
+
+def test_exported_files_refuse_what_they_cannot_honour(ckpt, tmp_path, monkeypatch):
+    """--device, --precision and --channels-last on an exported file are honoured or refused in one line, never
+    ignored; --channels-last under auto likewise (issue 42, 15)."""
+    import dabnet.runtimes.torchscript as ts
+
+    pytest.importorskip("onnxruntime")
+    model = dabnet.load_model(ckpt)
+    export_onnx(model, tmp_path / "m.onnx")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="the onnxruntime backend runs on cpu"):
+        Segmenter.from_checkpoint(tmp_path / "m.onnx", device="cuda", log=None)
+    with pytest.raises(ValueError, match="runs fp32, not bf16"):
+        Segmenter.from_checkpoint(tmp_path / "m.onnx", precision="bf16", log=None)
+    with pytest.raises(ValueError, match="--channels-last .* runs as exported"):
+        Segmenter.from_checkpoint(tmp_path / "m.onnx", channels_last=True, log=None)
+    with pytest.raises(ValueError, match="--backend auto picks"):
+        Segmenter.from_checkpoint(ckpt, channels_last=True, log=None)
+    export_torchscript(model, tmp_path / "m.pt")
+    seen = {}
+    real = ts.torch.jit.load
+    monkeypatch.setattr(ts.torch.jit, "load", lambda p, map_location=None, **k: (seen.update(device=map_location), real(p, map_location="cpu", **k))[1])
+    runner = ts.load_torchscript(tmp_path / "m.pt", "fp32", "cuda")
+    assert seen["device"] == "cuda" and runner.device == torch.device("cuda")  # TorchScript is loaded where asked

@@ -108,12 +108,15 @@ def prepare(
                            calibration=list(calibration) if calibration is not None else None)  # fmt: skip
 
 
-def load_exported(path, precision: str = "fp32") -> Callable[[torch.Tensor], torch.Tensor]:
-    """A runner for an exported file (by its suffix), which carries its own description (`checkpoint_meta`)."""
+def load_exported(path, precision: str = "fp32", device: str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
+    """A runner for an exported file (by its suffix), which carries its own description (`checkpoint_meta`), on
+    `device` (a runtime that declares a GPU takes it as a third argument; the others run on the CPU)."""
     runtime = runtime_for_file(path)
     if runtime is None:
         raise ValueError(f"{path} is no exported model this installation runs (those end in {', '.join(exported_suffixes())})")
-    return runtime.load(Path(path), runtime.precision_for(precision))
+    runtime.check_device(device)
+    precision = runtime.precision_for(precision)
+    return runtime.load(Path(path), precision) if torch.device(device).type == "cpu" else runtime.load(Path(path), precision, device)
 
 
 def predict_labels(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

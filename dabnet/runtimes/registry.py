@@ -35,7 +35,7 @@ class Runtime:
     channels_last: bool = False
     computes_labels: bool = False
     suffixes: Tuple[str, ...] = ()
-    load: Optional[Callable[[Path, str], Runner]] = None
+    load: Optional[Callable[..., Runner]] = None  # (path, precision) -> runner; (path, precision, device) where devices has a GPU
     read_metadata: Optional[Callable[[Path], Dict[str, Any]]] = None
     export_format: Optional[str] = None
     export: Optional[Callable[[nn.Module, Path], Path]] = None

@@ -58,11 +58,11 @@ def read_torchscript_metadata(path: PathLike) -> Dict[str, Any]:
     return json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
 
 
-def load_torchscript(path: PathLike, precision: str = "fp32") -> ScriptRunner:
-    """A TorchScript file written by `write_torchscript`, run on the CPU."""
+def load_torchscript(path: PathLike, precision: str = "fp32", device: str = "cpu") -> ScriptRunner:
+    """A TorchScript file written by `write_torchscript`, run on `device`."""
     extra = {EXTRA_FILE: ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return ScriptRunner(module.eval(), json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {})
+    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    return ScriptRunner(module.eval(), json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}, device)
 
 
 def _prepare(model: nn.Module, precision: str = "fp32", device: str = "cpu", channels_last: Optional[bool] = None,
