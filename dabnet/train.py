@@ -42,14 +42,38 @@ from .training import Callbacks, build_callbacks
 from .training.callbacks import weights_in
 
 
-class ResumableSampler(Sampler):
-    """A DistributedSampler (shuffled by seed + epoch, sharded by rank) that can skip the
-    batches already trained in an interrupted epoch."""
+class FixedShard(Sampler):
+    """A rank's fixed share of the dataset (every world_size-th image from its rank), reshuffled each epoch by
+    seed + epoch: what data_on_device keeps on that rank's GPU, instead of every image on every GPU."""
 
-    def __init__(self, dataset: SegmentationDataset, seed: int, batch_size: int) -> None:
-        self.inner = DistributedSampler(dataset, num_replicas=D.world_size(), rank=D.rank(), shuffle=True, seed=seed, drop_last=True)
+    def __init__(self, dataset: SegmentationDataset, seed: int) -> None:
+        n = len(dataset) - len(dataset) % D.world_size()  # equal shares, as drop_last
+        self.indices, self.seed, self.epoch = list(range(D.rank(), n, D.world_size())), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter([self.indices[i] for i in torch.randperm(len(self.indices), generator=g).tolist()])
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class ResumableSampler(Sampler):
+    """A DistributedSampler (shuffled by seed + epoch, sharded by rank; with `fixed_shard`, each rank's share
+    fixed for the run) that can skip the batches already trained in an interrupted epoch."""
+
+    def __init__(self, dataset: SegmentationDataset, seed: int, batch_size: int, fixed_shard: bool = False) -> None:
+        self.inner = (FixedShard(dataset, seed) if fixed_shard else
+                      DistributedSampler(dataset, num_replicas=D.world_size(), rank=D.rank(), shuffle=True, seed=seed, drop_last=True))  # fmt: skip
         self.batch_size = batch_size
         self.skip_batches = 0
+
+    def indices(self) -> List[int]:
+        """Every index this rank can draw in any epoch (data_on_device decodes these only)."""
+        return list(self.inner.indices) if isinstance(self.inner, FixedShard) else list(range(len(self.inner.dataset)))
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.inner.set_epoch(epoch)
@@ -356,7 +380,8 @@ def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
                 f"fitting, not generalisation{chosen}. Validate on a held-out sequence (--set holdout=[PREFIX]).")
     weights = _class_weights(cfg, train_ds, device, log)
     model, forward = _build_model(cfg, train_ds.num_classes, device, fresh, log)
-    sampler = ResumableSampler(train_ds, cfg.seed, cfg.batch_size)
+    # data_on_device under DDP: each rank keeps its own share on its GPU (not the whole dataset on every one)
+    sampler = ResumableSampler(train_ds, cfg.seed, cfg.batch_size, fixed_shard=cfg.data_on_device and D.is_dist())
     iters_per_epoch = len(sampler.inner) // cfg.batch_size
     if iters_per_epoch == 0:
         raise DatasetError(f"{train_ds.name} has {len(train_ds)} images per process, fewer than batch_size={cfg.batch_size}")

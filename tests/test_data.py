@@ -294,12 +294,11 @@ def test_shared_camvid(camvid_root):
 
 
 def test_device_batches_match_the_cpu_pipeline_on_cpu(camvid_tree):
-    from torch.utils.data.distributed import DistributedSampler
-
     from dabnet.data.device import DeviceBatches
+    from dabnet.train import ResumableSampler
 
     ds = CamVid(camvid_tree, "train", seed=3)
-    sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=3, drop_last=True)
+    sampler = ResumableSampler(ds, 3, 2)
     dev = DeviceBatches(ds, sampler, 2, torch.device("cpu"), (32, 40), [0.75, 1.0, 1.5], True, (0, 0, 0), (1, 1, 1))
     cpu = CamVid(camvid_tree, "train", transform=TrainTransform((32, 40), (0.75, 1.0, 1.5), True, to_tensor=False), seed=3)
     first = {}
@@ -347,3 +346,28 @@ def test_a_dataset_yaml_with_a_class_twice_is_refused(tmp_path, key, value, what
     (tmp_path / "dataset.yaml").write_text(_yaml.safe_dump(spec))
     with pytest.raises(DatasetError, match=f"{what}.*appear more than once"):
         load_folder_spec(tmp_path / "dataset.yaml")
+
+
+def test_data_on_device_under_ddp_decodes_only_its_ranks_share(camvid_tree, monkeypatch):
+    """Each rank keeps a fixed share of the images on its device, not all of them: rank 1 of 2 decodes and
+    draws only its own, reshuffled every epoch."""
+    import dabnet.distributed as D
+    from dabnet.data.device import DeviceBatches
+    from dabnet.train import ResumableSampler
+
+    monkeypatch.setattr(D, "world_size", lambda: 2)
+    monkeypatch.setattr(D, "rank", lambda: 1)
+    ds = CamVid(camvid_tree, "train", seed=3)
+    decoded = []
+    real = ds.load_pair
+    monkeypatch.setattr(ds, "load_pair", lambda i: (decoded.append(i), real(i))[1])
+    sampler = ResumableSampler(ds, 3, 1, fixed_shard=True)
+    dev = DeviceBatches(ds, sampler, 1, torch.device("cpu"), (32, 40), [1.0], False, (0, 0, 0), (1, 1, 1))
+    share = list(range(1, len(ds) - len(ds) % 2, 2))
+    assert sorted(decoded) == share and sorted(dev.images) == share
+    orders = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        orders.append(list(iter(sampler)))
+        assert sorted(orders[-1]) == share and len(list(dev)) == len(share)
+    assert orders[0] != orders[1] or len(share) < 3

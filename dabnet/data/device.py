@@ -23,7 +23,7 @@ class DeviceBatches:
     def __init__(
         self,
         dataset: SegmentationDataset,
-        sampler,
+        sampler,  # train.ResumableSampler: iterates this epoch's indices, and `indices()` gives every one it may draw
         batch_size: int,
         device: torch.device,
         crop_size: Tuple[int, int],
@@ -38,17 +38,18 @@ class DeviceBatches:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.inv_std = 1.0 / torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.ignore = dataset.ignore_index
-        images, masks = [], []
-        indices = range(len(dataset))
+        images, masks = {}, {}
+        # Only what this process can draw: its fixed share under DDP (train.ResumableSampler), everything otherwise.
+        indices = sampler.indices()
         if progress:
             from ..progress import progress_bar
 
             indices = progress_bar(indices, desc=f"decoding {dataset.name} onto {device}", unit="img", leave=False)
         for i in indices:
             image, mask = dataset.load_pair(i)
-            images.append(torch.from_numpy(image).permute(2, 0, 1).to(device))
-            masks.append(torch.from_numpy(mask).to(device))
-        self.images, self.masks = images, masks  # lists: images may differ in size
+            images[i] = torch.from_numpy(image).permute(2, 0, 1).to(device)
+            masks[i] = torch.from_numpy(mask).to(device)
+        self.images, self.masks = images, masks  # by dataset index: images may differ in size
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
