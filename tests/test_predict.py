@@ -258,10 +258,17 @@ def test_cuda_backends_agree_with_eager_fp32(ckpt, backend, precision):
     assert not torch.equal(first, second)
 
 
-def test_bf16_precision_runs_and_mostly_agrees(ckpt):
-    seg = Segmenter.from_checkpoint(ckpt, backend="eager", precision="bf16")
-    image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
-    assert (seg.predict(image) == Segmenter.from_checkpoint(ckpt, backend="eager").predict(image)).mean() > 0.9
+def test_bf16_precision_keeps_the_labels_of_fp32_on_a_real_frame():
+    """bf16 autocast on the bundled weights and a street frame: the 99.5% of fp32's labels the OpenVINO bf16 path
+    is held to (test_openvino.py), not 'mostly'."""
+    from dabnet.demo import sample_frames
+    from dabnet.image_io import read_image
+
+    image = read_image(sample_frames()[0])[:176, :240]  # a corner: bf16 is emulated, slowly, on CPUs without it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bf16 = Segmenter.from_checkpoint("dabnet-camvid", backend="eager", precision="bf16", log=None).predict(image)
+    assert (bf16 == Segmenter.from_checkpoint("dabnet-camvid", backend="eager", log=None).predict(image)).mean() >= 0.995
 
 
 def test_folding_batchnorm_removes_them_and_keeps_outputs():

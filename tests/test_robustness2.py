@@ -318,9 +318,11 @@ def test_tiny_images_run_on_every_backend_and_agree(ckpt, backend):
     ref = Segmenter.from_checkpoint(ckpt, backend="eager", log=None)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(1, 1), (2, 2), (3, 1), (1, 40), (15, 9)]]
+    same, total = 0, 0
     for im, lab, want in zip(images, seg.predict_batch(images), ref.predict_batch(images)):
         assert lab.shape == im.shape[:2]
-        assert (lab == want).mean() >= 0.9, backend  # the same padded input on each backend
+        same, total = same + int((lab == want).sum()), total + lab.size
+    assert same / total >= 0.999, backend  # the same padded input, fp32 on each backend: equal but for float ties
 
 
 def test_tiny_scale_in_eval_and_tiny_sizes_in_bench(ckpt, tmp_path, make_camvid, capsys):
