@@ -391,11 +391,19 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
 
 def run_predict(cfg: PredictConfig, log=print) -> int:
     """`dabnet predict`: every input segmented; exit code 1 when an input was missing or unreadable."""
-    import sys
-
     from PIL import Image
 
+    guard = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels // 2  # Pillow refuses beyond twice its limit (and warns beyond it)
+    try:
+        return _run_predict(cfg, log)
+    finally:  # Pillow's guard is process-wide: a caller's own reads keep theirs
+        Image.MAX_IMAGE_PIXELS = guard
+
+
+def _run_predict(cfg: PredictConfig, log) -> int:
+    import sys
+
     skipped: List[str] = []
     images, videos, missing = expand_inputs(cfg.inputs, skipped)
     for item in missing:

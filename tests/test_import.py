@@ -346,3 +346,34 @@ def test_fuzzed_exports_import_or_fail_in_one_line(tmp_path, fmt):
             assert "\n" not in str(e), str(e)
             outcomes.add("error")
     assert outcomes == {"imported", "error"}
+
+
+def test_a_cvat_labelmap_with_a_bom_reads_and_a_bad_line_is_named(tmp_path):
+    export = _cvat(tmp_path)
+    labelmap = export / "labelmap.txt"
+    labelmap.write_bytes(b"\xef\xbb\xbf" + labelmap.read_bytes())  # saved by a Windows editor
+    assert import_annotations("cvat", export, tmp_path / "imgs", tmp_path / "out")["classes"] == ["background", "road", "car"]
+    labelmap.write_text(labelmap.read_text(encoding="utf-8-sig") + "sign:255,0\n")
+    with pytest.raises(DatasetError, match=r"labelmap.txt, line 5: 'sign:255,0' is not NAME:R,G,B"):
+        import_annotations("cvat", export, tmp_path / "imgs", tmp_path / "o2")
+
+
+def test_an_import_holds_one_mask_at_a_time(tmp_path, monkeypatch):
+    """Each annotated image is written before the next mask is made (memory: one mask, whatever the export)."""
+    from dabnet.data import importers as I
+
+    imgs = _images(tmp_path / "imgs", [f"f{i}.png" for i in range(4)])
+    written_before = []
+
+    def fake(source, images, classes=None):
+        def pairs():
+            for i in range(4):
+                # the masks of the images before this one are already on disk
+                written_before.append(len(list(tmp_path.glob(".out.importing-*/masks/train/*.png"))))
+                yield imgs / f"f{i}.png", np.zeros((H, W), np.uint8)
+
+        return ["a"], None, I.Records(4, pairs)
+
+    monkeypatch.setitem(I.IMPORTERS, "fake", fake)
+    assert import_annotations("fake", tmp_path / "imgs", imgs, tmp_path / "out")["images"] == {"train": 4}
+    assert written_before == [0, 1, 2, 3]

@@ -506,3 +506,11 @@ def test_exported_files_refuse_what_they_cannot_honour(ckpt, tmp_path, monkeypat
     monkeypatch.setattr(ts.torch.jit, "load", lambda p, map_location=None, **k: (seen.update(device=map_location), real(p, map_location="cpu", **k))[1])
     runner = ts.load_torchscript(tmp_path / "m.pt", "fp32", "cuda")
     assert seen["device"] == "cuda" and runner.device == torch.device("cuda")  # TorchScript is loaded where asked
+
+
+def test_predicts_decoding_limit_does_not_outlive_the_command(ckpt, tmp_path):
+    Image.fromarray(np.zeros((60, 60, 3), np.uint8)).save(tmp_path / "x.png")
+    before = Image.MAX_IMAGE_PIXELS
+    main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--backend", "eager",
+          "--max-image-pixels", "1000"])  # fmt: skip
+    assert Image.MAX_IMAGE_PIXELS == before
