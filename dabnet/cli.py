@@ -236,7 +236,8 @@ def _data_import(cfg: C.DataImportConfig) -> int:
     reports = check_dataset("folder", res["yaml"], progress=False)  # what training will read, checked now
     print(format_report(reports))
     clean = is_clean(reports)
-    print(f"dataset is clean; train on it with: {finetune_command(res, cfg.out)}" if clean else "dataset has problems (see PROBLEM lines above)")
+    batch = C.build_config(C.TrainConfig, "finetune").batch_size
+    print(f"dataset is clean; train on it with: {finetune_command(res, cfg.out, batch)}" if clean else "dataset has problems (see PROBLEM lines above)")
     return 0 if clean else 1
 
 

@@ -337,16 +337,13 @@ def _output_stem(image: Path, images: Path, taken: set) -> str:
     return unique
 
 
-def finetune_command(result: Dict[str, Any], out: PathLike) -> str:
-    """The `dabnet train` command that fine-tunes on an import as it came out: the finetune config, with no
-    validation where there is no val split and a batch no larger than the train split."""
-    from ..config import TrainConfig, build_config
-
-    base = build_config(TrainConfig, "finetune")
+def finetune_command(result: Dict[str, Any], out: PathLike, batch_size: int) -> str:
+    """The `dabnet train` command that fine-tunes on an import as it came out: the finetune config (whose batch
+    is `batch_size`), with no validation where there is no val split and a batch no larger than the train split."""
     sets = [f"data_root={result['yaml']}"]
     if "val" not in result["images"]:
         sets.append("val_split=null")
-    if result["images"]["train"] < base.batch_size:
+    if result["images"]["train"] < batch_size:
         sets.append(f"batch_size={result['images']['train']}")
     return f"dabnet train --config finetune --out {Path(out).parent / (Path(out).name + '-run')} " + " ".join(f"--set {s}" for s in sets)
 
