@@ -158,7 +158,7 @@ def _input_paths(value: Any) -> List[Path]:
 
 
 # What a dataset or a folder of images holds: an output file of these kinds inside an input folder is refused.
-_READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".yaml", ".yml", ".json", ".txt")
+_READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".yaml", ".yml")
 
 
 def check_io(cfg: Any) -> None:
