@@ -66,6 +66,14 @@ def _pct(v: Any) -> str:
     return f"{100 * float(v):.2f}%"
 
 
+def weights_identity(checkpoint: str) -> str:
+    """One line naming weights for a report's header: the name given, the network and how it was trained."""
+    spec = describe(checkpoint)
+    card = training_card(spec.meta)
+    how = "; ".join(card[k] for k in ("trained", "data") if k in card)
+    return f"{checkpoint} ({spec.network}{'; ' + how if how else ''})"
+
+
 def training_card(meta: Dict[str, Any]) -> Dict[str, str]:
     """The key figures of a model card, from a checkpoint's own metadata (so that the two cannot drift apart):
     recipe, data, start, epochs and hours, hardware, how the weights were chosen, and what they score where."""

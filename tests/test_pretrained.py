@@ -91,3 +91,12 @@ def test_describe_prints_the_cards_key_figures_from_the_weights_own_metadata(cap
     assert f"trained: {meta['epochs_run']} epochs, {meta['trained_minutes'] / 60:.1f} hours" in out
     assert f"val {100 * meta['val_miou']:.2f}% (trained on" in out and "CamVid test: not measured here" in out
     assert f"hardware: {meta['hardware']}" in out and "best epoch on its val set" not in out
+
+
+def test_reports_name_the_weights_they_measured():
+    from dabnet.checkpoint import read_network
+    from dabnet.spec import weights_identity
+
+    meta = read_network("dabnet-camvid").meta
+    line = weights_identity("dabnet-camvid")
+    assert line.startswith("dabnet-camvid (dabnet; ") and f"{meta['epochs_run']} epochs" in line and meta["dataset"] in line
