@@ -92,6 +92,13 @@ def test_weights_in_swaps_and_restores_bit_for_bit():
     with callbacks_mod.weights_in(model, other):
         assert torch.equal(model.state_dict()["classifier.weight"], other["classifier.weight"])
     assert _equal_weights(model.state_dict(), before)
+    # The model's own weights (a fresh state_dict of it) are not copied in and out: validation without EMA costs nothing.
+    loads = []
+    real = model.load_state_dict
+    model.load_state_dict = lambda *a, **k: loads.append(1) or real(*a, **k)
+    with callbacks_mod.weights_in(model, model.state_dict()):
+        pass
+    assert loads == []
 
 
 # ----------------------------------------------------------------------------- EMA

@@ -54,6 +54,13 @@ def source_digest(model: nn.Module, *modules: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def hash_weights(h: "hashlib._Hash", model: nn.Module) -> None:
+    """Feed every tensor of `model`'s state, by name, to the hash `h`."""
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+
+
 def cache_key(model: nn.Module, kind: str, calibration: Optional[Sequence[torch.Tensor]] = None,
               code: Sequence[Any] = (), packages: Sequence[str] = ("dabnet", "openvino", "nncf")) -> str:  # fmt: skip
     """What a cached model depends on: weights, network and its code (plus the runtime's `code`
@@ -62,9 +69,7 @@ def cache_key(model: nn.Module, kind: str, calibration: Optional[Sequence[torch.
     h.update(json.dumps({"model": model.model_name, "kwargs": getattr(model, "model_kwargs", {}), "classes": model.num_classes,
                          "kind": kind, "versions": package_versions(packages), "cpu": cpu_flags(),
                          "code": source_digest(model, *code)}, sort_keys=True, default=str).encode())  # fmt: skip
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    hash_weights(h, model)
     for batch in calibration or []:
         h.update(batch.detach().cpu().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
@@ -111,4 +116,4 @@ def info(folder: PathLike) -> Dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-__all__ = ["cache_key", "cached", "info", "package_versions", "source_digest", "whole"]
+__all__ = ["cache_key", "cached", "hash_weights", "info", "package_versions", "source_digest", "whole"]

@@ -126,7 +126,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 def weights_in(model: nn.Module, weights: Weights) -> Iterator[nn.Module]:
     """`model` holding `weights` inside the block (copied in), its own weights again after it, bit for bit."""
     own = model.state_dict()
-    if weights is own or all(weights[k] is v for k, v in own.items()):
+    # state_dict() makes new tensor objects on every call: the model's own weights are those sharing its storage.
+    if all(weights[k].data_ptr() == v.data_ptr() for k, v in own.items()):
         yield model
         return
     saved = {k: v.detach().clone() for k, v in own.items()}

@@ -24,6 +24,7 @@ from .. import distributed as D
 from ..checkpoint import CheckpointError, load_model
 from ..engine import predict_logits
 from ..models.fused import run_compiled
+from ..runtimes.cache import hash_weights
 from .callbacks import Callback, register_callback
 
 # The maps are stored at 1/CACHE_STRIDE of the frame's size: DABNet's logits are at 1/8 of its input, so even
@@ -83,9 +84,7 @@ def distillation_loss(logits: torch.Tensor, soft: torch.Tensor, target: torch.Te
 
 def _weights_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    hash_weights(h, model)
     return h.hexdigest()[:16]
 
 
