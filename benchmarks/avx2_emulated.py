@@ -35,9 +35,9 @@ def measure(checkpoint: str, frames, repeats: int) -> dict:
 
     import dabnet
     import dabnet.runtimes.openvino as ovr
-    from dabnet.preprocessing import Normalize
+    from dabnet.inference.segmenter import MIN_INT8_AGREEMENT, Segmenter, calibration_batches
+    from dabnet.io.preprocessing import Normalize
     from dabnet.runtimes import predict_image_labels, prepare
-    from dabnet.segmenter import MIN_INT8_AGREEMENT, Segmenter, calibration_batches
 
     ovr.OV_PRECISIONS["int8"] = "f32"  # the float parts as an AVX2-only CPU's plugin runs them
     model = dabnet.load_model(checkpoint).eval()
@@ -95,8 +95,8 @@ def main() -> None:
     args = ap.parse_args()
     if os.environ.get("ONEDNN_MAX_CPU_ISA") != CAPPED["ONEDNN_MAX_CPU_ISA"]:  # the cap is read when the libraries load
         sys.exit(subprocess.call([sys.executable, *sys.argv], env={**os.environ, **CAPPED}))
-    from dabnet.image_io import read_image
-    from dabnet.precision import cpu_flags
+    from dabnet.io.images import read_image
+    from dabnet.util.hardware import cpu_flags
 
     torch.set_num_threads(2)
     paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))[: args.frames]
@@ -104,7 +104,7 @@ def main() -> None:
     result = measure(args.checkpoint, frames, args.repeats)
     cpu = cpu_flags()
     command = f"python benchmarks/avx2_emulated.py --frames {args.frames} --repeats {args.repeats}"
-    from dabnet.spec import weights_identity
+    from dabnet.inference.spec import weights_identity
 
     cpu_text = f"{cpu['model']} ({' '.join(cpu['flags'])})"
     text = report(result, cpu_text, command, frames[0].shape[:2], weights_identity(args.checkpoint))

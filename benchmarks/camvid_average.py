@@ -20,10 +20,10 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from dabnet.checkpoint import average_checkpoints, read_checkpoint, save_checkpoint
+from dabnet.commands.evaluate import run_evaluation
 from dabnet.config import EvalConfig, TrainConfig, from_saved
-from dabnet.distributed import describe_hardware
-from dabnet.evaluate import run_evaluation
+from dabnet.io.checkpoint import average_checkpoints, read_checkpoint, save_checkpoint
+from dabnet.util.hardware import describe_hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,8 @@ import torch
 import yaml
 
 import dabnet
+from dabnet.commands.demo import bundled_weights_available
 from dabnet.data import DATASET_INFO
-from dabnet.demo import bundled_weights_available
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -79,9 +79,9 @@ def seconds_per_epoch(folder: Path) -> Optional[float]:
 
 
 def report(runs: Path, out: Path) -> str:
-    from dabnet.distributed import describe_hardware
-
     import torch
+
+    from dabnet.util.hardware import describe_hardware
 
     rows, curves = table(runs)
     a_epochs = {n: max(c) if c else 0 for n, c in curves.items()}

@@ -20,7 +20,7 @@ from typing import Dict, List
 import torch
 import yaml
 
-from dabnet.distributed import describe_hardware
+from dabnet.util.hardware import describe_hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 COARSE = {"flat": ["Road", "Sidewalk"], "structure": ["Building", "Pole", "SignSymbol", "Fence"], "nature": ["Sky", "Tree"],
@@ -62,8 +62,8 @@ def validation_drive_note(init_from: str) -> str:
 
 
 def run(spec: Path, out: Path, epochs: int, init_from) -> Dict[str, object]:
+    from dabnet.commands.train import train
     from dabnet.config import TrainConfig, build_config
-    from dabnet.train import train
 
     # as --set: a keyword argument of None would leave the config's init_from in place
     cfg = build_config(TrainConfig, "finetune", [f"init_from={init_from or 'null'}"], data_root=str(spec), out=str(out), epochs=epochs)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from dabnet.data.datasets import build_dataset
-from dabnet.distributed import describe_hardware
-from dabnet.metrics import ConfusionMatrix
-from dabnet.segmenter import Segmenter
+from dabnet.inference.segmenter import Segmenter
+from dabnet.util.hardware import describe_hardware
+from dabnet.util.metrics import ConfusionMatrix
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ov_profile  # noqa: E402
 
 from dabnet.config import parse_size  # noqa: E402
-from dabnet.precision import cpu_flags  # noqa: E402
-from dabnet.segmenter import Segmenter  # noqa: E402
-from dabnet.spec import weights_identity  # noqa: E402
+from dabnet.inference.segmenter import Segmenter  # noqa: E402
+from dabnet.inference.spec import weights_identity  # noqa: E402
+from dabnet.util.hardware import cpu_flags  # noqa: E402
 
 CONV_NODES = ("Convolution", "GroupConvolution")
 SHAPES = ((64, 128), (128, 64), (256, 32))  # (channels, side) of the dense stacks: the best of them is the rate

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from dabnet.demo import sample_frames
+from dabnet.commands.demo import sample_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 

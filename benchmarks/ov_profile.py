@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dabnet.config import parse_size  # noqa: E402
-from dabnet.image_io import read_image  # noqa: E402
-from dabnet.precision import cpu_flags  # noqa: E402
+from dabnet.inference.segmenter import Segmenter  # noqa: E402
+from dabnet.inference.spec import weights_identity  # noqa: E402
+from dabnet.io.images import read_image  # noqa: E402
 from dabnet.runtimes import predict_labels  # noqa: E402
-from dabnet.segmenter import Segmenter  # noqa: E402
-from dabnet.spec import weights_identity  # noqa: E402
+from dabnet.util.hardware import cpu_flags  # noqa: E402
 
 
 def profile(runner, x: np.ndarray, frames: int, warmup: int = 10, image_input=None):
@@ -130,8 +130,8 @@ def predict_against_graph_upsample(seg: Segmenter, images, frames: int) -> str:
 def compare_presets(seg: Segmenter, x: np.ndarray, presets, frames: int) -> str:
     """NNCF presets side by side: label agreement with fp32 on the calibration frames, the labels graph's
     wall time (interleaved frame by frame, medians) and the time its zero-point nodes take."""
+    from dabnet.inference.segmenter import calibration_batches
     from dabnet.runtimes.openvino import openvino_runner
-    from dabnet.segmenter import calibration_batches
 
     model = seg.spec.build()
     calibration = calibration_batches(seg.mean, seg.std)
@@ -159,7 +159,7 @@ def sample_images(size) -> list:
     """The bundled demo frames (CamVid), resized to `size` (H, W) where they differ."""
     from PIL import Image
 
-    from dabnet.demo import sample_frames
+    from dabnet.commands.demo import sample_frames
 
     images = [read_image(p) for p in sample_frames()]
     return [im if im.shape[:2] == tuple(size) else np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.BILINEAR)) for im in images]
@@ -180,7 +180,7 @@ def profile_report(seg: Segmenter, size, frames: int, top: int = 15, presets=())
             + predict_against_float_path(seg, images, frames) + "\n")  # fmt: skip
     if seg.run.host_upsample:
         text += ("\n## Labels from the low-resolution logits against the graph's own upsample + arg-max, interleaved\n\n"
-                 "The graph stops at the 1/8 logits; `dabnet.upsample.upsampled_argmax` gives each pixel the label its "
+                 "The graph stops at the 1/8 logits; `dabnet.runtimes.upsample.upsampled_argmax` gives each pixel the label its "
                  "cells share and interpolates (fp32) only where they differ. The graph's own path upsamples all the "
                  "logits (in bf16 on this plugin's int8 graph) before its arg-max.\n\n"
                  + predict_against_graph_upsample(seg, images, frames) + "\n")  # fmt: skip

@@ -21,11 +21,11 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from dabnet.image_io import read_image
-from dabnet.distributed import describe_hardware
-from dabnet.predict import predict_images, predict_video
-from dabnet.segmenter import Segmenter
-from dabnet.spec import weights_identity
+from dabnet.commands.predict import predict_images, predict_video
+from dabnet.inference.segmenter import Segmenter
+from dabnet.inference.spec import weights_identity
+from dabnet.io.images import read_image
+from dabnet.util.hardware import describe_hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +47,8 @@ def stream_alone(seg: Segmenter, frames: List) -> float:
 def encoding_costs(seg: Segmenter, frames: List, repeats: int) -> List[str]:
     """Per-frame CPU cost and size of each picture predict writes, in the ways it could be written (the colour
     mask as RGB or as a palette PNG, the overlay at several zlib levels), timed on the frames' own labels."""
-    from dabnet.image_io import PNG_LEVEL, PNG_STRATEGY, encode_png
-    from dabnet.visualize import colorize, colour_table, overlay
+    from dabnet.io.images import PNG_LEVEL, PNG_STRATEGY, encode_png
+    from dabnet.io.visualize import colorize, colour_table, overlay
 
     labels = [seg.predict(f) for f in frames]
     lut = colour_table(seg.palette)

@@ -5,7 +5,7 @@ protocol for the comparison networks, all measured on this machine in one run.
 
 Backend accuracy is measured with the trained weights on their held-out drive (else CamVid val; mIoU
 change against eager fp32), through `dabnet eval --backend B --precision P`. Every timing is a median
-over interleaved frames (see `dabnet.benchmark.benchmark`). Pause anything else running on the machine first.
+over interleaved frames (see `dabnet.commands.bench.benchmark`). Pause anything else running on the machine first.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Tuple
 
 import torch
 
-from dabnet.benchmark import benchmark, measure_matmul_peak, plot_bench
-from dabnet.checkpoint import load_model
+from dabnet.commands.bench import benchmark, measure_matmul_peak, plot_bench
+from dabnet.commands.evaluate import run_evaluation
 from dabnet.config import EvalConfig
-from dabnet.evaluate import run_evaluation
-from dabnet.precision import cpu_flags, cpu_has_bf16
+from dabnet.io.checkpoint import load_model
 from dabnet.runtimes.cache import package_versions
+from dabnet.util.hardware import cpu_flags, cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 # DABNet's dense 3x3 convolutions (in, out, H, W at 512x1024 input): stem, block 1, block 2.
@@ -100,7 +100,7 @@ def pipeline_sections(checkpoint: str, folder: Path, size, frames: int, repeats:
     import ov_profile
     import predict_throughput
 
-    from dabnet.segmenter import Segmenter
+    from dabnet.inference.segmenter import Segmenter
 
     seg = Segmenter.from_checkpoint(checkpoint, backend="auto", log=None)
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))

@@ -6,7 +6,7 @@
 DABNet (trained weights) at 256x512, 512x1024 and 1024x2048, batch 1: eager fp32, fp16 and bf16
 autocast with channels_last, BatchNorm folded, and `compile` (inductor, CUDA graphs); the comparison
 networks (fresh weights) in eager fp32 and folded fp16; DABNet's throughput at batch 8 and 32. Every
-time is a median between CUDA events over interleaved frames (`dabnet.benchmark.benchmark`). The JSON
+time is a median between CUDA events over interleaved frames (`dabnet.commands.bench.benchmark`). The JSON
 holds the rows and a "device" field naming the GPU.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dabnet.benchmark import benchmark
+from dabnet.commands.bench import benchmark
 from dabnet.config import parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def device_name(device: str) -> str:
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    from dabnet.precision import cpu_flags
+    from dabnet.util.hardware import cpu_flags
 
     return f"{cpu_flags()['model']} (CPU, {torch.get_num_threads()} threads)"
 

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 import dabnet
-from dabnet.distributed import describe_hardware
-from dabnet.engine import train_one_epoch
-from dabnet.losses import CrossEntropy
 from dabnet.models.fused import set_fused
-from dabnet.precision import autocast, cpu_has_bf16, isa_caps
 from dabnet.training import Callbacks
 from dabnet.training.distill import Distill
+from dabnet.training.engine import train_one_epoch
+from dabnet.training.losses import CrossEntropy
+from dabnet.util.hardware import cpu_has_bf16, describe_hardware, isa_caps
+from dabnet.util.precision import autocast
 
 
 def _data(batch: int, crop, device, steps: int, soft: bool = False):

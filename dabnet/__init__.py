@@ -1,9 +1,9 @@
 """dabnet: real-time semantic segmentation with DABNet (Li & Kim, BMVC 2019)."""
 
-from .checkpoint import load_model, save_checkpoint
+from .io.checkpoint import load_model, save_checkpoint
 from .models import create_model, list_models
-from .segmenter import Segmenter
-from .spec import ModelSpec, describe
+from .inference.segmenter import Segmenter
+from .inference.spec import ModelSpec, describe
 
 __version__ = "0.1.0"
 __all__ = ["ModelSpec", "Segmenter", "create_model", "describe", "list_models", "load_model", "save_checkpoint", "__version__"]

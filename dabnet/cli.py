@@ -91,7 +91,7 @@ def config_from(cls: Type, args: argparse.Namespace) -> Any:
 
 
 def _models(cfg: C.ModelsConfig) -> int:
-    from .benchmark import format_models_table, models_table
+    from .commands.bench import format_models_table, models_table
 
     rows = models_table(cfg.names or None, cfg.num_classes, cfg.size)
     print(json.dumps(rows, indent=2) if cfg.json else format_models_table(rows, cfg.size))
@@ -113,7 +113,7 @@ def _runtimes(cfg: C.RuntimesConfig) -> int:
 
 
 def _describe(cfg: C.DescribeConfig) -> int:
-    from .spec import describe
+    from .inference.spec import describe
 
     info = describe(cfg.checkpoint).summary()
     if cfg.json:
@@ -131,14 +131,14 @@ def _describe(cfg: C.DescribeConfig) -> int:
 
 
 def _demo(cfg: C.DemoConfig) -> int:
-    from .demo import run_demo
+    from .commands.demo import run_demo
 
     run_demo(cfg)
     return 0
 
 
 def _train(cmd: C.TrainCommand) -> int:
-    from .train import train
+    from .commands.train import train
 
     cfg = C.build_config(C.TrainConfig, cmd.config, cmd.set or [], out=cmd.out)
     summary = train(cfg, resume=cmd.resume, restart=cmd.restart)
@@ -150,9 +150,8 @@ def _train(cmd: C.TrainCommand) -> int:
 
 
 def _average(cfg: C.AverageConfig) -> int:
-    from .checkpoint import average_checkpoints, save_checkpoint
-
-    from .files import check_output_file
+    from .io.checkpoint import average_checkpoints, save_checkpoint
+    from .util.files import check_output_file
 
     check_output_file(cfg.out, "--out", cfg.checkpoints)
     ckpt = average_checkpoints(cfg.checkpoints)
@@ -164,20 +163,20 @@ def _average(cfg: C.AverageConfig) -> int:
 
 
 def _eval(cfg: C.EvalConfig) -> int:
-    from .evaluate import run_evaluation
+    from .commands.evaluate import run_evaluation
 
     run_evaluation(cfg)
     return 0
 
 
 def _predict(cfg: C.PredictConfig) -> int:
-    from .predict import run_predict
+    from .commands.predict import run_predict
 
     return run_predict(cfg)
 
 
 def _export(cfg: C.ExportConfig) -> int:
-    from .export import run_export
+    from .commands.export import run_export
 
     res = run_export(cfg.checkpoint, cfg.format, cfg.out)
     if res["max_abs_error"] < res["tolerance"]:
@@ -189,14 +188,14 @@ def _export(cfg: C.ExportConfig) -> int:
 
 
 def _bench(cfg: C.BenchConfig) -> int:
-    from .benchmark import run_bench
+    from .commands.bench import run_bench
 
     run_bench(cfg)
     return 0
 
 
 def _serve(cfg: C.ServeConfig) -> int:
-    from .serve import serve
+    from .commands.serve import serve
 
     serve(cfg)
     return 0
@@ -295,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dabnet {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a read-only folder, a full disk: which file, and what to do
-        from .files import os_error_message
+        from .util.files import os_error_message
 
         print(f"dabnet {args.command}: error: {os_error_message(e)}", file=sys.stderr)
         return 2

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 import os
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,8 +15,9 @@ import yaml
 
 from .data.datasets import DATASETS
 from .data.importers import IMPORTERS
-from .precision import PRECISIONS
+from .inference.outputs import OUTPUT_KINDS
 from .runtimes import backend_help, backend_names, export_formats
+from .util.precision import PRECISIONS
 
 T = TypeVar("T")
 
@@ -139,7 +140,7 @@ def _input_paths(value: Any) -> List[Path]:
     """The paths an input option names: files, folders, glob matches, bundled weights' files."""
     import glob
 
-    from .checkpoint import resolve_checkpoint
+    from .io.checkpoint import resolve_checkpoint
 
     paths = []
     for item in value if isinstance(value, (list, tuple)) else [value]:
@@ -165,7 +166,7 @@ def check_io(cfg: Any) -> None:
     """No output of a command lands on what it reads: an output file is never one of its input files, nor an
     existing image, mask or dataset file inside an input folder; an output folder and an input never hold one another. Every
     command's output options go through here (their fields say io="out" or "out_dir"), before any work."""
-    from .files import OutputError
+    from .util.files import OutputError
 
     inputs: List[Tuple[str, Path]] = []
     outputs: List[Tuple[str, Path, str]] = []
@@ -423,7 +424,6 @@ class DemoConfig:
         check_device(self.device)
 
 
-OUTPUT_KINDS = ("label", "color", "overlay")  # what predict writes per image, as NAME_KIND.png
 
 
 @dataclass
@@ -501,7 +501,7 @@ class BenchConfig:
                           "timed at the resized size")  # fmt: skip
 
     def __post_init__(self) -> None:
-        from .preprocessing import MIN_SIDE
+        from .io.preprocessing import MIN_SIDE
 
         check_counts(self, frames=1, warmup=0, threads=1, batch=1)
         check_choice("precision", self.precision, PRECISIONS)

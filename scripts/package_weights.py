@@ -28,16 +28,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from dabnet.benchmark import count_params
-from dabnet.checkpoint import NEGLIGIBLE, flush_negligible, read_checkpoint, save_safetensors
+from dabnet.commands.bench import count_params
+from dabnet.commands.demo import run_demo, sample_frames, sample_ground_truth
+from dabnet.commands.evaluate import run_evaluation
 from dabnet.config import DemoConfig, EvalConfig, TrainConfig, build_config, from_saved
 from dabnet.data.datasets import build_dataset, shares_frames
-from dabnet.image_io import read_image
-from dabnet.demo import run_demo, sample_frames, sample_ground_truth
-from dabnet.distributed import describe_hardware
-from dabnet.evaluate import run_evaluation
-from dabnet.metrics import ConfusionMatrix
-from dabnet.segmenter import Segmenter
+from dabnet.inference.segmenter import Segmenter
+from dabnet.io.checkpoint import NEGLIGIBLE, flush_negligible, read_checkpoint, save_safetensors
+from dabnet.io.images import read_image
+from dabnet.util.hardware import describe_hardware
+from dabnet.util.metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP = ["model_name", "num_classes", "model_kwargs", "class_names", "palette", "ignore_index", "raw_ignore",

@@ -104,7 +104,7 @@ def build_folder(root: Path, id_map=None) -> Path:
 def ckpt(tmp_path_factory):
     """A self-describing checkpoint of an untrained 11-class DABNet (test files may define their own)."""
     import dabnet
-    from dabnet.checkpoint import make_checkpoint
+    from dabnet.io.checkpoint import make_checkpoint
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ck") / "m.pth"
@@ -121,7 +121,7 @@ def make_camvid():
 def train_holdout_run(tmp_path: Path, out: str = "run", config: str = "camvid_holdout", **overrides):
     """A tiny CamVid (train: drives 0001TP and 0006R0; val: 0016E5) and a 2-epoch `camvid_holdout` run on it
     that holds 0006R0 out (or a run of another shipped `config`); returns (data root, run folder, config)."""
-    from dabnet import train as train_mod
+    from dabnet.commands import train as train_mod
     from dabnet.config import TrainConfig, build_config
 
     root = tmp_path / "cv"
@@ -186,7 +186,7 @@ def run_exported(path: Path, x: torch.Tensor) -> torch.Tensor:
 def check_export_parity(model, path: Path, sizes=((64, 96), (72, 104))) -> None:
     """An exported file agrees with PyTorch on images made here: logits to float rounding (relative to their size),
     or for networks that route by arg-max (max-unpooling: ties flip between runtimes) labels on 99% of pixels."""
-    from dabnet.export import routes_by_argmax
+    from dabnet.commands.export import routes_by_argmax
 
     g = torch.Generator().manual_seed(1)
     for h, w in sizes:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dabnet
-from dabnet.segmenter import Segmenter
+from dabnet.inference.segmenter import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,12 +91,12 @@ def test_speed_table_measures_backend_accuracy_where_the_weights_never_trained(t
     speed = repo_script("benchmarks/speed.py")
     _, run, _ = holdout_run(tmp_path)
     assert speed.accuracy_split(str(run / "best.pth")) == ("held-out CamVid 0006R0", "train", ["0006R0"])
-    plain = dabnet.checkpoint.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "p.pth")
+    plain = dabnet.io.checkpoint.save_checkpoint(dabnet.io.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "p.pth")
     assert speed.accuracy_split(str(plain)) == ("CamVid val", "val", [])
 
 
 def test_recipe_table_names_the_run_the_bundled_weights_come_from(repo_script):
-    from dabnet.demo import bundled_weights_available
+    from dabnet.commands.demo import bundled_weights_available
 
     if not bundled_weights_available():
         pytest.skip("no trained weights in this checkout")
@@ -113,7 +113,7 @@ def test_recipe_table_names_the_run_the_bundled_weights_come_from(repo_script):
 
 @pytest.mark.slow
 def test_camvid_progress_writes_the_row_rule_and_curve(tmp_path, make_camvid):
-    from dabnet import train as train_mod
+    from dabnet.commands import train as train_mod
     from dabnet.config import TrainConfig, build_config
 
     root = make_camvid(tmp_path / "cv", n=4)
@@ -145,8 +145,8 @@ def test_finetune_benchmark_dataset_merges_classes_and_keeps_the_drives_apart(re
 def test_finetune_benchmark_says_whether_the_start_weights_saw_the_validation_drive(repo_script, tmp_path):
     bench = repo_script("benchmarks/finetune_camvid4.py")
     model = dabnet.create_model("dabnet", 11, block_1=1, block_2=2)
-    held = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(model, holdout_sequences=["0006R0"]), tmp_path / "held.pth")
-    every = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(model, holdout_sequences=[]), tmp_path / "every.pth")
+    held = dabnet.save_checkpoint(dabnet.io.checkpoint.make_checkpoint(model, holdout_sequences=["0006R0"]), tmp_path / "held.pth")
+    every = dabnet.save_checkpoint(dabnet.io.checkpoint.make_checkpoint(model, holdout_sequences=[]), tmp_path / "every.pth")
     assert bench.validation_drive_note(str(held)) == "which the starting weights never trained on"
     assert bench.validation_drive_note(str(every)).startswith("which the starting weights also trained on")
 
@@ -161,7 +161,7 @@ def test_predict_throughput_table_has_every_path(tmp_path):
     folder.mkdir()
     for i in range(3):
         Image.fromarray(np.full((32, 48, 3), 60 * i, np.uint8)).save(folder / f"f{i}.png")
-    ckpt = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "m.pth")
+    ckpt = dabnet.save_checkpoint(dabnet.io.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "m.pth")
     out = tmp_path / "PREDICT_SPEED.md"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "predict_throughput.py"), "--folder", str(folder), "--checkpoint",
                     str(ckpt), "--backend", "eager", "--repeats", "1", "--out", str(out)], check=True)  # fmt: skip
@@ -181,7 +181,7 @@ def test_avx2_emulation_caps_onednn_and_reports_what_auto_keeps(tmp_path):
     folder.mkdir()
     for i in range(2):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
-    ckpt = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11, block_1=1, block_2=2)), tmp_path / "m.pth")
+    ckpt = dabnet.save_checkpoint(dabnet.io.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11, block_1=1, block_2=2)), tmp_path / "m.pth")
     out = tmp_path / "AVX2.md"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "avx2_emulated.py"), "--folder", str(folder), "--checkpoint", str(ckpt),
                     "--frames", "2", "--repeats", "1", "--out", str(out)], check=True, env={**os.environ, "DABNET_CACHE": str(tmp_path / "cache")})  # fmt: skip
@@ -193,7 +193,7 @@ def test_avx2_emulation_caps_onednn_and_reports_what_auto_keeps(tmp_path):
 
 
 def test_finetune_benchmark_runs_differ_only_in_init_from(repo_script, monkeypatch, tmp_path):
-    import dabnet.train
+    import dabnet.commands.train
 
     bench = repo_script("benchmarks/finetune_camvid4.py")
     seen = []
@@ -205,7 +205,7 @@ def test_finetune_benchmark_runs_differ_only_in_init_from(repo_script, monkeypat
         seen.append(cfg)
         raise Seen
 
-    monkeypatch.setattr(dabnet.train, "train", fake_train)
+    monkeypatch.setattr(dabnet.commands.train, "train", fake_train)
     for init in ("dabnet-camvid", None):
         with pytest.raises(Seen):
             bench.run(tmp_path / "dataset.yaml", tmp_path / "run", 3, init)
@@ -272,7 +272,7 @@ def test_int8_roofline_counts_multiply_adds_and_bounds_the_frame(repo_script):
 
 
 def test_hardware_names_the_isa_caps_that_emulate_a_smaller_cpu(monkeypatch):
-    from dabnet.distributed import describe_hardware
+    from dabnet.util.hardware import describe_hardware
 
     for key in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
         monkeypatch.delenv(key, raising=False)
@@ -300,7 +300,7 @@ def test_distill_proxy_table_reads_each_arm_from_its_runs_metrics(tmp_path, repo
 
 
 def test_bench_scale_times_the_network_at_the_resized_frames(tmp_path):
-    from dabnet.benchmark import run_bench
+    from dabnet.commands.bench import run_bench
     from dabnet.config import BenchConfig
 
     rows = run_bench(BenchConfig(models=["dabnet"], sizes=[(64, 96)], frames=1, warmup=0, no_paper_protocol=True, scale=1.5),

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 import dabnet
-from dabnet.checkpoint import NEGLIGIBLE, CheckpointError, average_checkpoints, flush_negligible, make_checkpoint, save_checkpoint
+from dabnet.io.checkpoint import (
+    NEGLIGIBLE,
+    CheckpointError,
+    average_checkpoints,
+    flush_negligible,
+    make_checkpoint,
+    save_checkpoint,
+)
 from dabnet.models.dabnet import DABNet, convert_official_state_dict
 
 
@@ -130,7 +137,7 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
 
 
 def test_official_checkpoints_expect_mean_subtraction_only(tmp_path, official_reference):
-    from dabnet.segmenter import Segmenter
+    from dabnet.inference.segmenter import Segmenter
 
     sd, _, _ = official_reference
     seg = Segmenter.from_checkpoint(_official_file(tmp_path, sd), backend="eager")

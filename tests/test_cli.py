@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from dabnet.cli import main
+from dabnet.commands.demo import run_demo, sample_frames
 from dabnet.config import DemoConfig
-from dabnet.demo import run_demo, sample_frames
 
 
 def test_models_table(capsys):
@@ -142,10 +142,10 @@ def test_predict_out_must_not_be_a_file(tmp_path, capsys):
 
 def _victim(tmp_path):
     import dabnet
-    from dabnet.checkpoint import make_checkpoint
+    from dabnet.io.checkpoint import make_checkpoint
 
     path = tmp_path / "victim.safetensors"
-    from dabnet.checkpoint import save_safetensors
+    from dabnet.io.checkpoint import save_safetensors
 
     save_safetensors(make_checkpoint(dabnet.create_model("dabnet", 11)), path)
     return path

@@ -294,8 +294,8 @@ def test_shared_camvid(camvid_root):
 
 
 def test_device_batches_match_the_cpu_pipeline_on_cpu(camvid_tree):
+    from dabnet.commands.train import ResumableSampler
     from dabnet.data.device import DeviceBatches
-    from dabnet.train import ResumableSampler
 
     ds = CamVid(camvid_tree, "train", seed=3)
     sampler = ResumableSampler(ds, 3, 2)
@@ -351,9 +351,9 @@ def test_a_dataset_yaml_with_a_class_twice_is_refused(tmp_path, key, value, what
 def test_data_on_device_under_ddp_decodes_only_its_ranks_share(camvid_tree, monkeypatch):
     """Each rank keeps a fixed share of the images on its device, not all of them: rank 1 of 2 decodes and
     draws only its own, reshuffled every epoch."""
-    import dabnet.distributed as D
+    import dabnet.util.distributed as D
+    from dabnet.commands.train import ResumableSampler
     from dabnet.data.device import DeviceBatches
-    from dabnet.train import ResumableSampler
 
     monkeypatch.setattr(D, "world_size", lambda: 2)
     monkeypatch.setattr(D, "rank", lambda: 1)

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import dabnet
-from dabnet.losses import CrossEntropy
 from dabnet.models import fused
 from dabnet.models.layers import BNPReLU, ConvBNPReLU
+from dabnet.training.losses import CrossEntropy
 
 # Every test here compiles kernels (the fused layers' reason to exist): slow.
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import dabnet
-from dabnet.benchmark import count_macs, count_params, model_complexity
+from dabnet.commands.bench import count_macs, count_params, model_complexity
 from dabnet.models.dabnet import DABNet
 
 ALL_MODELS = dabnet.list_models()

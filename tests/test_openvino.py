@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import sys
-
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,11 @@ import torch.nn.functional as F
 
 import dabnet
 from dabnet.cli import main
-from dabnet.image_io import read_image
-from dabnet.demo import sample_frames
-from dabnet.metrics import labels_from_logits
+from dabnet.commands.demo import sample_frames
+from dabnet.inference.segmenter import MIN_INT8_AGREEMENT, Segmenter, calibration_batches
+from dabnet.io.images import read_image
 from dabnet.runtimes import choose_auto, cpu_has_bf16, predict_labels, prepare
-from dabnet.segmenter import MIN_INT8_AGREEMENT, Segmenter, calibration_batches
+from dabnet.util.metrics import labels_from_logits
 
 pytest.importorskip("openvino")
 
@@ -142,7 +141,7 @@ def test_auto_falls_back_to_fold_without_openvino(monkeypatch):
 
 
 def test_auto_falls_back_to_fold_when_openvino_fails(monkeypatch):
-    import dabnet.segmenter as S
+    import dabnet.inference.segmenter as S
 
     real = S.prepare
 
@@ -184,7 +183,7 @@ def test_predict_labels_uses_the_runners_own_labels():
 
 def test_auto_drops_int8_that_disagrees_with_fp32(monkeypatch):
     pytest.importorskip("nncf")
-    import dabnet.segmenter as S
+    import dabnet.inference.segmenter as S
 
     monkeypatch.setattr(S, "MIN_INT8_AGREEMENT", 1.01)  # no quantization can pass this
     monkeypatch.setattr(S, "choose_auto", lambda device: ("openvino", "int8", "test"))
@@ -239,7 +238,7 @@ def test_eval_with_a_backend_and_precision(tmp_path, make_camvid, capsys):
     root = make_camvid(tmp_path / "cv", n=4)
     ckpt = tmp_path / "c.pth"
     torch.manual_seed(0)
-    dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), ckpt)
+    dabnet.save_checkpoint(dabnet.io.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 11)), ckpt)
     results = {}
     for backend, precision in [("eager", "fp32"), ("openvino", "fp32")]:
         js = tmp_path / f"{backend}.json"
@@ -309,7 +308,7 @@ def test_openvino_stream_keeps_the_order_and_the_labels_of_one_at_a_time(bundled
 def test_predict_folder_through_openvino_streams_writes_what_batches_write(bundled, tmp_path):
     from PIL import Image
 
-    from dabnet.predict import predict_images
+    from dabnet.commands.predict import predict_images
 
     model, _, _ = bundled
     ov_seg = Segmenter.for_model(model, runner=prepare(model, "openvino", "fp32"), backend="openvino")

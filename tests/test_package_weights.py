@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import dabnet
+from dabnet.commands.demo import run_demo
 from dabnet.config import DemoConfig, TrainConfig, build_config
-from dabnet.demo import run_demo
 
 
 @pytest.mark.parametrize("val_split", ["val", None])  # None: the shipped camvid_holdout config's choice
@@ -53,7 +53,7 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run
 
 
 def test_an_average_of_kept_epochs_is_packaged_with_how_to_make_it_again(tmp_path, holdout_run, repo_script):
-    from dabnet.checkpoint import average_checkpoints, save_checkpoint
+    from dabnet.io.checkpoint import average_checkpoints, save_checkpoint
 
     root, run, _ = holdout_run(tmp_path, keep_every=1)
     avg = save_checkpoint(average_checkpoints([run / "epoch_0001.pth", run / "epoch_0002.pth"]), tmp_path / "avg.pth")
@@ -86,7 +86,7 @@ def test_demo_frames_must_come_from_a_held_out_drive(tmp_path, make_camvid, repo
 
 
 def test_a_run_on_every_labelled_frame_ships_by_its_rule_with_the_history_of_earlier_weights(tmp_path, holdout_run, repo_script):
-    from dabnet.checkpoint import average_checkpoints, make_checkpoint, save_checkpoint, save_safetensors
+    from dabnet.io.checkpoint import average_checkpoints, make_checkpoint, save_checkpoint, save_safetensors
 
     start = save_safetensors(make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "dabnet-camvid-v2.safetensors")
     root, run, cfg = holdout_run(tmp_path, config="camvid_trainval", init_from=str(start), epochs=3)

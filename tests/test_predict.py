@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 import dabnet
-from dabnet.checkpoint import make_checkpoint, save_checkpoint
 from dabnet.cli import main
+from dabnet.commands.export import ExportError, export_onnx, export_torchscript
+from dabnet.commands.predict import expand_inputs
 from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD
-from dabnet.export import ExportError, export_onnx, export_torchscript
-from dabnet.predict import expand_inputs
+from dabnet.inference.segmenter import Segmenter
+from dabnet.io.checkpoint import make_checkpoint, save_checkpoint
+from dabnet.io.visualize import colorize
 from dabnet.runtimes.onnx import OrtRunner
-from dabnet.segmenter import Segmenter
-from dabnet.visualize import colorize
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def images(tmp_path):
 
 
 def test_labels_from_logits_is_argmax_ties_included():
-    from dabnet.metrics import labels_from_logits
+    from dabnet.util.metrics import labels_from_logits
 
     logits = torch.randn(2, 11, 37, 53)
     logits[:, 3:6, :5] = 9.0  # three equal maxima: the first one wins, as with argmax
@@ -187,9 +187,9 @@ def test_int8_backend_keeps_real_frames_labels():
     """PT2E int8 (bundled weights, bundled train frames for calibration) against eager fp32 on the
     bundled frames; a size that is not a multiple of 8 runs the folded fp32 net instead."""
     pytest.importorskip("torchao")
-    from dabnet.demo import sample_frames
+    from dabnet.commands.demo import sample_frames
+    from dabnet.inference.segmenter import calibration_batches
     from dabnet.runtimes import prepare
-    from dabnet.segmenter import calibration_batches
 
     model = dabnet.load_model("dabnet-camvid")
     seg = Segmenter.from_checkpoint("dabnet-camvid", backend="eager")
@@ -261,8 +261,8 @@ def test_cuda_backends_agree_with_eager_fp32(ckpt, backend, precision):
 def test_bf16_precision_keeps_the_labels_of_fp32_on_a_real_frame():
     """bf16 autocast on the bundled weights and a street frame: the 99.5% of fp32's labels the OpenVINO bf16 path
     is held to (test_openvino.py), not 'mostly'."""
-    from dabnet.demo import sample_frames
-    from dabnet.image_io import read_image
+    from dabnet.commands.demo import sample_frames
+    from dabnet.io.images import read_image
 
     image = read_image(sample_frames()[0])[:176, :240]  # a corner: bf16 is emulated, slowly, on CPUs without it
     with warnings.catch_warnings():
@@ -298,7 +298,7 @@ def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     assert main(["bench", "--models", "dabnet", "--sizes", "64x96", "--backends", "fold", "--channels-last",
                  "--frames", "1", "--warmup", "0", "--no-paper-protocol", "--json", str(js)]) == 0  # fmt: skip
     assert [r["backend"] for r in json.loads(js.read_text())] == ["fold+cl"]
-    from dabnet.benchmark import benchmark
+    from dabnet.commands.bench import benchmark
 
     rows = benchmark(["dabnet"], [(32, 48)], ["eager", "fold+cl"], frames=1, warmup=0, paper_protocol=False, log=print)
     assert [(r["backend"], r["precision"]) for r in rows] == [("eager", "fp32"), ("fold+cl", "fp32")]
@@ -327,7 +327,7 @@ def test_gpu_speed_script_writes_its_tables_and_device(tmp_path):
 
 
 def test_pngs_are_written_with_the_rle_strategy_and_decode_to_what_was_given(tmp_path):
-    from dabnet.image_io import PNG_STRATEGY, encode_png, save_png
+    from dabnet.io.images import PNG_STRATEGY, encode_png, save_png
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.repeat(rng.integers(0, 11, (12, 16), dtype=np.uint8), 8, 0), 8, 1)
@@ -393,7 +393,7 @@ def test_predict_never_replaces_a_file_it_did_not_write(ckpt, tmp_path, capsys):
 
 def test_a_users_video_beside_its_source_is_kept(ckpt, tmp_path, capsys):
     pytest.importorskip("cv2")
-    from dabnet.image_io import VideoWriter
+    from dabnet.io.images import VideoWriter
 
     folder = tmp_path / "v"
     folder.mkdir()
@@ -410,7 +410,7 @@ def test_a_users_video_beside_its_source_is_kept(ckpt, tmp_path, capsys):
 
 
 def test_output_names_are_unique_even_where_stems_and_suffixes_collide(tmp_path):
-    from dabnet.predict import output_names
+    from dabnet.commands.predict import output_names
 
     paths = [tmp_path / n for n in ("x.png", "x.jpg", "x.jpg.png", "y.png")]
     names = output_names(paths)
@@ -419,7 +419,7 @@ def test_output_names_are_unique_even_where_stems_and_suffixes_collide(tmp_path)
     folder.mkdir()
     for n in ("x.png", "x.jpg", "x.jpg.png"):
         Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(folder / n, format="PNG")
-    from dabnet.predict import predict_images
+    from dabnet.commands.predict import predict_images
 
     seg = Segmenter.for_model(dabnet.create_model("dabnet", 11))
     result = predict_images(seg, sorted(folder.iterdir()), tmp_path / "out", save=["label"], log=lambda *a: None)
@@ -428,8 +428,8 @@ def test_output_names_are_unique_even_where_stems_and_suffixes_collide(tmp_path)
 
 @pytest.mark.parametrize("mode", ["I;16", "I", "F"])
 def test_a_pil_image_of_any_mode_reads_as_its_file_does(ckpt, tmp_path, mode):
-    from dabnet.image_io import read_image
-    from dabnet.preprocessing import as_rgb_array
+    from dabnet.io.images import read_image
+    from dabnet.io.preprocessing import as_rgb_array
 
     ramp = (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)
     image = {"I;16": Image.fromarray(ramp), "I": Image.fromarray(ramp.astype(np.int32)),
@@ -447,7 +447,7 @@ def test_a_pil_image_of_any_mode_reads_as_its_file_does(ckpt, tmp_path, mode):
 
 
 def test_a_big_endian_uint16_array_is_read_like_a_native_one():
-    from dabnet.preprocessing import to_rgb
+    from dabnet.io.preprocessing import to_rgb
 
     ramp = (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)
     assert np.array_equal(to_rgb(ramp.astype(">u2")), to_rgb(ramp))

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import dabnet
-from dabnet.checkpoint import make_checkpoint, resolve_checkpoint, save_safetensors
+from dabnet.commands.demo import bundled_weights_available, run_demo, sample_frames
 from dabnet.config import DemoConfig
-from dabnet.image_io import read_image
-from dabnet.demo import bundled_weights_available, run_demo, sample_frames
-from dabnet.segmenter import Segmenter
+from dabnet.inference.segmenter import Segmenter
+from dabnet.io.checkpoint import make_checkpoint, resolve_checkpoint, save_safetensors
+from dabnet.io.images import read_image
 
 REQUIRED_META = ["model_name", "num_classes", "class_names", "palette", "mean", "std", "config", "data_splits",
                  "val_miou", "val_per_class_iou", "sample_frames_miou", "epoch"]  # fmt: skip
@@ -58,8 +58,8 @@ def test_bundled_weights_load_by_name_with_complete_metadata():
 @bundled
 def test_bundled_model_keeps_its_accuracy_on_the_sample_frames():
     """Regression guard: loading, preprocessing and the network must reproduce the recorded figure."""
-    from dabnet.demo import sample_ground_truth
-    from dabnet.metrics import ConfusionMatrix
+    from dabnet.commands.demo import sample_ground_truth
+    from dabnet.util.metrics import ConfusionMatrix
 
     seg = Segmenter.from_checkpoint("dabnet-camvid", backend="eager")
     cm = ConfusionMatrix(11)
@@ -81,8 +81,8 @@ def test_demo_uses_the_bundled_weights(tmp_path):
 
 
 def test_describe_prints_the_cards_key_figures_from_the_weights_own_metadata(capsys):
-    from dabnet.checkpoint import read_network
     from dabnet.cli import main
+    from dabnet.io.checkpoint import read_network
 
     meta = read_network("dabnet-camvid").meta
     assert main(["describe", "dabnet-camvid"]) == 0
@@ -94,8 +94,8 @@ def test_describe_prints_the_cards_key_figures_from_the_weights_own_metadata(cap
 
 
 def test_reports_name_the_weights_they_measured():
-    from dabnet.checkpoint import read_network
-    from dabnet.spec import weights_identity
+    from dabnet.inference.spec import weights_identity
+    from dabnet.io.checkpoint import read_network
 
     meta = read_network("dabnet-camvid").meta
     line = weights_identity("dabnet-camvid")

@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 import dabnet
-from dabnet import checkpoint as C
 from dabnet.cli import main
 from dabnet.data.classes import CAMVID_CLASSES, CITYSCAPES_CLASSES, IMAGENET_MEAN
+from dabnet.inference.spec import describe
+from dabnet.io import checkpoint as C
 from dabnet.runtimes import Runtime, backend_names, export_formats, exported_suffixes, register_runtime
 from dabnet.runtimes.registry import unregister_runtime
-from dabnet.spec import describe
 
 CALLS = {"prepare": 0, "run": 0, "load": 0, "export": 0}
 
@@ -209,9 +209,9 @@ def test_eval_with_a_cpu_backend_on_a_gpu_machine_runs_on_the_cpu(monkeypatch, t
     (it refused before), and predictions meet the confusion matrix on its device."""
     pytest.importorskip("openvino")
     import dabnet
-    from dabnet.checkpoint import make_checkpoint
+    from dabnet.commands.evaluate import run_evaluation
     from dabnet.config import EvalConfig
-    from dabnet.evaluate import run_evaluation
+    from dabnet.io.checkpoint import make_checkpoint
 
     root = make_camvid(tmp_path / "cv", splits=("val",), n=2)
     ckpt = tmp_path / "m.pth"

@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 
 import dabnet
-from dabnet.checkpoint import CheckpointError, read_checkpoint
 from dabnet.cli import main
-from dabnet.image_io import read_image
-from dabnet.preprocessing import to_rgb
+from dabnet.io.checkpoint import CheckpointError, read_checkpoint
+from dabnet.io.images import read_image
+from dabnet.io.preprocessing import to_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,12 +82,12 @@ def test_same_names_in_two_folders_keep_both(ckpt, tmp_path):  # row 5
 
 
 def test_cityscapes_format_needs_cityscapes_classes(ckpt, tmp_path, capsys, monkeypatch):  # row 6
-    import dabnet.segmenter
+    import dabnet.inference.segmenter
 
     def no_backend(*a, **k):
         raise AssertionError("the backend was prepared (quantized) before the refusal")
 
-    monkeypatch.setattr(dabnet.segmenter, "prepare", no_backend)
+    monkeypatch.setattr(dabnet.inference.segmenter, "prepare", no_backend)
     Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "x.png")
     assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt), "--format",
                  "cityscapes", "--out", str(tmp_path / "o")]) == 2  # fmt: skip
@@ -118,7 +118,7 @@ def test_onnxruntime_backend_leaves_no_temporary_files(ckpt, tmp_path, monkeypat
 
 def test_export_tolerance_follows_the_logits_and_a_failed_check_keeps_no_file(ckpt, tmp_path, monkeypatch):  # row 2
     pytest.importorskip("onnxruntime")
-    import dabnet.export as E
+    import dabnet.commands.export as E
 
     model = dabnet.load_model(ckpt)
     with torch.no_grad():
@@ -205,7 +205,7 @@ def test_pack_refuses_to_write_into_its_source(make_camvid, tmp_path, capsys):  
 
 
 def test_serve_413_for_images_over_pillows_own_limit(monkeypatch):  # row 14
-    from dabnet.serve import HTTPProblem, decode_image
+    from dabnet.commands.serve import HTTPProblem, decode_image
 
     buf = io.BytesIO()
     Image.new("RGB", (100, 100)).save(buf, format="PNG")
@@ -217,8 +217,8 @@ def test_serve_413_for_images_over_pillows_own_limit(monkeypatch):  # row 14
 
 
 def test_serve_binds_before_the_banner_and_names_a_busy_port(capsys):  # row 14
+    from dabnet.commands.serve import serve
     from dabnet.config import ServeConfig
-    from dabnet.serve import serve
 
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
@@ -232,8 +232,8 @@ def test_serve_binds_before_the_banner_and_names_a_busy_port(capsys):  # row 14
 
 
 def test_serve_without_its_extra_names_the_install(monkeypatch):  # row 14
+    from dabnet.commands.serve import serve
     from dabnet.config import ServeConfig
-    from dabnet.serve import serve
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     with pytest.raises(ImportError, match=r"pip install 'dabnet\[serve\]'"):
@@ -252,7 +252,7 @@ def test_no_generated_files_in_the_repository_root():  # row 16
 def test_a_failed_or_interrupted_export_leaves_the_good_file_in_place(ckpt, tmp_path, monkeypatch, fmt):
     """Every export is written and checked in a temporary folder, then renamed: a good file already at --out
     survives an export that fails its check, or is interrupted (Ctrl-C) in the middle."""
-    import dabnet.export as E
+    import dabnet.commands.export as E
     from dabnet.runtimes import registry as reg
 
     target = tmp_path / f"t.{'onnx' if fmt == 'onnx' else 'pt'}"

@@ -17,14 +17,14 @@ import torch
 from PIL import Image
 
 import dabnet
-import dabnet.train as train_mod
-from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD
-from dabnet.checkpoint import CheckpointError
+import dabnet.commands.train as train_mod
 from dabnet.cli import main
+from dabnet.commands.predict import MANIFEST
 from dabnet.config import ConfigError, TrainConfig, build_config
-from dabnet.files import OutputError, atomic_output, check_output_file, check_output_folder, os_error_message
-from dabnet.predict import MANIFEST
-from dabnet.segmenter import Segmenter
+from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD
+from dabnet.inference.segmenter import Segmenter
+from dabnet.io.checkpoint import CheckpointError
+from dabnet.util.files import OutputError, atomic_output, check_output_file, check_output_folder, os_error_message
 
 
 @pytest.fixture
@@ -208,7 +208,7 @@ def test_ctrl_c_during_predict_leaves_no_truncated_png_and_no_traceback(ckpt, tm
 
 @pytest.mark.parametrize("command", ["predict", "demo", "export", "average", "eval-json", "bench-json", "train"])
 def test_unwritable_outputs_are_one_line_before_any_work(command, ckpt, tmp_path, unwritable, capsys, make_camvid, monkeypatch):
-    import dabnet.segmenter
+    import dabnet.inference.segmenter
 
     target = unwritable / "sub"
     frame = _frame(tmp_path / "f.png", 0)
@@ -225,7 +225,7 @@ def test_unwritable_outputs_are_one_line_before_any_work(command, ckpt, tmp_path
     def no_model(*a, **k):  # the check comes before any model is built
         raise AssertionError("a model was prepared before the output was checked")
 
-    monkeypatch.setattr(dabnet.segmenter.Segmenter, "from_checkpoint", no_model)
+    monkeypatch.setattr(dabnet.inference.segmenter.Segmenter, "from_checkpoint", no_model)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and str(unwritable) in err, err
@@ -312,7 +312,7 @@ def _backends():
 
 @pytest.mark.parametrize("backend", _backends())
 def test_tiny_images_run_on_every_backend_and_agree(ckpt, backend):
-    from dabnet.segmenter import Segmenter
+    from dabnet.inference.segmenter import Segmenter
 
     seg = Segmenter.from_checkpoint(ckpt, backend=backend, log=None)
     ref = Segmenter.from_checkpoint(ckpt, backend="eager", log=None)
@@ -336,9 +336,9 @@ def test_one_bad_request_in_a_batch_fails_alone():
     import asyncio
 
     pytest.importorskip("fastapi")
+    from dabnet.commands.serve import InferenceWorker
     from dabnet.config import ServeConfig
-    from dabnet.segmenter import Segmenter
-    from dabnet.serve import InferenceWorker
+    from dabnet.inference.segmenter import Segmenter
 
     class Picky(Segmenter):  # fails on any batch that holds a 7x7 image, as a backend might on a bad input
         def predict_batch(self, images):
@@ -366,7 +366,7 @@ def test_one_bad_request_in_a_batch_fails_alone():
 
 
 def test_large_images_run_as_tiles_no_pass_over_the_budget_and_tiles_match_their_crops(ckpt):
-    from dabnet.segmenter import Segmenter
+    from dabnet.inference.segmenter import Segmenter
 
     seg = Segmenter.from_checkpoint(ckpt, backend="eager", log=None)
     seg.max_pixels, seg.tile_margin = 96 * 96, 16
@@ -395,7 +395,7 @@ def test_serve_gives_memory_back_after_a_burst():
     """The worker itself gives memory back after a batch over RELEASE_AFTER_PIXELS once its queue is empty (the
     trigger, not only the call), and the call returns freed heap to the OS."""
     pytest.importorskip("fastapi")
-    import dabnet.serve as S
+    import dabnet.commands.serve as S
 
     def rss_mb():
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -436,7 +436,7 @@ async def _submit(worker, image):
 
 
 def test_an_unwritable_cache_falls_back_to_a_temporary_one(monkeypatch, unwritable, make_camvid, tmp_path):
-    import dabnet.files as files
+    import dabnet.util.files as files
     from dabnet.data.datasets import build_dataset
     from dabnet.data.stats import compute_stats
 
@@ -518,7 +518,7 @@ def test_folder_yaml_with_id_map_as_a_list_is_a_clear_error(make_folder, tmp_pat
 
 
 def test_segmenter_takes_pil_paths_tensors_and_refuses_the_rest_in_one_line(ckpt, tmp_path):
-    from dabnet.segmenter import Segmenter
+    from dabnet.inference.segmenter import Segmenter
 
     seg = Segmenter.from_checkpoint(ckpt, backend="eager", log=None)
     rgb = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
@@ -544,7 +544,7 @@ def test_segmenter_takes_pil_paths_tensors_and_refuses_the_rest_in_one_line(ckpt
 
 
 def test_bomb_message_reads_cleanly(tmp_path, monkeypatch):
-    from dabnet.image_io import ImageReadError, read_image
+    from dabnet.io.images import ImageReadError, read_image
 
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
@@ -577,7 +577,7 @@ def test_progress_bars_in_a_log_file_are_few_lines(ckpt, tmp_path):
 @pytest.mark.parametrize("name", dabnet.list_models())
 def test_every_registered_model_exports_to_onnx_and_runs_in_onnxruntime(name, tmp_path, export_parity):
     pytest.importorskip("onnxruntime")
-    from dabnet.export import export_onnx
+    from dabnet.commands.export import export_onnx
 
     torch.manual_seed(0)
     model = dabnet.create_model(name, 5).eval()
@@ -593,7 +593,7 @@ def test_every_registered_model_exports_to_onnx_and_runs_in_onnxruntime(name, tm
 @pytest.mark.parametrize("name", ["enet", "segnet"])
 def test_max_unpooling_networks_export_to_openvino(name, tmp_path, export_parity):
     pytest.importorskip("openvino")
-    from dabnet.export import export_openvino
+    from dabnet.commands.export import export_openvino
 
     torch.manual_seed(0)
     model = dabnet.create_model(name, 5).eval()

@@ -19,10 +19,10 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 import dabnet  # noqa: E402
+from dabnet.commands.serve import HTTPProblem, InferenceWorker, create_app  # noqa: E402
 from dabnet.config import ServeConfig  # noqa: E402
 from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD  # noqa: E402
-from dabnet.segmenter import Segmenter  # noqa: E402
-from dabnet.serve import HTTPProblem, InferenceWorker, create_app  # noqa: E402
+from dabnet.inference.segmenter import Segmenter  # noqa: E402
 
 
 def _segmenter() -> Segmenter:
@@ -168,7 +168,7 @@ def _live_server(cfg=None, seg=None):
     """A real uvicorn server on a free loopback port, stopped afterwards; yields the port."""
     import uvicorn
 
-    from dabnet.serve import uvicorn_config
+    from dabnet.commands.serve import uvicorn_config
 
     port = _free_port()
     cfg = cfg or ServeConfig(checkpoint="test")
@@ -199,7 +199,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_page_in_headless_chromium(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
 
-    from dabnet.demo import sample_frames
+    from dabnet.commands.demo import sample_frames
 
     with _live_server() as port:
         with sync_api.sync_playwright() as p:
@@ -321,7 +321,7 @@ def test_only_the_listed_formats_are_decoded(client, body):
 
 
 def test_read_image_refuses_formats_outside_the_list(tmp_path):
-    from dabnet.image_io import ImageReadError, read_image
+    from dabnet.io.images import ImageReadError, read_image
 
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.gif")
     (tmp_path / "x.png").write_bytes((tmp_path / "x.gif").read_bytes())  # a GIF named .png
@@ -353,7 +353,7 @@ def test_healthz_reports_a_dead_worker_and_head_is_answered():
 
 
 def test_the_banner_url_of_an_ipv6_host_is_a_url():
-    from dabnet.serve import server_url
+    from dabnet.commands.serve import server_url
 
     assert server_url("::1", 8000) == "http://[::1]:8000/" and server_url("127.0.0.1", 80) == "http://127.0.0.1:80/"
 
@@ -361,7 +361,7 @@ def test_the_banner_url_of_an_ipv6_host_is_a_url():
 def test_a_flood_of_one_error_is_logged_once_per_interval():
     import logging
 
-    from dabnet.serve import OncePerInterval
+    from dabnet.commands.serve import OncePerInterval
 
     limiter = OncePerInterval(interval=0.3)
     logger = logging.getLogger("dabnet.test.flood")

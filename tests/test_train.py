@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 import dabnet
-import dabnet.train as train_mod
-from dabnet.checkpoint import CheckpointError
+import dabnet.commands.train as train_mod
+from dabnet.commands.evaluate import run_evaluation
 from dabnet.config import ConfigError, EvalConfig, TrainConfig, build_config
-from dabnet.engine import NonFiniteLossError, poly_warmup_lambda
-from dabnet.evaluate import run_evaluation
-from dabnet.losses import CrossEntropy, OHEMCrossEntropy
-from dabnet.metrics import ConfusionMatrix
+from dabnet.io.checkpoint import CheckpointError
+from dabnet.training.engine import NonFiniteLossError, poly_warmup_lambda
+from dabnet.training.losses import CrossEntropy, OHEMCrossEntropy
+from dabnet.util.metrics import ConfusionMatrix
 
 # ----------------------------------------------------------------------------- losses
 
@@ -420,7 +420,7 @@ def test_init_from_weights_with_dead_channels_reinitialises_them_and_training_wa
 
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])
 def test_clip_and_check_rejects_gradients_whose_square_overflows(grad_clip):
-    from dabnet.engine import clip_and_check
+    from dabnet.training.engine import clip_and_check
 
     layer = torch.nn.Linear(2, 1)
     for value, ok in ((1.0, True), (1e19, True), (3e19, False), (float("inf"), False), (float("nan"), False)):
@@ -434,7 +434,7 @@ def test_clip_and_check_rejects_gradients_whose_square_overflows(grad_clip):
 def test_bad_inputs_are_clear(tiny_camvid, tmp_path):
     with pytest.raises(ValueError, match="CamVid root not found"):
         train_mod.train(_cfg(tmp_path / "missing", tmp_path / "r1"), log=lambda *a: None)
-    wrong = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 19)), tmp_path / "c19.pth")
+    wrong = dabnet.save_checkpoint(dabnet.io.checkpoint.make_checkpoint(dabnet.create_model("dabnet", 19)), tmp_path / "c19.pth")
     with pytest.raises(ConfigError, match=r"holds a dabnet, but this run trains model=enet; .*--set model=dabnet"):
         train_mod.train(_cfg(tiny_camvid, tmp_path / "r2", init_from=str(wrong), model="enet"), log=lambda *a: None)
     with pytest.raises(CheckpointError, match="predicts 19 classes"):
@@ -523,7 +523,7 @@ def test_eval_accepts_official_checkpoints(tmp_path, official_reference, make_ci
 
 
 def test_gradient_clipping_bounds_the_step():
-    from dabnet.engine import train_one_epoch
+    from dabnet.training.engine import train_one_epoch
 
     def step(clip):
         torch.manual_seed(0)
@@ -555,7 +555,7 @@ def test_init_from_another_class_count_keeps_the_body_and_starts_a_new_head(name
     is kept, what depends on the classes starts fresh, and the log names both."""
     torch.manual_seed(3)
     source = dabnet.create_model(name, 19)
-    path = dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(source), tmp_path / "src.pth")
+    path = dabnet.save_checkpoint(dabnet.io.checkpoint.make_checkpoint(source), tmp_path / "src.pth")
     logs = []
     run = train_mod.build_run(_cfg(tiny_camvid, tmp_path / "run", model=name, init_from=str(path)), torch.device("cpu"), True, logs.append)
     theirs, ours = source.state_dict(), run.model.state_dict()
@@ -593,11 +593,11 @@ def test_an_unexpected_error_with_loader_workers_alive_still_exits(tiny_camvid, 
     """Issue 14, row 1: workers ignore SIGTERM, so an error escaping the loop while they lived left the
     process waiting on them forever at exit. Now the loop drops its loader first: a prompt exit."""
     script = f"""
-import dabnet.engine, dabnet.train as T
+import dabnet.training.engine, dabnet.commands.train as T
 from dabnet.config import TrainConfig, build_config
 def boom(*a, **k):
     raise KeyError("injected")
-dabnet.engine.autocast = boom  # fails inside the step, after the workers started
+dabnet.training.engine.autocast = boom  # fails inside the step, after the workers started
 cfg = build_config(TrainConfig, "camvid", data_root={str(tiny_camvid)!r}, out={str(tmp_path / "run")!r}, epochs=1,
                    batch_size=2, crop_size=[32, 48], workers=2, check_data=False)
 T.train(cfg, log=lambda *a: None)
@@ -637,11 +637,11 @@ def test_fuzzed_settings_give_a_config_or_a_config_error():
 def _ddp_rank(rank: int, world: int, port: int, out: str, mode: str) -> None:
     """One gloo process of test_ranks_agree...: trains a tiny DDP model; rank 1 alone is told to stop (mode "stop")
     or rank 0's loss alone turns NaN (mode "nan") at the third step. Writes what its train_one_epoch did."""
+    import datetime
+
     import torch.distributed as dist
 
-    from dabnet.engine import NonFiniteLossError, train_one_epoch
-
-    import datetime
+    from dabnet.training.engine import NonFiniteLossError, train_one_epoch
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # A short timeout: ranks that disagree block in an all-reduce, and the test fails in seconds instead of hanging.

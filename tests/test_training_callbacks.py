@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 
 import dabnet
-import dabnet.train as train_mod
-from dabnet.checkpoint import make_checkpoint
+import dabnet.commands.train as train_mod
 from dabnet.config import ConfigError, TrainConfig, build_config
 from dabnet.data.transforms import TrainTransform, soft_window
-from dabnet.training import Callback, callbacks as callbacks_mod
+from dabnet.io.checkpoint import make_checkpoint
+from dabnet.training import Callback
+from dabnet.training import callbacks as callbacks_mod
 from dabnet.training.distill import CACHE_STRIDE, DistillError, distillation_loss, teacher_probabilities
 from dabnet.training.ema import EMA
 

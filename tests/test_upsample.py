@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dabnet import upsample
-from dabnet.upsample import upsampled_argmax
+from dabnet.runtimes import upsample
+from dabnet.runtimes.upsample import upsampled_argmax
 
 
 def reference(logits: np.ndarray, size) -> tuple:

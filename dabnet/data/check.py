@@ -45,7 +45,7 @@ def check_split(name: str, root: str, split: str, progress: bool = True) -> Spli
     acc = StatsAccumulator(ds.num_classes)
     indices = range(len(ds))
     if progress:
-        from ..progress import progress_bar
+        from ..util.progress import progress_bar
 
         indices = progress_bar(indices, desc=f"checking {name}:{split}", unit="img", leave=False)
     for i in indices:

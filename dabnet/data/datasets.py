@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..image_io import IMAGE_SUFFIXES, READ_FORMATS, ImageReadError, PathLike, read_image
+from ..io.images import IMAGE_SUFFIXES, READ_FORMATS, ImageReadError, PathLike, read_image
 from .classes import (
     CAMVID_CLASSES,
     CAMVID_IGNORE_INDEX,

@@ -42,7 +42,7 @@ class DeviceBatches:
         # Only what this process can draw: its fixed share under DDP (train.ResumableSampler), everything otherwise.
         indices = sampler.indices()
         if progress:
-            from ..progress import progress_bar
+            from ..util.progress import progress_bar
 
             indices = progress_bar(indices, desc=f"decoding {dataset.name} onto {device}", unit="img", leave=False)
         for i in indices:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..image_io import IMAGE_SUFFIXES, READ_FORMATS, PathLike
+from ..io.images import IMAGE_SUFFIXES, READ_FORMATS, PathLike
 from .datasets import IGNORE_INDEX, DatasetError
 
 Pair = Tuple[Path, np.ndarray]

@@ -12,8 +12,8 @@ from typing import Dict, Sequence
 
 from PIL import Image
 
-from ..files import atomic_output
-from ..image_io import READ_FORMATS, ImageReadError, PathLike
+from ..io.images import READ_FORMATS, ImageReadError, PathLike
+from ..util.files import atomic_output
 from .datasets import CamVid
 
 

@@ -16,7 +16,7 @@ from typing import List, Union
 
 import numpy as np
 
-from .. import files
+from ..util import files
 from .datasets import IGNORE_INDEX, SegmentationDataset
 
 
@@ -121,7 +121,7 @@ def compute_stats(
     acc = StatsAccumulator(dataset.num_classes)
     indices = range(len(dataset))
     if progress:
-        from ..progress import progress_bar
+        from ..util.progress import progress_bar
 
         indices = progress_bar(indices, desc=f"statistics of {dataset.name}", unit="img")
     for i in indices:

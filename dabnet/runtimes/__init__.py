@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import labels_from_logits
-from ..precision import PRECISIONS, cpu_flags, cpu_has_bf16
-from ..preprocessing import Normalize, edge_pad_images, pad_to_min_side
+from ..util.metrics import labels_from_logits
+from ..util.precision import PRECISIONS
+from ..util.hardware import cpu_flags, cpu_has_bf16
+from ..io.preprocessing import Normalize, edge_pad_images, pad_to_min_side
 # One import per runtime module: importing it registers its runtimes, in this order.
 from . import pytorch, torchscript, int8, onnx, openvino  # noqa: F401  isort: skip
 from .pytorch import fold_batchnorm

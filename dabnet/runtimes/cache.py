@@ -18,9 +18,9 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from .. import files
-from ..files import PathLike
-from ..precision import cpu_flags
+from ..util import files
+from ..util.files import PathLike
+from ..util.hardware import cpu_flags
 
 INFO = "info.json"  # beside the cached files: their sizes (what `whole` checks) and what the builder recorded
 

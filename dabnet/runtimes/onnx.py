@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..files import PathLike
+from ..util.files import PathLike
 from .registry import Runtime, register_runtime
 
 META_KEYS = ("model_name", "num_classes", "class_names", "palette", "mean", "std", "val_miou", "source")

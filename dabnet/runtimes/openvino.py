@@ -15,8 +15,8 @@ import contextlib
 import io
 import json
 import os
-import threading
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import PathLike
-from ..metrics import labels_from_logits
-from ..precision import cpu_flags, cpu_has_bf16
-from ..upsample import label_dtype, upsampled_argmax
+from ..util.files import PathLike
+from ..util.hardware import cpu_flags, cpu_has_bf16
+from ..util.metrics import labels_from_logits
 from . import cache
 from .onnx import META_KEYS, export_sizes, model_metadata
 from .registry import Runtime, register_runtime
+from .upsample import label_dtype, upsampled_argmax
 
 OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": None}  # int8: float parts at the plugin's default
 

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..precision import PRECISIONS, autocast, check_precision, cpu_has_bf16
+from ..util.hardware import cpu_has_bf16
+from ..util.precision import PRECISIONS, autocast, check_precision
 from .registry import Runtime, register_runtime
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
-from ..files import PathLike
+from ..util.files import PathLike
 from .onnx import export_sizes, model_metadata
 from .registry import Runtime, register_runtime
 

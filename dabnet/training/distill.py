@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .. import distributed as D
-from ..checkpoint import CheckpointError, load_model
-from ..engine import predict_logits
+from ..io.checkpoint import CheckpointError, load_model
 from ..models.fused import run_compiled
 from ..runtimes.cache import hash_weights
+from ..util import distributed as D
 from .callbacks import Callback, register_callback
+from .engine import predict_logits
 
 # The maps are stored at 1/CACHE_STRIDE of the frame's size: DABNet's logits are at 1/8 of its input, so even
 # the teacher's 2x scale carries no detail finer than 1/4 of the frame, and a quarter of the pixels loses nothing
@@ -192,9 +192,8 @@ class Distill(Callback):
         if D.is_main():
             todo = self.cache.prepare()
             if todo:
-                from ..progress import progress_bar
-
                 from ..runtimes import prepare
+                from ..util.progress import progress_bar
 
                 # BatchNorm folded into the convolutions: the same probabilities to float rounding, fewer passes.
                 runner = prepare(self.teacher.to(self.device), "fold", "fp32", str(self.device))

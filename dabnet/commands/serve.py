@@ -18,11 +18,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .config import ServeConfig
-from .image_io import READ_FORMATS, encode_png, pil_to_rgb
-from .runtimes import resolve_device
-from .segmenter import Segmenter
-from .visualize import colorize, overlay
+from ..config import ServeConfig
+from ..inference.segmenter import Segmenter
+from ..io.images import READ_FORMATS, encode_png, pil_to_rgb
+from ..io.visualize import colorize, overlay
+from ..runtimes import resolve_device
 
 log = logging.getLogger("dabnet.serve")
 

@@ -19,10 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from . import distributed as D
-from .checkpoint import TRAINING_STATE, CheckpointError, RunState, load_model, make_checkpoint, read_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig, save_config
-from .data.datasets import (
+from ..config import ConfigError, TrainConfig, save_config
+from ..data.datasets import (
     DatasetError,
     SegmentationDataset,
     build_dataset,
@@ -30,16 +28,27 @@ from .data.datasets import (
     select_sequences,
     shares_frames,
 )
-from .data.stats import class_weights, compute_stats
-from .data.transforms import EvalTransform, TrainTransform
-from .engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
-from .files import check_output_folder
-from .losses import build_loss
-from .models import create_model
-from .models.fused import set_fused
-from .models.layers import BROKEN_LIMIT, broken_channels, reinit_channels
-from .training import Callbacks, build_callbacks
-from .training.callbacks import weights_in
+from ..data.stats import class_weights, compute_stats
+from ..data.transforms import EvalTransform, TrainTransform
+from ..io.checkpoint import (
+    TRAINING_STATE,
+    CheckpointError,
+    RunState,
+    load_model,
+    make_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from ..models import create_model
+from ..models.fused import set_fused
+from ..models.layers import BROKEN_LIMIT, broken_channels, reinit_channels
+from ..training import Callbacks, build_callbacks
+from ..training.callbacks import weights_in
+from ..training.engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
+from ..training.losses import build_loss
+from ..util import distributed as D
+from ..util.files import check_output_folder
+from ..util.hardware import describe_hardware
 
 
 class FixedShard(Sampler):
@@ -167,7 +176,7 @@ def selection_set(cfg: TrainConfig) -> Optional[str]:
 
 
 def _check_files(cfg: TrainConfig, log) -> None:
-    from .data.check import check_split
+    from ..data.check import check_split
 
     for split in filter(None, [cfg.train_split, cfg.val_split]):
         report = check_split(cfg.dataset, cfg.data_root, split, progress=True)
@@ -348,7 +357,7 @@ def _loaders(cfg: TrainConfig, train_ds: SegmentationDataset, drawn: Any, val_se
              device: torch.device):  # fmt: skip
     """The training batches (drawn from `drawn`, the dataset as the callbacks give it) and the validation loaders."""
     if cfg.data_on_device:
-        from .data.device import DeviceBatches
+        from ..data.device import DeviceBatches
 
         loader: Any = DeviceBatches(train_ds, sampler, cfg.batch_size, device, tuple(cfg.crop_size), cfg.scales, cfg.flip,
                                     train_ds.mean, train_ds.std, progress=D.is_main())  # fmt: skip
@@ -393,7 +402,7 @@ def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
     min_kept = cfg.ohem_min_kept if cfg.ohem_min_kept is not None else cfg.batch_size * cfg.crop_size[0] * cfg.crop_size[1] // 16
     loss_fn = build_loss(cfg.loss, weights, train_ds.ignore_index, cfg.ohem_thresh, min_kept, cfg.fused).to(device)
     loader, val_loaders = _loaders(cfg, train_ds, drawn, val_sets, sampler, device)
-    meta = dict(train_ds.describe(), config=dataclasses.asdict(cfg), selected_on=select_on, hardware=D.describe_hardware(device),
+    meta = dict(train_ds.describe(), config=dataclasses.asdict(cfg), selected_on=select_on, hardware=describe_hardware(device),
                 data_splits={"train": cfg.train_split, "val": cfg.val_split, "holdout": list(cfg.holdout)})  # fmt: skip
     return Run(cfg, device, Path(cfg.out), model, forward, optimizer, scheduler, scaler, loss_fn, train_ds, sampler, loader,
                val_loaders, select_on, meta, callbacks)  # fmt: skip
@@ -403,7 +412,7 @@ def _progress(run: Run, state: RunState) -> Tuple[Any, Callable[..., None]]:
     """A progress bar for the epoch (rank 0) and the step callback that feeds it."""
     bar = None
     if D.is_main():
-        from .progress import progress_bar
+        from ..util.progress import progress_bar
 
         bar = progress_bar(total=run.iters_per_epoch, initial=state.iter_in_epoch, desc=f"epoch {state.epoch + 1}/{run.cfg.epochs}",
                    leave=False, dynamic_ncols=True, mininterval=1.0)  # fmt: skip

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import BenchConfig
-from .files import atomic_output, check_output_file
-from .runtimes import resolve_device
-from .models import create_model, list_models, model_description
+from ..config import BenchConfig
+from ..models import create_model, list_models, model_description
+from ..runtimes import resolve_device
+from ..util.files import atomic_output, check_output_file
 
 
 def count_params(model: nn.Module) -> int:
@@ -89,9 +89,9 @@ def measure_matmul_peak(seconds: float = 2.0, n: int = 1024, device: str = "cpu"
 def _runner(model: nn.Module, label: str, precision: str, device: str, channels_last: Optional[bool]):
     """((row backend, precision, protocol), runner) for a backend label: NAME, NAME+cl (channels_last)
     or NAME:PRECISION (e.g. openvino:int8); `auto` is resolved to what it picks here."""
-    from .runtimes import AUTO, choose_auto, get_runtime, prepare
-    from .segmenter import calibration_for
-    from .spec import describe
+    from ..inference.segmenter import calibration_for
+    from ..inference.spec import describe
+    from ..runtimes import AUTO, choose_auto, get_runtime, prepare
 
     label, _, prec = label.partition(":")
     prec = prec or precision
@@ -148,10 +148,10 @@ def benchmark(
     to the label map (protocol `labels`: normalisation, network and arg-max, as `Segmenter.predict` runs them;
     OpenVINO does all three inside its graph)
     FPS count images: `batch` * 1000 / median ms."""
-    from .checkpoint import load_model
-    from .preprocessing import Normalize
-    from .runtimes import predict_image_labels
-    from .spec import describe
+    from ..inference.spec import describe
+    from ..io.checkpoint import load_model
+    from ..io.preprocessing import Normalize
+    from ..runtimes import predict_image_labels
 
     dev = torch.device(device)
     rows: List[Dict[str, object]] = []

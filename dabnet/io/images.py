@@ -12,8 +12,8 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from .files import OutputError, PathLike, atomic_output
-from .preprocessing import pil_to_rgb, to_rgb
+from ..util.files import OutputError, PathLike, atomic_output
+from .preprocessing import pil_to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The decoders dabnet lets Pillow use, whatever a file's name says (Pillow picks by signature among these): no

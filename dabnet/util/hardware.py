@@ -1,34 +1,14 @@
-"""Numeric precision of a forward pass: fp32, or bf16/fp16 autocast; one helper for training and inference."""
+"""What the machine is: the CPU's model and instruction sets, native bf16, and a one-line description for logs and cards."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-from typing import Any, Dict, List, Union
+from typing import Any, Dict
 
 import torch
 
-PRECISIONS: List[str] = ["fp32", "bf16", "fp16", "int8"]  # int8: the openvino backend (the int8 backend implies it)
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def check_precision(precision: str, device: Union[str, torch.device]) -> None:
-    """A clear error for an unknown precision, or fp16 where only CUDA has it."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
-    if precision == "int8":
-        raise ValueError("int8 is not an autocast precision: use --backend openvino --precision int8 (or --backend int8)")
-    if precision == "fp16" and torch.device(device).type != "cuda":
-        raise ValueError("fp16 runs on CUDA only; on a CPU use fp32 or bf16 (see docs/SPEED.md)")
-
-
-def autocast(device: Union[str, torch.device], precision: str = "fp32"):
-    """bf16/fp16 autocast on `device`, or a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    check_precision(precision, device)
-    return torch.autocast(device_type=torch.device(device).type, dtype=_DTYPES[precision])
+from .distributed import world_size
 
 
 def cpu_has_bf16() -> bool:
@@ -59,3 +39,13 @@ def cpu_flags() -> Dict[str, Any]:
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
     return {"model": model or platform.processor() or platform.machine(), "flags": [f for f in wanted if f in present],
             "capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+
+
+def describe_hardware(device: torch.device) -> str:
+    """The machine a run trains on, for logs and model cards: GPU name, or CPU model, ISA level and threads."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x{world_size()}"
+    cpu = cpu_flags()
+    caps = " ".join(f"{k}={v}" for k, v in isa_caps().items())
+    return (f"{cpu['model']} ({' '.join(cpu['flags']) or cpu['capability']}), {torch.get_num_threads()} threads x{world_size()}"
+            + (f", capped by {caps}" if caps else ""))

@@ -8,7 +8,6 @@ from typing import Tuple
 import torch
 import torch.distributed as dist
 
-
 _CREATED = False  # whether init_distributed made the process group (and so cleanup ends it)
 
 
@@ -75,15 +74,3 @@ def cleanup() -> None:
     if _CREATED and is_dist():
         dist.destroy_process_group()
     _CREATED = False
-
-
-def describe_hardware(device: torch.device) -> str:
-    """The machine a run trains on, for logs and model cards: GPU name, or CPU model, ISA level and threads."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} x{world_size()}"
-    from .precision import cpu_flags, isa_caps
-
-    cpu = cpu_flags()
-    caps = " ".join(f"{k}={v}" for k, v in isa_caps().items())
-    return (f"{cpu['model']} ({' '.join(cpu['flags']) or cpu['capability']}), {torch.get_num_threads()} threads x{world_size()}"
-            + (f", capped by {caps}" if caps else ""))

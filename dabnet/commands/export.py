@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .files import PathLike, check_output_file
-from .models.layers import MaxUnpool2x
-from .runtimes import export_formats, runtime_for_export
-from .runtimes.onnx import export_sizes
-from .spec import describe
+from ..inference.spec import describe
+from ..models.layers import MaxUnpool2x
+from ..runtimes import export_formats, runtime_for_export
+from ..runtimes.onnx import export_sizes
+from ..util.files import PathLike, check_output_file
 
 TOLERANCE = 1e-4
 

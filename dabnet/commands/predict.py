@@ -10,15 +10,25 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .config import OUTPUT_KINDS, PredictConfig
-from .data.classes import CITYSCAPES_CLASSES
-from .files import atomic_output, check_output_folder
-from .image_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, ImageReadError, VideoWriter, open_video, read_image, save_png, video_frames
-from .preprocessing import to_rgb
-from .runtimes import resolve_device
-from .segmenter import Segmenter
-from .spec import describe
-from .visualize import colorize, colour_table, overlay
+from ..config import PredictConfig
+from ..data.classes import CITYSCAPES_CLASSES
+from ..inference.outputs import OUTPUT_KINDS, output_files, write_outputs
+from ..inference.segmenter import Segmenter
+from ..inference.spec import describe
+from ..io.images import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    ImageReadError,
+    VideoWriter,
+    open_video,
+    read_image,
+    video_frames,
+)
+from ..io.preprocessing import to_rgb
+from ..io.visualize import colorize, overlay
+from ..runtimes import resolve_device
+from ..util.files import atomic_output, check_output_folder
+
 
 def expand_inputs(inputs: Sequence[str], skipped: Optional[List[str]] = None) -> Tuple[List[Path], List[Union[Path, int]], List[str]]:
     """Split command-line inputs into image files, video sources (files or webcam indices) and
@@ -136,36 +146,6 @@ class OutputClaims:
                 tmp.write_text(json.dumps(sorted(self.ours), indent=0))
 
 
-def output_files(stem: str, fmt: str, save: Sequence[str]) -> List[str]:
-    """The files write_outputs writes for `stem`, relative to OUT."""
-    return [f"{stem}.png"] if fmt == "cityscapes" else [f"{stem}_{kind}.png" for kind in OUTPUT_KINDS if kind in save]
-
-
-def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem: str, fmt: str = "default",
-                  save: Sequence[str] = OUTPUT_KINDS) -> Optional[np.ndarray]:  # fmt: skip
-    """Write NAME_label.png, NAME_color.png and/or NAME_overlay.png, as `save` says (or, for fmt="cityscapes",
-    the labelId PNG the benchmark server takes); returns the overlay when it was made."""
-    if fmt == "cityscapes":
-        from .data.datasets import train_ids_to_label_ids
-
-        save_png(train_ids_to_label_ids(label), out / f"{stem}.png")
-        return None
-    if "label" in save:
-        save_png(label, out / f"{stem}_label.png")
-    if "color" not in save and "overlay" not in save:
-        return None
-    if "color" in save:  # a palette PNG (as PASCAL VOC's masks): the same colours, a fraction of the encoding
-        if label.dtype == np.uint8:
-            save_png(label, out / f"{stem}_color.png", palette=colour_table(palette))
-        else:
-            save_png(colorize(label, palette), out / f"{stem}_color.png")
-    if "overlay" not in save:
-        return None
-    blend = overlay(image, colorize(label, palette))
-    save_png(blend, out / f"{stem}_overlay.png")
-    return blend
-
-
 def _read(path: Path) -> np.ndarray:
     return to_rgb(read_image(path))
 
@@ -210,7 +190,7 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from .progress import progress_bar
+    from ..util.progress import progress_bar
 
     out.mkdir(parents=True, exist_ok=True)
     skip = set(own_outputs(paths, out))
@@ -324,7 +304,7 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
     `workers`, frames are decoded, and overlays blended and encoded, in threads beside the network."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from .progress import progress_bar
+    from ..util.progress import progress_bar
 
     webcam = isinstance(source, int)
     name = name or (f"webcam{source}" if webcam else Path(source).stem)

@@ -12,16 +12,16 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from .checkpoint import resolve_checkpoint
-from .runtimes import resolve_device
-from .config import DemoConfig
-from .data.classes import CAMVID_IGNORE_INDEX, DATASET_INFO
-from .image_io import READ_FORMATS, read_image
-from .files import atomic_output, check_output_folder
-from .models import create_model
-from .predict import write_outputs
-from .segmenter import Segmenter
-from .visualize import colorize, side_by_side
+from ..config import DemoConfig
+from ..data.classes import CAMVID_IGNORE_INDEX, DATASET_INFO
+from ..inference.outputs import write_outputs
+from ..inference.segmenter import Segmenter
+from ..io.checkpoint import resolve_checkpoint
+from ..io.images import READ_FORMATS, read_image
+from ..io.visualize import colorize, side_by_side
+from ..models import create_model
+from ..runtimes import resolve_device
+from ..util.files import atomic_output, check_output_folder
 
 
 def sample_frames(folder: Optional[Path] = None) -> List[Path]:

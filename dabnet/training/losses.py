@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models.fused import run_compiled
+from ..models.fused import run_compiled
 
 
 def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor], ignore_index: int) -> torch.Tensor:

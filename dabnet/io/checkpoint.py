@@ -8,16 +8,16 @@ import os
 import pickle
 import re
 import shutil
-from pathlib import Path
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .files import PathLike, atomic_output
-from .models import create_model, list_pretrained, pretrained_config
-from .models.dabnet import block_sizes_from_state_dict, convert_official_state_dict, is_official_state_dict
+from ..models import create_model, list_pretrained, pretrained_config
+from ..models.dabnet import block_sizes_from_state_dict, convert_official_state_dict, is_official_state_dict
+from ..util.files import PathLike, atomic_output
 
 CHECKPOINT_FORMAT = "dabnet-checkpoint/1"
 # Weights smaller than this are set to zero when a network is built for use. Weight decay drives the weights of

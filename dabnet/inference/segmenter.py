@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -12,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data.classes import default_palette
-from .image_io import PathLike, read_image
-from .preprocessing import Normalize, as_rgb_array, edge_pad_images
-from .runtimes import AUTO, choose_auto, cpu_has_bf16, get_runtime, load_exported, predict_image_labels, prepare
-from .models import pretrained_config
+from ..data.classes import default_palette
+from ..io.images import PathLike, read_image
+from ..io.preprocessing import Normalize, as_rgb_array, edge_pad_images
+from ..models import pretrained_config
+from ..runtimes import AUTO, choose_auto, cpu_has_bf16, get_runtime, load_exported, predict_image_labels, prepare
 from .spec import ModelSpec, describe
 
 

@@ -8,16 +8,16 @@ from typing import Any, Dict
 import numpy as np
 from torch.utils.data import DataLoader
 
-from .checkpoint import CheckpointError
-from .config import EvalConfig
-from .data.datasets import build_dataset, collate_eval
-from .data.transforms import EvalTransform
-from .distributed import init_distributed
-from .engine import evaluate
-from .files import atomic_output, check_output_file
-from .metrics import per_class_table
-from .runtimes import resolve_device
-from .segmenter import Segmenter
+from ..config import EvalConfig
+from ..data.datasets import build_dataset, collate_eval
+from ..data.transforms import EvalTransform
+from ..inference.segmenter import Segmenter
+from ..io.checkpoint import CheckpointError
+from ..runtimes import resolve_device
+from ..training.engine import evaluate
+from ..util.distributed import init_distributed
+from ..util.files import atomic_output, check_output_file
+from ..util.metrics import per_class_table
 
 
 def save_confusion_png(mat: np.ndarray, class_names, path: str) -> None:

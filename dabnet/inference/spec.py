@@ -15,11 +15,11 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from torch import nn
 
-from .checkpoint import CheckpointError, Network, build_model, read_network
-from .data.classes import DATASET_INFO, IMAGENET_MEAN, IMAGENET_STD, default_palette
-from .files import PathLike
-from .models import pretrained_config
-from .runtimes import runtime_for_file
+from ..data.classes import DATASET_INFO, IMAGENET_MEAN, IMAGENET_STD, default_palette
+from ..io.checkpoint import CheckpointError, Network, build_model, read_network
+from ..models import pretrained_config
+from ..runtimes import runtime_for_file
+from ..util.files import PathLike
 
 OFFICIAL_DATASETS = {11: "camvid", 19: "cityscapes"}  # the official DABNet code trains these two
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import any_rank
-from .metrics import ConfusionMatrix, labels_from_logits
-from .precision import autocast
-from .preprocessing import pad_to_min_side
+from ..io.preprocessing import pad_to_min_side
+from ..util.distributed import any_rank
+from ..util.metrics import ConfusionMatrix, labels_from_logits
+from ..util.precision import autocast
 
 
 class NonFiniteLossError(RuntimeError):

@@ -1,0 +1,1 @@
+"""One module per CLI command: each turns its config dataclass into work; may import every layer below, never cli."""
