@@ -6,7 +6,7 @@ The script runs itself again with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2
 PyTorch's convolutions, ATEN_CPU_CAPABILITY=avx2 for PyTorch's other kernels) and OpenVINO's float parts in
 f32 (an AVX2-only CPU has no bf16, so its plugin picks f32 there; on this CPU it would pick bf16, which the
 capped oneDNN cannot run). It then quantizes with NNCF as `auto` does, reports the int8 label agreement
-with fp32 on the calibration frames (`auto` keeps int8 above `segmenter.MIN_INT8_AGREEMENT`), the kernels
+with fp32 on the calibration frames (`auto` keeps int8 above `runtimes.MIN_INT8_AGREEMENT`), the kernels
 OpenVINO chose (none may be an AVX-512 one), and times the backends from uint8 frame to label map,
 interleaved. An emulation, not another CPU: caches, clocks and core counts stay this machine's.
 """
@@ -35,9 +35,9 @@ def measure(checkpoint: str, frames, repeats: int) -> dict:
 
     import dabnet
     import dabnet.runtimes.openvino as ovr
-    from dabnet.inference.segmenter import MIN_INT8_AGREEMENT, Segmenter, calibration_batches
+    from dabnet.inference.segmenter import Segmenter
     from dabnet.io.preprocessing import Normalize
-    from dabnet.runtimes import predict_image_labels, prepare
+    from dabnet.runtimes import MIN_INT8_AGREEMENT, calibration_batches, predict_image_labels, prepare
 
     ovr.OV_PRECISIONS["int8"] = "f32"  # the float parts as an AVX2-only CPU's plugin runs them
     model = dabnet.load_model(checkpoint).eval()

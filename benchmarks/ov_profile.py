@@ -130,7 +130,7 @@ def predict_against_graph_upsample(seg: Segmenter, images, frames: int) -> str:
 def compare_presets(seg: Segmenter, x: np.ndarray, presets, frames: int) -> str:
     """NNCF presets side by side: label agreement with fp32 on the calibration frames, the labels graph's
     wall time (interleaved frame by frame, medians) and the time its zero-point nodes take."""
-    from dabnet.inference.segmenter import calibration_batches
+    from dabnet.runtimes import calibration_batches
     from dabnet.runtimes.openvino import openvino_runner
 
     model = seg.spec.build()
@@ -185,7 +185,7 @@ def profile_report(seg: Segmenter, size, frames: int, top: int = 15, presets=())
                  "logits (in bf16 on this plugin's int8 graph) before its arg-max.\n\n"
                  + predict_against_graph_upsample(seg, images, frames) + "\n")  # fmt: skip
     if presets:
-        text += ("\n## NNCF presets\n\n`auto` keeps int8 only above 98.5% agreement (`segmenter.MIN_INT8_AGREEMENT`); "
+        text += ("\n## NNCF presets\n\n`auto` keeps int8 only above 98.5% agreement (`runtimes.MIN_INT8_AGREEMENT`); "
                  "the performance preset makes activations symmetric. The Subtract nodes are not activation zero points: they are the standalone BatchNorms (after each concatenation and at each DAB module's input; OpenVINO names them BatchNormInference), which stay either way.\n\n"
                  + compare_presets(seg, x, list(presets), frames) + "\n")  # fmt: skip
     return text

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 import dabnet
 from dabnet.cli import main
 from dabnet.commands.demo import sample_frames
-from dabnet.inference.segmenter import MIN_INT8_AGREEMENT, Segmenter, calibration_batches
+from dabnet.inference.segmenter import Segmenter
 from dabnet.io.images import read_image
-from dabnet.runtimes import choose_auto, cpu_has_bf16, predict_labels, prepare
+from dabnet.runtimes import MIN_INT8_AGREEMENT, calibration_batches, choose_auto, cpu_has_bf16, predict_labels, prepare
 from dabnet.util.metrics import labels_from_logits
 
 pytest.importorskip("openvino")
@@ -64,7 +64,7 @@ def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement
     assert labels.dtype == torch.uint8 and (agreement == 1.0 if precision == "fp32" else agreement > 0.998), agreement
     # uint8 frames straight in (conversion and normalisation inside the graph): the labels of the float path.
     images = [read_image(p)[:97, :131] for p in sample_frames()]
-    inside = torch.from_numpy(run.image_labels(np.stack(images), seg.mean, seg.std))
+    inside = run.image_labels(np.stack(images), seg.normalize)
     assert inside.dtype == torch.uint8 and (inside == run.labels(seg.preprocess(images))).float().mean() > 0.999
 
 
@@ -141,7 +141,7 @@ def test_auto_falls_back_to_fold_without_openvino(monkeypatch):
 
 
 def test_auto_falls_back_to_fold_when_openvino_fails(monkeypatch):
-    import dabnet.inference.segmenter as S
+    import dabnet.runtimes.auto as S
 
     real = S.prepare
 
@@ -169,7 +169,9 @@ def test_auto_falls_back_when_openvino_fails_only_at_compilation(monkeypatch):
 
 
 def test_predict_labels_uses_the_runners_own_labels():
-    class Runner:
+    from dabnet.runtimes import Runner as Base
+
+    class Runner(Base):
         def __call__(self, x):
             return torch.zeros(1, 3, 2, 2)
 
@@ -183,14 +185,15 @@ def test_predict_labels_uses_the_runners_own_labels():
 
 def test_auto_drops_int8_that_disagrees_with_fp32(monkeypatch):
     pytest.importorskip("nncf")
-    import dabnet.inference.segmenter as S
+    import dabnet.runtimes.auto as S
+    from dabnet.runtimes import get_runtime
 
     monkeypatch.setattr(S, "MIN_INT8_AGREEMENT", 1.01)  # no quantization can pass this
     monkeypatch.setattr(S, "choose_auto", lambda device: ("openvino", "int8", "test"))
     lines = []
     seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
     fallback = "bf16" if cpu_has_bf16() else "fp32"
-    assert seg.backend == S._label("openvino", fallback) and "int8 agreed with fp32 on only" in lines[0]
+    assert seg.backend == get_runtime("openvino").label_for(fallback) and "int8 agreed with fp32 on only" in lines[0]
 
 
 CPUS = {  # flags as /proc/cpuinfo names them
@@ -203,7 +206,7 @@ CPUS = {  # flags as /proc/cpuinfo names them
 @pytest.mark.parametrize("cpu", list(CPUS))
 @pytest.mark.parametrize("have_nncf", [True, False])
 def test_auto_choice_for_each_kind_of_cpu(monkeypatch, cpu, have_nncf):
-    import dabnet.runtimes as R
+    import dabnet.runtimes.auto as R
 
     flags = CPUS[cpu]
     monkeypatch.setattr(R, "cpu_flags", lambda: {"model": cpu, "flags": flags, "capability": "X"})
@@ -301,7 +304,7 @@ def test_openvino_stream_keeps_the_order_and_the_labels_of_one_at_a_time(bundled
         for (_, image, label), original in zip(got, images):
             assert np.array_equal(image, original) and label.shape == original.shape[:2] and label.dtype == np.uint8
             assert (label == ov_seg.predict(original)).mean() > 0.999
-    passed = list(ov_seg.run.image_label_stream([("a", None), ("b", frame[:32, :32]), ("c", None)], ov_seg.mean, ov_seg.std))
+    passed = list(ov_seg.run.image_label_stream([("a", None), ("b", frame[:32, :32]), ("c", None)], ov_seg.normalize))
     assert [k for k, _ in passed] == ["a", "b", "c"] and passed[0][1] is None and passed[1][1].shape == (32, 32)
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import dabnet
 from dabnet.cli import main
-from dabnet.commands.export import ExportError, export_onnx, export_torchscript
+from dabnet.commands.export import ExportError, export_model
 from dabnet.commands.predict import expand_inputs
 from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD
 from dabnet.inference.segmenter import Segmenter
@@ -123,7 +123,7 @@ def test_video_round_trip(ckpt, tmp_path):
 def test_onnx_export_matches_pytorch_and_runs_in_predict(ckpt, images, tmp_path):
     pytest.importorskip("onnxruntime")
     model = dabnet.load_model(ckpt)
-    res = export_onnx(model, tmp_path / "m.onnx")
+    res = export_model(model, "onnx", tmp_path / "m.onnx")
     assert res["max_abs_error"] < 1e-4 and [97, 131] in res["checked_sizes"]
     ort_model = OrtRunner(tmp_path / "m.onnx")
     assert ort_model.checkpoint_meta["class_names"] == CAMVID_CLASSES and ort_model.num_classes == 11
@@ -141,7 +141,7 @@ def test_onnx_export_matches_pytorch_and_runs_in_predict(ckpt, images, tmp_path)
 
 
 def test_torchscript_export_and_cli(ckpt, tmp_path, capsys):
-    res = export_torchscript(dabnet.load_model(ckpt), tmp_path / "m.pt")
+    res = export_model(dabnet.load_model(ckpt), "torchscript", tmp_path / "m.pt")
     assert res["max_abs_error"] < 1e-4
     assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "c.pt")]) == 0
     assert "max abs error" in capsys.readouterr().out
@@ -157,10 +157,10 @@ def test_untraceable_net_is_a_clear_export_error_and_enet_now_traces(tmp_path, e
             return {"out": x}
 
     with pytest.raises(ExportError, match="dictnet cannot be traced to TorchScript.*use --format onnx"):
-        export_torchscript(DictNet(), tmp_path / "d.pt")
+        export_model(DictNet(), "torchscript", tmp_path / "d.pt")
     # ENet's max-unpooling is a scatter now (models.layers.MaxUnpool2x): it traces, and the trace checks itself.
     enet = dabnet.create_model("enet", 11).eval()
-    export_torchscript(enet, tmp_path / "e.pt")
+    export_model(enet, "torchscript", tmp_path / "e.pt")
     export_parity(enet, tmp_path / "e.pt")
 
 
@@ -188,8 +188,7 @@ def test_int8_backend_keeps_real_frames_labels():
     bundled frames; a size that is not a multiple of 8 runs the folded fp32 net instead."""
     pytest.importorskip("torchao")
     from dabnet.commands.demo import sample_frames
-    from dabnet.inference.segmenter import calibration_batches
-    from dabnet.runtimes import prepare
+    from dabnet.runtimes import calibration_batches, prepare
 
     model = dabnet.load_model("dabnet-camvid")
     seg = Segmenter.from_checkpoint("dabnet-camvid", backend="eager")
@@ -490,7 +489,7 @@ def test_exported_files_refuse_what_they_cannot_honour(ckpt, tmp_path, monkeypat
 
     pytest.importorskip("onnxruntime")
     model = dabnet.load_model(ckpt)
-    export_onnx(model, tmp_path / "m.onnx")
+    export_model(model, "onnx", tmp_path / "m.onnx")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(ValueError, match="the onnxruntime backend runs on cpu"):
         Segmenter.from_checkpoint(tmp_path / "m.onnx", device="cuda", log=None)
@@ -500,12 +499,12 @@ def test_exported_files_refuse_what_they_cannot_honour(ckpt, tmp_path, monkeypat
         Segmenter.from_checkpoint(tmp_path / "m.onnx", channels_last=True, log=None)
     with pytest.raises(ValueError, match="--backend auto picks"):
         Segmenter.from_checkpoint(ckpt, channels_last=True, log=None)
-    export_torchscript(model, tmp_path / "m.pt")
+    export_model(model, "torchscript", tmp_path / "m.pt")
     seen = {}
-    real = ts.torch.jit.load
-    monkeypatch.setattr(ts.torch.jit, "load", lambda p, map_location=None, **k: (seen.update(device=map_location), real(p, map_location="cpu", **k))[1])
-    runner = ts.load_torchscript(tmp_path / "m.pt", "fp32", "cuda")
-    assert seen["device"] == "cuda" and runner.device == torch.device("cuda")  # TorchScript is loaded where asked
+    file = ts.open_torchscript(tmp_path / "m.pt")  # read once, on the CPU
+    monkeypatch.setattr(torch.jit.ScriptModule, "to", lambda self, device: (seen.update(device=device), self)[1])
+    runner = file.make("fp32", "cuda")
+    assert seen["device"] == "cuda" and runner.device == torch.device("cuda")  # TorchScript runs where asked
 
 
 def test_predicts_decoding_limit_does_not_outlive_the_command(ckpt, tmp_path):

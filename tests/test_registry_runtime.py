@@ -16,13 +16,21 @@ from dabnet.cli import main
 from dabnet.data.classes import CAMVID_CLASSES, CITYSCAPES_CLASSES, IMAGENET_MEAN
 from dabnet.inference.spec import describe
 from dabnet.io import checkpoint as C
-from dabnet.runtimes import Runtime, backend_names, export_formats, exported_suffixes, register_runtime
+from dabnet.runtimes import (
+    ExportedFile,
+    Runner,
+    Runtime,
+    backend_names,
+    export_formats,
+    exported_suffixes,
+    register_runtime,
+)
 from dabnet.runtimes.registry import unregister_runtime
 
 CALLS = {"prepare": 0, "run": 0, "load": 0, "export": 0}
 
 
-class ToyRunner:
+class ToyRunner(Runner):
     """Runs a network as eager PyTorch would, counting calls: what a new runtime's runner must be."""
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -46,13 +54,13 @@ def _export(model, path: Path) -> Path:
     return C.save_checkpoint(C.make_checkpoint(model, **getattr(model, "checkpoint_meta", {})), path)
 
 
-def _load(path: Path, precision: str) -> ToyRunner:
+def _open(path: Path) -> ExportedFile:
     CALLS["load"] += 1
-    return ToyRunner(dabnet.load_model(path))
+    net = C.read_network(path)  # read once: described now, built when run
+    return ExportedFile(path, "toy", net.meta | {"num_classes": net.num_classes}, lambda precision, device: ToyRunner(C.build_model(net)))
 
 
-TOY = Runtime("toy", "a test runtime: eager PyTorch, counted", _prepare, suffixes=(".toy",), load=_load,
-              read_metadata=lambda path: C.read_network(path).meta | {"num_classes": C.read_network(path).num_classes},
+TOY = Runtime("toy", "a test runtime: eager PyTorch, counted", _prepare, suffixes=(".toy",), open=_open,
               export_format="toyfile", export=_export)  # fmt: skip
 
 
@@ -80,7 +88,7 @@ def test_a_runtime_registered_here_is_a_backend_an_export_format_and_a_suffix(to
     with pytest.raises(ValueError, match="registered already"):
         register_runtime(TOY)
     with pytest.raises(ValueError, match="suffix .toy"):
-        register_runtime(Runtime("toy2", "clash", _prepare, suffixes=(".toy",), load=_load))
+        register_runtime(Runtime("toy2", "clash", _prepare, suffixes=(".toy",), open=_open))
 
 
 def test_the_toy_runtime_through_predict_export_eval_and_bench(toy, camvid_ckpt, tmp_path, make_camvid, capsys):

@@ -123,7 +123,7 @@ def test_export_tolerance_follows_the_logits_and_a_failed_check_keeps_no_file(ck
     model = dabnet.load_model(ckpt)
     with torch.no_grad():
         model.classifier.weight.mul_(300.0)  # logits in the hundreds, like a trained network's and beyond
-    res = E.export_onnx(model, tmp_path / "big.onnx")
+    res = E.export_model(model, "onnx", tmp_path / "big.onnx")
     assert res["max_abs_logit"] > 100 and res["tolerance"] == pytest.approx(1e-4 * res["max_abs_logit"])
 
     import dataclasses
@@ -132,10 +132,11 @@ def test_export_tolerance_follows_the_logits_and_a_failed_check_keeps_no_file(ck
     from dabnet.runtimes import registry as reg
 
     ort = get_runtime("onnxruntime")
-    wrong = dataclasses.replace(ort, load=lambda path, precision: (lambda x, r=ort.load(path, precision): r(x) + 1.0))
+    wrong = dataclasses.replace(ort, open=lambda path: dataclasses.replace(
+        ort.open(path), make=lambda precision, device, r=ort.open(path).make("fp32", "cpu"): (lambda x: r(x) + 1.0)))
     monkeypatch.setitem(reg._RUNTIMES, "onnxruntime", wrong)
     with pytest.raises(E.ExportError, match="nothing was written"):
-        E.export_onnx(dabnet.load_model(ckpt), tmp_path / "bad.onnx")
+        E.export_model(dabnet.load_model(ckpt), "onnx", tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
 
 
@@ -260,16 +261,20 @@ def test_a_failed_or_interrupted_export_leaves_the_good_file_in_place(ckpt, tmp_
     good = target.read_bytes()
     runtime = reg.runtime_for_export(fmt)
 
-    def interrupted(path, precision):
+    def interrupted(path):
         raise KeyboardInterrupt
 
     import dataclasses
 
-    monkeypatch.setitem(reg._RUNTIMES, runtime.name, dataclasses.replace(runtime, load=interrupted))
+    monkeypatch.setitem(reg._RUNTIMES, runtime.name, dataclasses.replace(runtime, open=interrupted))
     with pytest.raises(KeyboardInterrupt):
         E.export_model(dabnet.load_model(ckpt), fmt, target)
     assert target.read_bytes() == good
-    monkeypatch.setitem(reg._RUNTIMES, runtime.name, dataclasses.replace(runtime, load=lambda p, pr, r=runtime: (lambda x: r.load(p, pr)(x) + 1.0)))
+    def off(path, r=runtime):
+        file = r.open(path)
+        return dataclasses.replace(file, make=lambda precision, device: (lambda x, f=file.make(precision, device): f(x) + 1.0))
+
+    monkeypatch.setitem(reg._RUNTIMES, runtime.name, dataclasses.replace(runtime, open=off))
     with pytest.raises(E.ExportError, match="nothing was written"):
         E.export_model(dabnet.load_model(ckpt), fmt, target)
     assert target.read_bytes() == good

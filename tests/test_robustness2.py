@@ -577,27 +577,27 @@ def test_progress_bars_in_a_log_file_are_few_lines(ckpt, tmp_path):
 @pytest.mark.parametrize("name", dabnet.list_models())
 def test_every_registered_model_exports_to_onnx_and_runs_in_onnxruntime(name, tmp_path, export_parity):
     pytest.importorskip("onnxruntime")
-    from dabnet.commands.export import export_onnx
+    from dabnet.commands.export import export_model
 
     torch.manual_seed(0)
     model = dabnet.create_model(name, 5).eval()
     if any(getattr(m, "onnx_blocker", None) for m in model.modules()):  # refused up front, with the reason
         with pytest.raises(ValueError, match=f"{name} cannot be written to ONNX with dynamic sizes: it has pyramid"):
-            export_onnx(model, tmp_path / f"{name}.onnx")
+            export_model(model, "onnx", tmp_path / f"{name}.onnx")
         assert not (tmp_path / f"{name}.onnx").exists()
         return
-    export_onnx(model, tmp_path / f"{name}.onnx")
+    export_model(model, "onnx", tmp_path / f"{name}.onnx")
     export_parity(model, tmp_path / f"{name}.onnx")
 
 
 @pytest.mark.parametrize("name", ["enet", "segnet"])
 def test_max_unpooling_networks_export_to_openvino(name, tmp_path, export_parity):
     pytest.importorskip("openvino")
-    from dabnet.commands.export import export_openvino
+    from dabnet.commands.export import export_model
 
     torch.manual_seed(0)
     model = dabnet.create_model(name, 5).eval()
-    export_openvino(model, tmp_path / f"{name}.xml")
+    export_model(model, "openvino", tmp_path / f"{name}.xml")
     export_parity(model, tmp_path / f"{name}.xml")
 
 

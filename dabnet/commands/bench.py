@@ -86,25 +86,23 @@ def measure_matmul_peak(seconds: float = 2.0, n: int = 1024, device: str = "cpu"
     return best
 
 
-def _runner(model: nn.Module, label: str, precision: str, device: str, channels_last: Optional[bool]):
+def _runner(model: nn.Module, label: str, precision: str, device: str, channels_last: Optional[bool], normalize):
     """((row backend, precision, protocol), runner) for a backend label: NAME, NAME+cl (channels_last)
-    or NAME:PRECISION (e.g. openvino:int8); `auto` is resolved to what it picks here."""
-    from ..inference.segmenter import calibration_for
-    from ..inference.spec import describe
-    from ..runtimes import AUTO, choose_auto, get_runtime, prepare
+    or NAME:PRECISION (e.g. openvino:int8); `auto` is what it picks here, through the same policy, int8
+    agreement check and fallback as predict (runtimes.auto)."""
+    from ..runtimes import AUTO, calibration_batches, get_runtime, prepare, prepare_auto
 
     label, _, prec = label.partition(":")
     prec = prec or precision
     b, cl = (label[:-3], True) if label.endswith("+cl") else (label, channels_last)
+    calibration = lambda: calibration_batches(normalize.mean, normalize.std)  # noqa: E731  read only if it quantizes
     if b == AUTO:
-        b, prec, _ = choose_auto(device)
-        label = f"auto ({b})"
-    runtime = get_runtime(b)
-    if cl and runtime.channels_last:
+        runner = prepare_auto(model, device, normalize, calibration)
+        return (f"auto ({runner.backend})", runner.precision, "inference"), runner
+    runner = prepare(model, b, prec, device, channels_last=cl, calibration=calibration)
+    if cl and get_runtime(b).channels_last:
         label = f"{b}+cl"
-    prec = runtime.precision_for(prec)
-    runner = prepare(model, b, prec, device, channels_last=cl, calibration=calibration_for(describe(model), b, prec))
-    return (label, prec, "inference"), runner
+    return (label, runner.precision, "inference"), runner
 
 
 def _time_ms(run, x, dev: torch.device) -> float:
@@ -164,7 +162,7 @@ def benchmark(
         runners = {}  # prepared once for all sizes: quantizing or converting per size would only repeat work
         for label in backends:
             try:
-                key, runner = _runner(model, label, precision, device, channels_last)
+                key, runner = _runner(model, label, precision, device, channels_last, normalize)
                 runners[key] = runner
                 if labels:
                     runners[key[:2] + ("labels",)] = lambda images, r=runner: predict_image_labels(r, images, normalize)

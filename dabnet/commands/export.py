@@ -14,7 +14,7 @@ from torch import nn
 from ..inference.spec import describe
 from ..models.layers import MaxUnpool2x
 from ..runtimes import export_formats, runtime_for_export
-from ..runtimes.onnx import export_sizes
+from ..runtimes.meta import export_sizes
 from ..util.files import PathLike, check_output_file
 
 TOLERANCE = 1e-4
@@ -45,7 +45,7 @@ def export_model(model: nn.Module, fmt: str, path: PathLike, check: bool = True)
         result = {"path": str(path), "format": fmt, "max_abs_error": None, "checked_sizes": []}
         if check:
             try:
-                result = _check_runner(model, runtime.load(tmp, "fp32"), path, fmt)
+                result = _check_runner(model, runtime.open(tmp).make("fp32", "cpu"), path, fmt)
             except ExportError:
                 raise
             except Exception as e:  # the exported file fails to load or to run: nothing is kept
@@ -56,21 +56,6 @@ def export_model(model: nn.Module, fmt: str, path: PathLike, check: bool = True)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def export_onnx(model: nn.Module, path: PathLike, check: bool = True) -> Dict[str, Any]:
-    """ONNX with dynamic batch, height and width (`export_model(model, "onnx", path)`)."""
-    return export_model(model, "onnx", path, check)
-
-
-def export_torchscript(model: nn.Module, path: PathLike) -> Dict[str, Any]:
-    """A traced TorchScript module (`export_model(model, "torchscript", path)`)."""
-    return export_model(model, "torchscript", path)
-
-
-def export_openvino(model: nn.Module, path: PathLike) -> Dict[str, Any]:
-    """OpenVINO IR, NAME.xml + NAME.bin (`export_model(model, "openvino", path)`)."""
-    return export_model(model, "openvino", path)
 
 
 def _check_runner(model: nn.Module, runner, path: Path, fmt: str) -> Dict[str, Any]:

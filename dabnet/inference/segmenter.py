@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -15,43 +14,22 @@ from ..data.classes import default_palette
 from ..io.images import PathLike, read_image
 from ..io.preprocessing import Normalize, as_rgb_array, edge_pad_images
 from ..models import pretrained_config
-from ..runtimes import AUTO, choose_auto, cpu_has_bf16, get_runtime, load_exported, predict_image_labels, prepare
+from ..runtimes import (
+    AUTO,
+    Runner,
+    as_runner,
+    calibration_batches,
+    load_exported,
+    predict_image_labels,
+    prepare,
+    prepare_auto,
+)
 from .spec import ModelSpec, describe
 
 
 def _rebuild(source: str, options: dict) -> "Segmenter":
     """A Segmenter made again from its file or bundled name and options (how one unpickles)."""
     return Segmenter.from_checkpoint(source, log=None, **options)
-
-
-def calibration_frames() -> List[Path]:
-    """The CamVid *train* frames bundled for int8 calibration (6 frames from the 3 train sequences)."""
-    folder = resources.files("dabnet") / "assets" / "calib"
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".jpg"))
-
-
-def calibration_batches(mean: Sequence[float], std: Sequence[float]) -> List[torch.Tensor]:
-    """The bundled calibration frames as 1x3xHxW tensors normalised with `mean`/`std`."""
-    normalize = Normalize(mean, std)
-    return [normalize([read_image(path)]) for path in calibration_frames()]
-
-
-MIN_INT8_AGREEMENT = 0.985  # `auto` keeps int8 only above this label agreement with fp32 (calibration frames)
-
-
-def calibration_for(spec: ModelSpec, backend: str, precision: str) -> Optional[List[torch.Tensor]]:
-    """The bundled calibration batches, normalised as `spec` says, when the runtime quantizes at `precision`."""
-    runtime = get_runtime(backend)
-    if runtime.precision_for(precision) in runtime.calibrated:
-        return calibration_batches(spec.mean, spec.std)
-    return None
-
-
-def _label(backend: str, precision: str) -> str:
-    """How a Segmenter names the way it runs: 'fold', 'eager bf16', 'openvino int8'."""
-    runtime = get_runtime(backend)
-    precision = runtime.precision_for(precision)
-    return backend if precision == "fp32" or len(runtime.precisions) == 1 else f"{backend} {precision}"
 
 
 class Segmenter:
@@ -87,7 +65,7 @@ class Segmenter:
         self._recipe: Optional[Tuple[str, dict]] = None  # (source, from_checkpoint options): how to make it again
         self.device = torch.device(device)
         self.model = model.to(self.device).eval() if isinstance(model, nn.Module) else model
-        self.run = runner if runner is not None else self.model
+        self.run = as_runner(runner if runner is not None else self.model)
         self.backend = backend  # how predictions are made: 'fold', 'openvino int8', 'onnxruntime', ...
         n = int(getattr(model, "num_classes", len(class_names or [])))
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
@@ -140,25 +118,22 @@ class Segmenter:
     @classmethod
     def _made(cls, spec: ModelSpec, device, backend: str, precision: str, channels_last, log, scale: float) -> "Segmenter":
         if spec.exported:  # runs as exported: what its runtime cannot honour is refused, not ignored
-            runtime = get_runtime(spec.runtime)
-            precision = runtime.precision_for(precision)
-            runtime.check_device(str(device))
             if channels_last is not None:
                 raise ValueError(f"--channels-last sets the layout of a PyTorch network; {spec.source} runs as exported by "
-                                 f"{runtime.name}: drop the option")  # fmt: skip
-            runner = load_exported(spec.source, precision, str(device))
-            return cls._of(spec, runner, device, None, _label(runtime.name, precision), scale)
+                                 f"{spec.runtime}: drop the option")  # fmt: skip
+            runner = load_exported(spec.weights or spec.source, precision, str(device))
+            return cls._of(spec, runner, device, runner, scale)
         model = spec.build()
+        calibration = lambda: calibration_batches(spec.mean, spec.std)  # noqa: E731  read only if the runtime quantizes
         if backend == AUTO:
             if channels_last is not None:
                 raise ValueError("--channels-last chooses a PyTorch backend's layout, but --backend auto picks the backend "
                                  "(and its layout) itself: give --backend fold or eager with it, or drop it")  # fmt: skip
-            return cls._auto(spec, model, device, log, scale)
-        runner = None
-        if backend != "eager" or precision != "fp32" or channels_last is not None:
-            runner = prepare(model, backend, precision, str(device), channels_last=channels_last,
-                             calibration=calibration_for(spec, backend, precision))  # fmt: skip
-        return cls._of(spec, model, device, runner, _label(backend, precision), scale)
+            runner = prepare_auto(model, str(device), Normalize(spec.mean, spec.std, device), calibration)
+            if log:
+                log(f"backend auto -> {runner.label}: {runner.reason}")
+            return cls._of(spec, model, device, runner, scale)
+        return cls._of(spec, model, device, prepare(model, backend, precision, str(device), channels_last, calibration), scale)
 
     def __reduce__(self):
         """Pickled (and deep-copied) as what made it: the file or bundled name and the options, prepared again on
@@ -170,33 +145,9 @@ class Segmenter:
         return _rebuild, (source, options)
 
     @classmethod
-    def _auto(cls, spec: ModelSpec, model: nn.Module, device: Union[str, torch.device], log, scale: float = 1.0) -> "Segmenter":
-        """`auto`: the choice of `choose_auto`, int8 only where it agrees with fp32 on the calibration
-        frames, PyTorch with BatchNorm folded when the chosen runtime cannot load."""
-        backend, precision, why = choose_auto(str(device))
-        try:
-            runner = prepare(model, backend, precision, str(device), calibration=calibration_for(spec, backend, precision))
-            agreement = getattr(runner, "info", {}).get("agreement")
-            if precision == "int8" and agreement is not None and agreement < MIN_INT8_AGREEMENT:
-                precision = "bf16" if cpu_has_bf16() else "fp32"
-                why = f"int8 agreed with fp32 on only {100 * agreement:.1f}% of the calibration pixels, so {precision}"
-                runner = prepare(model, backend, precision, str(device))
-            blank = np.zeros((64, 64, 3), np.uint8)  # compiles what predict runs now, so a failure falls back here
-            predict_image_labels(runner, [blank], Normalize(spec.mean, spec.std, device))
-        except (ImportError, RuntimeError, ValueError) as e:
-            failed = _label(backend, precision)
-            backend, precision, runner = "fold", "fp32", prepare(model, "fold", "fp32", str(device))
-            why = f"{failed} could not run this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-        name = _label(backend, precision)
-        if log:
-            log(f"backend auto -> {name}: {why}")
-        seg = cls._of(spec, model, device, runner, name, scale)
-        seg.backend_reason = why
-        return seg
-
-    @classmethod
-    def _of(cls, spec: ModelSpec, model: Any, device, runner, backend: str, scale: float = 1.0) -> "Segmenter":
-        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, backend, scale)
+    def _of(cls, spec: ModelSpec, model: Any, device, runner: Runner, scale: float = 1.0) -> "Segmenter":
+        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, runner.label, scale)
+        seg.backend_reason = runner.reason
         seg.spec = spec
         return seg
 
@@ -205,7 +156,10 @@ class Segmenter:
         """A Segmenter for a network already built by dabnet, described by `describe`, run by `runner` if given."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"for_model takes a network built by dabnet, got a {type(model).__name__}; use from_checkpoint")
-        return cls._of(describe(model), model, device, runner, backend)
+        spec = describe(model)
+        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, backend)
+        seg.spec = spec
+        return seg
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack same-size RGB uint8 images into a normalised NCHW float tensor."""
@@ -282,12 +236,6 @@ class Segmenter:
         """(key, HxWx3 RGB image, HxW uint8 label map) for each (key, image) of `items`, in their order. On a
         runtime with throughput streams (OpenVINO) several frames are in flight at once, so a folder or a video
         keeps every core busy; elsewhere, and for images over `max_pixels` (tiled), one after another."""
-        stream = getattr(self.run, "image_label_stream", None)
-        if stream is None:
-            for key, image in items:
-                image = self._image(image)
-                yield key, image, self.predict(image)
-            return
         kept: dict = {}
 
         def feed() -> Iterator[Tuple[int, Optional[np.ndarray]]]:
@@ -298,7 +246,7 @@ class Segmenter:
                 h, w = seen.shape[:2]
                 yield i, None if h * w > self.max_pixels else edge_pad_images(seen)  # None: tiled at its turn below
 
-        for i, label in stream(feed(), self.mean, self.std):
+        for i, label in self.run.image_label_stream(feed(), self.normalize):
             key, image, seen = kept.pop(i)
             h, w = seen.shape[:2]
             label = self._tiled(seen) if label is None else label[:h, :w].astype(np.uint8, copy=False)

@@ -18,7 +18,7 @@ from torch import nn
 from ..data.classes import DATASET_INFO, IMAGENET_MEAN, IMAGENET_STD, default_palette
 from ..io.checkpoint import CheckpointError, Network, build_model, read_network
 from ..models import pretrained_config
-from ..runtimes import runtime_for_file
+from ..runtimes import ExportedFile, runtime_for_file
 from ..util.files import PathLike
 
 OFFICIAL_DATASETS = {11: "camvid", 19: "cityscapes"}  # the official DABNet code trains these two
@@ -27,7 +27,9 @@ OFFICIAL_DATASETS = {11: "camvid", 19: "cityscapes"}  # the official DABNet code
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model is and what using it needs. `runtime` names the runtime that runs an exported file as it
-    is (None for checkpoints and networks); `note` says what was assumed where the source was silent."""
+    is (None for checkpoints and networks); `note` says what was assumed where the source was silent. `weights`
+    is what was read: a checkpoint's `Network`, a network, or an exported file's `ExportedFile` (run without
+    reading the file again)."""
 
     source: str
     source_format: str
@@ -40,7 +42,7 @@ class ModelSpec:
     meta: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     runtime: Optional[str] = None
     note: str = ""
-    weights: Union[Network, nn.Module, None] = field(default=None, compare=False, repr=False)
+    weights: Union[Network, nn.Module, ExportedFile, None] = field(default=None, compare=False, repr=False)
 
     @property
     def exported(self) -> bool:
@@ -165,14 +167,15 @@ def describe(source: Union[PathLike, nn.Module]) -> ModelSpec:
             raise FileNotFoundError(f"exported model not found: {path}")
         fmt = runtime.export_format or runtime.name
         try:
-            meta = runtime.read_metadata(path) if runtime.read_metadata else {}
+            file = runtime.open(path)
         except Exception as e:  # each runtime's reader fails its own way on a truncated or foreign file
             raise CheckpointError(f"{path} is an exported {fmt} model by its name, but {runtime.name} cannot read it "
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); it may be "
                                   "truncated (copy it again) or another kind of file") from None  # fmt: skip
+        meta = file.metadata
         return _described(str(path), fmt, str(meta.get("model_name", path.stem)),
                           int(meta.get("num_classes", 0)), meta, official=meta.get("source") == "official",
-                          runtime=runtime.name)  # fmt: skip
+                          runtime=runtime.name, weights=file)  # fmt: skip
     net = read_network(source)
     classes = net.num_classes if net.num_classes is not None else 19
     bundled = pretrained_config(str(source)) if not os.path.exists(str(source)) else None

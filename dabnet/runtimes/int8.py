@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .pytorch import fold_batchnorm
 from .registry import Runtime, register_runtime
+from .runner import FunctionRunner, Runner
 
 
 def _torchao():
@@ -76,8 +77,8 @@ def first_and_last_convs(model: nn.Module) -> List[str]:
 
 def int8_runner(
     model: nn.Module, calibration: Iterable[torch.Tensor], keep_float: Optional[Sequence[str]] = None
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A callable `tensor -> fp32 logits` running the int8 network compiled by inductor, calibrated on
+) -> Runner:
+    """A runner `tensor -> fp32 logits` running the int8 network compiled by inductor, calibrated on
     `calibration` (normalised NCHW batches, as the model expects them: train frames, never test ones).
 
     By default the first and last convolutions stay in float (quantizing the normalised RGB input
@@ -107,11 +108,11 @@ def int8_runner(
                 warned.append(True)
             return fallback(x)
 
-    return run
+    return FunctionRunner(run)
 
 
 def _prepare(model: nn.Module, precision: str = "int8", device: str = "cpu", channels_last: Optional[bool] = None,
-             calibration: Optional[Sequence[torch.Tensor]] = None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+             calibration: Optional[Sequence[torch.Tensor]] = None) -> Runner:  # fmt: skip
     return int8_runner(model.eval().cpu(), calibration or [])
 
 

@@ -8,28 +8,15 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..util.files import PathLike
-from .registry import Runtime, register_runtime
-
-META_KEYS = ("model_name", "num_classes", "class_names", "palette", "mean", "std", "val_miou", "source")
-
-
-def model_metadata(model: nn.Module) -> Dict[str, Any]:
-    """What an exported file carries so that it can be used without its checkpoint."""
-    meta = dict(getattr(model, "checkpoint_meta", {}))
-    meta.update(model_name=model.model_name, num_classes=model.num_classes)
-    return {k: meta[k] for k in META_KEYS if k in meta}
-
-
-def export_sizes(model: nn.Module) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-    """One size the network needs no padding for, and one odd size that exercises the dynamic axes."""
-    m = getattr(model, "size_multiple", 8)
-    return (45 * m, 60 * m) if m <= 8 else (4 * m, 5 * m), (97, 131)
+from .meta import META_KEYS, export_sizes, model_metadata
+from .registry import ExportedFile, Runtime, register_runtime
+from .runner import Runner
 
 
 def write_onnx(model: nn.Module, path: PathLike, opset: int = 17) -> Path:
@@ -58,20 +45,22 @@ def write_onnx(model: nn.Module, path: PathLike, opset: int = 17) -> Path:
     return path
 
 
-class OrtRunner:
-    """An ONNX file run by ONNX Runtime: `NCHW tensor -> fp32 logits`, with the file's metadata."""
+class OrtRunner(Runner):
+    """An ONNX model run by ONNX Runtime: `NCHW tensor -> fp32 logits`, with the file's metadata. `model` is a path
+    or the file's bytes (read once by `open_onnx`)."""
 
-    def __init__(self, path: PathLike, threads: int = 0) -> None:
+    def __init__(self, model: Union[PathLike, bytes], threads: int = 0, name: str = "model") -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"])
         props = self.session.get_modelmeta().custom_metadata_map
         self.checkpoint_meta = {k: json.loads(v) for k, v in props.items()}
-        self.model_name = self.checkpoint_meta.get("model_name", Path(path).stem) + " (onnxruntime)"
+        stem = name if isinstance(model, bytes) else Path(model).stem
+        self.model_name = self.checkpoint_meta.get("model_name", stem) + " (onnxruntime)"
         self.num_classes = int(self.checkpoint_meta.get("num_classes", self.session.get_outputs()[0].shape[1]))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,11 +78,8 @@ def onnx_runner(model: nn.Module) -> OrtRunner:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def read_onnx_metadata(path: PathLike) -> Dict[str, Any]:
-    """dabnet's metadata from an ONNX file's metadata_props, without building a session."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
+def onnx_metadata(proto) -> Dict[str, Any]:
+    """dabnet's metadata from an ONNX model's metadata_props, without building a session."""
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props if p.key in META_KEYS}
     dims = proto.graph.output[0].type.tensor_type.shape.dim if proto.graph.output else []
     if "num_classes" not in meta and len(dims) > 1 and dims[1].dim_value:
@@ -106,8 +92,17 @@ def _prepare(model: nn.Module, precision: str = "fp32", device: str = "cpu", cha
     return onnx_runner(model.eval())
 
 
+def open_onnx(path: Path) -> ExportedFile:
+    """An ONNX file read once: its bytes give the description now and the session when run."""
+    import onnx
+
+    data = Path(path).read_bytes()
+    meta = onnx_metadata(onnx.load_from_string(data))
+    return ExportedFile(Path(path), "onnxruntime", meta, lambda precision, device: OrtRunner(data, name=Path(path).stem))
+
+
 register_runtime(Runtime(
-    "onnxruntime", "the ONNX export run by ONNX Runtime", _prepare, suffixes=(".onnx",),
-    load=lambda path, precision: OrtRunner(path), read_metadata=read_onnx_metadata, export_format="onnx",
+    "onnxruntime", "the ONNX export run by ONNX Runtime", _prepare, runner=OrtRunner, suffixes=(".onnx",),
+    open=open_onnx, export_format="onnx",
     export=lambda model, path: write_onnx(model, path),
 ))  # fmt: skip

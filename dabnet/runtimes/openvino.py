@@ -24,12 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io.preprocessing import Normalize
 from ..util.files import PathLike
 from ..util.hardware import cpu_flags, cpu_has_bf16
 from ..util.metrics import labels_from_logits
 from . import cache
-from .onnx import META_KEYS, export_sizes, model_metadata
-from .registry import Runtime, register_runtime
+from .meta import META_KEYS, export_sizes, model_metadata
+from .registry import ExportedFile, Runtime, register_runtime
+from .runner import Runner
 from .upsample import label_dtype, upsampled_argmax
 
 OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": None}  # int8: float parts at the plugin's default
@@ -176,7 +178,7 @@ def _norm_key(mean: Sequence[float], std: Sequence[float]) -> Tuple[Tuple[float,
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-class OpenVINORunner:
+class OpenVINORunner(Runner):
     """An OpenVINO model compiled for the CPU: `NCHW tensor -> fp32 logits`, and `labels(x)` for the
     class map alone. Each is compiled on first use, so a caller that needs only one pays for one."""
 
@@ -271,13 +273,13 @@ class OpenVINORunner:
         low-resolution ones where the graph allows (`host_upsample`), else inside OpenVINO."""
         return torch.from_numpy(self.labels_of(self._infer(x, "labels")))
 
-    def image_label_stream(self, items: Iterable[Tuple[Any, Optional[np.ndarray]]], mean: Sequence[float],
-                           std: Sequence[float]) -> Iterator[Tuple[Any, Optional[np.ndarray]]]:  # fmt: skip
+    def image_label_stream(self, items: Iterable[Tuple[Any, Optional[np.ndarray]]],
+                           normalize: Normalize) -> Iterator[Tuple[Any, Optional[np.ndarray]]]:  # fmt: skip
         """(key, HxW class indices) for each (key, HxWx3 RGB uint8 image) of `items`, in their order, several
         frames in flight at once on OpenVINO's throughput streams (one per core or so, each on its own
         threads): a folder or a video keeps every core busy. An item whose image is None passes through as
         (key, None) at its turn. One stream at a time per thread; threads have queues of their own."""
-        norm = _norm_key(mean, std)
+        norm = _norm_key(normalize.mean, normalize.std)
         streams = self._thread_cache("streams")
         queue = streams.get((norm, self.host_upsample))
         if queue is None:
@@ -311,12 +313,12 @@ class OpenVINORunner:
         finally:
             queue.wait_all()  # nothing is left running into the next stream's callback
 
-    def image_labels(self, images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    def image_labels(self, images: np.ndarray, normalize: Normalize) -> torch.Tensor:
         """NxHxW class indices of NxHxWx3 RGB uint8 `images`: conversion and normalisation run inside OpenVINO,
         so no float copy of the frame is made in Python; the labels as `labels` makes them."""
-        request = self.request("labels", _norm_key(mean, std))
+        request = self.request("labels", _norm_key(normalize.mean, normalize.std))
         request.infer([np.ascontiguousarray(images.transpose(0, 3, 1, 2))], share_inputs=True)
-        return self.labels_of(self.outputs(request))
+        return torch.from_numpy(self.labels_of(self.outputs(request)))
 
 
 def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None,
@@ -384,18 +386,19 @@ def _export(model: nn.Module, path: Path) -> Path:
     return export_ir(model.eval(), path)
 
 
-def _metadata(path: Path) -> Dict[str, Any]:
-    ov_model = core().read_model(str(path))  # reading an IR compiles nothing
+def open_ir(path: Path) -> ExportedFile:
+    """An IR read once (reading compiles nothing): its description now, compiled for the precision asked when run."""
+    ov_model = core().read_model(str(path))
     meta = read_metadata(ov_model)
     channels = ov_model.outputs[0].get_partial_shape()[1]
     if "num_classes" not in meta and channels.is_static:
         meta["num_classes"] = channels.get_length()  # a foreign IR: the logits' channels
-    return meta
+    return ExportedFile(Path(path), "openvino", meta, lambda precision, device: OpenVINORunner(ov_model, precision))
 
 
 register_runtime(Runtime(
     "openvino", "OpenVINO's CPU plugin in fp32, bf16 or int8 (NNCF), labels from the low-resolution logits", _prepare,
-    precisions=tuple(OV_PRECISIONS), calibrated=("int8",), computes_labels=True, suffixes=(".xml",),
-    load=lambda path, precision: OpenVINORunner(path, precision), read_metadata=_metadata, export_format="openvino",
+    precisions=tuple(OV_PRECISIONS), calibrated=("int8",), runner=OpenVINORunner, suffixes=(".xml",),
+    open=open_ir, export_format="openvino",
     export=_export, export_files=lambda path: (path, path.with_suffix(".bin")),
 ))  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..util.hardware import cpu_has_bf16
 from ..util.precision import PRECISIONS, autocast, check_precision
 from .registry import Runtime, register_runtime
+from .runner import FunctionRunner, Runner
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -36,8 +37,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
 def torch_runner(
     model: nn.Module, backend: str = "eager", precision: str = "fp32", device: str = "cpu", channels_last: Optional[bool] = None
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A callable `NCHW tensor -> fp32 logits` for backend eager, fold or compile;
+) -> Runner:
+    """A runner `NCHW tensor -> fp32 logits` for backend eager, fold or compile;
     `channels_last=None` means NHWC on CUDA (tensor cores want it) and NCHW on a CPU."""
     dev = torch.device(device)
     check_precision(precision, dev)
@@ -67,12 +68,12 @@ def torch_runner(
                 return net(x.to(dev, memory_format=fmt)).float().clone()  # the graph's output buffer is reused
             return net(x.to(dev, memory_format=fmt)).float()
 
-    return run
+    return FunctionRunner(run)
 
 
 def _registered(backend: str, summary: str) -> Runtime:
     def prepare(model: nn.Module, precision: str = "fp32", device: str = "cpu", channels_last: Optional[bool] = None,
-                calibration=None) -> Callable[[torch.Tensor], torch.Tensor]:  # fmt: skip
+                calibration=None) -> Runner:  # fmt: skip
         return torch_runner(model, backend, precision, device, channels_last)
 
     floats = tuple(p for p in PRECISIONS if p != "int8")

@@ -5,26 +5,37 @@ rows all come from it. A new runtime is one module that calls `register_runtime`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-Runner = Callable[[torch.Tensor], torch.Tensor]  # NCHW normalised float -> fp32 logits; may have .labels(x)
+from .runner import Runner
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    """An exported model file, read once by its runtime's `open`: its description (`metadata`: classes, colours,
+    normalisation) at once, and `make(precision, device)` to run what was read, without reading it again."""
+
+    path: Path
+    runtime: str
+    metadata: Dict[str, Any]
+    make: Callable[[str, str], Runner] = field(repr=False, compare=False)
 
 
 @dataclass(frozen=True)
 class Runtime:
     """One way of running a network.
 
-    `prepare(model, precision=, device=, channels_last=, calibration=)` turns a network into a runner;
-    `load(path, precision)` runs an exported file of one of `suffixes` as it is, and `read_metadata(path)`
-    reads that file's description (classes, colours, normalisation) without compiling anything; `export(model,
-    path)` writes such a file (`export_format` names it on the command line; `export_files(path)` lists
-    every file it writes). `calibrated` lists the precisions that quantize on calibration batches,
-    `computes_labels` says that its runners have `labels(x)` (the arg-max inside the runtime)."""
+    `prepare(model, precision=, device=, channels_last=, calibration=)` turns a network into a `Runner`;
+    `open(path)` reads an exported file of one of `suffixes` once, as an `ExportedFile` (its description at
+    once, compiled only when run); `export(model, path)` writes such a file (`export_format` names it on the
+    command line; `export_files(path)` lists every file it writes). `calibrated` lists the precisions that
+    quantize on calibration batches; `runner` is the class of its runners, which says whether the runtime makes
+    the labels itself (`computes_labels`)."""
 
     name: str
     summary: str
@@ -33,10 +44,9 @@ class Runtime:
     devices: Tuple[str, ...] = ("cpu",)
     calibrated: Tuple[str, ...] = ()
     channels_last: bool = False
-    computes_labels: bool = False
+    runner: type = Runner
     suffixes: Tuple[str, ...] = ()
-    load: Optional[Callable[..., Runner]] = None  # (path, precision) -> runner; (path, precision, device) where devices has a GPU
-    read_metadata: Optional[Callable[[Path], Dict[str, Any]]] = None
+    open: Optional[Callable[[Path], ExportedFile]] = None
     export_format: Optional[str] = None
     export: Optional[Callable[[nn.Module, Path], Path]] = None
     export_files: Callable[[Path], Tuple[Path, ...]] = lambda path: (path,)
@@ -51,6 +61,16 @@ class Runtime:
             raise ValueError(f"the {self.name} backend runs {', '.join(self.precisions)}, not {precision}{hint}")
         return precision
 
+    @property
+    def computes_labels(self) -> bool:
+        """Whether its runners make the class map themselves (their own `labels`), not the logits' arg-max."""
+        return self.runner.labels is not Runner.labels
+
+    def label_for(self, precision: str) -> str:
+        """How a runner of this runtime is named: 'fold', 'eager bf16', 'openvino int8'."""
+        precision = self.precision_for(precision)
+        return self.name if precision == "fp32" or len(self.precisions) == 1 else f"{self.name} {precision}"
+
     def check_device(self, device: str) -> None:
         """A ValueError naming the devices this runtime runs on, unless `device` is one of them."""
         kind = torch.device(device).type
@@ -59,7 +79,7 @@ class Runtime:
 
 
 _RUNTIMES: Dict[str, Runtime] = {}
-AUTO = "auto"  # not a runtime: `choose_auto` picks one per device
+AUTO = "auto"  # not a runtime: runtimes.auto picks one per device
 
 
 def register_runtime(runtime: Runtime) -> Runtime:
@@ -72,10 +92,10 @@ def register_runtime(runtime: Runtime) -> Runtime:
             raise ValueError(f"runtime {runtime.name!r}: suffix {sorted(clash)[0]} is {other.name!r}'s already")
         if runtime.export_format and runtime.export_format == other.export_format:
             raise ValueError(f"runtime {runtime.name!r}: export format {runtime.export_format!r} is {other.name!r}'s already")
-    if runtime.suffixes and runtime.load is None:
-        raise ValueError(f"runtime {runtime.name!r}: files of {', '.join(runtime.suffixes)} need a `load`")
-    if runtime.export is not None and (runtime.load is None or not runtime.export_format):
-        raise ValueError(f"runtime {runtime.name!r}: an `export` needs an `export_format` and a `load` (the export is checked through it)")
+    if runtime.suffixes and runtime.open is None:
+        raise ValueError(f"runtime {runtime.name!r}: files of {', '.join(runtime.suffixes)} need an `open`")
+    if runtime.export is not None and (runtime.open is None or not runtime.export_format):
+        raise ValueError(f"runtime {runtime.name!r}: an `export` needs an `export_format` and an `open` (the export is checked through it)")
     _RUNTIMES[runtime.name] = runtime
     return runtime
 
@@ -90,11 +110,6 @@ def get_runtime(name: str) -> Runtime:
     if name not in _RUNTIMES:
         raise ValueError(f"unknown backend {name!r}; choose {', '.join(backend_names())}")
     return _RUNTIMES[name]
-
-
-def list_runtimes() -> List[Runtime]:
-    """Registered runtimes in registration order."""
-    return list(_RUNTIMES.values())
 
 
 def backend_names() -> List[str]:

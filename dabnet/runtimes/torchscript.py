@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from ..util.files import PathLike
-from .onnx import export_sizes, model_metadata
-from .registry import Runtime, register_runtime
+from .meta import export_sizes, model_metadata
+from .registry import ExportedFile, Runtime, register_runtime
+from .runner import Runner
 
 EXTRA_FILE = "dabnet.json"
 
@@ -30,7 +31,7 @@ def trace(model: nn.Module, device: str = "cpu") -> torch.jit.ScriptModule:
         raise ValueError(f"{model.model_name} cannot be traced to TorchScript ({type(e).__name__}); use --format onnx") from e
 
 
-class ScriptRunner:
+class ScriptRunner(Runner):
     """A TorchScript module: `NCHW tensor -> fp32 logits`, with the description saved beside it."""
 
     def __init__(self, module: torch.jit.ScriptModule, meta: Dict[str, Any], device: str = "cpu") -> None:
@@ -51,18 +52,13 @@ def write_torchscript(model: nn.Module, path: PathLike) -> Path:
     return path
 
 
-def read_torchscript_metadata(path: PathLike) -> Dict[str, Any]:
-    """The description saved in a TorchScript file by `write_torchscript` (empty for a foreign file)."""
+def open_torchscript(path: PathLike) -> ExportedFile:
+    """A TorchScript file read once (with the description `write_torchscript` saved beside it; empty for a foreign
+    file), run on the device asked for."""
     extra = {EXTRA_FILE: ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
-
-
-def load_torchscript(path: PathLike, precision: str = "fp32", device: str = "cpu") -> ScriptRunner:
-    """A TorchScript file written by `write_torchscript`, run on `device`."""
-    extra = {EXTRA_FILE: ""}
-    module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    return ScriptRunner(module.eval(), json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}, device)
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    meta = json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
+    return ExportedFile(Path(path), "torchscript", meta, lambda precision, device: ScriptRunner(module.to(device).eval(), meta, device))
 
 
 def _prepare(model: nn.Module, precision: str = "fp32", device: str = "cpu", channels_last: Optional[bool] = None,
@@ -71,6 +67,6 @@ def _prepare(model: nn.Module, precision: str = "fp32", device: str = "cpu", cha
 
 
 register_runtime(Runtime(
-    "torchscript", "the network traced to TorchScript", _prepare, devices=("cpu", "cuda"), load=load_torchscript,
-    read_metadata=read_torchscript_metadata, export_format="torchscript", export=lambda model, path: write_torchscript(model, path),
+    "torchscript", "the network traced to TorchScript", _prepare, devices=("cpu", "cuda"), runner=ScriptRunner,
+    open=open_torchscript, export_format="torchscript", export=lambda model, path: write_torchscript(model, path),
 ))  # fmt: skip

@@ -1,0 +1,62 @@
+"""Making runners: `prepare` runs a network with a named runtime, `load_exported` runs an exported file as it is.
+Each looks its runtime up once and names the runner it returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from .registry import AUTO, ExportedFile, exported_suffixes, get_runtime, runtime_for_file
+from .runner import Runner, as_runner
+
+Calibration = Union[Iterable[torch.Tensor], Callable[[], Iterable[torch.Tensor]], None]
+
+
+def prepare(
+    model: nn.Module,
+    backend: str = "eager",
+    precision: str = "fp32",
+    device: str = "cpu",
+    channels_last: Optional[bool] = None,
+    calibration: Calibration = None,
+) -> Runner:
+    """`model` (eval mode) run by the runtime `backend` at `precision`. `calibration` is what a quantizing precision
+    calibrates on: normalised NCHW train batches, or a function that makes them (called only when needed).
+    `auto` is `runtimes.auto.prepare_auto`'s, which checks and falls back."""
+    if backend == AUTO:
+        raise ValueError("prepare runs a named backend; use runtimes.prepare_auto (or Segmenter) for auto")
+    runtime = get_runtime(backend)
+    precision = runtime.precision_for(precision)
+    runtime.check_device(device)
+    batches = None
+    if precision in runtime.calibrated:
+        batches = list(calibration() if callable(calibration) else calibration or [])
+        if not batches:
+            raise ValueError(f"the {backend} backend in {precision} needs calibration batches (normalised training images)")
+    runner = as_runner(runtime.prepare(model.eval(), precision=precision, device=str(device), channels_last=channels_last,
+                                       calibration=batches))  # fmt: skip
+    runner.backend, runner.precision, runner.label = runtime.name, precision, runtime.label_for(precision)
+    return runner
+
+
+def open_exported(path: Union[str, Path]) -> ExportedFile:
+    """An exported file read once by the runtime its suffix names."""
+    runtime = runtime_for_file(path)
+    if runtime is None:
+        raise ValueError(f"{path} is no exported model this installation runs (those end in {', '.join(exported_suffixes())})")
+    return runtime.open(Path(path))
+
+
+def load_exported(source: Union[str, Path, ExportedFile], precision: str = "fp32", device: str = "cpu") -> Runner:
+    """A runner for an exported file (a path, or one `open_exported` read already), which carries its own
+    description (`checkpoint_meta`), on `device`."""
+    file = source if isinstance(source, ExportedFile) else open_exported(source)
+    runtime = get_runtime(file.runtime)
+    runtime.check_device(str(device))
+    precision = runtime.precision_for(precision)
+    runner = as_runner(file.make(precision, str(device)))
+    runner.backend, runner.precision, runner.label = runtime.name, precision, runtime.label_for(precision)
+    return runner
