@@ -24,7 +24,7 @@ import yaml
 
 import dabnet
 from dabnet.commands.demo import bundled_weights_available
-from dabnet.data import DATASET_INFO
+from dabnet.data import get_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,7 +198,7 @@ def main() -> None:
     rows = [run_row(f, args.compare_at) for f in args.runs]
     holdout = yaml.safe_load((args.runs[0] / "config.yaml").read_text()).get("holdout") or ["0006R0"]
     shares = holdout_shares(args.data_root, holdout) if args.data_root else None
-    per_class = per_class_lines(args.runs, DATASET_INFO["camvid"]["classes"], shares, "+".join(holdout))
+    per_class = per_class_lines(args.runs, get_dataset("camvid").classes, shares, "+".join(holdout))
     write_table(rows, args.compare_at, args.pair, per_class, args.out, bundled_line(args.runs))
     plot_curves(args.runs, args.out.with_name("camvid_recipes.png"))
     print(args.out.read_text())

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Un
 
 import yaml
 
-from .data.datasets import DATASETS
 from .data.importers import IMPORTERS
+from .data.registry import list_datasets
 from .inference.outputs import OUTPUT_KINDS
 from .runtimes import backend_help, backend_names, export_formats
 from .util.precision import PRECISIONS
@@ -24,116 +24,6 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the command's options."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything `dabnet train` needs; every field can be set in YAML or with --set."""
-
-    # data
-    dataset: str = "camvid"
-    data_root: str = "../shared/data/camvid"
-    train_split: str = "train"
-    val_split: Optional[str] = "val"  # None: no in-sequence validation
-    # Whole sequences (file-name prefixes, e.g. CamVid's 0006R0) taken out of train_split and validated
-    # on: a drive never trained on, the honest proxy for a test set of new drives. When set, best.pth
-    # is selected on them; val_split is then in-sequence validation (the held-out drives leave it too).
-    holdout: List[str] = field(default_factory=list)
-    crop_size: List[int] = field(default_factory=lambda: [360, 480])
-    scales: List[float] = field(default_factory=lambda: [0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
-    flip: bool = True
-    mean: Optional[List[float]] = None  # None: the dataset's own statistics
-    std: Optional[List[float]] = None  # None: the dataset's own; [1, 1, 1] = mean subtraction only
-    workers: int = 2
-    check_data: bool = True  # scan every file before training (clear errors before hours of work)
-    data_on_device: bool = False  # decode once, keep uint8 images on the device, augment there
-    # model
-    model: str = "dabnet"
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
-    init_from: Optional[str] = None  # weights to start from (ours or official)
-    # optimisation
-    epochs: int = 1000
-    batch_size: int = 16
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-3
-    momentum: float = 0.9
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 2e-4
-    poly_power: float = 0.9
-    warmup_iters: int = 500
-    warmup_ratio: float = 1.0 / 3.0  # warm-up starts at lr * warmup_ratio
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    # extensions (dabnet.training): weight EMA, and distillation from a teacher's (ensemble's) probabilities
-    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved as the model; 0 = off
-    distill_from: Optional[str] = None  # teacher: a checkpoint path or bundled name with this run's classes; None = off
-    distill_scales: List[float] = field(default_factory=lambda: [1.0])  # the teacher's ensemble: input scales...
-    distill_flip: bool = False  # ...and horizontal flips, probabilities averaged
-    distill_weight: float = 1.0  # loss = CE + weight * T^2 * KL(teacher_T || student_T)
-    distill_temperature: float = 1.0
-    distill_cache: Optional[str] = None  # folder of the teacher's maps (None: OUT/teacher_cache); runs may share one
-    loss: str = "ce"  # ce | ohem
-    class_weights: str = "enet"  # enet | median | none
-    enet_c: float = 1.02  # w = 1 / ln(c + p); the official DABNet code uses 1.10
-    ohem_thresh: float = 0.7
-    ohem_min_kept: Optional[int] = None  # None: batch * H * W / 16, as the paper
-    # speed
-    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (fp16 on CUDA only); formerly `amp` (none = fp32)
-    channels_last: bool = False
-    compile: bool = False
-    # Training's BatchNorm+PReLU pairs (with a depth-wise line conv before them), its x8 upsampling and its
-    # cross-entropy on compiled kernels (models.fused): same parameters and numbers, about twice the steps/s
-    # on a CPU. Falls back to the eager layers, with a warning, where nothing can be compiled.
-    fused: bool = True
-    sync_bn: bool = False
-    # validation, logging, checkpoints
-    val_every: int = 1
-    val_batch_size: int = 4
-    keep_every: int = 0  # also keep every N-th epoch's checkpoint as epoch_NNNN.pth (for `dabnet average`); 0 = off
-    log_every: int = 10
-    seed: int = 0
-    out: str = "runs/camvid"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-
-    def __post_init__(self) -> None:
-        """Every option checked before any data is read; errors name the option and what is valid."""
-        from .models import list_models
-
-        check_field_types(self)
-        check_choice("dataset", self.dataset, DATASET_CHOICES)
-        check_choice("model", self.model, list_models())
-        if self.model_kwargs:
-            _check_model_kwargs(self.model, self.model_kwargs)
-        check_choice("optimizer", self.optimizer, ["adam", "adamw", "sgd"])
-        check_choice("loss", self.loss, ["ce", "ohem"])
-        check_choice("class_weights", self.class_weights, ["enet", "median", "none"])
-        check_choice("precision", self.precision, ["fp32", "bf16", "fp16"])
-        require(_positive_ints(self.crop_size, 2), "crop_size", self.crop_size, "[HEIGHT, WIDTH], two positive integers")
-        require(_positive_numbers(self.scales), "scales", self.scales, "a list of positive numbers, e.g. [0.75, 1.0, 1.5]")
-        check_counts(self, epochs=1, batch_size=1, val_batch_size=1, workers=0, val_every=1, log_every=1, warmup_iters=0,
-                     keep_every=0)  # fmt: skip
-        require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a positive number")
-        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        require(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", self.betas, "two numbers in [0, 1)")
-        require(0 < self.warmup_ratio <= 1, "warmup_ratio", self.warmup_ratio, "a number in (0, 1]")
-        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
-        require(0 < self.ohem_thresh <= 1, "ohem_thresh", self.ohem_thresh, "a probability in (0, 1]")
-        require(self.enet_c > 1, "enet_c", self.enet_c, "a number > 1 (the ENet weights are 1 / ln(c + p))")
-        require(self.mean is None or len(self.mean) == 3, "mean", self.mean, "null or three numbers (0-255 RGB)")
-        require(self.std is None or _positive_numbers(self.std) and len(self.std) == 3, "std", self.std, "null or three positive numbers")
-        require(isinstance(self.holdout, list) and all(isinstance(h, str) and h for h in self.holdout), "holdout", self.holdout,
-                "a list of file-name prefixes, e.g. [0006R0]")  # fmt: skip
-        require(_number(self.ema) and 0 <= self.ema < 1, "ema", self.ema, "a decay in [0, 1), e.g. 0.999 (0 = off)")
-        require(self.distill_from is None or (isinstance(self.distill_from, str) and self.distill_from != ""), "distill_from",
-                self.distill_from, "null, or a checkpoint path or bundled name such as dabnet-camvid")  # fmt: skip
-        require(_positive_numbers(self.distill_scales), "distill_scales", self.distill_scales, "a list of positive numbers, e.g. [1, 1.5, 2]")
-        require(_number(self.distill_weight) and self.distill_weight >= 0, "distill_weight", self.distill_weight, "a number >= 0")
-        require(_number(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature",
-                self.distill_temperature, "a positive number")  # fmt: skip
-        if self.distill_from and self.data_on_device:
-            raise ConfigError("distill_from with data_on_device=true is not supported: the teacher's maps come through the "
-                              "loader; use data_on_device=false")  # fmt: skip
-        check_device(self.device)
 
 
 def _input_paths(value: Any) -> List[Path]:
@@ -220,8 +110,126 @@ def option(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any =
     return field(default=default, metadata=meta)
 
 
-DATASET_CHOICES = list(DATASETS)
+DATASET_CHOICES = list_datasets()
 DEVICE_HELP = "auto (the GPU when there is one and the backend runs there, else the CPU), cpu, cuda or cuda:N"
+
+
+OPTIMIZERS = ["adam", "adamw", "sgd"]
+LOSSES = ["ce", "ohem"]
+CLASS_WEIGHTS = ["enet", "median", "none"]
+TRAIN_PRECISIONS = ["fp32", "bf16", "fp16"]  # autocast; fp16 on CUDA only
+
+
+def list_model_names() -> List[str]:
+    """The registered networks (called when a parser or a check needs them: registries grow at run time)."""
+    from .models import list_models
+
+    return list_models()
+
+
+@dataclass
+class TrainConfig:
+    """Everything `dabnet train` needs; every field can be set in YAML or with --set."""
+
+    # data
+    dataset: str = option("camvid", "dataset kind (the dataset registry)", choices=DATASET_CHOICES)
+    data_root: str = option("../shared/data/camvid", "dataset root (for 'folder': the dataset YAML)")
+    train_split: str = option("train", "split trained on")
+    val_split: Optional[str] = option("val", "split validated on each val_every epochs; None: no in-sequence validation")
+    holdout: List[str] = option(help="whole sequences (file-name prefixes, e.g. CamVid's 0006R0) taken out of train_split and validated on: drives never trained on, the honest proxy for a test set; best.pth is then chosen on them", factory=list)  # fmt: skip
+    crop_size: List[int] = option(help="[HEIGHT, WIDTH] of the random training crops", factory=lambda: [360, 480])
+    scales: List[float] = option(help="random rescaling factors of the training images (the paper: 0.75 to 2)", factory=lambda: [0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
+    flip: bool = option(True, "random horizontal flips")
+    mean: Optional[List[float]] = option(None, "None: the dataset's own statistics")
+    std: Optional[List[float]] = option(None, "None: the dataset's own; [1, 1, 1] = mean subtraction only")
+    workers: int = option(2, "data-loading processes")
+    check_data: bool = option(True, "scan every file before training (clear errors before hours of work)")
+    data_on_device: bool = option(False, "decode once, keep uint8 images on the device, augment there")
+    # model
+    model: str = option("dabnet", "network (dabnet models lists them)", choices=list_model_names)
+    model_kwargs: Dict[str, Any] = option(help="the network's own options, e.g. {block_1: 3, block_2: 6}", factory=dict)
+    init_from: Optional[str] = option(None, "weights to start from (ours or official)")
+    # optimisation
+    epochs: int = option(1000, "length of the poly schedule, in epochs")
+    batch_size: int = option(16, "images per step (per process under torchrun)")
+    optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
+    lr: float = option(1e-3, "peak learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    betas: List[float] = option(help="Adam/AdamW betas", factory=lambda: [0.9, 0.999])
+    weight_decay: float = option(2e-4, "L2 weight decay")
+    poly_power: float = option(0.9, "exponent of the poly learning-rate decay")
+    warmup_iters: int = option(500, "linear warm-up steps")
+    warmup_ratio: float = option(1.0 / 3.0, "warm-up starts at lr * warmup_ratio")
+    grad_clip: float = option(0.0, "max gradient norm; 0 = off")
+    # extensions (dabnet.training): weight EMA, and distillation from a teacher's (ensemble's) probabilities
+    ema: float = option(0.0, "decay of an exponential moving average of the weights, validated and saved as the model; 0 = off")  # fmt: skip
+    distill_from: Optional[str] = option(None, "teacher: a checkpoint path or bundled name with this run's classes; None = off")  # fmt: skip
+    distill_scales: List[float] = option(help="the teacher's ensemble: input scales, probabilities averaged", factory=lambda: [1.0])
+    distill_flip: bool = option(False, "the teacher's ensemble also sees horizontal flips")
+    distill_weight: float = option(1.0, "loss = CE + weight * T^2 * KL(teacher_T || student_T)")
+    distill_temperature: float = option(1.0, "softmax temperature of teacher and student in the KL term")
+    distill_cache: Optional[str] = option(None, "folder of the teacher's maps (None: OUT/teacher_cache); runs may share one")  # fmt: skip
+    loss: str = option("ce", "ce (cross-entropy) or ohem (online hard example mining, as the paper's Cityscapes recipe)", choices=LOSSES)
+    class_weights: str = option("enet", "class weighting of the loss: enet (1 / ln(c + p)), median frequency, or none", choices=CLASS_WEIGHTS)
+    enet_c: float = option(1.02, "w = 1 / ln(c + p); the official DABNet code uses 1.10")
+    ohem_thresh: float = option(0.7, "OHEM keeps pixels whose true-class probability is below this")
+    ohem_min_kept: Optional[int] = option(None, "None: batch * H * W / 16, as the paper")
+    # speed
+    precision: str = option("fp32", "fp32, or bf16/fp16 autocast (fp16 on CUDA only); formerly `amp` (none = fp32)", choices=TRAIN_PRECISIONS)  # fmt: skip
+    channels_last: bool = option(False, "NHWC memory layout (faster on GPUs with tensor cores)")
+    compile: bool = option(False, "torch.compile the training step")
+    fused: bool = option(True, "BatchNorm+PReLU pairs, the x8 upsampling and the cross-entropy on compiled kernels (models.fused): same parameters and numbers, faster on a CPU; falls back to eager layers, with a warning, where nothing compiles")  # fmt: skip
+    sync_bn: bool = option(False, "synchronised BatchNorm across torchrun processes")
+    # validation, logging, checkpoints
+    val_every: int = option(1, "validate every N epochs")
+    val_batch_size: int = option(4, "images per validation pass")
+    keep_every: int = option(0, "also keep every N-th epoch's checkpoint as epoch_NNNN.pth (for `dabnet average`); 0 = off")  # fmt: skip
+    log_every: int = option(10, "log every N steps")
+    seed: int = option(0, "random seed (data order, augmentation, initialisation)")
+    out: str = option("runs/camvid", "run folder: checkpoints, logs, curves")
+    device: str = option("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N")
+
+
+    def __post_init__(self) -> None:
+        """Every option checked before any data is read; errors name the option and what is valid."""
+        from .models import list_models
+
+        check_field_types(self)
+        check_choice("dataset", self.dataset, DATASET_CHOICES)
+        check_choice("model", self.model, list_models())
+        if self.model_kwargs:
+            _check_model_kwargs(self.model, self.model_kwargs)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
+        check_choice("precision", self.precision, TRAIN_PRECISIONS)
+        require(_positive_ints(self.crop_size, 2), "crop_size", self.crop_size, "[HEIGHT, WIDTH], two positive integers")
+        require(_positive_numbers(self.scales), "scales", self.scales, "a list of positive numbers, e.g. [0.75, 1.0, 1.5]")
+        check_counts(self, epochs=1, batch_size=1, val_batch_size=1, workers=0, val_every=1, log_every=1, warmup_iters=0,
+                     keep_every=0)  # fmt: skip
+        require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a positive number")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        require(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", self.betas, "two numbers in [0, 1)")
+        require(0 < self.warmup_ratio <= 1, "warmup_ratio", self.warmup_ratio, "a number in (0, 1]")
+        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+        require(0 < self.ohem_thresh <= 1, "ohem_thresh", self.ohem_thresh, "a probability in (0, 1]")
+        require(self.enet_c > 1, "enet_c", self.enet_c, "a number > 1 (the ENet weights are 1 / ln(c + p))")
+        require(self.mean is None or len(self.mean) == 3, "mean", self.mean, "null or three numbers (0-255 RGB)")
+        require(self.std is None or _positive_numbers(self.std) and len(self.std) == 3, "std", self.std, "null or three positive numbers")
+        require(isinstance(self.holdout, list) and all(isinstance(h, str) and h for h in self.holdout), "holdout", self.holdout,
+                "a list of file-name prefixes, e.g. [0006R0]")  # fmt: skip
+        require(_number(self.ema) and 0 <= self.ema < 1, "ema", self.ema, "a decay in [0, 1), e.g. 0.999 (0 = off)")
+        require(self.distill_from is None or (isinstance(self.distill_from, str) and self.distill_from != ""), "distill_from",
+                self.distill_from, "null, or a checkpoint path or bundled name such as dabnet-camvid")  # fmt: skip
+        require(_positive_numbers(self.distill_scales), "distill_scales", self.distill_scales, "a list of positive numbers, e.g. [1, 1.5, 2]")
+        require(_number(self.distill_weight) and self.distill_weight >= 0, "distill_weight", self.distill_weight, "a number >= 0")
+        require(_number(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature",
+                self.distill_temperature, "a positive number")  # fmt: skip
+        if self.distill_from and self.data_on_device:
+            raise ConfigError("distill_from with data_on_device=true is not supported: the teacher's maps come through the "
+                              "loader; use data_on_device=false")  # fmt: skip
+        check_device(self.device)
 
 
 def _matches(value: Any, hint: Any) -> bool:

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..config import DemoConfig
-from ..data.classes import CAMVID_IGNORE_INDEX, DATASET_INFO
+from ..data import get_dataset
+from ..data.classes import CAMVID_IGNORE_INDEX
 from ..inference.outputs import write_outputs
 from ..inference.segmenter import Segmenter
 from ..io.checkpoint import resolve_checkpoint
@@ -55,10 +56,10 @@ def _segmenter(cfg: DemoConfig, log) -> Segmenter:
     device = resolve_device(cfg.device, cfg.backend, cfg.checkpoint)
     if cfg.checkpoint:
         return Segmenter.from_checkpoint(cfg.checkpoint, device, backend=cfg.backend, log=log)
-    info = DATASET_INFO["camvid"]
+    camvid = get_dataset("camvid")
     torch.manual_seed(cfg.seed)
-    model = create_model("dabnet", num_classes=len(info["classes"]))
-    return Segmenter(model, info["mean"], info["std"], info["classes"], info["palette"], device)
+    model = create_model("dabnet", num_classes=len(camvid.classes))
+    return Segmenter(model, camvid.mean, camvid.std, camvid.classes, camvid.palette, device)
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:

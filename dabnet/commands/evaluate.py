@@ -15,7 +15,7 @@ from ..inference.segmenter import Segmenter
 from ..io.checkpoint import CheckpointError
 from ..runtimes import resolve_device
 from ..training.engine import evaluate
-from ..util.distributed import init_distributed
+from ..util.distributed import cleanup, init_distributed
 from ..util.files import atomic_output, check_output_file
 from ..util.metrics import per_class_table
 
@@ -52,6 +52,13 @@ def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
         if path:  # before the evaluation, not after it
             check_output_file(path, option)
     device, _ = init_distributed(resolve_device(cfg.device, cfg.backend, cfg.checkpoint))
+    try:
+        return _evaluated(cfg, device, log)
+    finally:
+        cleanup()  # the process group of a torchrun evaluation ends with it
+
+
+def _evaluated(cfg: EvalConfig, device, log) -> Dict[str, Any]:
     seg = Segmenter.from_checkpoint(cfg.checkpoint, str(device), cfg.backend, cfg.precision, log=log)
     ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, include=cfg.sequences, exclude=cfg.exclude_sequences)
     if len(seg.class_names) != ds.num_classes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 CAMVID_CLASSES: List[str] = [
     "Sky", "Building", "Pole", "Road", "Sidewalk", "Tree",
@@ -45,21 +45,3 @@ def default_palette(num_classes: int) -> List[Tuple[int, int, int]]:
         r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.95)
         colours.append((int(r * 255), int(g * 255), int(b * 255)))
     return colours
-
-
-DATASET_INFO: Dict[str, Dict[str, object]] = {
-    "camvid": {
-        "classes": CAMVID_CLASSES,
-        "palette": CAMVID_PALETTE,
-        "ignore_index": CAMVID_IGNORE_INDEX,
-        "mean": CAMVID_MEAN,
-        "std": CAMVID_STD,
-    },
-    "cityscapes": {
-        "classes": CITYSCAPES_CLASSES,
-        "palette": CITYSCAPES_PALETTE,
-        "ignore_index": CITYSCAPES_IGNORE_INDEX,
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-    },
-}

@@ -28,10 +28,7 @@ from .classes import (
     IMAGENET_STD,
     default_palette,
 )
-
-
-class DatasetError(ValueError):
-    """Something wrong with a dataset's files; the message names the file and what to do."""
+from .registry import DatasetError, DatasetKind, get_dataset, register_dataset
 
 
 class SplitNotFoundError(DatasetError):
@@ -372,7 +369,12 @@ def FolderDataset(spec_path: PathLike, split: str = "train", transform: Optional
     )
 
 
-DATASETS: Dict[str, Callable[..., SegmentationDataset]] = {"camvid": CamVid, "cityscapes": Cityscapes, "folder": FolderDataset}
+register_dataset(DatasetKind("camvid", CamVid, "CamVid (SegNet's 11 classes, 360x480): ROOT with train/val/test and *annot folders",
+                             tuple(CAMVID_CLASSES), tuple(CAMVID_PALETTE), CAMVID_IGNORE_INDEX, CAMVID_MEAN, CAMVID_STD))  # fmt: skip
+register_dataset(DatasetKind("cityscapes", Cityscapes, "Cityscapes (19 train ids): ROOT with leftImg8bit/ and gtFine/",
+                             tuple(CITYSCAPES_CLASSES), tuple(CITYSCAPES_PALETTE), CITYSCAPES_IGNORE_INDEX, IMAGENET_MEAN,
+                             IMAGENET_STD))  # fmt: skip
+register_dataset(DatasetKind("folder", FolderDataset, "your own images and masks, described by a dataset YAML (--data-root)"))
 
 
 def sequence_of(path: PathLike) -> str:
@@ -410,9 +412,7 @@ def build_dataset(
 ) -> SegmentationDataset:  # fmt: skip
     """`camvid`, `cityscapes` (root folder) or `folder` (path of the dataset YAML); `include`/`exclude`
     keep or drop whole sequences by file-name prefix (see `select_sequences`)."""
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return select_sequences(DATASETS[name](root, split, transform=transform, seed=seed), include, exclude)
+    return select_sequences(get_dataset(name).build(root, split, transform=transform, seed=seed), include, exclude)
 
 
 def collate_eval(batch):

@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from torch import nn
 
-from ..data.classes import DATASET_INFO, IMAGENET_MEAN, IMAGENET_STD, default_palette
+from ..data import get_dataset, known_classes
+from ..data.classes import IMAGENET_MEAN, IMAGENET_STD, default_palette
 from ..io.checkpoint import CheckpointError, Network, build_model, read_network
 from ..models import pretrained_config
 from ..runtimes import ExportedFile, runtime_for_file
@@ -120,7 +121,7 @@ def training_card(meta: Dict[str, Any]) -> Dict[str, str]:
 def _dataset(meta: Dict[str, Any], num_classes: int, official: bool) -> Tuple[Optional[str], str]:
     """(dataset whose names, colours and normalisation apply, note) from a description."""
     named = str(meta.get("dataset") or "").split(":")[0]  # runs record e.g. "camvid:trainval-0006R0"
-    if named in DATASET_INFO and len(DATASET_INFO[named]["classes"]) == num_classes:
+    if known_classes(named) and len(get_dataset(named).classes) == num_classes:
         return named, ""
     if official and num_classes in OFFICIAL_DATASETS:
         ds = OFFICIAL_DATASETS[num_classes]
@@ -131,7 +132,8 @@ def _dataset(meta: Dict[str, Any], num_classes: int, official: bool) -> Tuple[Op
 def _described(source: str, source_format: str, network: str, num_classes: int, meta: Dict[str, Any], *,
                official: bool = False, runtime: Optional[str] = None, weights: Any = None) -> ModelSpec:  # fmt: skip
     ds, note = _dataset(meta, num_classes, official)
-    info: Dict[str, Any] = DATASET_INFO[ds] if ds else {}
+    kind = get_dataset(ds) if ds else None
+    info: Dict[str, Any] = dict(classes=kind.classes, palette=kind.palette, mean=kind.mean, std=kind.std) if kind else {}
     notes = [note] if note else []
     names = meta.get("class_names") or info.get("classes")
     if not names or len(names) != num_classes:
