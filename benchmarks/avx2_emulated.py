@@ -31,7 +31,7 @@ CAPPED = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 def measure(checkpoint: str, frames, repeats: int) -> dict:
     """Agreement, OpenVINO's kernels and the median ms per frame of each backend (run under the AVX2 cap)."""
-    import ov_profile  # beside this script
+    import benchlib
 
     import dabnet
     import dabnet.runtimes.openvino as ovr
@@ -46,7 +46,7 @@ def measure(checkpoint: str, frames, repeats: int) -> dict:
     int8 = prepare(model, "openvino", "int8", calibration=calibration_batches(seg.mean, seg.std))
     runs = {"eager fp32": model, "fold fp32": prepare(model, "fold", "fp32"), "openvino fp32": prepare(model, "openvino", "fp32"),
             "openvino int8": int8}  # fmt: skip
-    rows, _ = ov_profile.profile(int8, np.ascontiguousarray(frames[0].transpose(2, 0, 1)[None]), frames=1, warmup=1,
+    rows, _ = benchlib.profile(int8, np.ascontiguousarray(frames[0].transpose(2, 0, 1)[None]), frames=1, warmup=1,
                                  image_input=(seg.mean, seg.std))  # fmt: skip
     kernels = collections.Counter()
     rows = [r for r in rows if r[0] != "upsampled_argmax"]  # the host's step, not an OpenVINO kernel

@@ -11,16 +11,14 @@ weights, and the learning curve.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
 import yaml
+from benchlib import describe_recipe, pct
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camvid_recipes import _pct, describe_recipe  # noqa: E402
 
 
 def progress_lines(folder: Path, rule: str, cfg: Dict[str, Any], ckpt: Dict[str, Any]) -> List[str]:
@@ -38,7 +36,7 @@ def progress_lines(folder: Path, rule: str, cfg: Dict[str, Any], ckpt: Dict[str,
         "|---|---|---|---|---|---:|---:|---|",
         f"| {folder.name} | {describe_recipe(cfg)} | {Path(cfg['init_from']).name if cfg.get('init_from') else 'none'} | "
         f"{done} / {cfg['epochs']} | {ckpt.get('hardware', 'not recorded')} | {hours:.1f} | "
-        f"{history[-1]['train_loss']:.4f} | " + (f"{_pct(validated[-1]['val_miou'])} (ep {validated[-1]['epoch']})" if validated else "–") + " |",
+        f"{history[-1]['train_loss']:.4f} | " + (f"{pct(validated[-1]['val_miou'])} (ep {validated[-1]['epoch']})" if validated else "–") + " |",
         "",
         f"**The weights that ship**, fixed before the run ends (nothing is held out, so nothing is chosen on a figure): {rule}.",
         "",

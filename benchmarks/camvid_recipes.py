@@ -21,27 +21,13 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import yaml
+from benchlib import describe_recipe, pct
 
 import dabnet
 from dabnet.commands.demo import bundled_weights_available
 from dabnet.data import get_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _pct(v: Optional[float]) -> str:
-    return "–" if v is None else f"{100 * v:.2f}"
-
-
-def describe_recipe(cfg: Dict[str, Any]) -> str:
-    """The recipe in one cell: data, crop, batch, optimiser, loss and the switches beyond the official recipe."""
-    held = f" without {'+'.join(cfg.get('holdout') or [])}" if cfg.get("holdout") else ""
-    precision = cfg.get("precision", cfg.get("amp", "fp32"))
-    parts = [f"{cfg['train_split']}{held}", "x".join(map(str, cfg["crop_size"])), f"batch {cfg['batch_size']}",
-             f"{cfg['optimizer']} {cfg['lr']:g} wd {cfg['weight_decay']:g}", f"{cfg['loss']}, {cfg['class_weights']} c={cfg['enet_c']}"]  # fmt: skip
-    if precision not in ("fp32", "none"):
-        parts.append(f"{precision} autocast")
-    return ", ".join(parts)
 
 
 def _history(folder: Path) -> List[Dict[str, Any]]:
@@ -64,7 +50,7 @@ def pair_lines(a: Path, b: Path) -> List[str]:
         return lines + ["No epoch validated by both yet.", ""]
     diffs = [100 * (pa[e] - pb[e]) for e in common]
     lines += [f"| epoch | {a.name} | {b.name} | difference (points) |", "|---:|---:|---:|---:|"]
-    lines += [f"| {e} | {_pct(pa[e])} | {_pct(pb[e])} | {d:+.2f} |" for e, d in zip(common, diffs)]
+    lines += [f"| {e} | {pct(pa[e])} | {pct(pb[e])} | {d:+.2f} |" for e, d in zip(common, diffs)]
     lines += ["", f"{a.name} is ahead at {sum(d > 0 for d in diffs)} of {len(common)} common epochs; mean difference "
               f"{sum(diffs) / len(diffs):+.2f} points, over the last {min(5, len(diffs))} of them "
               f"{sum(diffs[-5:]) / len(diffs[-5:]):+.2f}.", ""]  # fmt: skip
@@ -85,7 +71,7 @@ def per_class_lines(folders: List[Path], class_names: List[str], shares: Optiona
     lines = ["## Held-out IoU per class, at each run's best held-out epoch", "",
              "| class | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]  # fmt: skip
     for c, name in enumerate(class_names):
-        cells = ([f"{100 * shares[c]:.2f}"] if shares else []) + [_pct(r[c]) for r in rows]
+        cells = ([f"{100 * shares[c]:.2f}"] if shares else []) + [pct(r[c]) for r in rows]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -112,8 +98,8 @@ def run_row(folder: Path, compare_at: Optional[int]) -> Dict[str, Any]:
     return {
         "run": folder.name, "recipe": describe_recipe(cfg), "epochs": f"{len(history)} / {cfg['epochs']}",
         "hardware": last.get("hardware", "not recorded"), "hours": sum(h.get("seconds", 0) for h in history) / 3600,
-        "proxy_best": f"{_pct(best['holdout_miou'])} (ep {best['epoch']})" if best else "–", "proxy_last": _pct(proxy[-1][1]) if proxy else "–",
-        "proxy_at": _pct(at), "in_sequence": "trained on" if val_trained_on else (_pct(in_seq[-1][1]) if in_seq else "–"),
+        "proxy_best": f"{pct(best['holdout_miou'])} (ep {best['epoch']})" if best else "–", "proxy_last": pct(proxy[-1][1]) if proxy else "–",
+        "proxy_at": pct(at), "in_sequence": "trained on" if val_trained_on else (pct(in_seq[-1][1]) if in_seq else "–"),
     }  # fmt: skip
 
 
@@ -124,7 +110,7 @@ def bundled_line(folders: List[Path]) -> str:
     if source not in {f.name for f in folders}:
         return ""
     chosen = f"the mean of epochs {meta['averaged_from'][0]['epoch']}-{meta['averaged_from'][-1]['epoch']}" if meta.get("averaged_from") else f"epoch {meta['epoch']}"  # fmt: skip
-    figure = (f"{_pct(meta['holdout_miou'])}% on the held-out drive, eager fp32" if meta.get("holdout_miou") is not None
+    figure = (f"{pct(meta['holdout_miou'])}% on the held-out drive, eager fp32" if meta.get("holdout_miou") is not None
               else "trained on every labelled frame: no held-out figure")  # fmt: skip
     return f"Bundled now as `dabnet-camvid`: {source}, {chosen} ({figure}; [MODEL_CARD.md](MODEL_CARD.md))."
 

@@ -24,10 +24,8 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import ov_profile  # noqa: E402
+import benchlib  # noqa: E402
 
 from dabnet.config import parse_size  # noqa: E402
 from dabnet.inference.segmenter import Segmenter  # noqa: E402
@@ -98,8 +96,8 @@ def int8_rate(channels: int = 128, depth: int = 8, side: int = 64, frames: int =
 def graph_times(seg: Segmenter, size, frames: int) -> dict:
     """The default graph's convolution time and the rest, ms per frame (per-node counters, uint8 frames in), and
     eager fp32 (the official network in PyTorch) from the same frame to its label map, medians."""
-    frame = ov_profile.sample_images(size)[0]
-    rows, wall = ov_profile.profile(seg.run, np.ascontiguousarray(frame.transpose(2, 0, 1)[None]), frames, image_input=(seg.mean, seg.std))
+    frame = benchlib.sample_images(size)[0]
+    rows, wall = benchlib.profile(seg.run, np.ascontiguousarray(frame.transpose(2, 0, 1)[None]), frames, image_input=(seg.mean, seg.std))
     conv = defaultdict(float)
     for node_type, kernel, ms, _ in rows:
         if node_type in CONV_NODES:

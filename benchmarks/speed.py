@@ -93,12 +93,9 @@ def default_backends() -> list:
 def pipeline_sections(checkpoint: str, folder: Path, size, frames: int, repeats: int) -> list:
     """`dabnet predict` end to end on a folder and a video (benchmarks/predict_throughput.py), and the per-node
     profile of the default graph with the float-input graph it replaced (benchmarks/ov_profile.py)."""
-    import sys
     import tempfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import ov_profile
-    import predict_throughput
+    import benchlib
 
     from dabnet.inference.segmenter import Segmenter
 
@@ -106,9 +103,9 @@ def pipeline_sections(checkpoint: str, folder: Path, size, frames: int, repeats:
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))
     with tempfile.TemporaryDirectory(prefix="dabnet-speed-") as work:
         lines = ["", f"## `dabnet predict` end to end (backend {seg.backend}, {folder.name} folder)", "",
-                 *predict_throughput.end_to_end(seg, paths, repeats, Path(work))]  # fmt: skip
+                 *benchlib.end_to_end(seg, paths, repeats, Path(work))]  # fmt: skip
     if hasattr(seg.run, "ov_model"):
-        report = ov_profile.profile_report(seg, size, frames).replace("\n## ", "\n### ")
+        report = benchlib.profile_report(seg, size, frames).replace("\n## ", "\n### ")
         lines += ["", f"## Per-node profile of the default graph ({size[0]}x{size[1]})", "", report]
     return lines
 

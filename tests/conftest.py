@@ -269,3 +269,26 @@ def camvid_root() -> Path:
     if not (CAMVID_ROOT / "train").is_dir():
         pytest.skip(f"{CAMVID_ROOT} not present")
     return CAMVID_ROOT
+
+
+@pytest.fixture
+def unwritable(tmp_path) -> Path:
+    """A folder no file can be written into, for whoever runs the tests (root ignores permission bits)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").write_bytes(b"")
+    except OSError:
+        yield folder
+        folder.chmod(0o755)
+        return
+    (folder / "probe").unlink()
+    folder.chmod(0o755)
+    sysfs = Path("/sys/kernel")  # root: sysfs refuses new files to everyone
+    try:
+        (sysfs / "dabnet-probe").write_bytes(b"")
+    except OSError:
+        yield sysfs
+        return
+    pytest.skip("no folder here refuses writes to this user")

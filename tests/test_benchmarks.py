@@ -215,9 +215,10 @@ def test_finetune_benchmark_runs_differ_only_in_init_from(repo_script, monkeypat
 
 def test_openvino_profile_sums_each_node_kind_of_the_labels_graph(repo_script):
     pytest.importorskip("openvino")
+    import benchlib as script
+
     from dabnet.runtimes import prepare
 
-    script = repo_script("benchmarks/ov_profile.py")
     model = dabnet.create_model("dabnet", 11, block_1=1, block_2=2).eval()
     runner = prepare(model, "openvino", "fp32")
     x = torch.randn(1, 3, 64, 96).numpy()

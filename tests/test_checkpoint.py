@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+import pickle
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import digest
 
 import dabnet
+from dabnet.cli import main
 from dabnet.io.checkpoint import (
     NEGLIGIBLE,
     CheckpointError,
     average_checkpoints,
     flush_negligible,
     make_checkpoint,
+    read_checkpoint,
     save_checkpoint,
 )
 from dabnet.models.dabnet import DABNet, convert_official_state_dict
@@ -176,3 +181,61 @@ def test_averaging_refuses_different_networks_and_a_single_file(tmp_path):
         average_checkpoints([a, b])
     with pytest.raises(ValueError, match="two or more checkpoints"):
         average_checkpoints([a])
+
+
+def _bad_checkpoints(tmp_path: Path, ckpt: Path):
+    model = dabnet.load_model(ckpt)
+    torch.save(model.state_dict(), tmp_path / "bare.pth")
+    (tmp_path / "random.pth").write_bytes(os.urandom(4096))
+    (tmp_path / "text.pth").write_text("hello, I am not a checkpoint\n")
+    torch.save({"model": torch.nn.Conv2d(1, 1, 1)}, tmp_path / "module.pth")  # a pickled module
+    with open(tmp_path / "rawpickle.pth", "wb") as f:
+        pickle.dump({"model": torch.nn.Conv2d(1, 1, 1)}, f)
+    (tmp_path / "folder.pth").mkdir()
+    return {"bare.pth": "without the model's name", "random.pth": "cannot read", "text.pth": "cannot read",
+            "module.pth": "a pickled torch.nn.modules.conv.Conv2d", "rawpickle.pth": "cannot read", "folder.pth": "is a folder"}  # fmt: skip
+
+
+def test_bad_checkpoints_say_why_and_never_suggest_unpickling(ckpt, tmp_path, capsys):  # row 11
+    for name, why in _bad_checkpoints(tmp_path, ckpt).items():
+        with pytest.raises(CheckpointError) as info:
+            dabnet.load_model(tmp_path / name)
+        text = str(info.value)
+        assert text.startswith("not a dabnet checkpoint") and why in text, text
+        assert "weights_only=False" not in text and "\x1b" not in text and "model_name=..." not in text
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    assert main(["export", "--checkpoint", str(onnx), "--format", "torchscript", "--out", str(tmp_path / "t.pt")]) == 2
+    assert "is an exported onnx model" in capsys.readouterr().err
+
+
+def test_checkpoints_follow_the_umask(tmp_path, ckpt):  # row 13
+    old = os.umask(0o022)
+    try:
+        path = dabnet.save_checkpoint(read_checkpoint(ckpt), tmp_path / "c.pth")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_average_never_writes_over_an_input(ckpt, tmp_path, capsys):
+    a = tmp_path / "a.pth"
+    a.write_bytes(ckpt.read_bytes())
+    before = digest(a)
+    assert main(["average", str(a), str(ckpt), "--out", str(a)]) == 2
+    assert "is also read by this command" in capsys.readouterr().err and digest(a) == before
+
+
+def test_a_full_disk_while_saving_a_checkpoint_says_disk_full(ckpt, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    def full(obj, f, *a, **k):  # what torch.save raises when a write fails
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0")
+
+    monkeypatch.setattr(torch, "save", full)
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1024))
+    assert main(["average", str(ckpt), str(ckpt), "--out", str(tmp_path / "avg.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "disk full writing" in err and "avg.pth" in err and "inline_container" not in err
+    assert list(tmp_path.iterdir()) == []  # no temp file left

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import write_frame
 from PIL import Image
 
 from dabnet.cli import main
@@ -193,3 +194,29 @@ def test_every_output_option_goes_through_the_io_check():
     # predict's and demo's --out are folders of their own outputs: predict keeps every file it did not write
     # (test_predict.py), the demo writes only into its own folder.
     assert sorted(unmarked) == ["demo out", "predict out", "train out"]
+
+
+@pytest.mark.parametrize("command", ["predict", "demo", "export", "average", "eval-json", "bench-json", "train"])
+def test_unwritable_outputs_are_one_line_before_any_work(command, ckpt, tmp_path, unwritable, capsys, make_camvid, monkeypatch):
+    import dabnet.inference.segmenter
+
+    target = unwritable / "sub"
+    frame = write_frame(tmp_path / "f.png", 0)
+    argv = {
+        "predict": ["predict", "--checkpoint", str(ckpt), str(frame), "--out", str(target)],
+        "demo": ["demo", "--checkpoint", str(ckpt), "--out", str(target)],
+        "export": ["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(target / "m.onnx")],
+        "average": ["average", str(ckpt), str(ckpt), "--out", str(target / "avg.pth")],
+        "eval-json": ["eval", "--checkpoint", str(ckpt), "--data-root", str(make_camvid(tmp_path / "cv", n=2)), "--json", str(target / "r.json")],
+        "bench-json": ["bench", "--models", "dabnet", "--sizes", "32x32", "--backends", "eager", "--json", str(target / "b.json")],
+        "train": ["train", "--config", "camvid", "--out", str(target), "--set", f"data_root={tmp_path}"],
+    }[command]
+
+    def no_model(*a, **k):  # the check comes before any model is built
+        raise AssertionError("a model was prepared before the output was checked")
+
+    monkeypatch.setattr(dabnet.inference.segmenter.Segmenter, "from_checkpoint", no_model)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(unwritable) in err, err
+    assert "writable" in err or "cannot create" in err

@@ -371,3 +371,81 @@ def test_data_on_device_under_ddp_decodes_only_its_ranks_share(camvid_tree, monk
         orders.append(list(iter(sampler)))
         assert sorted(orders[-1]) == share and len(list(dev)) == len(share)
     assert orders[0] != orders[1] or len(share) < 3
+
+
+def test_eval_of_a_bad_mask_is_only_the_message_with_a_camvid_fix(make_camvid, ckpt, tmp_path, capsys):  # row 8
+    root = make_camvid(tmp_path / "cv")
+    mask_path = sorted((root / "valannot").iterdir())[0]
+    mask = np.array(Image.open(mask_path))
+    mask[:2, :2], mask[-2:, -2:] = 12, 200
+    Image.fromarray(mask).save(mask_path)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--backend", "eager", "--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "DataLoader worker" not in err and "Traceback" not in err
+    assert "[12, 200]" in err and "CamVid labels are 0-10 and 11" in err and "id_map" not in err
+
+
+def test_pack_refuses_to_write_into_its_source(make_camvid, tmp_path, capsys):  # row 9
+    root = make_camvid(tmp_path / "cv")
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for out in (root, root / "packed"):
+        assert main(["data", "pack", str(root), str(out)]) == 2
+        assert "hold one another" in capsys.readouterr().err
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_an_unwritable_cache_falls_back_to_a_temporary_one(monkeypatch, unwritable, make_camvid, tmp_path):
+    import dabnet.util.files as files
+    from dabnet.data.datasets import build_dataset
+    from dabnet.data.stats import compute_stats
+
+    monkeypatch.setenv("DABNET_CACHE", str(unwritable / "cache"))
+    monkeypatch.setattr(files, "_fallback_cache", None)
+    ds = build_dataset("camvid", make_camvid(tmp_path / "cv", n=2), "train")
+    with pytest.warns(UserWarning, match="not writable|cannot create"):
+        stats = compute_stats(ds)
+    assert stats.images == 2 and files.cache_dir() != unwritable / "cache"
+
+
+def test_a_corrupt_or_old_stats_cache_is_recomputed(make_camvid, tmp_path):
+    from dabnet.data.datasets import build_dataset
+    from dabnet.data.stats import compute_stats
+
+    ds = build_dataset("camvid", make_camvid(tmp_path / "cv", n=2), "train")
+    good = compute_stats(ds, cache_dir=tmp_path / "c")
+    (cached,) = (tmp_path / "c").glob("stats-*.json")
+    for damage in ["{not json", '{"mean": [1, 2, 3]}']:
+        cached.write_text(damage)
+        with pytest.warns(UserWarning, match=f"unreadable statistics cache {cached}"):
+            assert compute_stats(ds, cache_dir=tmp_path / "c") == good
+        assert compute_stats(ds, cache_dir=tmp_path / "c") == good  # rewritten whole
+
+
+def test_pack_trainval_writes_the_folders_its_readers_see(make_camvid, tmp_path):
+    from dabnet.data.datasets import build_dataset
+
+    root = make_camvid(tmp_path / "cv", n=2)
+    assert main(["data", "pack", str(root), str(tmp_path / "packed"), "--splits", "trainval"]) == 0
+    assert sorted(p.name for p in (tmp_path / "packed").iterdir()) == ["train", "trainannot", "val", "valannot"]
+    assert len(build_dataset("camvid", tmp_path / "packed", "trainval")) == 4
+    assert main(["data", "pack", str(root), str(tmp_path / "p2"), "--splits", "tran"]) == 2
+
+
+def test_pack_names_a_truncated_source_image(make_camvid, tmp_path, capsys):
+    root = make_camvid(tmp_path / "cv", n=2)
+    victim = sorted((root / "train").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:200])
+    assert main(["data", "pack", str(root), str(tmp_path / "packed")]) == 2
+    err = capsys.readouterr().err
+    assert str(victim) in err and "restore or replace it" in err and "Traceback" not in err
+
+
+def test_folder_yaml_with_id_map_as_a_list_is_a_clear_error(make_folder, tmp_path, capsys):
+    import yaml
+
+    spec_file = make_folder(tmp_path / "mine")
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["id_map"] = [0, 1, 2]
+    spec_file.write_text(yaml.safe_dump(spec))
+    assert main(["data", "check", "folder", str(spec_file)]) != 0
+    assert "'id_map' maps raw mask values to class ids" in capsys.readouterr().err

@@ -363,3 +363,22 @@ def test_a_segmenter_pickles_as_what_made_it_and_comes_back_working(tmp_path):
         assert np.array_equal(other.predict(image), seg.predict(image))
     with pytest.raises(TypeError, match="built around a network in memory"):
         pickle.dumps(Segmenter.for_model(dabnet.create_model("dabnet", 11)))
+
+
+def test_a_truncated_cached_ir_is_rebuilt(ckpt, tmp_path):
+    pytest.importorskip("openvino")
+    import dabnet.runtimes.openvino as ovr
+
+    model = dabnet.load_model(ckpt)
+    first = ovr.cached_ir(model, False, None, tmp_path)
+    bin_file = first.with_suffix(".bin")
+    bin_file.write_bytes(bin_file.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="is incomplete; rebuilding it"):
+        again = ovr.cached_ir(model, False, None, tmp_path)
+    from dabnet.runtimes.cache import whole
+
+    assert again == first and whole(first.parent)
+    runner = ovr.OpenVINORunner(again)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(runner(x), model.eval()(x), atol=1e-3, rtol=1e-3)

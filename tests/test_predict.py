@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import write_frame, write_video
 from PIL import Image
 
 import dabnet
 from dabnet.cli import main
 from dabnet.commands.export import ExportError, export_model
-from dabnet.commands.predict import expand_inputs
+from dabnet.commands.predict import MANIFEST, expand_inputs
 from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD
 from dabnet.inference.segmenter import Segmenter
 from dabnet.io.checkpoint import make_checkpoint, save_checkpoint
@@ -513,3 +515,162 @@ def test_predicts_decoding_limit_does_not_outlive_the_command(ckpt, tmp_path):
     main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--backend", "eager",
           "--max-image-pixels", "1000"])  # fmt: skip
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_same_names_in_two_folders_keep_both(ckpt, tmp_path):  # row 5
+    for folder, value in (("a", 10), ("b", 200)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((32, 48, 3), value, np.uint8)).save(tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "a"), str(tmp_path / "b"), "--checkpoint", str(ckpt), "--backend", "fold",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert (out / "a" / "x_label.png").is_file() and (out / "b" / "x_label.png").is_file()
+
+
+def test_cityscapes_format_needs_cityscapes_classes(ckpt, tmp_path, capsys, monkeypatch):  # row 6
+    import dabnet.inference.segmenter
+
+    def no_backend(*a, **k):
+        raise AssertionError("the backend was prepared (quantized) before the refusal")
+
+    monkeypatch.setattr(dabnet.inference.segmenter, "prepare", no_backend)
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(ckpt), "--format",
+                 "cityscapes", "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "predicts 11 classes" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_predict_never_segments_its_own_outputs(ckpt, tmp_path, capsys):  # row 15
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(out / "x.png")
+    for _ in range(2):
+        assert main(["predict", str(out), "--checkpoint", str(ckpt), "--backend", "fold", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["x.png", "x_color.png", "x_label.png", "x_overlay.png"]
+
+
+def test_same_stem_in_one_folder_keeps_every_output(ckpt, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, suffix in enumerate(["jpg", "png", "webp"]):
+        write_frame(src / f"street.{suffix}", i)
+    write_frame(src / "other.png", 3)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ckpt), str(src), "--out", str(out), "--backend", "eager"]) == 0
+    labels = sorted(p.name for p in out.glob("*_label.png"))
+    assert labels == ["other_label.png", "street.jpg_label.png", "street.png_label.png", "street.webp_label.png"]
+    assert "4 image(s) segmented" in capsys.readouterr().out
+
+
+def test_videos_with_one_name_in_two_folders_keep_both_and_a_bad_one_is_skipped(ckpt, tmp_path, capsys):
+    a, b = write_video(tmp_path / "vidA" / "clip.avi"), write_video(tmp_path / "vidB" / "clip.avi", frames=3)
+    bad = tmp_path / "vidC" / "broken.avi"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a video at all")
+    out = tmp_path / "out"
+    code = main(["predict", "--checkpoint", str(ckpt), str(bad), str(a), str(b), "--out", str(out), "--backend", "eager"])
+    assert code == 1  # one input failed, the others were written
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.mp4")) == ["vidA/clip_overlay.mp4", "vidB/clip_overlay.mp4"]
+    assert f"skipped {bad}" in capsys.readouterr().err
+    assert [p.name for p in out.rglob(".*")] == [MANIFEST]  # no temp file left, only predict's list of what it wrote
+
+
+def test_video_into_an_unwritable_folder_is_an_error_not_a_silent_success(ckpt, tmp_path, unwritable, capsys):
+    clip = write_video(tmp_path / "clip.avi")
+    assert main(["predict", "--checkpoint", str(ckpt), str(clip), "--out", str(unwritable / "sub"), "--backend", "eager"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and str(unwritable) in err and "Traceback" not in err
+
+
+def test_ctrl_c_during_predict_leaves_no_truncated_png_and_no_traceback(ckpt, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        write_frame(src / f"f{i}.png", i)
+    real_save, calls = Image.Image.save, {"n": 0}
+
+    def save(self, fp, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # mid-way through the second image's outputs: half a file, then Ctrl-C
+            Path(fp).write_bytes(b"\x89PNG\r\n\x1a\n partial")
+            raise KeyboardInterrupt
+        return real_save(self, fp, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ckpt), str(src), "--out", str(out), "--backend", "eager", "--workers", "0"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err
+    written = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
+    assert written == ["f0_color.png", "f0_label.png", "f0_overlay.png", "f1_label.png"]  # whole files only
+    for p in (q for q in out.iterdir() if q.name != MANIFEST):
+        real = Image.open(p)
+        real.load()
+
+
+@pytest.mark.slow
+def test_progress_bars_in_a_log_file_are_few_lines(ckpt, tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(12):
+        write_frame(src / f"f{i}.png", i, size=(24, 24))
+    log = tmp_path / "predict.log"
+    with open(log, "w") as f:
+        code = subprocess.call([sys.executable, "-m", "dabnet", "predict", "--checkpoint", str(ckpt), str(src), "--out",
+                                str(tmp_path / "out"), "--backend", "eager"], stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
+    text = log.read_text()
+    assert code == 0 and "12 image(s) segmented" in text
+    assert text.count("\r") + text.count("\n") <= 6, text
+
+
+def test_overlapped_reads_and_writes_give_the_same_files_and_save_chooses_them(ckpt, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(7):
+        write_frame(src / f"f{i}.png", i, size=(40 + 8 * (i % 2), 56))  # two sizes: batches split by size
+    (src / "bad.png").write_bytes(b"not a png")
+    outs = {}
+    for workers in ("0", "3"):
+        out = tmp_path / f"out{workers}"
+        code = main(["predict", "--checkpoint", str(ckpt), str(src), "--out", str(out), "--backend", "eager",
+                     "--workers", workers, "--batch-size", "2"])  # fmt: skip
+        captured = capsys.readouterr()
+        assert code == 1 and "skipped" in captured.out + captured.err
+        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != MANIFEST}
+    assert len(outs["0"]) == 21 and outs["0"] == outs["3"]
+    out = tmp_path / "labels_only"
+    assert main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--out", str(out), "--backend", "eager", "--save", "label"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == ["f1_label.png"]
+    for save in (["label,color"], ["color", "label"]):  # comma-separated or one word each
+        out = tmp_path / f"two{len(save)}"
+        assert main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--out", str(out), "--backend", "eager", "--save", *save]) == 0
+        assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == ["f1_color.png", "f1_label.png"]
+    for bad in ("mask", "label,mask"):
+        with pytest.raises(SystemExit):  # argparse: "invalid choice: 'mask' (choose from label, color, overlay)"
+            main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--save", bad])
+        assert "invalid choice: 'mask' (choose from label, color, overlay)" in capsys.readouterr().err
+
+
+def test_video_with_decode_and_encode_threads_writes_the_same_frames(ckpt, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    clip = write_video(tmp_path / "clip.avi", frames=7)
+    decoded = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"o{workers}"
+        assert main(["predict", "--checkpoint", str(ckpt), str(clip), "--out", str(out), "--backend", "eager", "--workers", workers]) == 0
+        cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+        frames = []
+        while True:
+            ok, f = cap.read()
+            if not ok:
+                break
+            frames.append(f)
+        decoded[workers] = np.stack(frames)
+    assert len(decoded["0"]) == 7 and np.array_equal(decoded["0"], decoded["2"])
+    out = tmp_path / "short"
+    assert main(["predict", "--checkpoint", str(ckpt), str(clip), "--out", str(out), "--backend", "eager", "--max-frames", "3"]) == 0
+    cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import shutil
 import socket
+import sys
 import threading
 import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,3 +405,110 @@ def test_class_names_are_text_in_the_page_never_html(tmp_path):
             page.wait_for_timeout(300)
             assert dialogs == []
             browser.close()
+
+
+def test_serve_413_for_images_over_pillows_own_limit(monkeypatch):  # row 14
+    from dabnet.commands.serve import HTTPProblem, decode_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(buf, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 px is then over twice Pillow's limit
+    with pytest.raises(HTTPProblem) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decode_image(buf.getvalue(), max_pixels=10**9)
+    assert info.value.status == 413
+
+
+def test_serve_binds_before_the_banner_and_names_a_busy_port(capsys):  # row 14
+    from dabnet.commands.serve import serve
+    from dabnet.config import ServeConfig
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        with pytest.raises(RuntimeError, match="cannot listen on 127.0.0.1"):
+            serve(ServeConfig(checkpoint="/nonexistent.pth", port=busy.getsockname()[1]))  # fails before loading
+    finally:
+        busy.close()
+    assert "dabnet serve:" not in capsys.readouterr().out
+
+
+def test_serve_without_its_extra_names_the_install(monkeypatch):  # row 14
+    from dabnet.commands.serve import serve
+    from dabnet.config import ServeConfig
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    with pytest.raises(ImportError, match=r"pip install 'dabnet\[serve\]'"):
+        serve(ServeConfig())
+
+
+def test_one_bad_request_in_a_batch_fails_alone():
+    import asyncio
+
+    pytest.importorskip("fastapi")
+    from dabnet.commands.serve import InferenceWorker
+    from dabnet.config import ServeConfig
+    from dabnet.inference.segmenter import Segmenter
+
+    class Picky(Segmenter):  # fails on any batch that holds a 7x7 image, as a backend might on a bad input
+        def predict_batch(self, images):
+            if any(im.shape[:2] == (7, 7) for im in images):
+                raise RuntimeError("kernel larger than the data")
+            return super().predict_batch(images)
+
+    base = Segmenter(dabnet.create_model("dabnet", 11), (0, 0, 0))
+    seg = Picky(base.model, (0, 0, 0))
+
+    async def scenario():
+        worker = InferenceWorker(seg, ServeConfig(max_batch=4, batch_wait_ms=200))
+        good = [worker.submit(np.zeros((7, 7, 3), np.uint8) if i == 1 else np.full((7, 7, 3), 9, np.uint8)) for i in range(1)]
+        bad = worker.submit(np.zeros((7, 7, 3), np.uint8))
+        fine = [worker.submit(np.zeros((16, 16, 3), np.uint8)) for _ in range(2)]
+        results = await asyncio.gather(*good, bad, *fine, return_exceptions=True)
+        return results
+
+    res = asyncio.run(scenario())
+    assert isinstance(res[0], RuntimeError) and isinstance(res[1], RuntimeError)
+    assert all(not isinstance(r, Exception) and r[0].shape == (16, 16) for r in res[2:])
+
+
+def test_serve_gives_memory_back_after_a_burst():
+    """The worker itself gives memory back after a batch over RELEASE_AFTER_PIXELS once its queue is empty (the
+    trigger, not only the call), and the call returns freed heap to the OS."""
+    pytest.importorskip("fastapi")
+    import dabnet.commands.serve as S
+
+    def rss_mb():
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    calls = []
+    real = S.release_memory
+    S.release_memory = lambda: calls.append(1)
+    try:
+        seg = Segmenter(dabnet.create_model("dabnet", 11), CAMVID_MEAN, CAMVID_STD, CAMVID_CLASSES, CAMVID_PALETTE)
+        worker = S.InferenceWorker(seg, S.ServeConfig(checkpoint="test"))
+        worker.RELEASE_AFTER_PIXELS = 64 * 64 - 1
+        loop = asyncio.new_event_loop()
+        try:
+            for shape in ((32, 32), (64, 64)):  # under the threshold, then over it
+                fut = loop.run_until_complete(_submit(worker, np.zeros((*shape, 3), np.uint8)))
+                loop.run_until_complete(asyncio.wait_for(fut, 30))
+                deadline = time.time() + 5
+                while len(calls) < (shape == (64, 64)) and time.time() < deadline:
+                    time.sleep(0.01)
+                assert len(calls) == (1 if shape == (64, 64) else 0)
+        finally:
+            loop.close()
+    finally:
+        S.release_memory = real
+    blocks = [np.ones(8192, np.float64) for _ in range(16000)]  # 1 GiB of 64 KiB blocks: glibc keeps them once freed
+    last = blocks[-1]  # one live block at the top of the heap, as a request still being answered
+    del blocks
+    before = rss_mb()
+    real()
+    assert before - rss_mb() > 500 and last.sum() == 8192
+
+
+async def _submit(worker, image):
+    return worker.submit(image)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
 HEAVY = ("subprocess.", "Popen(", "torch.compile", "torch.distributed.run", "mp.start_processes", "run_compiled", "fused=True", "fused=true")
 
 
@@ -26,3 +28,8 @@ def test_every_subprocess_compile_or_multiprocess_test_is_marked_slow():
                 if not module_slow and not _is_slow(node.decorator_list) and any(k in body for k in HEAVY):
                     unmarked.append(f"{path.name}::{node.name}")
     assert unmarked == []
+
+
+def test_no_generated_files_in_the_repository_root():  # row 16
+    debris = [p.name for p in ROOT.iterdir() if p.suffix in (".onnx", ".data", ".xml", ".bin") or p.name.startswith("sym_shape_infer")]
+    assert debris == []

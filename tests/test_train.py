@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import digest
 
 import dabnet
 import dabnet.commands.train as train_mod
@@ -595,6 +597,8 @@ def test_an_unexpected_error_with_loader_workers_alive_still_exits(tiny_camvid, 
     script = f"""
 import dabnet.training.engine, dabnet.commands.train as T
 from dabnet.config import TrainConfig, build_config
+import asyncio
+import errno
 def boom(*a, **k):
     raise KeyError("injected")
 dabnet.training.engine.autocast = boom  # fails inside the step, after the workers started
@@ -680,3 +684,54 @@ def test_ranks_agree_on_a_stop_or_a_nan_that_only_one_of_them_sees(tmp_path, mod
         assert outcomes == [{"steps": 2, "stopped": True}] * 2
     else:
         assert all("raised" in o for o in outcomes) and "another process" in outcomes[1]["raised"]
+
+
+def _two_epochs(root: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data_root=str(root), out=str(out), epochs=2, batch_size=2, crop_size=[32, 48], workers=0,
+                warmup_iters=2, val_batch_size=4, check_data=False, fused=False)  # fmt: skip
+    base.update(kw)
+    return build_config(TrainConfig, "camvid", **base)
+
+
+@pytest.fixture(scope="module")
+def camvid4(tmp_path_factory, make_camvid) -> Path:
+    return make_camvid(tmp_path_factory.mktemp("data") / "camvid", n=4)
+
+
+def test_a_second_train_on_the_same_folder_stops_at_once(camvid4, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:  # what a running `dabnet train` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242\n")
+        held.flush()
+        with pytest.raises(ConfigError, match=r"in use by another `dabnet train` \(pid 4242\).*another --out"):
+            train_mod.train(_two_epochs(camvid4, out), log=lambda *a: None)
+    assert not (out / "last.pth").exists()
+    train_mod.train(_two_epochs(camvid4, out, epochs=1), log=lambda *a: None)  # released: the folder is usable again
+    assert (out / "last.pth").is_file()
+
+
+def test_restart_moves_the_previous_run_aside_so_average_never_mixes_runs(camvid4, tmp_path):
+    out = tmp_path / "run"
+    train_mod.train(_two_epochs(camvid4, out, keep_every=1), log=lambda *a: None)
+    old_last = digest(out / "last.pth")
+    logs = []
+    train_mod.train(_two_epochs(camvid4, out, epochs=1, keep_every=1, seed=5), restart=True, log=logs.append)
+    assert sorted(p.name for p in out.glob("epoch_*.pth")) == ["epoch_0001.pth"]
+    (aside,) = out.glob("previous-*")
+    assert sorted(p.name for p in aside.glob("epoch_*.pth")) == ["epoch_0001.pth", "epoch_0002.pth"]
+    assert digest(aside / "last.pth") == old_last
+    assert any("--restart: moved the previous run's" in m for m in logs)
+
+
+def test_resume_with_a_different_model_refuses_in_one_line_and_other_changes_are_named(camvid4, tmp_path):
+    out = tmp_path / "run"
+    train_mod.train(_two_epochs(camvid4, out, epochs=1), log=lambda *a: None)
+    with pytest.raises(CheckpointError, match=r"different model 'dabnet' -> 'enet'\. Use --restart") as e:
+        train_mod.train(_two_epochs(camvid4, out, model="enet"), log=lambda *a: None)
+    assert "\n" not in str(e.value) and "Missing key" not in str(e.value)
+    logs = []
+    train_mod.train(_two_epochs(camvid4, out, epochs=2, lr=5e-4, workers=1), log=logs.append)
+    changed = [m for m in logs if m.startswith("resuming with changed settings")]
+    assert changed and "epochs 1 -> 2" in changed[0] and "lr 0.001 -> 0.0005" in changed[0] and "workers" not in changed[0]
