@@ -1,4 +1,4 @@
-"""docs/AVX2_EMULATED.md: what `auto` does on an AVX2-only CPU, emulated on this one.
+"""docs/reports/AVX2_EMULATED.md: what `auto` does on an AVX2-only CPU, emulated on this one.
 
     python benchmarks/avx2_emulated.py --folder ../shared/data/camvid/val
 
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="dabnet-camvid")
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "AVX2_EMULATED.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reports" / "AVX2_EMULATED.md")
     args = ap.parse_args()
     if os.environ.get("ONEDNN_MAX_CPU_ISA") != CAPPED["ONEDNN_MAX_CPU_ISA"]:  # the cap is read when the libraries load
         sys.exit(subprocess.call([sys.executable, *sys.argv], env={**os.environ, **CAPPED}))

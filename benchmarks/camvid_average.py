@@ -1,4 +1,4 @@
-"""docs/CAMVID_AVERAGING.md: does the mean of a run's last epochs beat its single epochs on the held-out drive?
+"""docs/reports/CAMVID_AVERAGING.md: does the mean of a run's last epochs beat its single epochs on the held-out drive?
 
     python benchmarks/camvid_average.py /work/runs/camvid_holdout_bf16/epoch_*.pth --windows 5 10 20 40 \
         --data-root /work/shared/data/camvid --save /work/runs/camvid_holdout_bf16/averaged.pth
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("checkpoints", nargs="+", help="checkpoints of one held-out-drive run")
     ap.add_argument("--windows", type=int, nargs="+", default=[5, 10, 20, 40], help="average the last K checkpoints, for each K")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "camvid"))
-    ap.add_argument("--out", default=str(ROOT / "docs" / "CAMVID_AVERAGING.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "reports" / "CAMVID_AVERAGING.md"))
     ap.add_argument("--save", default=None, help="write the average with the best held-out mIoU here")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     args = ap.parse_args()

@@ -1,4 +1,4 @@
-"""docs/CAMVID_V3.md and docs/camvid_v3_curve.png: where a long CamVid run stands, written every session.
+"""docs/reports/CAMVID_V3.md and docs/reports/camvid_v3_curve.png: where a long CamVid run stands, written every session.
 
     python benchmarks/camvid_progress.py /work/runs/camvid_v3 --rule "the mean of epochs 691-700 (dabnet average)"
 
@@ -78,7 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="the run folder written by dabnet train")
     ap.add_argument("--rule", required=True, help="how the shipped weights will be chosen, written before the run ends")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "CAMVID_V3.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reports" / "CAMVID_V3.md")
     args = ap.parse_args()
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
     ckpt = torch.load(args.run / "last.pth", map_location="cpu", weights_only=True)

@@ -1,4 +1,4 @@
-"""docs/CAMVID_RECIPES.md: every CamVid training run, judged on a drive it never trained on.
+"""docs/reports/CAMVID_RECIPES.md: every CamVid training run, judged on a drive it never trained on.
 
     python benchmarks/camvid_recipes.py /work/runs/camvid_holdout_bf16 /work/runs/camvid_old_recipe_holdout ...
 
@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--pair", nargs=2, type=Path, action="append", default=[], metavar=("A", "B"),
                     help="compare two runs at every epoch both validated on the held-out drive")
     ap.add_argument("--data-root", type=Path, default=None, help="CamVid root: adds the held-out drive's class shares")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "CAMVID_RECIPES.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reports" / "CAMVID_RECIPES.md")
     args = ap.parse_args()
     rows = [run_row(f, args.compare_at) for f in args.runs]
     holdout = yaml.safe_load((args.runs[0] / "config.yaml").read_text()).get("holdout") or ["0006R0"]

@@ -5,7 +5,7 @@ two arms: its trained weights (B) and their average (C).
 
     python benchmarks/distill_proxy.py run A --runs /work/runs        # train (or resume) an arm in the foreground
     python benchmarks/distill_proxy.py run BC --runs /work/runs
-    python benchmarks/distill_proxy.py report --runs /work/runs       # docs/DISTILL_PROXY.md + distill_proxy.png
+    python benchmarks/distill_proxy.py report --runs /work/runs       # docs/reports/DISTILL_PROXY.md + distill_proxy.png
 
 `run` needs the v2 weights at RUNS/v2.safetensors (`git show da77c38:dabnet/weights/dabnet-camvid.safetensors`).
 Arms run in the background as `nohup nice -n 10 python benchmarks/distill_proxy.py run ARM --runs RUNS >>
@@ -147,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("action", choices=["run", "report", "command"])
     ap.add_argument("arm", nargs="?", choices=list(ARMS))
     ap.add_argument("--runs", type=Path, default=Path("/work/runs"))
-    ap.add_argument("--out", type=Path, default=REPO / "docs" / "DISTILL_PROXY.md")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "reports" / "DISTILL_PROXY.md")
     args = ap.parse_args(argv)
     if args.action == "report":
         print(report(args.runs, args.out))

@@ -1,4 +1,4 @@
-"""docs/FINETUNE.md: fine-tuning the bundled weights with a new head against training from scratch, on a
+"""docs/reports/FINETUNE.md: fine-tuning the bundled weights with a new head against training from scratch, on a
 small dataset of other classes.
 
     python benchmarks/finetune_camvid4.py --data-root ../shared/data/camvid --epochs 40
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--train-frames", type=int, default=40)
     ap.add_argument("--work", type=Path, default=Path("/tmp/dabnet-finetune"))
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "FINETUNE.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reports" / "FINETUNE.md")
     ap.add_argument("--init-from", default="dabnet-camvid", help="the weights to fine-tune from (a name or a file)")
     args = ap.parse_args()
     spec = build_dataset(args.data_root, args.work / "camvid4", args.train_frames)

@@ -7,7 +7,7 @@ The network runs on each frame resized by S; the labels come back at the frame's
 exactly as predict writes them. mIoU is over all 101 frames of CamVid drive 0006R0, which the v2 weights held
 out (`git show da77c38:dabnet/weights/dabnet-camvid.safetensors`); the bundled weights trained on it, so
 their figures there measure fitting. Speed is the median time of `Segmenter.predict` on one 360x480 frame.
-Writes docs/INFERENCE_SCALE.md (or --out).
+Writes docs/reports/INFERENCE_SCALE.md (or --out).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--out", default=str(REPO / "docs" / "INFERENCE_SCALE.md"))
+    ap.add_argument("--out", default=str(REPO / "docs" / "reports" / "INFERENCE_SCALE.md"))
     args = ap.parse_args()
     rows = measure(args.checkpoint, args.data_root, args.scales, args.backend, args.repeats, args.drive)
     hardware = describe_hardware(torch.device("cpu"))

@@ -4,7 +4,7 @@ int8 rate on a convolution shaped for it (a stack of dense 3x3, 128 -> 128 chann
 run by OpenVINO's CPU plugin as the default graph is), and the default graph's own convolution time
 (OpenVINO's per-node counters, benchmarks/ov_profile.py).
 
-    python benchmarks/int8_roofline.py --size 360x480 512x1024 --out docs/INT8_ROOFLINE.md
+    python benchmarks/int8_roofline.py --size 360x480 512x1024 --out docs/reports/INT8_ROOFLINE.md
 
 The bound: the network's int8 multiply-adds at the best rate measured here, plus what the rest of the
 graph takes today; against eager fp32 from the same frame, it bounds the speed-up too.

@@ -4,7 +4,7 @@ concurrent clients, bounded in count and time, and whether every request was ans
     python benchmarks/load_test.py --checkpoint dabnet-camvid --requests 40
 
 Starts the server itself on 127.0.0.1 (a free port), sends CamVid sample frames, stops it, and
-writes docs/SERVE_LOAD.md. Only loopback traffic.
+writes docs/reports/SERVE_LOAD.md. Only loopback traffic.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--backend", default="fold")
     ap.add_argument("--requests", type=int, default=40, help="requests per concurrency level")
     ap.add_argument("--deadline", type=float, default=120.0, help="seconds per level at most")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "SERVE_LOAD.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "reports" / "SERVE_LOAD.md"))
     args = ap.parse_args()
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "dabnet", "serve", "--checkpoint", args.checkpoint, "--backend",

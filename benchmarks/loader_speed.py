@@ -3,7 +3,7 @@ images/s of one DABNet training step, measured in the same run on this machine.
 
     python benchmarks/loader_speed.py --data-root ../shared/data/camvid
 
-Writes docs/LOADER_SPEED.md.
+Writes docs/reports/LOADER_SPEED.md.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, nargs=2, default=(360, 480))
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "LOADER_SPEED.md"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "reports" / "LOADER_SPEED.md"))
     args = ap.parse_args()
     crop = tuple(args.crop)
     rows = []

@@ -5,7 +5,7 @@ float input (what it ran before, and what eval and bench's inference protocol st
 `Segmenter.predict` against the float path with its Python-side normalisation, interleaved.
 
     python benchmarks/ov_profile.py --size 360x480 --frames 50            # prints the table
-    python benchmarks/ov_profile.py --size 360x480 --out docs/OV_PROFILE.md  # and writes it
+    python benchmarks/ov_profile.py --size 360x480 --out docs/reports/OV_PROFILE.md  # and writes it
     python benchmarks/ov_profile.py --presets mixed performance              # NNCF presets side by side
 
 Batch 1, one CPU stream with the LATENCY hint, the cached IR `Segmenter.from_checkpoint(..., backend="auto")`

@@ -1,4 +1,4 @@
-"""docs/PREDICT_SPEED.md: `dabnet predict` end to end on a folder and on a video, against the model alone.
+"""docs/reports/PREDICT_SPEED.md: `dabnet predict` end to end on a folder and on a video, against the model alone.
 
     python benchmarks/predict_throughput.py --folder ../shared/data/camvid/val
 
@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="dabnet-camvid")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "PREDICT_SPEED.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reports" / "PREDICT_SPEED.md")
     args = ap.parse_args()
     paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in (".png", ".jpg"))
     seg = Segmenter.from_checkpoint(args.checkpoint, backend=args.backend)

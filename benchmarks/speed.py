@@ -1,4 +1,4 @@
-"""docs/SPEED.md: DABNet's CPU backends against eager fp32, and the paper's speed table (Table 5)
+"""docs/reports/SPEED.md: DABNet's CPU backends against eager fp32, and the paper's speed table (Table 5)
 protocol for the comparison networks, all measured on this machine in one run.
 
     python benchmarks/speed.py --checkpoint dabnet-camvid --data-root ../shared/data/camvid
@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--table5-frames", type=int, default=5)
     ap.add_argument("--pipeline-repeats", type=int, default=3, help="repeats of the end-to-end predict rows (0: leave them out)")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "SPEED.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "reports" / "SPEED.md"))
     args = ap.parse_args()
     t0 = time.time()
     cpu, versions = cpu_flags(), package_versions()

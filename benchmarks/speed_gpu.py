@@ -1,4 +1,4 @@
-"""docs/SPEED_GPU.md and docs/speed_gpu.json: the paper's speed table (Table 5) on a GPU.
+"""docs/reports/SPEED_GPU.md and docs/reports/speed_gpu.json: the paper's speed table (Table 5) on a GPU.
 
     python benchmarks/speed_gpu.py                       # on the machine with the GPU
     python benchmarks/speed_gpu.py --device cpu --quick  # the same tables, tiny, to check the script
@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="tiny sizes and few frames: checks the script, measures nothing")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "SPEED_GPU.md"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "reports" / "SPEED_GPU.md"))
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.batches, args.frames, args.warmup = "64x128", "2", 2, 1

@@ -5,7 +5,7 @@ plain eager fp32 PyTorch loop of the same network, measured in one run on this m
     python benchmarks/train_speed.py --device cuda --batch 16
     python benchmarks/train_speed.py --profile       # and the top operators of one step, eager vs fused
 
-Writes docs/TRAIN_SPEED.md (or --out). Each variant is timed `--repeats` times over `--steps`
+Writes docs/reports/TRAIN_SPEED.md (or --out). Each variant is timed `--repeats` times over `--steps`
 steps after warm-up (which also compiles the fused kernels); the table gives medians and the ratio
 to the plain loop.
 """
@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--variants", nargs="*", default=None, help="subset of the variant names (eager, bf16, 'bf16 + fused', ...)")
     ap.add_argument("--profile", type=int, default=0, metavar="ROWS", help="add the top ROWS operators of one step, eager vs fused")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "TRAIN_SPEED.md"))
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "reports" / "TRAIN_SPEED.md"))
     args = ap.parse_args()
     capped = bool(isa_caps())
     if capped and not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):

@@ -110,7 +110,6 @@ def option(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any =
     return field(default=default, metadata=meta)
 
 
-DATASET_CHOICES = list_datasets()
 DEVICE_HELP = "auto (the GPU when there is one and the backend runs there, else the CPU), cpu, cuda or cuda:N"
 
 
@@ -132,7 +131,7 @@ class TrainConfig:
     """Everything `dabnet train` needs; every field can be set in YAML or with --set."""
 
     # data
-    dataset: str = option("camvid", "dataset kind (the dataset registry)", choices=DATASET_CHOICES)
+    dataset: str = option("camvid", "dataset kind (the dataset registry)", choices=list_datasets)
     data_root: str = option("../shared/data/camvid", "dataset root (for 'folder': the dataset YAML)")
     train_split: str = option("train", "split trained on")
     val_split: Optional[str] = option("val", "split validated on each val_every epochs; None: no in-sequence validation")
@@ -195,7 +194,7 @@ class TrainConfig:
         from .models import list_models
 
         check_field_types(self)
-        check_choice("dataset", self.dataset, DATASET_CHOICES)
+        check_choice("dataset", self.dataset, list_datasets())
         check_choice("model", self.model, list_models())
         if self.model_kwargs:
             _check_model_kwargs(self.model, self.model_kwargs)
@@ -340,7 +339,7 @@ class EvalConfig:
     """mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset split."""
 
     checkpoint: str = option("", "checkpoint, bundled name or official DABNet checkpoint", required=True, io="in")
-    dataset: str = option("camvid", "dataset kind", choices=DATASET_CHOICES)
+    dataset: str = option("camvid", "dataset kind", choices=list_datasets)
     data_root: str = option("../shared/data/camvid", "dataset root (for 'folder': the dataset YAML)", io="in")
     split: str = option("val", "split to evaluate")
     sequences: List[str] = option(help="only frames whose file names start with these (whole drives, e.g. 0006R0)",
@@ -358,7 +357,7 @@ class EvalConfig:
     confusion_png: Optional[str] = option(None, "draw the confusion matrix to this PNG", metavar="FILE")
 
     def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, DATASET_CHOICES)
+        check_choice("dataset", self.dataset, list_datasets())
         check_choice("backend", self.backend, backend_names())
         check_choice("precision", self.precision, PRECISIONS)
         check_counts(self, batch_size=1, workers=0)
@@ -575,7 +574,7 @@ class ServeConfig:
 class DataCheckConfig:
     """Scan every image and mask; exit 0 only when the dataset is clean."""
 
-    dataset: str = option("camvid", "dataset kind", choices=DATASET_CHOICES, positional=True)
+    dataset: str = option("camvid", "dataset kind", choices=list_datasets, positional=True)
     root: str = option("", "dataset root (for 'folder': the dataset YAML or its folder)", positional=True)
     splits: List[str] = option(help="splits to scan (default: train val test, or the YAML's)", factory=list, nargs="*")
     quiet: bool = option(False, "no progress bar", flag_only=True)
@@ -585,7 +584,7 @@ class DataCheckConfig:
 class DataStatsConfig:
     """Channel mean/std, class frequencies and class weights of a split."""
 
-    dataset: str = option("camvid", "dataset kind", choices=DATASET_CHOICES, positional=True)
+    dataset: str = option("camvid", "dataset kind", choices=list_datasets, positional=True)
     root: str = option("", "dataset root (for 'folder': the dataset YAML)", positional=True)
     split: str = option("train", "train, val, trainval (CamVid), test, or a YAML split")
     enet_c: float = option(1.02, "c of the ENet weights 1/ln(c+p) (official code: 1.10)")
@@ -611,7 +610,7 @@ class DataPackConfig:
 class DataImportConfig:
     """An annotation tool's export (COCO, CVAT masks, Labelme) as a folder dataset with its dataset.yaml."""
 
-    format: str = option("coco", "the export's format", choices=list(IMPORTERS), positional=True)
+    format: str = option("coco", "the export's format", choices=lambda: list(IMPORTERS), positional=True)
     source: str = option("", "COCO: the JSON file; CVAT: the export folder (labelmap.txt); Labelme: the folder of .json files",
                          positional=True, io="in")  # fmt: skip
     images: str = option("", "folder holding the annotated images", required=True, metavar="DIR", io="in")

@@ -5,8 +5,8 @@
 Evaluates the run's best checkpoint (or --weights, e.g. `dabnet average` of its last epochs; eager
 fp32) on the held-out sequences it was selected on, if any, and on CamVid val (marked as trained on
 when the run trained on val), times it on this CPU, stores weights + metadata as
-dabnet/weights/dabnet-camvid.safetensors, and writes docs/MODEL_CARD.md with the learning curve
-(docs/camvid_learning_curve.png) and the README's demo picture (docs/demo_side_by_side.png). With
+dabnet/weights/dabnet-camvid.safetensors, and writes docs/reports/MODEL_CARD.md with the learning curve
+(docs/reports/camvid_learning_curve.png) and the README's demo picture (docs/reports/demo_side_by_side.png). With
 --sample-frames, frames of the held-out drive (never trained on) first replace the demo frames in
 dabnet/assets/samples. Every figure in the card comes from here, except the previous weights'
 test-split figure, which was measured independently (the test split is held out from this project).
@@ -316,7 +316,7 @@ def history_row(meta: Dict[str, Any], cfg: TrainConfig) -> str:
 
 def model_card(run: Path, weights: Path, out: Path, meta: Dict[str, Any], cfg: TrainConfig, res: Dict[str, Dict[str, Any]],
                latency: float, params: int, note: str, init_from_how: str = "") -> str:  # fmt: skip
-    """docs/MODEL_CARD.md: what the weights are, what each figure was measured on, how to get them again."""
+    """docs/reports/MODEL_CARD.md: what the weights are, what each figure was measured on, how to get them again."""
     held = ", ".join(cfg.holdout)
     trained_on = f"`{cfg.train_split}`" + (f" without drive(s) {held}" if held else "")
     selected = f"epoch selected on the held-out drive(s) {held}, never trained on" if held else "epoch selected on `val`"
@@ -387,7 +387,7 @@ def main() -> None:
     ap.add_argument("--run", required=True, help="run folder with best.pth and last.pth")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "camvid"))
     ap.add_argument("--out", default=str(ROOT / "dabnet" / "weights" / "dabnet-camvid.safetensors"))
-    ap.add_argument("--card", default=str(ROOT / "docs" / "MODEL_CARD.md"))
+    ap.add_argument("--card", default=str(ROOT / "docs" / "reports" / "MODEL_CARD.md"))
     ap.add_argument("--note", default="", help="how the run deviated from its config (e.g. a schedule changed on resume)")
     ap.add_argument("--hardware", default="", help="default: what the run recorded")
     ap.add_argument("--sample-frames", nargs="+", default=[], metavar="NAME",

@@ -134,22 +134,6 @@ def test_a_missing_image_and_a_bad_file_are_one_line(tmp_path, capsys):
     assert "is not a COCO annotation file" in capsys.readouterr().err
 
 
-def test_from_an_annotation_tool_to_a_fine_tuned_model_in_four_commands(tmp_path, capsys):
-    """The README's path: import (which checks the data), train with the finetune config, eval, predict."""
-    export = _cvat(tmp_path)
-    out = tmp_path / "mydata"
-    assert main(["data", "import", "cvat", str(export), "--images", str(tmp_path / "imgs"), "--out", str(out), "--val-fraction", "0.34"]) == 0
-    assert main(["train", "--config", "finetune", "--out", str(tmp_path / "run"), "--set", f"data_root={out / 'dataset.yaml'}",
-                 "--set", "epochs=1", "--set", "batch_size=2", "--set", "crop_size=[32,32]", "--set", "workers=0",
-                 "--set", "val_batch_size=1"]) == 0  # fmt: skip
-    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "last.pth"), "--dataset", "folder", "--data-root",
-                 str(out / "dataset.yaml"), "--split", "val", "--backend", "eager", "--workers", "0"]) == 0  # fmt: skip
-    assert main(["predict", "--checkpoint", str(tmp_path / "run" / "last.pth"), str(tmp_path / "imgs" / "f0.png"),
-                 "--out", str(tmp_path / "pred"), "--backend", "eager"]) == 0  # fmt: skip
-    label = np.asarray(Image.open(tmp_path / "pred" / "f0_label.png"))
-    assert label.shape == (H, W) and label.max() <= 2
-
-
 # ----------------------------------------------------------------------------- round 3 of bad input (issue 40)
 
 
@@ -285,6 +269,8 @@ def test_the_printed_finetune_command_works_as_printed(tmp_path, capsys, val_fra
     printed = capsys.readouterr().out.split("train on it with: ")[1].strip()
     argv = shlex.split(printed)
     assert argv[:4] == ["dabnet", "train", "--config", "finetune"]
+    if val == 1:
+        return  # a train and a val split: the import-then-train path docs/your-own-data.md runs (tests/test_guides.py)
     # Run as printed, stopped by Ctrl-C once its first epoch is saved: the command starts and trains.
     proc = subprocess.Popen([sys.executable, "-m", "dabnet", *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     import signal

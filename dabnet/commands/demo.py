@@ -77,7 +77,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         meta = seg.meta
         miou = ""
         if meta.get("trained_on_every_labelled_frame"):  # no drive left unseen: a val figure would only measure fitting
-            miou = ", trained on every labelled CamVid drive (train+val): no held-out figure; CamVid test: see docs/MODEL_CARD.md"
+            miou = ", trained on every labelled CamVid drive (train+val): no held-out figure; CamVid test: see docs/reports/MODEL_CARD.md"
         elif meta.get("holdout_miou") is not None:  # a drive it never saw: the figure that says how it generalises
             miou = f", {100 * meta['holdout_miou']:.1f}% mIoU on held-out CamVid drive {', '.join(meta.get('holdout_sequences', []))}"
         elif meta.get("val_miou") is not None:

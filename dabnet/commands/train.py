@@ -337,9 +337,9 @@ def _build_model(cfg: TrainConfig, num_classes: int, device: torch.device, init:
                 f"{BROKEN_LIMIT:g}")
     if cfg.channels_last and cfg.precision == "bf16" and device.type == "cpu" and not cfg.fused:
         # torch 2.13's CPU kernel returns garbage weight gradients (inf, 1e34) for dilated depth-wise convolutions
-        # in bf16 with channels_last (docs/TRAIN_SPEED.md); the fused kernels do not use it.
+        # in bf16 with channels_last (docs/reports/TRAIN_SPEED.md); the fused kernels do not use it.
         raise ConfigError("channels_last=true with precision=bf16 on a CPU needs fused=true: PyTorch's dilated depth-wise "
-                          "convolution returns wrong weight gradients there (docs/TRAIN_SPEED.md)")  # fmt: skip
+                          "convolution returns wrong weight gradients there (docs/reports/TRAIN_SPEED.md)")  # fmt: skip
     set_fused(model, cfg.fused)
     model.to(device)
     if cfg.channels_last:

@@ -20,10 +20,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # EPS (Ghostscript), no other plugin an image from elsewhere could reach.
 READ_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-PNG_LEVEL = 2  # zlib level: the overlay (photo content) encodes several times faster than at Pillow's 6, a few % larger (docs/PREDICT_SPEED.md)
+PNG_LEVEL = 2  # zlib level: the overlay (photo content) encodes several times faster than at Pillow's 6, a few % larger (docs/reports/PREDICT_SPEED.md)
 # zlib strategy Z_RLE (matches only against the previous byte): after PNG's row filters that is where most matches
 # are, so every picture encodes as fast as with zlib's default and comes out smaller, label maps by about a third
-# (docs/PREDICT_SPEED.md); -1: zlib's default
+# (docs/reports/PREDICT_SPEED.md); -1: zlib's default
 PNG_STRATEGY = 3
 
 

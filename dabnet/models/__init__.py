@@ -1,4 +1,5 @@
-"""Networks: DABNet, its ablation variants, and the comparison nets of the paper's speed table."""
+"""Networks: DABNet, its ablation variants and the comparison nets of the paper's speed table, in a registry;
+may import util."""
 
 from . import dabnet, enet, erfnet, espnet, icnet, segnet  # noqa: F401  (each registers its models)
 from .registry import (

@@ -3,7 +3,7 @@
 In eager PyTorch on a CPU these are most of a DABNet training step: PReLU's backward kernel is not
 vectorised over its channel weight, BatchNorm and PReLU each read and write the whole activation, and
 oneDNN's depth-wise convolution backward is slow (and, in bf16 with channels_last and a dilation, wrong:
-docs/TRAIN_SPEED.md). torch.compile turns each (depth-wise conv,) BatchNorm, PReLU group into a pass for
+docs/reports/TRAIN_SPEED.md). torch.compile turns each (depth-wise conv,) BatchNorm, PReLU group into a pass for
 the statistics and one for the output, and its backward into two passes. The parameters and buffers are
 the modules' own, so names, checkpoints and exports are unchanged; evaluation and export run the plain
 modules. Where no kernel can be compiled (no C++ compiler, say) the first call warns once and every

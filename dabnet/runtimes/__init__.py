@@ -1,6 +1,6 @@
 """Runtimes: each way of running a network is one module that registers a `Runtime` (runtimes.registry) whose
 runners follow one protocol (runtimes.runner); `prepare` makes a runner, `auto` (runtimes.auto) picks one per
-device. May import io, models and util.
+device; may import io, models and util.
 
 - `eager`, `fold`, `compile` (runtimes.pytorch): PyTorch as trained, with BatchNorm folded, or compiled.
 - `torchscript` (runtimes.torchscript): the traced network; exports .pt files.

@@ -82,7 +82,7 @@ def int8_runner(
     `calibration` (normalised NCHW batches, as the model expects them: train frames, never test ones).
 
     By default the first and last convolutions stay in float (quantizing the normalised RGB input
-    to 8 bits cost DABNet most of its int8 mIoU loss on CamVid val: docs/SPEED.md). The int8 graph
+    to 8 bits cost DABNet most of its int8 mIoU loss on CamVid val: docs/reports/SPEED.md). The int8 graph
     takes sizes that are multiples of `model.size_multiple`; other sizes run the BatchNorm-folded
     float network instead (padding or resizing them changed up to 10% of DABNet's labels at small
     sizes), with a warning. The first call at each new input size compiles (tens of seconds on 2 cores).

@@ -87,7 +87,7 @@ def first_and_last_convolutions(ov_model) -> List[str]:
 
 # MIXED (symmetric weights, asymmetric activations): asymmetric activations follow DABNet's PReLU outputs,
 # which are far from symmetric, so int8 agrees with fp32 on more pixels than PERFORMANCE's symmetric ones
-# (the measurement: docs/SPEED.md).
+# (the measurement: docs/reports/SPEED.md).
 QUANT_PRESET = "mixed"
 
 

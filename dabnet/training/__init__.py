@@ -1,5 +1,5 @@
-"""Training extensions: the callbacks a run calls (training.callbacks) and the kinds registered with it.
-Imports models, checkpoint, data and engine; imported by train.py."""
+"""Training: the loop (engine), losses, and the callbacks a run calls (EMA, distillation) in a registry; may import
+runtimes, data, io, models and util."""
 
 from .callbacks import Callback, Callbacks, build_callbacks, list_callbacks, register_callback
 

@@ -18,7 +18,7 @@ def check_precision(precision: str, device: Union[str, torch.device]) -> None:
     if precision == "int8":
         raise ValueError("int8 is not an autocast precision: use --backend openvino --precision int8 (or --backend int8)")
     if precision == "fp16" and torch.device(device).type != "cuda":
-        raise ValueError("fp16 runs on CUDA only; on a CPU use fp32 or bf16 (see docs/SPEED.md)")
+        raise ValueError("fp16 runs on CUDA only; on a CPU use fp32 or bf16 (see docs/reports/SPEED.md)")
 
 
 def autocast(device: Union[str, torch.device], precision: str = "fp32"):
