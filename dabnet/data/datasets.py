@@ -291,14 +291,14 @@ def Cityscapes(root: PathLike, split: str = "train", transform: Optional[Callabl
 
 
 def load_folder_spec(path: PathLike) -> Dict[str, Any]:
-    """Read and check a folder dataset's YAML (see the README's "Your own data")."""
+    """Read and check a folder dataset's YAML (docs/your-own-data.md)."""
     import yaml
 
     path = Path(path)
     if path.is_dir():
         path = path / "dataset.yaml"
     if not path.is_file():
-        raise DatasetError(f"dataset description not found: {path}. Write a dataset.yaml (see the README, 'Your own data').")
+        raise DatasetError(f"dataset description not found: {path}. Write a dataset.yaml (docs/your-own-data.md shows one).")
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:

@@ -254,7 +254,7 @@ def read_network(path: PathLike, model_name: Optional[str] = None) -> Network:
         raise CheckpointError(
             f"not a dabnet checkpoint: {path} holds weights without the model's name and arguments (a bare state "
             "dict?). In Python: dabnet.load_model(path, model_name='dabnet', num_classes=N); to make a self-describing "
-            "file: dabnet.save_checkpoint(dabnet.checkpoint.make_checkpoint(model), 'model.pth')"
+            "file: dabnet.save_checkpoint(dabnet.io.checkpoint.make_checkpoint(model), 'model.pth')"
         )
     classes = obj.get("num_classes")
     return Network(str(path), name, None if classes is None else int(classes), dict(obj.get("model_kwargs", {})), state_dict,
