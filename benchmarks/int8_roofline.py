@@ -172,7 +172,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     seg = Segmenter.from_checkpoint(args.checkpoint, backend="auto", log=None)
-    if not hasattr(seg.run, "ov_model"):
+    if seg.run.backend != "openvino":
         sys.exit(f"auto runs {seg.backend} here, not OpenVINO: no int8 graph to bound")
     rates = [int8_rate(channels, side=side, frames=args.frames) for channels, side in SHAPES]
     sections = [(size, multiply_adds(seg.spec.build(), size), graph_times(seg, size, args.frames)) for size in args.size]

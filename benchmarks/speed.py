@@ -104,7 +104,7 @@ def pipeline_sections(checkpoint: str, folder: Path, size, frames: int, repeats:
     with tempfile.TemporaryDirectory(prefix="dabnet-speed-") as work:
         lines = ["", f"## `dabnet predict` end to end (backend {seg.backend}, {folder.name} folder)", "",
                  *benchlib.end_to_end(seg, paths, repeats, Path(work))]  # fmt: skip
-    if hasattr(seg.run, "ov_model"):
+    if seg.run.backend == "openvino":
         report = benchlib.profile_report(seg, size, frames).replace("\n## ", "\n### ")
         lines += ["", f"## Per-node profile of the default graph ({size[0]}x{size[1]})", "", report]
     return lines
