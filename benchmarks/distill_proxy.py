@@ -6,8 +6,11 @@ two arms: its trained weights (B) and their average (C).
     python benchmarks/distill_proxy.py run A --runs /work/runs        # train (or resume) an arm in the foreground
     python benchmarks/distill_proxy.py run BC --runs /work/runs
     python benchmarks/distill_proxy.py report --runs /work/runs       # docs/reports/DISTILL_PROXY.md + distill_proxy.png
+    python benchmarks/distill_proxy.py run v4 --runs /work/runs       # the v4 run, with the recipe the rule chose
 
-`run` needs the v2 weights at RUNS/v2.safetensors (`git show da77c38:dabnet/weights/dabnet-camvid.safetensors`).
+`run` needs the v2 weights at RUNS/v2.safetensors (`git show da77c38:dabnet/weights/dabnet-camvid.safetensors`);
+`run v4` needs both arms at epoch 100 and copies the bundled v3 weights to RUNS/v3.safetensors (its start and
+its teacher, kept by path: the bundled name will mean v4 once v4 ships).
 Arms run in the background as `nohup nice -n 10 python benchmarks/distill_proxy.py run ARM --runs RUNS >>
 RUNS/proxy_ARM/log.txt 2>&1 &`; the same command resumes an arm exactly.
 """
@@ -39,6 +42,9 @@ RULES = [
     "- **What v4 ships**: the weights the v4 run saves at its last epoch (with EMA in the recipe, that epoch's "
     "average), chosen by nothing else: with every labelled CamVid frame trained on, no figure is left to choose by.",
 ]
+FINAL = [80, 85, 90, 95, 100]  # the last five evaluations, which the rule averages
+MARGIN = 0.2  # points a lever must add over the simpler arm
+SIMPLEST_FIRST = ["A: plain", "B: distilled", "C: distilled + EMA"]
 # What each table column reads: (arm's run folder, metrics key).
 COLUMNS = {
     "A: plain": ("proxy_A", "holdout_miou"),
@@ -71,6 +77,28 @@ def table(runs: Path) -> Tuple[List[str], Dict[str, Dict[int, float]]]:
         diffs = ["–" if vals[0] is None or v is None else f"{v - vals[0]:+.2f}" for v in vals[1:]]
         rows.append(f"| {e} | " + " | ".join(cells + diffs) + " |")
     return rows, curves
+
+
+def choose(curves: Dict[str, Dict[int, float]]) -> Optional[Tuple[str, Dict[str, float]]]:
+    """The arm the written rule picks (and each arm's mean over FINAL), or None before every arm has all of FINAL:
+    the best mean, unless a simpler arm is within MARGIN of it; then the simplest such arm."""
+    if not all(all(e in curves.get(name, {}) for e in FINAL) for name in SIMPLEST_FIRST):
+        return None
+    means = {name: statistics.mean(curves[name][e] for e in FINAL) for name in SIMPLEST_FIRST}
+    best = max(means.values())
+    return next(name for name in SIMPLEST_FIRST if means[name] >= best - MARGIN), means
+
+
+def v4_argv(arm: str, runs: Path) -> List[str]:
+    """The v4 run: the chosen arm's recipe from the bundled v3 weights on all 468 train+val frames, the teacher (where
+    the recipe has one) v3's own ensemble; the weights it ships are its last epoch's (RULES)."""
+    v3 = runs / "v3.safetensors"
+    sets = [f"init_from={v3}", *COMMON[:3], "val_every=10", "keep_every=10"]
+    if arm != "A: plain":
+        sets += [s.format(v2=v3, runs=runs).replace("teacher_v2_ensemble", "teacher_v3_ensemble") for s in ARMS["BC"] if not s.startswith("ema=")]
+    if arm == "C: distilled + EMA":
+        sets += [s for s in ARMS["BC"] if s.startswith("ema=")]
+    return ["dabnet", "train", "--config", "camvid_trainval", "--out", str(runs / "camvid_v4")] + sum((["--set", s] for s in sets), [])
 
 
 def seconds_per_epoch(folder: Path) -> Optional[float]:
@@ -136,6 +164,12 @@ def report(runs: Path, out: Path) -> str:
         lines += ["", "![held-out mIoU per arm](distill_proxy.png)"]
     except ImportError:
         pass
+    decided = choose(curves)
+    if decided:
+        arm, arm_means = decided
+        lines += ["", f"## Decision: **{arm}**", "", "Mean held-out mIoU over epochs " + ", ".join(map(str, FINAL)) + ": "
+                  + "; ".join(f"{n} {m:.2f}" for n, m in arm_means.items()) + f". By the rule below, v4 trains {arm}'s "
+                  f"recipe: `{shlex.join(v4_argv(arm, runs))}`"]  # fmt: skip
     lines += ["", "## Rules, written before the arms finished", "", *RULES]
     text = "\n".join(lines) + "\n"
     out.write_text(text)
@@ -145,7 +179,7 @@ def report(runs: Path, out: Path) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("action", choices=["run", "report", "command"])
-    ap.add_argument("arm", nargs="?", choices=list(ARMS))
+    ap.add_argument("arm", nargs="?", choices=[*ARMS, "v4"])
     ap.add_argument("--runs", type=Path, default=Path("/work/runs"))
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "reports" / "DISTILL_PROXY.md")
     args = ap.parse_args(argv)
@@ -154,11 +188,22 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     if args.arm is None:
         ap.error(f"{args.action} needs an arm: {', '.join(ARMS)}")
-    argv_ = train_argv(args.arm, args.runs)
+    if args.arm == "v4":
+        decided = choose(table(args.runs)[1])
+        if decided is None:
+            sys.exit("the proxy has not decided yet: both arms need held-out figures at epochs " + ", ".join(map(str, FINAL)))
+        v3 = args.runs / "v3.safetensors"
+        if args.action == "run" and not v3.exists():
+            import shutil
+
+            shutil.copyfile(REPO / "dabnet" / "weights" / "dabnet-camvid.safetensors", v3)  # v3 by path: the name will be v4's
+        argv_ = v4_argv(decided[0], args.runs)
+    else:
+        argv_ = train_argv(args.arm, args.runs)
     if args.action == "command":
         print(" ".join(argv_))
         return
-    if not (args.runs / "v2.safetensors").is_file():
+    if args.arm != "v4" and not (args.runs / "v2.safetensors").is_file():
         sys.exit(f"{args.runs / 'v2.safetensors'} is missing: git show da77c38:dabnet/weights/dabnet-camvid.safetensors > it")
     os.execvp(argv_[0], argv_)
 

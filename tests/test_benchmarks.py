@@ -307,3 +307,22 @@ def test_bench_scale_times_the_network_at_the_resized_frames(tmp_path):
     rows = run_bench(BenchConfig(models=["dabnet"], sizes=[(64, 96)], frames=1, warmup=0, no_paper_protocol=True, scale=1.5),
                      log=lambda *a: None)  # fmt: skip
     assert rows and all(r["size"] == "96x144" and r["frame_size"] == "64x96" and r["scale"] == 1.5 for r in rows)
+
+
+def test_distill_proxy_applies_its_written_rule_and_builds_the_v4_run(tmp_path, repo_script):
+    proxy = repo_script("benchmarks/distill_proxy.py")
+    final = {e: 45.0 for e in proxy.FINAL}
+    curves = {"A: plain": dict(final), "B: distilled": {e: 46.0 for e in proxy.FINAL}, "C: distilled + EMA": {e: 46.15 for e in proxy.FINAL}}
+    arm, means = proxy.choose(curves)
+    assert arm == "B: distilled" and means["C: distilled + EMA"] == pytest.approx(46.15)  # C adds under 0.2 over B
+    curves["C: distilled + EMA"] = {e: 46.3 for e in proxy.FINAL}
+    assert proxy.choose(curves)[0] == "C: distilled + EMA"
+    curves["B: distilled"], curves["C: distilled + EMA"] = {e: 45.1 for e in proxy.FINAL}, {e: 45.15 for e in proxy.FINAL}
+    assert proxy.choose(curves)[0] == "A: plain"
+    del curves["A: plain"][100]
+    assert proxy.choose(curves) is None  # not before every arm has every final evaluation
+    a, c = proxy.v4_argv("A: plain", tmp_path), proxy.v4_argv("C: distilled + EMA", tmp_path)
+    assert a[:6] == ["dabnet", "train", "--config", "camvid_trainval", "--out", str(tmp_path / "camvid_v4")]
+    assert f"init_from={tmp_path / 'v3.safetensors'}" in a and not any(s.startswith(("distill", "ema")) for s in a)
+    assert f"distill_from={tmp_path / 'v3.safetensors'}" in c and "ema=0.998" in c and f"distill_cache={tmp_path}/teacher_v3_ensemble" in c
+    assert "ema=0.998" not in proxy.v4_argv("B: distilled", tmp_path)
