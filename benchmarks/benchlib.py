@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: the repository's paths, OpenVINO's per-node profile of a runner, `dabnet
+"""What the benchmark scripts share: OpenVINO's per-node profile of a runner, `dabnet
 predict`'s end-to-end throughput, and how a training recipe is written in a table. Scripts import it as a sibling
 (`import benchlib`): a script's own folder is on the path when it runs, and pytest's `pythonpath` names it."""
 
@@ -17,10 +17,6 @@ from dabnet.commands.predict import predict_images, predict_video
 from dabnet.inference.segmenter import Segmenter
 from dabnet.io.images import read_image
 from dabnet.runtimes import predict_labels
-
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs"
-REPORTS = DOCS / "reports"  # generated reports; guides stay in docs/
 
 
 def profile(runner, x: np.ndarray, frames: int, warmup: int = 10, image_input=None):

@@ -145,9 +145,10 @@ class Segmenter:
         return _rebuild, (source, options)
 
     @classmethod
-    def _of(cls, spec: ModelSpec, model: Any, device, runner: Runner, scale: float = 1.0) -> "Segmenter":
-        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, runner.label, scale)
-        seg.backend_reason = runner.reason
+    def _of(cls, spec: ModelSpec, model: Any, device, runner: Optional[Runner], scale: float = 1.0,
+            backend: Optional[str] = None) -> "Segmenter":  # fmt: skip
+        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, backend or runner.label, scale)
+        seg.backend_reason = runner.reason if runner is not None else ""
         seg.spec = spec
         return seg
 
@@ -156,10 +157,7 @@ class Segmenter:
         """A Segmenter for a network already built by dabnet, described by `describe`, run by `runner` if given."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"for_model takes a network built by dabnet, got a {type(model).__name__}; use from_checkpoint")
-        spec = describe(model)
-        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, backend)
-        seg.spec = spec
-        return seg
+        return cls._of(describe(model), model, device, runner, backend=backend)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack same-size RGB uint8 images into a normalised NCHW float tensor."""

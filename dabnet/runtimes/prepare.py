@@ -9,8 +9,16 @@ from typing import Callable, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from .registry import AUTO, ExportedFile, exported_suffixes, get_runtime, runtime_for_file
+from .registry import AUTO, ExportedFile, Runtime, exported_suffixes, get_runtime, runtime_for_file
 from .runner import Runner, as_runner
+
+
+def _named(made, runtime: Runtime, precision: str) -> Runner:
+    """What a runtime made, as a Runner that says which runtime and precision it is."""
+    runner = as_runner(made)
+    runner.backend, runner.precision, runner.label = runtime.name, precision, runtime.label_for(precision)
+    return runner
+
 
 Calibration = Union[Iterable[torch.Tensor], Callable[[], Iterable[torch.Tensor]], None]
 
@@ -36,10 +44,8 @@ def prepare(
         batches = list(calibration() if callable(calibration) else calibration or [])
         if not batches:
             raise ValueError(f"the {backend} backend in {precision} needs calibration batches (normalised training images)")
-    runner = as_runner(runtime.prepare(model.eval(), precision=precision, device=str(device), channels_last=channels_last,
-                                       calibration=batches))  # fmt: skip
-    runner.backend, runner.precision, runner.label = runtime.name, precision, runtime.label_for(precision)
-    return runner
+    return _named(runtime.prepare(model.eval(), precision=precision, device=str(device), channels_last=channels_last,
+                               calibration=batches), runtime, precision)  # fmt: skip
 
 
 def open_exported(path: Union[str, Path]) -> ExportedFile:
@@ -57,6 +63,4 @@ def load_exported(source: Union[str, Path, ExportedFile], precision: str = "fp32
     runtime = get_runtime(file.runtime)
     runtime.check_device(str(device))
     precision = runtime.precision_for(precision)
-    runner = as_runner(file.make(precision, str(device)))
-    runner.backend, runner.precision, runner.label = runtime.name, precision, runtime.label_for(precision)
-    return runner
+    return _named(file.make(precision, str(device)), runtime, precision)
