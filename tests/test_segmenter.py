@@ -71,3 +71,19 @@ def test_segmenter_takes_pil_paths_tensors_and_refuses_the_rest_in_one_line(ckpt
         seg.predict({"image": rgb})
     with pytest.raises(ValueError, match=r"the image is empty \(0x0 pixels\)"):
         seg.predict(np.zeros((0, 0, 3), np.uint8))
+
+
+def test_for_model_takes_a_plain_callable_as_its_runner():
+    """A runner need not be a dabnet Runner: any NCHW -> logits callable runs, named by `backend`."""
+    model = dabnet.create_model("dabnet", 11).eval()
+    calls = []
+
+    def forward(x):
+        calls.append(x.shape)
+        return model(x)
+
+    seg = dabnet.Segmenter.for_model(model, runner=forward, backend="mine")
+    image = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    labels = seg.predict(image)
+    assert calls and labels.shape == (32, 48) and seg.backend == "mine" and seg.backend_reason == ""
+    np.testing.assert_array_equal(labels, dabnet.Segmenter.for_model(model).predict(image))

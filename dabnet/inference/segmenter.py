@@ -147,8 +147,8 @@ class Segmenter:
     @classmethod
     def _of(cls, spec: ModelSpec, model: Any, device, runner: Optional[Runner], scale: float = 1.0,
             backend: Optional[str] = None) -> "Segmenter":  # fmt: skip
-        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, backend or runner.label, scale)
-        seg.backend_reason = runner.reason if runner is not None else ""
+        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, scale=scale)
+        seg.backend, seg.backend_reason = backend or seg.run.label, seg.run.reason  # seg.run: any callable, as a Runner
         seg.spec = spec
         return seg
 
