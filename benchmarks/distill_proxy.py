@@ -101,6 +101,30 @@ def v4_argv(arm: str, runs: Path) -> List[str]:
     return ["dabnet", "train", "--config", "camvid_trainval", "--out", str(runs / "camvid_v4")] + sum((["--set", s] for s in sets), [])
 
 
+def start_miou(runs: Path) -> Optional[float]:
+    """Single-scale 0006R0 mIoU of the arms' common start (RUNS/v2.safetensors, eager fp32), the figure each arm
+    is measured against before it trains; kept in RUNS/proxy_start.json beside the weights' digest."""
+    import hashlib
+
+    from dabnet.commands.evaluate import run_evaluation
+    from dabnet.config import EvalConfig, TrainConfig, build_config
+
+    v2, kept = runs / "v2.safetensors", runs / "proxy_start.json"
+    if not v2.is_file():
+        return None
+    digest = hashlib.sha256(v2.read_bytes()).hexdigest()
+    if kept.is_file() and json.loads(kept.read_text()).get("sha256") == digest:
+        return json.loads(kept.read_text())["miou"]
+    cfg = build_config(TrainConfig, "camvid_holdout")
+    root = Path(cfg.data_root) if Path(cfg.data_root).is_absolute() else REPO / cfg.data_root
+    if not root.is_dir():
+        return None
+    ev = EvalConfig(checkpoint=str(v2), data_root=str(root), split=cfg.train_split, sequences=list(cfg.holdout), workers=1, backend="eager")
+    miou = 100 * run_evaluation(ev, log=lambda *a: None)["miou"]
+    kept.write_text(json.dumps({"sha256": digest, "miou": miou}))
+    return miou
+
+
 def seconds_per_epoch(folder: Path) -> Optional[float]:
     h = history(folder)
     return statistics.median(r["seconds"] for r in h) if h else None
@@ -112,6 +136,9 @@ def report(runs: Path, out: Path) -> str:
     from dabnet.util.hardware import describe_hardware
 
     rows, curves = table(runs)
+    start = start_miou(runs)
+    if start is not None:  # epoch 0: every arm begins at the same weights
+        rows.insert(2, "| 0 (v2, the start) | " + " | ".join([f"{start:.2f}"] * len(COLUMNS)) + " | – | – |")
     a_epochs = {n: max(c) if c else 0 for n, c in curves.items()}
     lines = [
         "# The v4 recipe's proxy: distillation and EMA on the held-out drive 0006R0",
@@ -140,6 +167,11 @@ def report(runs: Path, out: Path) -> str:
             means.append(f"{name} {d:+.2f} over the {len(common)} common evaluations")
     if means:
         lines += ["", "Mean difference to A: " + "; ".join(means) + "."]
+    if start is not None:
+        last = {n: c[max(c)] for n, c in curves.items() if c}
+        lines += ["", f"Against the start ({start:.2f}, the v2 weights before any of these epochs): "
+                      + "; ".join(f"{n} {v - start:+.2f} at epoch {max(curves[n])}" for n, v in last.items())
+                      + ". The rule below chooses among the arms; it does not ask whether any arm beats the start."]  # fmt: skip
     secs = {arm: seconds_per_epoch(runs / f"proxy_{arm}") for arm in ARMS}
     if all(secs.values()):
         lines += ["", f"Median seconds of training per epoch: A {secs['A']:.0f}, BC {secs['BC']:.0f} "
@@ -154,6 +186,8 @@ def report(runs: Path, out: Path) -> str:
         for name, c in curves.items():
             if c:
                 ax.plot(sorted(c), [c[e] for e in sorted(c)], marker=".", label=name)
+        if start is not None:
+            ax.axhline(start, color="grey", linestyle="--", linewidth=1, label="start (v2)")
         ax.set_xlabel("epoch")
         ax.set_ylabel("0006R0 mIoU (%)")
         ax.grid(alpha=0.3)

@@ -300,6 +300,22 @@ def test_distill_proxy_table_reads_each_arm_from_its_runs_metrics(tmp_path, repo
     assert proxy.train_argv("A", tmp_path)[-10:] == sum((["--set", s] for s in proxy.COMMON), [])
 
 
+def test_distill_proxy_report_rows_the_arms_start_from_its_kept_figure(tmp_path, repo_script):
+    import hashlib
+
+    proxy = repo_script("benchmarks/distill_proxy.py")
+    (tmp_path / "proxy_A").mkdir()
+    (tmp_path / "proxy_A" / "metrics.jsonl").write_text(json.dumps({"epoch": 5, "seconds": 1.0, "holdout_miou": 0.44}) + "\n")
+    assert "the start" not in proxy.report(tmp_path, tmp_path / "P.md")  # no v2 weights, no start row
+    (tmp_path / "v2.safetensors").write_bytes(b"weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    (tmp_path / "proxy_start.json").write_text(json.dumps({"sha256": digest, "miou": 46.03}))
+    text = proxy.report(tmp_path, tmp_path / "P.md")
+    lines = text.splitlines()
+    assert lines.index("| 0 (v2, the start) | 46.03 | 46.03 | 46.03 | – | – |") < lines.index("| 5 | 44.00 | – | – | – | – |")
+    assert "A: plain -2.03 at epoch 5" in text
+
+
 def test_bench_scale_times_the_network_at_the_resized_frames(tmp_path):
     from dabnet.commands.bench import run_bench
     from dabnet.config import BenchConfig
