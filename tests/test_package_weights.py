@@ -121,6 +121,36 @@ def test_a_run_on_every_labelled_frame_ships_by_its_rule_with_the_history_of_ear
     assert "trained on every labelled CamVid drive (train+val)" in lines[0] and "val mIoU" not in lines[0]
 
 
+def test_a_distilled_run_with_ema_ships_its_last_epoch_with_the_teacher_on_its_card(tmp_path, holdout_run, repo_script):
+    """v4's shape: every frame, from earlier weights, taught by their ensemble, EMA; the last epoch ships by the rule."""
+    from dabnet.io.checkpoint import make_checkpoint, save_safetensors
+
+    start = save_safetensors(make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "v3.safetensors")
+    root, run, cfg = holdout_run(tmp_path, config="camvid_trainval", init_from=str(start), distill_from=str(start), distill_scales=[1.0, 2.0],
+                                 distill_flip=True, distill_weight=2.0, ema=0.9, distill_cache=str(tmp_path / "maps"))  # fmt: skip
+    pw = repo_script("scripts/package_weights.py")
+    card = tmp_path / "docs" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    rule = "the weights the run saves at its last epoch (the EMA average)"
+    meta = pw.package(run, str(root), tmp_path / "w.safetensors", card, weights=run / "last.pth", rule=rule)
+    shipped = dabnet.load_model(tmp_path / "w.safetensors").state_dict()
+    ema, _ = pw.flush_negligible(torch.load(run / "last.pth", weights_only=True)["model"])  # the run's model: the average
+    assert shipped.keys() == ema.keys() and all(torch.equal(shipped[k], v) for k, v in ema.items())
+    words = "distilled from `v3.safetensors` run as its own ensemble (scales [1.0, 2.0] + flips, probabilities averaged): " \
+            "loss = CE + 2 * T^2 * KL, T = 1; weight EMA 0.9 (the weights are the average)"
+    assert meta["extensions"] == words
+    text = card.read_text()
+    assert f"schedule of 2 epochs; {words} |" in text  # the recipe row
+    why = text.split("## Why this data and this length")[1].split("## Per-class IoU")[0]
+    assert f"- **Taught by an ensemble**: {words}. The recipe was chosen on a held-out drive" in why and f"**The weights that ship: {rule}.**" in why
+    command = next(line for line in text.splitlines() if line.startswith("dabnet train"))
+    args = shlex.split(command)
+    assert "distill_from=v3.safetensors" in args and "init_from=v3.safetensors" in args and str(tmp_path) not in command
+    again = build_config(TrainConfig, args[args.index("--config") + 1], [args[i + 1] for i, a in enumerate(args) if a == "--set"])
+    same = {k: v for k, v in vars(cfg).items() if k not in pw.NOT_RECIPE}
+    assert {k: v for k, v in vars(again).items() if k not in pw.NOT_RECIPE} == {**same, "init_from": "v3.safetensors", "distill_from": "v3.safetensors"}
+
+
 def test_inputs_that_would_fail_at_the_end_are_refused_before_any_evaluation(tmp_path, holdout_run, repo_script, monkeypatch):
     """No demo frames, or an output that is the checkpoint being read: refused at once, nothing written over."""
     root, run, _ = holdout_run(tmp_path)
