@@ -5,11 +5,12 @@ two arms: its trained weights (B) and their average (C).
 
     python benchmarks/distill_proxy.py run A --runs /work/runs        # train (or resume) an arm in the foreground
     python benchmarks/distill_proxy.py run BC --runs /work/runs
+    python benchmarks/distill_proxy.py run D --runs /work/runs
     python benchmarks/distill_proxy.py report --runs /work/runs       # docs/reports/DISTILL_PROXY.md + distill_proxy.png
     python benchmarks/distill_proxy.py run v4 --runs /work/runs       # the v4 run, with the recipe the rule chose
 
 `run` needs the v2 weights at RUNS/v2.safetensors (`git show da77c38:dabnet/weights/dabnet-camvid.safetensors`);
-`run v4` needs both arms at epoch 100 and copies the bundled v3 weights to RUNS/v3.safetensors (its start and
+`run v4` needs every arm at epoch 100 and copies the bundled v3 weights to RUNS/v3.safetensors (its start and
 its teacher, kept by path: the bundled name will mean v4 once v4 ships).
 Arms run in the background as `nohup nice -n 10 python benchmarks/distill_proxy.py run ARM --runs RUNS >>
 RUNS/proxy_ARM/log.txt 2>&1 &`; the same command resumes an arm exactly.
@@ -34,28 +35,45 @@ ARMS: Dict[str, List[str]] = {
     "BC": ["distill_from={v2}", f"distill_scales=[{', '.join(map(str, ENSEMBLE))}]", "distill_flip=true", "distill_weight=2",
            "distill_temperature=1", "distill_cache={runs}/teacher_v2_ensemble", "ema=0.998"],
 }
+# Added on 2026-12-07 with A at epoch 75 and BC at 49, every arm then below the weights it started from, the
+# drop largest at the peak learning rate: C's recipe at a quarter of the peak rate (same teacher maps).
+ARMS["D"] = [*ARMS["BC"], "lr=5e-5"]
 # Written on 2026-12-06, with the arms at epoch 8 of 100 (A) and 0 (BC), before any result could sway them.
 RULES = [
     "- **The v4 recipe** is the arm with the highest mean held-out mIoU over the last five evaluations (epochs "
     "80-100). An arm within 0.2 points of a simpler one loses to it (A is simpler than B, B than C): a lever "
     "must pay for itself.",
+    "- **Arm D** (C at lr 5e-5) was added on 2026-12-07, after the first 75 epochs of A and 49 of B and C had been "
+    "seen; it comes last in that order, so it must beat every other arm by 0.2 points to be chosen.",
+    "- **Do no harm** (written on 2026-12-07, before any arm reached epoch 80): if the chosen arm's mean is below the "
+    "start's figure (v2, single scale, on 0006R0), no recipe tried improves on the weights it starts from; then no v4 "
+    "run is started, v3 stays bundled, and the issue says so.",
     "- **What v4 ships**: the weights the v4 run saves at its last epoch (with EMA in the recipe, that epoch's "
     "average), chosen by nothing else: with every labelled CamVid frame trained on, no figure is left to choose by.",
 ]
 FINAL = [80, 85, 90, 95, 100]  # the last five evaluations, which the rule averages
 MARGIN = 0.2  # points a lever must add over the simpler arm
-SIMPLEST_FIRST = ["A: plain", "B: distilled", "C: distilled + EMA"]
+SIMPLEST_FIRST = ["A: plain", "B: distilled", "C: distilled + EMA", "D: C at lr 5e-5"]
 # What each table column reads: (arm's run folder, metrics key).
 COLUMNS = {
     "A: plain": ("proxy_A", "holdout_miou"),
     "B: distilled": ("proxy_BC", "holdout_trained_miou"),
     "C: distilled + EMA": ("proxy_BC", "holdout_miou"),
+    "D: C at lr 5e-5": ("proxy_D", "holdout_miou"),
 }
+# Which arm's run each column's recipe is.
+RUN_OF = {name: folder.removeprefix("proxy_") for name, (folder, _) in COLUMNS.items()}
+
+
+def overriding(common: List[str], own: List[str]) -> List[str]:
+    """`common` without the options that `own` sets, then `own`: each option once in a command."""
+    keys = {s.split("=", 1)[0] for s in own}
+    return [s for s in common if s.split("=", 1)[0] not in keys] + own
 
 
 def train_argv(arm: str, runs: Path) -> List[str]:
     """The `dabnet train` command of an arm."""
-    sets = [s.format(v2=runs / "v2.safetensors", runs=runs) for s in ["init_from={v2}", *COMMON, *ARMS[arm]]]
+    sets = [s.format(v2=runs / "v2.safetensors", runs=runs) for s in ["init_from={v2}", *overriding(COMMON, ARMS[arm])]]
     return ["dabnet", "train", "--config", "camvid_holdout", "--out", str(runs / f"proxy_{arm}")] + sum((["--set", s] for s in sets), [])
 
 
@@ -70,7 +88,9 @@ def table(runs: Path) -> Tuple[List[str], Dict[str, Dict[int, float]]]:
     for name, (folder, key) in COLUMNS.items():
         curves[name] = {h["epoch"]: 100 * h[key] for h in history(runs / folder) if h.get(key) is not None}
     epochs = sorted(set().union(*curves.values()))
-    rows = ["| epoch | " + " | ".join(COLUMNS) + " | B - A | C - A |", "|---:|" + "---:|" * (len(COLUMNS) + 2)]
+    others = [name.split(":")[0] for name in list(COLUMNS)[1:]]
+    rows = ["| epoch | " + " | ".join(COLUMNS) + " | " + " | ".join(f"{o} - A" for o in others) + " |",
+            "|---:|" + "---:|" * (2 * len(COLUMNS) - 1)]  # fmt: skip
     for e in epochs:
         vals = [curves[n].get(e) for n in COLUMNS]
         cells = ["–" if v is None else f"{v:.2f}" for v in vals]
@@ -81,7 +101,7 @@ def table(runs: Path) -> Tuple[List[str], Dict[str, Dict[int, float]]]:
 
 def choose(curves: Dict[str, Dict[int, float]]) -> Optional[Tuple[str, Dict[str, float]]]:
     """The arm the written rule picks (and each arm's mean over FINAL), or None before every arm has all of FINAL:
-    the best mean, unless a simpler arm is within MARGIN of it; then the simplest such arm."""
+    the best mean, unless an arm earlier in SIMPLEST_FIRST is within MARGIN of it; then the first such arm."""
     if not all(all(e in curves.get(name, {}) for e in FINAL) for name in SIMPLEST_FIRST):
         return None
     means = {name: statistics.mean(curves[name][e] for e in FINAL) for name in SIMPLEST_FIRST}
@@ -89,15 +109,18 @@ def choose(curves: Dict[str, Dict[int, float]]) -> Optional[Tuple[str, Dict[str,
     return next(name for name in SIMPLEST_FIRST if means[name] >= best - MARGIN), means
 
 
+def harms(mean: float, start: Optional[float]) -> bool:
+    """Whether the chosen arm's mean over FINAL is below the start's figure (the rule 'do no harm')."""
+    return start is not None and mean < start
+
+
 def v4_argv(arm: str, runs: Path) -> List[str]:
     """The v4 run: the chosen arm's recipe from the bundled v3 weights on all 468 train+val frames, the teacher (where
     the recipe has one) v3's own ensemble; the weights it ships are its last epoch's (RULES)."""
     v3 = runs / "v3.safetensors"
-    sets = [f"init_from={v3}", *COMMON[:3], "val_every=10", "keep_every=10"]
-    if arm != "A: plain":
-        sets += [s.format(v2=v3, runs=runs).replace("teacher_v2_ensemble", "teacher_v3_ensemble") for s in ARMS["BC"] if not s.startswith("ema=")]
-    if arm == "C: distilled + EMA":
-        sets += [s for s in ARMS["BC"] if s.startswith("ema=")]
+    recipe = [s for s in ARMS[RUN_OF[arm]] if arm != "B: distilled" or not s.startswith("ema=")]  # B: BC's trained weights
+    recipe = [s.format(v2=v3, runs=runs).replace("teacher_v2_ensemble", "teacher_v3_ensemble") for s in recipe]
+    sets = [f"init_from={v3}", *overriding([*COMMON[:3], "val_every=10", "keep_every=10"], recipe)]
     return ["dabnet", "train", "--config", "camvid_trainval", "--out", str(runs / "camvid_v4")] + sum((["--set", s] for s in sets), [])
 
 
@@ -138,7 +161,7 @@ def report(runs: Path, out: Path) -> str:
     rows, curves = table(runs)
     start = start_miou(runs)
     if start is not None:  # epoch 0: every arm begins at the same weights
-        rows.insert(2, "| 0 (v2, the start) | " + " | ".join([f"{start:.2f}"] * len(COLUMNS)) + " | – | – |")
+        rows.insert(2, "| 0 (v2, the start) | " + " | ".join([f"{start:.2f}"] * len(COLUMNS) + ["–"] * (len(COLUMNS) - 1)) + " |")
     a_epochs = {n: max(c) if c else 0 for n, c in curves.items()}
     lines = [
         "# The v4 recipe's proxy: distillation and EMA on the held-out drive 0006R0",
@@ -154,6 +177,8 @@ def report(runs: Path, out: Path) -> str:
         f"- B and C: distilled from v2's own ensemble (scales {ENSEMBLE} + flips, probabilities averaged), weight 2, "
         "temperature 1, with weight EMA 0.998: B is the run's trained weights (`holdout_trained_miou`), C their "
         f"average (`holdout_miou`, what the run saves). `{shlex.join(train_argv('BC', runs))}`",
+        "- D: C's recipe at a quarter of the peak learning rate (5e-5), the same teacher maps; its EMA average (added "
+        f"later, see the rules). `{shlex.join(train_argv('D', runs))}`",
         "",
         "Last evaluated epoch: " + ", ".join(f"{n} {e}" for n, e in a_epochs.items()) + " of 100.",
         "",
@@ -173,7 +198,7 @@ def report(runs: Path, out: Path) -> str:
                       + "; ".join(f"{n} {v - start:+.2f} at epoch {max(curves[n])}" for n, v in last.items())
                       + ". The rule below chooses among the arms; it does not ask whether any arm beats the start."]  # fmt: skip
     secs = {arm: seconds_per_epoch(runs / f"proxy_{arm}") for arm in ARMS}
-    if all(secs.values()):
+    if secs["A"] and secs["BC"]:
         lines += ["", f"Median seconds of training per epoch: A {secs['A']:.0f}, BC {secs['BC']:.0f} "
                       f"({secs['BC'] / secs['A']:.2f}x; the arms shared the machine's 2 cores while both ran)."]  # fmt: skip
     try:
@@ -201,9 +226,13 @@ def report(runs: Path, out: Path) -> str:
     decided = choose(curves)
     if decided:
         arm, arm_means = decided
-        lines += ["", f"## Decision: **{arm}**", "", "Mean held-out mIoU over epochs " + ", ".join(map(str, FINAL)) + ": "
-                  + "; ".join(f"{n} {m:.2f}" for n, m in arm_means.items()) + f". By the rule below, v4 trains {arm}'s "
-                  f"recipe: `{shlex.join(v4_argv(arm, runs))}`"]  # fmt: skip
+        means_text = "Mean held-out mIoU over epochs " + ", ".join(map(str, FINAL)) + ": " + "; ".join(f"{n} {m:.2f}" for n, m in arm_means.items())
+        if harms(arm_means[arm], start):
+            lines += ["", "## Decision: **no v4 run**", "", f"{means_text}. The rule picks {arm}, whose mean is below the start "
+                      f"({start:.2f}): by the rule below, no v4 run is started and v3 stays bundled."]  # fmt: skip
+        else:
+            lines += ["", f"## Decision: **{arm}**", "", f"{means_text}. By the rule below, v4 trains {arm}'s recipe: "
+                      f"`{shlex.join(v4_argv(arm, runs))}`"]  # fmt: skip
     lines += ["", "## Rules, written before the arms finished", "", *RULES]
     text = "\n".join(lines) + "\n"
     out.write_text(text)
@@ -225,7 +254,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.arm == "v4":
         decided = choose(table(args.runs)[1])
         if decided is None:
-            sys.exit("the proxy has not decided yet: both arms need held-out figures at epochs " + ", ".join(map(str, FINAL)))
+            sys.exit("the proxy has not decided yet: every arm needs held-out figures at epochs " + ", ".join(map(str, FINAL)))
+        start = start_miou(args.runs)
+        if harms(decided[1][decided[0]], start):
+            sys.exit(f"the proxy's choice, {decided[0]}, ends below its start ({decided[1][decided[0]]:.2f} < {start:.2f}): "
+                     "by the written rule no v4 run is started (docs/reports/DISTILL_PROXY.md)")  # fmt: skip
         v3 = args.runs / "v3.safetensors"
         if args.action == "run" and not v3.exists():
             import shutil

@@ -292,12 +292,17 @@ def test_distill_proxy_table_reads_each_arm_from_its_runs_metrics(tmp_path, repo
         (tmp_path / folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "seconds": 100.0, **r}) + "\n" for e, r in rows))
     out = tmp_path / "PROXY.md"
     text = proxy.report(tmp_path, out)
-    assert "| 5 | 44.00 | 45.00 | 46.00 | +1.00 | +2.00 |" in text and out.read_text() == text
+    assert "| epoch | A: plain | B: distilled | C: distilled + EMA | D: C at lr 5e-5 | B - A | C - A | D - A |" in text
+    assert "| 5 | 44.00 | 45.00 | 46.00 | – | +1.00 | +2.00 | – |" in text and out.read_text() == text
     assert "B: distilled +1.00 over the 1 common evaluations" in text
     argv = proxy.train_argv("BC", tmp_path)
     assert argv[:5] == ["dabnet", "train", "--config", "camvid_holdout", "--out"] and f"init_from={tmp_path / 'v2.safetensors'}" in argv
     assert "ema=0.998" in argv and "distill_flip=true" in argv
     assert proxy.train_argv("A", tmp_path)[-10:] == sum((["--set", s] for s in proxy.COMMON), [])
+    d = proxy.train_argv("D", tmp_path)
+    assert d[d.index("--out") + 1] == str(tmp_path / "proxy_D") and "lr=5e-5" in d and "lr=2e-4" not in d  # each option once
+    sets = lambda argv: [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]  # noqa: E731
+    assert [a for a in sets(d) if a != "lr=5e-5"] == [a for a in sets(argv) if a != "lr=2e-4"]  # else BC's: the same teacher maps
 
 
 def test_distill_proxy_report_rows_the_arms_start_from_its_kept_figure(tmp_path, repo_script):
@@ -306,13 +311,13 @@ def test_distill_proxy_report_rows_the_arms_start_from_its_kept_figure(tmp_path,
     proxy = repo_script("benchmarks/distill_proxy.py")
     (tmp_path / "proxy_A").mkdir()
     (tmp_path / "proxy_A" / "metrics.jsonl").write_text(json.dumps({"epoch": 5, "seconds": 1.0, "holdout_miou": 0.44}) + "\n")
-    assert "the start" not in proxy.report(tmp_path, tmp_path / "P.md")  # no v2 weights, no start row
+    assert "| 0 (v2, the start)" not in proxy.report(tmp_path, tmp_path / "P.md")  # no v2 weights, no start row
     (tmp_path / "v2.safetensors").write_bytes(b"weights")
     digest = hashlib.sha256(b"weights").hexdigest()
     (tmp_path / "proxy_start.json").write_text(json.dumps({"sha256": digest, "miou": 46.03}))
     text = proxy.report(tmp_path, tmp_path / "P.md")
     lines = text.splitlines()
-    assert lines.index("| 0 (v2, the start) | 46.03 | 46.03 | 46.03 | – | – |") < lines.index("| 5 | 44.00 | – | – | – | – |")
+    assert lines.index("| 0 (v2, the start) | 46.03 | 46.03 | 46.03 | 46.03 | – | – | – |") < lines.index("| 5 | 44.00 | – | – | – | – | – | – |")
     assert "A: plain -2.03 at epoch 5" in text
 
 
@@ -327,18 +332,42 @@ def test_bench_scale_times_the_network_at_the_resized_frames(tmp_path):
 
 def test_distill_proxy_applies_its_written_rule_and_builds_the_v4_run(tmp_path, repo_script):
     proxy = repo_script("benchmarks/distill_proxy.py")
-    final = {e: 45.0 for e in proxy.FINAL}
-    curves = {"A: plain": dict(final), "B: distilled": {e: 46.0 for e in proxy.FINAL}, "C: distilled + EMA": {e: 46.15 for e in proxy.FINAL}}
+    level = lambda v: {e: v for e in proxy.FINAL}  # noqa: E731
+    curves = {"A: plain": level(45.0), "B: distilled": level(46.0), "C: distilled + EMA": level(46.15), "D: C at lr 5e-5": level(46.1)}
     arm, means = proxy.choose(curves)
-    assert arm == "B: distilled" and means["C: distilled + EMA"] == pytest.approx(46.15)  # C adds under 0.2 over B
-    curves["C: distilled + EMA"] = {e: 46.3 for e in proxy.FINAL}
+    assert arm == "B: distilled" and means["C: distilled + EMA"] == pytest.approx(46.15)  # C and D add under 0.2 over B
+    curves["C: distilled + EMA"] = level(46.3)
     assert proxy.choose(curves)[0] == "C: distilled + EMA"
-    curves["B: distilled"], curves["C: distilled + EMA"] = {e: 45.1 for e in proxy.FINAL}, {e: 45.15 for e in proxy.FINAL}
+    curves["D: C at lr 5e-5"] = level(46.45)
+    assert proxy.choose(curves)[0] == "C: distilled + EMA"  # D, added late, must clear every arm by the margin
+    curves["D: C at lr 5e-5"] = level(46.55)
+    assert proxy.choose(curves)[0] == "D: C at lr 5e-5"
+    curves["B: distilled"], curves["C: distilled + EMA"], curves["D: C at lr 5e-5"] = level(45.1), level(45.15), level(45.0)
     assert proxy.choose(curves)[0] == "A: plain"
     del curves["A: plain"][100]
     assert proxy.choose(curves) is None  # not before every arm has every final evaluation
-    a, c = proxy.v4_argv("A: plain", tmp_path), proxy.v4_argv("C: distilled + EMA", tmp_path)
+    assert proxy.harms(45.9, 46.08) and not proxy.harms(46.08, 46.08) and not proxy.harms(40.0, None)
+    a, c, d = (proxy.v4_argv(n, tmp_path) for n in ("A: plain", "C: distilled + EMA", "D: C at lr 5e-5"))
     assert a[:6] == ["dabnet", "train", "--config", "camvid_trainval", "--out", str(tmp_path / "camvid_v4")]
     assert f"init_from={tmp_path / 'v3.safetensors'}" in a and not any(s.startswith(("distill", "ema")) for s in a)
     assert f"distill_from={tmp_path / 'v3.safetensors'}" in c and "ema=0.998" in c and f"distill_cache={tmp_path}/teacher_v3_ensemble" in c
     assert "ema=0.998" not in proxy.v4_argv("B: distilled", tmp_path)
+    sets = lambda argv: [argv[i + 1] for i, x in enumerate(argv) if x == "--set"]  # noqa: E731
+    assert [x for x in sets(d) if x != "lr=5e-5"] == [x for x in sets(c) if x != "lr=2e-4"] and "lr=2e-4" not in d
+
+
+def test_distill_proxy_starts_no_v4_run_when_the_chosen_arm_ends_below_its_start(tmp_path, repo_script):
+    import hashlib
+
+    proxy = repo_script("benchmarks/distill_proxy.py")
+    for folder in ("proxy_A", "proxy_BC", "proxy_D"):
+        (tmp_path / folder).mkdir()
+        rows = [{"epoch": e, "seconds": 1.0, "holdout_miou": 0.45, "holdout_trained_miou": 0.45} for e in proxy.FINAL]
+        (tmp_path / folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "v2.safetensors").write_bytes(b"w")
+    (tmp_path / "proxy_start.json").write_text(json.dumps({"sha256": hashlib.sha256(b"w").hexdigest(), "miou": 46.0}))
+    text = proxy.report(tmp_path, tmp_path / "P.md")
+    assert "## Decision: **no v4 run**" in text and "The rule picks A: plain, whose mean is below the start (46.00)" in text
+    with pytest.raises(SystemExit, match="ends below its start .45.00 < 46.00.: by the written rule no v4 run"):
+        proxy.main(["run", "v4", "--runs", str(tmp_path)])
+    assert not (tmp_path / "v3.safetensors").exists() and not (tmp_path / "camvid_v4").exists()
