@@ -10,6 +10,7 @@ import torch
 import dabnet
 from dabnet.commands.demo import run_demo
 from dabnet.config import DemoConfig, TrainConfig, build_config
+from dabnet.inference.segmenter import Segmenter
 
 
 @pytest.mark.parametrize("val_split", ["val", None])  # None: the shipped camvid_holdout config's choice
@@ -22,7 +23,7 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run
     samples.mkdir()
     (samples / "0016E5_00000.jpg").write_bytes(b"old")
     (samples / "0016E5_00000_label.png").write_bytes(b"old")
-    meta = pw.package(run, str(root), out, card, samples=samples, sample_names=["0006R0_00003", "0006R0_00001.png"])
+    meta = pw.package(run, str(root), out, card, samples=samples, sample_names=["0006R0_00003", "0006R0_00001.png"], default_backend=False)
     # The demo frames are now the held-out drive's (the guard's figure is recorded on them); the old ones are gone.
     assert sorted(p.name for p in samples.iterdir()) == ["0006R0_00001.jpg", "0006R0_00001_label.png", "0006R0_00003.jpg", "0006R0_00003_label.png"]
     assert meta["sample_frames"] == ["0006R0_00001", "0006R0_00003"] and 0 <= meta["sample_frames_miou"] <= 1
@@ -59,7 +60,7 @@ def test_an_average_of_kept_epochs_is_packaged_with_how_to_make_it_again(tmp_pat
     avg = save_checkpoint(average_checkpoints([run / "epoch_0001.pth", run / "epoch_0002.pth"]), tmp_path / "avg.pth")
     card = tmp_path / "docs" / "MODEL_CARD.md"
     card.parent.mkdir()
-    meta = repo_script("scripts/package_weights.py").package(run, str(root), tmp_path / "w.safetensors", card, weights=avg)
+    meta = repo_script("scripts/package_weights.py").package(run, str(root), tmp_path / "w.safetensors", card, weights=avg, default_backend=False)
     assert meta["averaged_from"] == [{"path": "epoch_0001.pth", "epoch": 1}, {"path": "epoch_0002.pth", "epoch": 2}]
     text = card.read_text()
     why = text.split("## Why this data and this length")[1].split("## Per-class IoU")[0]
@@ -98,7 +99,7 @@ def test_a_run_on_every_labelled_frame_ships_by_its_rule_with_the_history_of_ear
     avg = save_checkpoint(average_checkpoints([run / "epoch_0002.pth", run / "epoch_0003.pth"]), run / "averaged.pth")
     rule = "the mean of the last 2 epochs of the 3 (epochs 2-3), made by `dabnet average`"
     fetch = "git show da77c38:dabnet/weights/dabnet-camvid.safetensors > dabnet-camvid-v2.safetensors"
-    meta = pw.package(run, str(root), tmp_path / "w.safetensors", card, weights=avg, rule=rule, init_from_how=fetch)
+    meta = pw.package(run, str(root), tmp_path / "w.safetensors", card, weights=avg, rule=rule, init_from_how=fetch, default_backend=False)
     assert meta["trained_on_every_labelled_frame"] and meta["selection_rule"] == rule and meta["init_from"] == "dabnet-camvid-v2.safetensors"
     text = card.read_text()
     assert "trained on `trainval`: every labelled frame, nothing held out; no figure selected anything" in text
@@ -141,6 +142,11 @@ def test_a_distilled_run_with_ema_ships_its_last_epoch_with_the_teacher_on_its_c
     assert meta["extensions"] == words
     text = card.read_text()
     assert f"schedule of 2 epochs; {words} |" in text  # the recipe row
+    # What users get: the shipped file through the default backend, beside eager, on val (nothing is held out).
+    assert meta["default_backend"] == Segmenter.from_checkpoint(tmp_path / "w.safetensors").backend and 0 <= meta["default_backend_miou"] <= 1
+    assert meta["default_backend_change"] == pytest.approx(meta["default_backend_miou"] - meta["val_miou"])
+    assert (f"| default backend | {100 * meta['default_backend_miou']:.2f}% on val with `{meta['default_backend']}` (`--backend auto`), "
+            f"{100 * meta['default_backend_change']:+.2f} points against eager fp32 |") in text
     why = text.split("## Why this data and this length")[1].split("## Per-class IoU")[0]
     assert f"- **Taught by an ensemble**: {words}. The recipe was chosen on a held-out drive" in why and f"**The weights that ship: {rule}.**" in why
     command = next(line for line in text.splitlines() if line.startswith("dabnet train"))
@@ -171,5 +177,5 @@ def test_inputs_that_would_fail_at_the_end_are_refused_before_any_evaluation(tmp
 def test_the_output_folders_are_made(tmp_path, holdout_run, repo_script):
     root, run, _ = holdout_run(tmp_path)
     out, card = tmp_path / "new" / "w.safetensors", tmp_path / "other" / "docs" / "MODEL_CARD.md"
-    repo_script("scripts/package_weights.py").package(run, str(root), out, card)
+    repo_script("scripts/package_weights.py").package(run, str(root), out, card, default_backend=False)
     assert out.exists() and card.exists() and (card.parent / "demo_side_by_side.png").exists()
