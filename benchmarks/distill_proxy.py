@@ -124,9 +124,10 @@ def v4_argv(arm: str, runs: Path) -> List[str]:
     return ["dabnet", "train", "--config", "camvid_trainval", "--out", str(runs / "camvid_v4")] + sum((["--set", s] for s in sets), [])
 
 
-def start_miou(runs: Path) -> Optional[float]:
+def start_miou(runs: Path, data_root: Optional[Path] = None) -> Optional[float]:
     """Single-scale 0006R0 mIoU of the arms' common start (RUNS/v2.safetensors, eager fp32), the figure each arm
-    is measured against before it trains; kept in RUNS/proxy_start.json beside the weights' digest."""
+    is measured against before it trains; kept in RUNS/proxy_start.json beside the weights' digest. The data are
+    `data_root`, by default the arms' config's (relative to the repository)."""
     import hashlib
 
     from dabnet.commands.evaluate import run_evaluation
@@ -139,7 +140,7 @@ def start_miou(runs: Path) -> Optional[float]:
     if kept.is_file() and json.loads(kept.read_text()).get("sha256") == digest:
         return json.loads(kept.read_text())["miou"]
     cfg = build_config(TrainConfig, "camvid_holdout")
-    root = Path(cfg.data_root) if Path(cfg.data_root).is_absolute() else REPO / cfg.data_root
+    root = data_root or (Path(cfg.data_root) if Path(cfg.data_root).is_absolute() else REPO / cfg.data_root)
     if not root.is_dir():
         return None
     ev = EvalConfig(checkpoint=str(v2), data_root=str(root), split=cfg.train_split, sequences=list(cfg.holdout), workers=1, backend="eager")

@@ -321,6 +321,24 @@ def test_distill_proxy_report_rows_the_arms_start_from_its_kept_figure(tmp_path,
     assert "A: plain -2.03 at epoch 5" in text
 
 
+def test_distill_proxy_start_is_evaluated_once_per_weights(tmp_path, repo_script, make_camvid):
+    from dabnet.commands.evaluate import run_evaluation
+    from dabnet.config import EvalConfig
+    from dabnet.io.checkpoint import make_checkpoint, save_safetensors
+
+    proxy = repo_script("benchmarks/distill_proxy.py")
+    root = make_camvid(tmp_path / "cv", n=3, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
+    v2 = save_safetensors(make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "v2.safetensors")
+    want = run_evaluation(EvalConfig(checkpoint=str(v2), data_root=str(root), split="trainval", sequences=["0006R0"], backend="eager",
+                                     workers=0), log=lambda *a: None)["miou"]  # fmt: skip
+    assert proxy.start_miou(tmp_path, root) == pytest.approx(100 * want)
+    kept = json.loads((tmp_path / "proxy_start.json").read_text())
+    (tmp_path / "proxy_start.json").write_text(json.dumps({**kept, "miou": 12.5}))
+    assert proxy.start_miou(tmp_path, root) == 12.5  # kept: not evaluated again
+    save_safetensors(make_checkpoint(dabnet.create_model("dabnet", 11)), v2)  # other weights: evaluated again
+    assert proxy.start_miou(tmp_path, root) != 12.5 and json.loads((tmp_path / "proxy_start.json").read_text())["sha256"] != kept["sha256"]
+
+
 def test_bench_scale_times_the_network_at_the_resized_frames(tmp_path):
     from dabnet.commands.bench import run_bench
     from dabnet.config import BenchConfig
