@@ -197,7 +197,7 @@ def report(runs: Path, out: Path) -> str:
         last = {n: c[max(c)] for n, c in curves.items() if c}
         lines += ["", f"Against the start ({start:.2f}, the v2 weights before any of these epochs): "
                       + "; ".join(f"{n} {v - start:+.2f} at epoch {max(curves[n])}" for n, v in last.items())
-                      + ". The rule below chooses among the arms; it does not ask whether any arm beats the start."]  # fmt: skip
+                      + ". The rule 'do no harm' below holds the chosen arm's final mean against this figure."]  # fmt: skip
     secs = {arm: seconds_per_epoch(runs / f"proxy_{arm}") for arm in ARMS}
     if secs["A"] and secs["BC"]:
         lines += ["", f"Median seconds of training per epoch: A {secs['A']:.0f}, BC {secs['BC']:.0f} "
