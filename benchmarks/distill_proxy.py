@@ -137,8 +137,9 @@ def start_miou(runs: Path, data_root: Optional[Path] = None) -> Optional[float]:
     if not v2.is_file():
         return None
     digest = hashlib.sha256(v2.read_bytes()).hexdigest()
-    if kept.is_file() and json.loads(kept.read_text()).get("sha256") == digest:
-        return json.loads(kept.read_text())["miou"]
+    known = json.loads(kept.read_text()) if kept.is_file() else {}
+    if known.get("sha256") == digest:
+        return known["miou"]
     cfg = build_config(TrainConfig, "camvid_holdout")
     root = data_root or (Path(cfg.data_root) if Path(cfg.data_root).is_absolute() else REPO / cfg.data_root)
     if not root.is_dir():
