@@ -284,6 +284,25 @@ def test_folding_batchnorm_removes_them_and_keeps_outputs():
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("name", dabnet.list_models())
+def test_int8_export_sees_no_batchnorm_and_the_same_outputs(name):
+    """What int8 quantizes: BatchNorm folded into convolutions, the others a per-channel affine (see without_batchnorm)."""
+    from dabnet.runtimes.int8 import without_batchnorm
+
+    torch.manual_seed(0)
+    model = dabnet.create_model(name, 11)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics a run would leave
+        bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.8, 1.25), bn.weight.data.uniform_(0.8, 1.25), bn.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    plain = without_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the caller's model is left as it was
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        ref = model(x)
+        assert (plain(x) - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
 def test_bench_cli_writes_json_and_plot(tmp_path, capsys):
     js, png = tmp_path / "b.json", tmp_path / "b.png"
     assert main(["bench", "--models", "dabnet", "enet", "--sizes", "64x96", "--backends", "eager", "fold",

@@ -1,6 +1,6 @@
 """The `int8` runtime: static int8 post-training quantization for CPU inference (PT2E, X86 inductor quantizer).
 
-The network is exported with dynamic batch, height and width, annotated by torchao's
+The network, its BatchNorm folded away, is exported with dynamic batch, height and width, annotated by torchao's
 `X86InductorQuantizer` (per-channel symmetric int8 weights, uint8 activations), calibrated on
 training frames and compiled by inductor with freezing, which lowers the quantized convolutions to
 oneDNN int8 kernels. Operators the quantizer does not annotate (PReLU, bilinear upsampling) stay in
@@ -38,6 +38,33 @@ def _torchao():
     return prepare_pt2e, convert_pt2e, xiq
 
 
+class _ChannelAffine(nn.Module):
+    """An eval-mode BatchNorm2d as `x * scale + shift` per channel (same outputs, no batch_norm node in the graph)."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        inv_std = torch.rsqrt(bn.running_var + bn.eps)
+        scale = bn.weight.detach() * inv_std if bn.affine else inv_std
+        shift = (bn.bias.detach() if bn.affine else 0) - bn.running_mean * scale
+        self.register_buffer("scale", scale.reshape(1, -1, 1, 1).clone())
+        self.register_buffer("shift", shift.reshape(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+def without_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of `model` (eval) with BatchNorm folded into the convolutions before it, and every other BatchNorm2d
+    (after a concatenation, say) a per-channel affine. Why: torchao's convert_pt2e, when the graph still holds a
+    batch_norm node, exports dozens of QAT conv-bn patterns to match against it, which is most of int8's set-up."""
+    folded = fold_batchnorm(model)
+    for parent in list(folded.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d and child.track_running_stats:
+                setattr(parent, name, _ChannelAffine(child))
+    return folded
+
+
 def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], keep_float: Sequence[str] = ()) -> nn.Module:
     """An int8 copy of `model` (eval mode, CPU) calibrated on normalised NCHW tensors.
 
@@ -54,7 +81,7 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor], keep_fl
     h = torch.export.Dim("h", min=1, max=8192 // m)
     w = torch.export.Dim("w", min=1, max=8192 // m)
     example = torch.zeros(2, batches[0].shape[1], h0 * m, w0 * m)
-    model = model.eval().cpu()
+    model = without_batchnorm(model.eval().cpu())
     with torch.no_grad():
         graph = torch.export.export(model, (example,), dynamic_shapes=({0: n, 2: m * h, 3: m * w},)).module()
         quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
