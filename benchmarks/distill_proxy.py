@@ -124,10 +124,10 @@ def v4_argv(arm: str, runs: Path) -> List[str]:
     return ["dabnet", "train", "--config", "camvid_trainval", "--out", str(runs / "camvid_v4")] + sum((["--set", s] for s in sets), [])
 
 
-def start_miou(runs: Path, data_root: Optional[Path] = None) -> Optional[float]:
-    """Single-scale 0006R0 mIoU of the arms' common start (RUNS/v2.safetensors, eager fp32), the figure each arm
-    is measured against before it trains; kept in RUNS/proxy_start.json beside the weights' digest. The data are
-    `data_root`, by default the arms' config's (relative to the repository)."""
+def start_figures(runs: Path, data_root: Optional[Path] = None) -> Optional[Dict[str, object]]:
+    """Single-scale 0006R0 mIoU and per-class IoU (percent) of the arms' common start (RUNS/v2.safetensors, eager
+    fp32), the figures each arm is measured against before it trains; kept in RUNS/proxy_start.json beside the
+    weights' digest. The data are `data_root`, by default the arms' config's (relative to the repository)."""
     import hashlib
 
     from dabnet.commands.evaluate import run_evaluation
@@ -138,16 +138,48 @@ def start_miou(runs: Path, data_root: Optional[Path] = None) -> Optional[float]:
         return None
     digest = hashlib.sha256(v2.read_bytes()).hexdigest()
     known = json.loads(kept.read_text()) if kept.is_file() else {}
-    if known.get("sha256") == digest:
-        return known["miou"]
+    if known.get("sha256") == digest and "iou" in known:  # a file kept before the per-class figures: evaluated again
+        return known
     cfg = build_config(TrainConfig, "camvid_holdout")
     root = data_root or (Path(cfg.data_root) if Path(cfg.data_root).is_absolute() else REPO / cfg.data_root)
     if not root.is_dir():
         return None
     ev = EvalConfig(checkpoint=str(v2), data_root=str(root), split=cfg.train_split, sequences=list(cfg.holdout), workers=1, backend="eager")
-    miou = 100 * run_evaluation(ev, log=lambda *a: None)["miou"]
-    kept.write_text(json.dumps({"sha256": digest, "miou": miou}))
-    return miou
+    res = run_evaluation(ev, log=lambda *a: None)
+    iou = [None if v is None else 100 * v for v in res["per_class_iou"].values()]  # class order, None: absent class
+    figures = {"sha256": digest, "miou": 100 * res["miou"], "iou": iou}
+    kept.write_text(json.dumps(figures))
+    return figures
+
+
+def start_miou(runs: Path, data_root: Optional[Path] = None) -> Optional[float]:
+    """The start's single-scale 0006R0 mIoU (`start_figures`), or None where it cannot be evaluated."""
+    figures = start_figures(runs, data_root)
+    return None if figures is None else float(figures["miou"])
+
+
+def per_class_rows(runs: Path, start_iou: List[Optional[float]]) -> List[str]:
+    """Markdown rows of per-class held-out IoU: the start's, and each column's at its last evaluation with the change
+    against the start (columns whose run records per-class figures: not B, whose trained weights give only mIoU)."""
+    from dabnet.data.classes import CAMVID_CLASSES
+
+    last: Dict[str, Tuple[int, List[Optional[float]]]] = {}
+    for name, (folder, key) in COLUMNS.items():
+        rows = [h for h in history(runs / folder) if h.get(key.replace("miou", "iou")) is not None]
+        if rows:
+            last[name] = (rows[-1]["epoch"], [None if v is None else 100 * v for v in rows[-1][key.replace("miou", "iou")]])
+    if not last:
+        return []
+    out = ["| class | start (v2) | " + " | ".join(f"{n} (epoch {e})" for n, (e, _) in last.items()) + " |",
+           "|---|---:|" + "---:|" * len(last)]  # fmt: skip
+    for c, cls in enumerate(CAMVID_CLASSES):
+        s0 = start_iou[c] if c < len(start_iou) else None
+        cells = []
+        for _, iou in last.values():
+            v = iou[c] if c < len(iou) else None
+            cells.append("–" if v is None else f"{v:.1f}" + ("" if s0 is None else f" ({v - s0:+.1f})"))
+        out.append(f"| {cls} | {'–' if s0 is None else f'{s0:.1f}'} | " + " | ".join(cells) + " |")
+    return out
 
 
 def seconds_per_epoch(folder: Path) -> Optional[float]:
@@ -160,8 +192,10 @@ def report(runs: Path, out: Path) -> str:
 
     from dabnet.util.hardware import describe_hardware
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows, curves = table(runs)
-    start = start_miou(runs)
+    figures = start_figures(runs)
+    start = None if figures is None else float(figures["miou"])
     if start is not None:  # epoch 0: every arm begins at the same weights
         rows.insert(2, "| 0 (v2, the start) | " + " | ".join([f"{start:.2f}"] * len(COLUMNS) + ["–"] * (len(COLUMNS) - 1)) + " |")
     a_epochs = {n: max(c) if c else 0 for n, c in curves.items()}
@@ -199,6 +233,10 @@ def report(runs: Path, out: Path) -> str:
         lines += ["", f"Against the start ({start:.2f}, the v2 weights before any of these epochs): "
                       + "; ".join(f"{n} {v - start:+.2f} at epoch {max(curves[n])}" for n, v in last.items())
                       + ". The rule 'do no harm' below holds the chosen arm's final mean against this figure."]  # fmt: skip
+        classes = per_class_rows(runs, figures["iou"])
+        if classes:
+            lines += ["", "Per class (IoU %, single scale on 0006R0), each arm at its last evaluation, in brackets its "
+                          "change against the start:", "", *classes]  # fmt: skip
     secs = {arm: seconds_per_epoch(runs / f"proxy_{arm}") for arm in ARMS}
     if secs["A"] and secs["BC"]:
         lines += ["", f"Median seconds of training per epoch: A {secs['A']:.0f}, BC {secs['BC']:.0f} "

@@ -310,15 +310,18 @@ def test_distill_proxy_report_rows_the_arms_start_from_its_kept_figure(tmp_path,
 
     proxy = repo_script("benchmarks/distill_proxy.py")
     (tmp_path / "proxy_A").mkdir()
-    (tmp_path / "proxy_A" / "metrics.jsonl").write_text(json.dumps({"epoch": 5, "seconds": 1.0, "holdout_miou": 0.44}) + "\n")
+    iou = [0.9, 0.5, None, *[0.4] * 8]  # per class, as a run records it (None: a class absent from the drive)
+    (tmp_path / "proxy_A" / "metrics.jsonl").write_text(json.dumps({"epoch": 5, "seconds": 1.0, "holdout_miou": 0.44, "holdout_iou": iou}) + "\n")
     assert "| 0 (v2, the start)" not in proxy.report(tmp_path, tmp_path / "P.md")  # no v2 weights, no start row
     (tmp_path / "v2.safetensors").write_bytes(b"weights")
     digest = hashlib.sha256(b"weights").hexdigest()
-    (tmp_path / "proxy_start.json").write_text(json.dumps({"sha256": digest, "miou": 46.03}))
+    (tmp_path / "proxy_start.json").write_text(json.dumps({"sha256": digest, "miou": 46.03, "iou": [85.0, 63.5, 20.0, *[40.0] * 8]}))
     text = proxy.report(tmp_path, tmp_path / "P.md")
     lines = text.splitlines()
     assert lines.index("| 0 (v2, the start) | 46.03 | 46.03 | 46.03 | 46.03 | – | – | – |") < lines.index("| 5 | 44.00 | – | – | – | – | – | – |")
     assert "A: plain -2.03 at epoch 5" in text
+    assert "| class | start (v2) | A: plain (epoch 5) |" in text  # B, C and D have no run here: no column
+    assert "| Sky | 85.0 | 90.0 (+5.0) |" in lines and "| Building | 63.5 | 50.0 (-13.5) |" in lines and "| Pole | 20.0 | – |" in lines
 
 
 def test_distill_proxy_start_is_evaluated_once_per_weights(tmp_path, repo_script, make_camvid):
@@ -330,11 +333,14 @@ def test_distill_proxy_start_is_evaluated_once_per_weights(tmp_path, repo_script
     root = make_camvid(tmp_path / "cv", n=3, sequences={"train": ["0001TP", "0006R0"], "val": ["0016E5"]})
     v2 = save_safetensors(make_checkpoint(dabnet.create_model("dabnet", 11)), tmp_path / "v2.safetensors")
     want = run_evaluation(EvalConfig(checkpoint=str(v2), data_root=str(root), split="trainval", sequences=["0006R0"], backend="eager",
-                                     workers=0), log=lambda *a: None)["miou"]  # fmt: skip
-    assert proxy.start_miou(tmp_path, root) == pytest.approx(100 * want)
+                                     workers=0), log=lambda *a: None)  # fmt: skip
+    assert proxy.start_miou(tmp_path, root) == pytest.approx(100 * want["miou"])
     kept = json.loads((tmp_path / "proxy_start.json").read_text())
+    assert kept["iou"] == [None if v is None else pytest.approx(100 * v) for v in want["per_class_iou"].values()]
     (tmp_path / "proxy_start.json").write_text(json.dumps({**kept, "miou": 12.5}))
     assert proxy.start_miou(tmp_path, root) == 12.5  # kept: not evaluated again
+    (tmp_path / "proxy_start.json").write_text(json.dumps({"sha256": kept["sha256"], "miou": 12.5}))  # kept before per-class figures
+    assert proxy.start_figures(tmp_path, root)["iou"] == kept["iou"]  # evaluated again
     save_safetensors(make_checkpoint(dabnet.create_model("dabnet", 11)), v2)  # other weights: evaluated again
     assert proxy.start_miou(tmp_path, root) != 12.5 and json.loads((tmp_path / "proxy_start.json").read_text())["sha256"] != kept["sha256"]
 
@@ -383,7 +389,7 @@ def test_distill_proxy_starts_no_v4_run_when_the_chosen_arm_ends_below_its_start
         rows = [{"epoch": e, "seconds": 1.0, "holdout_miou": 0.45, "holdout_trained_miou": 0.45} for e in proxy.FINAL]
         (tmp_path / folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "v2.safetensors").write_bytes(b"w")
-    (tmp_path / "proxy_start.json").write_text(json.dumps({"sha256": hashlib.sha256(b"w").hexdigest(), "miou": 46.0}))
+    (tmp_path / "proxy_start.json").write_text(json.dumps({"sha256": hashlib.sha256(b"w").hexdigest(), "miou": 46.0, "iou": [46.0] * 11}))
     text = proxy.report(tmp_path, tmp_path / "P.md")
     assert "## Decision: **no v4 run**" in text and "The rule picks A: plain, whose mean is below the start (46.00)" in text
     with pytest.raises(SystemExit, match="ends below its start .45.00 < 46.00.: by the written rule no v4 run"):
