@@ -165,9 +165,10 @@ def per_class_rows(runs: Path, start_iou: List[Optional[float]]) -> List[str]:
 
     last: Dict[str, Tuple[int, List[Optional[float]]]] = {}
     for name, (folder, key) in COLUMNS.items():
-        rows = [h for h in history(runs / folder) if h.get(key.replace("miou", "iou")) is not None]
+        per_class = key.replace("miou", "iou")
+        rows = [h for h in history(runs / folder) if h.get(per_class) is not None]
         if rows:
-            last[name] = (rows[-1]["epoch"], [None if v is None else 100 * v for v in rows[-1][key.replace("miou", "iou")]])
+            last[name] = (rows[-1]["epoch"], [None if v is None else 100 * v for v in rows[-1][per_class]])
     if not last:
         return []
     out = ["| class | start (v2) | " + " | ".join(f"{n} (epoch {e})" for n, (e, _) in last.items()) + " |",
