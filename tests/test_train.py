@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -323,6 +324,40 @@ def test_signal_to_the_whole_process_group_with_loader_workers(tiny_camvid, tmp_
     assert proc.returncode == 128 + sig, output[-1500:]
     assert "saved" in output and "Traceback" not in output
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] >= 1
+
+
+def _children() -> set:
+    """Pids of this process's children (Linux /proc)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_camvid, tmp_path):
+    """A SIGTERM sent to every process (`pkill -f`, systemd's control group) while the trainer validates: the
+    validation's workers leave it to the trainer, which saves after the validation, instead of a killed worker
+    making PyTorch raise in the trainer."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    cfg = _cfg(tiny_camvid, tmp_path / "run", workers=2, val_batch_size=1)
+    run = train_mod.build_run(cfg, torch.device("cpu"), fresh=True, log=lambda *a: None)
+    loader = run.val_loaders["val"]
+    before = _children()
+    batches = iter(loader)
+    got = [next(batches)]
+    workers = _children() - before
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(1.0)  # a worker that died of it would be reported here, by PyTorch's SIGCHLD handler
+    got += list(batches)
+    assert len(got) == len(loader.dataset)
 
 
 def _poison_loss(monkeypatch, alter):

@@ -122,9 +122,10 @@ class StopFlag:
 
 def _worker_ignores_stop_signals(worker_id: int) -> None:
     """Ctrl-C, or a scheduler's SIGTERM, reaches every process of the group. A worker killed by it
-    would make PyTorch raise in the main process at any point, even mid-step; so workers leave the
-    signal to the main process, which saves and stops at the next step boundary. They still exit
-    through the loader's shutdown, or by its watchdog if the main process dies."""
+    would make PyTorch raise in the main process at any point, even mid-step or mid-validation; so the
+    workers of training and validation leave the signal to the main process, which saves and stops at
+    the next step boundary (after the validation under way). They still exit through the loader's
+    shutdown, or by its watchdog if the main process dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -367,8 +368,8 @@ def _loaders(cfg: TrainConfig, train_ds: SegmentationDataset, drawn: Any, val_se
     val_loaders = {}
     for key, ds in val_sets.items():
         shard = list(range(D.rank(), len(ds), D.world_size()))  # no padding: every image counted once
-        val_loaders[key] = DataLoader(torch.utils.data.Subset(ds, shard), batch_size=cfg.val_batch_size,
-                                      num_workers=min(cfg.workers, 2), collate_fn=collate_eval)  # fmt: skip
+        val_loaders[key] = DataLoader(torch.utils.data.Subset(ds, shard), batch_size=cfg.val_batch_size, num_workers=min(cfg.workers, 2),
+                                      collate_fn=collate_eval, worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     return loader, val_loaders
 
 
