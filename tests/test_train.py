@@ -341,8 +341,8 @@ def _children() -> set:
 
 def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_camvid, tmp_path):
     """A SIGTERM sent to every process (`pkill -f`, systemd's control group) while the trainer validates: the
-    validation's workers leave it to the trainer, which saves after the validation, instead of a killed worker
-    making PyTorch raise in the trainer."""
+    validation's workers leave it to the trainer and the validation ends, instead of a killed worker making
+    PyTorch raise in the trainer (which then saves at its step boundary, as the test above checks)."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs /proc")
     cfg = _cfg(tiny_camvid, tmp_path / "run", workers=2, val_batch_size=1)
