@@ -350,7 +350,7 @@ def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_
     loader = run.val_loaders["val"]
     before = _children()
     batches = iter(loader)
-    got = [next(batches)]
+    got = [next(batches), next(batches)]  # one from each worker: both are past their worker_init_fn
     workers = _children() - before
     assert len(workers) == 2
     for pid in workers:
