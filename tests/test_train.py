@@ -360,6 +360,30 @@ def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_
     assert len(got) == len(loader.dataset)
 
 
+def test_a_stop_signal_as_loader_workers_start_is_left_to_the_trainer(tiny_camvid, tmp_path, monkeypatch):
+    """The same signal in the moment between a worker's start and its worker_init_fn (made a second long here):
+    the worker started with the signal blocked, and drops it once it ignores it."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    real = train_mod._worker_ignores_stop_signals
+
+    def slow_to_start(worker_id: int) -> None:
+        time.sleep(1.0)
+        real(worker_id)
+
+    monkeypatch.setattr(train_mod, "_worker_ignores_stop_signals", slow_to_start)
+    run = train_mod.build_run(_cfg(tiny_camvid, tmp_path / "run", workers=2, val_batch_size=1), torch.device("cpu"), fresh=True,
+                              log=lambda *a: None)  # fmt: skip
+    loader = run.val_loaders["val"]
+    before = _children()
+    batches = iter(loader)
+    workers = _children() - before
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    assert len(list(batches)) == len(loader.dataset)
+
+
 def _poison_loss(monkeypatch, alter):
     """Pass the training loss's value through `alter(value, n)` at its n-th (1-based) call."""
     real = train_mod.build_loss

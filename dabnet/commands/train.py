@@ -128,6 +128,26 @@ def _worker_ignores_stop_signals(worker_id: int) -> None:
     shutdown, or by its watchdog if the main process dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by _Loader until now; pending ones are dropped
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose workers start with the stop signals blocked (they inherit the mask of the thread that
+    forks them): a signal between a worker's start and its `_worker_ignores_stop_signals` would kill it. In the
+    trainer the block lasts while the workers are made, and a signal that came then is handled after it."""
+
+    def __iter__(self):
+        if not hasattr(signal, "pthread_sigmask"):
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _resolve_device(cfg: TrainConfig) -> torch.device:
@@ -363,12 +383,12 @@ def _loaders(cfg: TrainConfig, train_ds: SegmentationDataset, drawn: Any, val_se
         loader: Any = DeviceBatches(train_ds, sampler, cfg.batch_size, device, tuple(cfg.crop_size), cfg.scales, cfg.flip,
                                     train_ds.mean, train_ds.std, progress=D.is_main())  # fmt: skip
     else:
-        loader = DataLoader(drawn, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+        loader = _Loader(drawn, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
                             pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     val_loaders = {}
     for key, ds in val_sets.items():
         shard = list(range(D.rank(), len(ds), D.world_size()))  # no padding: every image counted once
-        val_loaders[key] = DataLoader(torch.utils.data.Subset(ds, shard), batch_size=cfg.val_batch_size, num_workers=min(cfg.workers, 2),
+        val_loaders[key] = _Loader(torch.utils.data.Subset(ds, shard), batch_size=cfg.val_batch_size, num_workers=min(cfg.workers, 2),
                                       collate_fn=collate_eval, worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     return loader, val_loaders
 
