@@ -384,12 +384,12 @@ def _loaders(cfg: TrainConfig, train_ds: SegmentationDataset, drawn: Any, val_se
                                     train_ds.mean, train_ds.std, progress=D.is_main())  # fmt: skip
     else:
         loader = _Loader(drawn, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-                            pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
+                         pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     val_loaders = {}
     for key, ds in val_sets.items():
         shard = list(range(D.rank(), len(ds), D.world_size()))  # no padding: every image counted once
         val_loaders[key] = _Loader(torch.utils.data.Subset(ds, shard), batch_size=cfg.val_batch_size, num_workers=min(cfg.workers, 2),
-                                      collate_fn=collate_eval, worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
+                                   collate_fn=collate_eval, worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     return loader, val_loaders
 
 
