@@ -339,18 +339,16 @@ def _children() -> set:
     return kids
 
 
-def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_camvid, tmp_path):
-    """A SIGTERM sent to every process (`pkill -f`, systemd's control group) while the trainer validates: the
-    validation's workers leave it to the trainer and the validation ends, instead of a killed worker making
-    PyTorch raise in the trainer (which then saves at its step boundary, as the test above checks)."""
+def _sigterm_validation_workers(root: Path, out: Path, read_first: int) -> None:
+    """A run's validation loader with two workers: read `read_first` batches, SIGTERM both workers, read the rest;
+    every frame must come through."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs /proc")
-    cfg = _cfg(tiny_camvid, tmp_path / "run", workers=2, val_batch_size=1)
-    run = train_mod.build_run(cfg, torch.device("cpu"), fresh=True, log=lambda *a: None)
+    run = train_mod.build_run(_cfg(root, out, workers=2, val_batch_size=1), torch.device("cpu"), fresh=True, log=lambda *a: None)
     loader = run.val_loaders["val"]
     before = _children()
     batches = iter(loader)
-    got = [next(batches), next(batches)]  # one from each worker: both are past their worker_init_fn
+    got = [next(batches) for _ in range(read_first)]
     workers = _children() - before
     assert len(workers) == 2
     for pid in workers:
@@ -360,11 +358,16 @@ def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_
     assert len(got) == len(loader.dataset)
 
 
+def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_camvid, tmp_path):
+    """A SIGTERM sent to every process (`pkill -f`, systemd's control group) while the trainer validates: the
+    validation's workers leave it to the trainer and the validation ends, instead of a killed worker making
+    PyTorch raise in the trainer (which then saves at its step boundary, as the test above checks)."""
+    _sigterm_validation_workers(tiny_camvid, tmp_path / "run", read_first=2)  # one batch from each worker: both past their init
+
+
 def test_a_stop_signal_as_loader_workers_start_is_left_to_the_trainer(tiny_camvid, tmp_path, monkeypatch):
     """The same signal in the moment between a worker's start and its worker_init_fn (made a second long here):
     the worker started with the signal blocked, and drops it once it ignores it."""
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("needs /proc")
     real = train_mod._worker_ignores_stop_signals
 
     def slow_to_start(worker_id: int) -> None:
@@ -372,16 +375,7 @@ def test_a_stop_signal_as_loader_workers_start_is_left_to_the_trainer(tiny_camvi
         real(worker_id)
 
     monkeypatch.setattr(train_mod, "_worker_ignores_stop_signals", slow_to_start)
-    run = train_mod.build_run(_cfg(tiny_camvid, tmp_path / "run", workers=2, val_batch_size=1), torch.device("cpu"), fresh=True,
-                              log=lambda *a: None)  # fmt: skip
-    loader = run.val_loaders["val"]
-    before = _children()
-    batches = iter(loader)
-    workers = _children() - before
-    assert len(workers) == 2
-    for pid in workers:
-        os.kill(pid, signal.SIGTERM)
-    assert len(list(batches)) == len(loader.dataset)
+    _sigterm_validation_workers(tiny_camvid, tmp_path / "run", read_first=0)
 
 
 def _poison_loss(monkeypatch, alter):
