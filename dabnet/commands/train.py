@@ -95,6 +95,10 @@ class ResumableSampler(Sampler):
         return len(self.inner) - self.skip_batches * self.batch_size
 
 
+# The signals that stop a run: the trainer handles them, its loader workers ignore them (and start with them blocked).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class StopFlag:
     """Set by SIGINT/SIGTERM; the loop saves and exits at the next step boundary."""
 
@@ -106,7 +110,7 @@ class StopFlag:
         return self.signum is not None
 
     def install(self) -> None:
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in _STOP_SIGNALS:
             try:
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread: signals stay with the caller
@@ -126,13 +130,10 @@ def _worker_ignores_stop_signals(worker_id: int) -> None:
     workers of training and validation leave the signal to the main process, which saves and stops at
     the next step boundary (after the validation under way). They still exit through the loader's
     shutdown, or by its watchdog if the main process dies."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for s in _STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by _Loader until now; pending ones are dropped
-
-
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class _Loader(DataLoader):
