@@ -49,6 +49,7 @@ from ..training.losses import build_loss
 from ..util import distributed as D
 from ..util.files import check_output_folder
 from ..util.hardware import describe_hardware
+from ..util.state import setting
 
 
 class FixedShard(Sampler):
@@ -580,7 +581,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
     # torchrun's processes all get here before the process group exists: RANK tells the first one.
     lock = _claim_out(cfg, restart, log) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        return _train(cfg, resume, restart, log)
+        with setting(torch.backends.cudnn, "benchmark"):  # _resolve_device turns it on for CUDA: for this run only
+            return _train(cfg, resume, restart, log)
     finally:
         D.cleanup()  # the process group of a torchrun run ends with it
         if lock is not None:
