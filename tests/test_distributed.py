@@ -17,8 +17,6 @@ from typing import Any, Callable, Dict, List
 import pytest
 import torch
 
-from dabnet.commands.evaluate import run_evaluation
-from dabnet.config import EvalConfig
 from dabnet.util import distributed as D
 
 # ----------------------------------------------------------------------------- harness
@@ -107,37 +105,43 @@ class _TwoArgs(Exception):
         super().__init__(f"{path}: {why}")
 
 
-def _rank0_first_case(rank: int, case: str) -> Dict[str, Any]:
-    ran = []
+RANK0_CASES = ("error", "odd error", "share", "no share")
 
-    def work():
-        ran.append(rank)
-        if case == "error":
-            raise ValueError("stats of /data/x failed: image 3 unreadable; fix or remove it")
-        if case == "odd error":
-            raise _TwoArgs("/data/x", "broken")
-        return {"answer": 42}
 
-    got = D.rank0_first(work, share=case == "share")
-    return {"got": got, "ran": ran}
+def _rank0_first_cases(rank: int) -> Dict[str, Any]:
+    """Each case of rank0_first in turn, in one group: what this rank got, raised, and whether it ran the work."""
+    outcomes = {}
+    for case in RANK0_CASES:
+        ran = []
+
+        def work():
+            ran.append(rank)
+            if case == "error":
+                raise ValueError("stats of /data/x failed: image 3 unreadable; fix or remove it")
+            if case == "odd error":
+                raise _TwoArgs("/data/x", "broken")
+            return {"answer": 42}
+
+        try:
+            outcomes[case] = {"got": D.rank0_first(work, share=case == "share"), "ran": ran}
+        except Exception as e:
+            outcomes[case] = {"raised": type(e).__name__, "message": str(e), "ran": ran}
+    return outcomes
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["error", "odd error", "share", "no share"])
-def test_rank0_first_gives_every_rank_rank0s_outcome(tmp_path, case):
-    outcomes = run_group(3, tmp_path, _rank0_first_case, case)
+def test_rank0_first_gives_every_rank_rank0s_outcome(tmp_path):
+    ranks = run_group(3, tmp_path, _rank0_first_cases)
     # Had the others waited for rank 0 until the group's timeout (20 s), they would raise that timeout instead.
-    if case == "error":  # every rank raises rank 0's error: same type, same line
-        assert [(o["raised"], o["message"]) for o in outcomes] == [
-            ("ValueError", "stats of /data/x failed: image 3 unreadable; fix or remove it")] * 3
-    elif case == "odd error":  # one that cannot be rebuilt elsewhere: its message, as a RuntimeError
-        assert outcomes[0]["raised"] == "_TwoArgs"
-        assert [(o["raised"], o["message"]) for o in outcomes[1:]] == [("RuntimeError", "/data/x: broken")] * 2
-        assert all(o["message"] == "/data/x: broken" for o in outcomes)
-    else:
+    error, odd, share, no_share = ([o[case] for o in ranks] for case in RANK0_CASES)
+    assert [(o["raised"], o["message"]) for o in error] == [  # every rank raises rank 0's error: same type, same line
+        ("ValueError", "stats of /data/x failed: image 3 unreadable; fix or remove it")] * 3
+    # One that cannot be rebuilt elsewhere: its message, as a RuntimeError.
+    assert [(o["raised"], o["message"]) for o in odd] == [("_TwoArgs", "/data/x: broken")] + [("RuntimeError", "/data/x: broken")] * 2
+    for outcomes in (error, odd, share, no_share):
         assert [o["ran"] for o in outcomes] == [[0], [], []]  # rank 0 alone did the work
-        shared = {"answer": 42}
-        assert [o["got"] for o in outcomes] == [shared] + [shared if case == "share" else None] * 2
+    assert [o["got"] for o in share] == [{"answer": 42}] * 3
+    assert [o["got"] for o in no_share] == [{"answer": 42}, None, None]
 
 
 # ----------------------------------------------------------------------------- sharded evaluation, one writer
@@ -156,12 +160,14 @@ def _threads(n: int):
     return scoped(torch.get_num_threads, torch.set_num_threads, n)
 
 
-def _eval_config(root: Path, ckpt: Path, out: Path) -> EvalConfig:
+def _eval_config(root: Path, ckpt: Path, out: Path):
+    from dabnet.config import EvalConfig
+
     return EvalConfig(checkpoint=str(ckpt), data_root=str(root), workers=0, device="cpu", backend="eager",
                       json=str(out / "result.json"), confusion_png=str(out / "confusion.png"))  # fmt: skip
 
 
-def _evaluated(cfg: EvalConfig, log: Callable) -> Dict[str, Any]:
+def _evaluated(cfg, log: Callable) -> Dict[str, Any]:
     """run_evaluation's result, with the summed confusion matrix it computed from."""
     import dabnet.commands.evaluate as ev
 
@@ -175,7 +181,7 @@ def _evaluated(cfg: EvalConfig, log: Callable) -> Dict[str, Any]:
 
     ev.evaluate = spy
     try:
-        return {"result": run_evaluation(cfg, log=log), "matrix": seen["matrix"]}
+        return {"result": ev.run_evaluation(cfg, log=log), "matrix": seen["matrix"]}
     finally:
         ev.evaluate = real
 
@@ -209,6 +215,9 @@ def test_eval_under_ddp_counts_each_image_once_and_rank0_alone_writes(seven_val,
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
 def test_torchrun_eval_prints_once_and_equals_one_process(seven_val, ckpt, tmp_path):
+    from dabnet.commands.evaluate import run_evaluation
+    from dabnet.config import EvalConfig
+
     args = ["eval", "--checkpoint", str(ckpt), "--data-root", str(seven_val), "--workers", "0", "--device", "cpu",
             "--backend", "eager"]  # fmt: skip
     with _threads(1):
