@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..util.compiler import usable_compile_cache
 from ..util.hardware import cpu_has_bf16
 from ..util.precision import PRECISIONS, autocast, check_precision
 from .registry import Runtime, register_runtime
@@ -54,6 +55,7 @@ def torch_runner(
     if channels_last:  # on a copy: the caller's model keeps its layout
         net = (copy.deepcopy(net) if net is model else net).to(memory_format=torch.channels_last)
     if backend == "compile":
+        usable_compile_cache()  # importing inductor fails where TORCHINDUCTOR_CACHE_DIR cannot be written
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True  # fold weights as constants: conv+bn/bias fusion, no weight copies
