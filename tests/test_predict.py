@@ -621,9 +621,9 @@ def test_ctrl_c_during_predict_leaves_no_truncated_png_and_no_traceback(ckpt, tm
     assert main(["predict", "--checkpoint", str(ckpt), str(src), "--out", str(out), "--backend", "eager", "--workers", "0"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
-    written = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
+    written = sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, MANIFEST_LOCK))
     assert written == ["f0_color.png", "f0_label.png", "f0_overlay.png", "f1_label.png"]  # whole files only
-    for p in (q for q in out.iterdir() if q.name != MANIFEST):
+    for p in (q for q in out.iterdir() if q.name not in (MANIFEST, MANIFEST_LOCK)):
         real = Image.open(p)
         real.load()
 
@@ -659,15 +659,15 @@ def test_overlapped_reads_and_writes_give_the_same_files_and_save_chooses_them(c
                      "--workers", workers, "--batch-size", "2"])  # fmt: skip
         captured = capsys.readouterr()
         assert code == 1 and "skipped" in captured.out + captured.err
-        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != MANIFEST}
+        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name not in (MANIFEST, MANIFEST_LOCK)}
     assert len(outs["0"]) == 21 and outs["0"] == outs["3"]
     out = tmp_path / "labels_only"
     assert main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--out", str(out), "--backend", "eager", "--save", "label"]) == 0
-    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == ["f1_label.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, MANIFEST_LOCK)) == ["f1_label.png"]
     for save in (["label,color"], ["color", "label"]):  # comma-separated or one word each
         out = tmp_path / f"two{len(save)}"
         assert main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--out", str(out), "--backend", "eager", "--save", *save]) == 0
-        assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == ["f1_color.png", "f1_label.png"]
+        assert sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, MANIFEST_LOCK)) == ["f1_color.png", "f1_label.png"]
     for bad in ("mask", "label,mask"):
         with pytest.raises(SystemExit):  # argparse: "invalid choice: 'mask' (choose from label, color, overlay)"
             main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--save", bad])
@@ -713,6 +713,7 @@ class Stub:  # a Segmenter's interface, without a network: the test is about the
 
 
 folder, out, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+(go.parent / f"ready-{folder.name}").touch()  # imported: both runs start together
 while not go.exists():
     time.sleep(0.005)
 for image in sorted(folder.iterdir()):  # one run per image: a manifest update each
@@ -727,6 +728,7 @@ def test_two_predict_processes_into_one_out_keep_each_others_manifest_entries(ck
     import os
     import subprocess
     import sys
+    import time
 
     script = tmp_path / "claiming.py"
     script.write_text(CLAIMING)
@@ -738,6 +740,9 @@ def test_two_predict_processes_into_one_out_keep_each_others_manifest_entries(ck
     env = {**os.environ, "PYTHONPATH": str(Path(dabnet.__file__).parents[1])}
     runs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / who), str(out), str(go)], env=env,
                              stderr=subprocess.PIPE, text=True) for who in "ab"]  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not all((tmp_path / f"ready-{who}").exists() for who in "ab") and time.monotonic() < deadline:
+        time.sleep(0.01)
     go.touch()
     for run in runs:
         assert run.wait(timeout=300) == 0, run.stderr.read()[-2000:]

@@ -166,7 +166,10 @@ def locked(lock: PathLike) -> Iterator[None]:
     """Hold an exclusive lock, across processes, on the file `lock` for the block (the file is created if missing,
     and kept: a lock file removed after use races with the next process that opens it). Where there are no
     locks (no fcntl, or a file system that refuses them) the block runs unlocked, as it would have without."""
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file: a local flock needs only a read
+        fd = os.open(lock, os.O_RDONLY)
     try:
         try:
             import fcntl
