@@ -47,6 +47,7 @@ from ..training.callbacks import weights_in
 from ..training.engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
 from ..training.losses import build_loss
 from ..util import distributed as D
+from ..util.compiler import usable_compile_cache
 from ..util.files import check_output_folder
 from ..util.hardware import describe_hardware
 from ..util.state import setting
@@ -590,6 +591,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
 
 
 def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[str, Any]:
+    usable_compile_cache()  # before the optimizer, the fused kernels or compile import torch._dynamo, which needs it
     device = _resolve_device(cfg)
     log = log if D.is_main() else (lambda *a, **k: None)
     ckpt = _resume_point(cfg, resume, restart)

@@ -16,6 +16,7 @@ from typing import Iterable, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..util.compiler import usable_compile_cache
 from ..util.state import shared_setting
 from .pytorch import fold_batchnorm
 from .registry import Runtime, register_runtime
@@ -115,6 +116,7 @@ def int8_runner(
     float network instead (padding or resizing them changed up to 10% of DABNet's labels at small
     sizes), with a warning. The first call at each new input size compiles (tens of seconds on 2 cores).
     """
+    usable_compile_cache()  # importing inductor fails where TORCHINDUCTOR_CACHE_DIR cannot be written
     import torch._inductor.config as inductor_config
 
     if keep_float is None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..util.compiler import usable_compile_cache
 from ..util.hardware import cpu_has_bf16
 from ..util.precision import PRECISIONS, autocast, check_precision
 from ..util.state import shared_setting
@@ -58,6 +59,7 @@ def torch_runner(
         net = (copy.deepcopy(net) if net is model else net).to(memory_format=torch.channels_last)
     scope: Callable[[], ContextManager] = contextlib.nullcontext
     if backend == "compile":
+        usable_compile_cache()  # importing inductor fails where TORCHINDUCTOR_CACHE_DIR cannot be written
         import torch._inductor.config as inductor_config
 
         # Freezing folds the weights as constants (conv+bn/bias fusion, no weight copies). Dynamo and inductor read it
