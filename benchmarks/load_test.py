@@ -70,7 +70,7 @@ def main() -> None:
     args = ap.parse_args()
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "dabnet", "serve", "--checkpoint", args.checkpoint, "--backend",
-                               args.backend, "--port", str(port), "--max-queue", "32"])  # fmt: skip
+                               args.backend, "--port", str(port), "--max-queue", "32", "--max-per-client", "64"])  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):

@@ -133,14 +133,58 @@ def case_burst(base: str, pid: int, n: int, body: bytes, label: str) -> None:
           f"{max(refused, default=0):.2f} s")
 
 
+def admission_cost(checkpoint: str, backend: str) -> None:
+    """Microseconds the checks before decoding take per request, in this process: header, plan, ledger, memory
+    reservation and the Host/Origin check, for a CamVid JPEG and for the thin PNG (median of 2000)."""
+    import statistics
+
+    from dabnet.commands.demo import sample_frames
+    from dabnet.commands.serve import answer_bytes, host_refusal
+    from dabnet.inference.admission import CostModel, MemoryBudget, WorkLedger
+    from dabnet.inference.segmenter import Segmenter
+    from dabnet.io.header import decode_peak_bytes, read_header
+
+    seg = Segmenter.from_checkpoint(checkpoint, backend=backend, log=None)
+    t0 = time.perf_counter()
+    cost = CostModel(seg).calibrate()
+    calibrate_s = time.perf_counter() - t0
+    ledger, budget = WorkLedger(30.0), MemoryBudget(512 * 2**20)
+    for name, data in (("480x360 JPEG", sample_frames()[0].read_bytes()), ("1x16,000,000 PNG", png(16_000_000, 1))):
+        times = []
+        for _ in range(2000):
+            t0 = time.perf_counter()
+            host_refusal("127.0.0.1:8000", "http://127.0.0.1:8000", {"localhost", "127.0.0.1", "::1"})
+            header = read_header(data, 16_777_216)
+            plan = cost.plan(header.height, header.width)
+            try:
+                ticket = ledger.admit(plan, cost.plan(1, 1))
+            except Exception:
+                ticket = None
+            held = [0]
+            budget.take(min(budget.limit, max(decode_peak_bytes(header), answer_bytes(header.pixels, "json"))), held)
+            budget.give_back(held)
+            if ticket is not None:
+                ticket.release()
+            times.append(time.perf_counter() - t0)
+        print(f"admission cost: {name}: {statistics.median(times) * 1e6:.0f} us a request (median of 2000); plan "
+              f"{plan.passes} passes, {plan.seconds:.3g} s")
+    print(f"admission cost: calibration at start {calibrate_s * 1000:.0f} ms ({cost.per_pass_s * 1000:.2f} ms a pass, "
+          f"{cost.per_pixel_s * 1e9:.0f} ns a pixel)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="dabnet-camvid")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--max-inflight-mb", default="512")
-    ap.add_argument("--cases", default="2,8", help="which cases, comma-separated: 2, 8, 8big")
+    ap.add_argument("--cases", default="2,8", help="which cases, comma-separated: 2, 8, 8big, cost (in this process)")
     ap.add_argument("--server-args", default="", help="more options for the server, e.g. '--timeout 600 --max-per-client 16'")
     args = ap.parse_args()
+    cases = args.cases.split(",")
+    if "cost" in cases:
+        admission_cost(args.checkpoint, args.backend)
+        if cases == ["cost"]:
+            return
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "dabnet", "serve", "--checkpoint", args.checkpoint, "--backend", args.backend,
                                "--port", str(port), "--max-inflight-mb", args.max_inflight_mb, *args.server_args.split()])  # fmt: skip
@@ -154,7 +198,6 @@ def main() -> None:
                 time.sleep(0.1)
         post(base + "/v1/segment", png(480, 360, noise=True))  # warm-up
         print(f"server up: RSS {rss_mb(server.pid):.0f} MiB")
-        cases = args.cases.split(",")
         if "2" in cases:
             case_thin(base)
         if "8" in cases:
@@ -166,7 +209,11 @@ def main() -> None:
               f"{httpx.get(base + '/healthz', timeout=5).json()}")
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a worker still busy with work nobody waits for
+            server.kill()
+            server.wait()
 
 
 if __name__ == "__main__":

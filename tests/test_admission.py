@@ -97,6 +97,9 @@ def test_the_memory_budget_reserves_resizes_and_says_when_it_drains():
     with pytest.raises(Refused) as e:
         budget.take(41, b)
     assert e.value.status == 503 and e.value.retry_after == 7 and "--max-inflight-mb" in e.value.detail
+    with pytest.raises(Refused) as e:  # alone over the limit: it never fits
+        budget.take(101, b)
+    assert e.value.status == 413 and b == [0]
     budget.resize(a, 20)
     budget.resize(b, 80)
     assert (budget.used, a, b) == (100, [20], [80])

@@ -315,13 +315,13 @@ def test_trickling_headers_are_cut_off_and_connections_are_capped():
 
 
 def test_uploads_in_flight_are_held_to_a_memory_budget():
-    """Row 11: the bytes of all requests in flight are bounded; one that does not fit gets 503, and what a request
-    held is given back when it ends."""
+    """Row 11: the bytes of all requests in flight are bounded; one that can never fit gets 413 (issue 50: it got 503,
+    try again, for ever), and what a request held is given back when it ends."""
     app = _app(ServeConfig(checkpoint="test", max_inflight_mb=0.05), _segmenter())
     with TestClient(app, base_url=LOCAL) as c:
         big = _png((200, 300, 3))  # ~180 KB of noise: over a 51 KB budget
         res = c.post("/v1/segment", content=big, headers={"content-type": "image/png"})
-        assert res.status_code == 503 and "in flight" in res.json()["detail"]
+        assert res.status_code == 413 and "in flight" in res.json()["detail"] and "--max-inflight-mb" in res.json()["detail"]
         assert c.post("/v1/segment", content=_png((20, 24, 3)), headers={"content-type": "image/png"}).status_code == 200
         assert app.state.budget.used == 0
 

@@ -476,6 +476,8 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None, cost: Optional
         # What the image costs, from its header, before any pixel of it is allocated.
         carried = held[0] + (len(data) if request.headers.get("content-type", "").lower().startswith("multipart/") else 0)
         header = image_header(data, cfg.max_pixels)
+        if worker.queue.full():  # before decoding what could not be queued
+            raise HTTPProblem(503, "the server is busy: try again shortly", {"Retry-After": str(ledger.retry_after())})
         plan = cost.plan(header.height, header.width)
         state["ticket"] = ledger.admit(plan, cost.plan(1, 1))
         answering = answer_bytes(header.pixels, format, label_bytes)

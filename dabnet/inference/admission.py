@@ -162,8 +162,8 @@ class WorkLedger:
 
 class MemoryBudget:
     """Bytes held by requests in flight (bodies as they arrive, then what decoding and answering an image will hold,
-    reserved before it is allocated), across all of them: what does not fit is refused at once (503), so a burst
-    cannot grow the process past `limit`. When the last request gives its bytes back after a burst of at least
+    reserved before it is allocated), across all of them: what does not fit is refused at once, so a burst cannot
+    grow the process past `limit`. When the last request gives its bytes back after a burst of at least
     `drained_after` bytes, `on_drained` runs (to give freed memory back to the OS)."""
 
     def __init__(self, limit: int, on_drained: Optional[Callable[[], None]] = None, drained_after: int = 64 * 2**20,
@@ -173,7 +173,12 @@ class MemoryBudget:
         self._lock = threading.Lock()
 
     def take(self, n: int, held: List[int]) -> None:
-        """Reserve `n` more bytes for a request (added to its `held` tally), or Refused (503)."""
+        """Reserve `n` more bytes for a request (added to its `held` tally), or Refused: 413 when the request alone
+        needs more than the limit (it never fits), 503 when the others leave no room for it now."""
+        if held[0] + n > self.limit:
+            raise Refused(413, f"this request needs {(held[0] + n) / 2**20:.0f} MiB for its body, decoding and answer, more "
+                          f"than the {self.limit / 2**20:.0f} MiB all requests in flight may hold (--max-inflight-mb): send a "
+                          "smaller image")  # fmt: skip
         with self._lock:
             if self.used + n > self.limit:
                 wait = self.retry_after()
