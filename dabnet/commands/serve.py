@@ -115,6 +115,7 @@ class Job:
             self.ticket.release()
 
     def done(self) -> None:
+        """The network has run it: its seconds leave the ledger."""
         if self.ticket is not None:
             self.ticket.release()
 

@@ -71,7 +71,7 @@ class CostModel:
             best = math.inf
             for i in range(repeats + 1):
                 t0 = time.perf_counter()
-                predict_image_labels(self.seg.run, [image], self.seg.normalize)
+                predict_image_labels(self.seg.run, [image], self.seg.normalize).cpu()  # .cpu(): waits for a GPU to finish
                 if i:
                     best = min(best, time.perf_counter() - t0)
             return best
@@ -124,6 +124,7 @@ class Ticket:
         self.ledger, self.seconds, self._open = ledger, seconds, True
 
     def release(self) -> None:
+        """Give the seconds back (the second call does nothing)."""
         with self.ledger._lock:
             if self._open:
                 self._open = False
@@ -220,6 +221,7 @@ class ClientLimit:
         self._lock = threading.Lock()
 
     def acquire(self, client: str) -> None:
+        """Count one more request of `client`, or Refused (429) at its limit."""
         with self._lock:
             n = self.open.get(client, 0)
             if n >= self.limit:
@@ -228,6 +230,7 @@ class ClientLimit:
             self.open[client] = n + 1
 
     def release(self, client: str) -> None:
+        """Count one request of `client` fewer."""
         with self._lock:
             n = self.open.get(client, 0) - 1
             if n > 0:
