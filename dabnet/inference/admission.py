@@ -62,7 +62,7 @@ class CostModel:
         self._measured = self._predicted = 0.0
         self._lock = threading.Lock()
 
-    def calibrate(self, side: int = 128, repeats: int = 2) -> "CostModel":
+    def calibrate(self, side: int = 128, repeats: int = 1) -> "CostModel":
         """Fit the two timings from passes at MIN_SIDE and `side` pixels a side (the fastest of `repeats`, after one
         that warms the runtime up)."""
 
