@@ -546,6 +546,11 @@ class ServeConfig:
     max_connections: int = option(256, "open connections at most; more are closed at once (keep it under the "
                                   "process's open-file limit)")  # fmt: skip
     max_inflight_mb: float = option(512.0, "MiB of bodies and decoded images held by all requests in flight (503 beyond)")
+    max_per_client: int = option(8, "requests one client address may have in flight at once (429 beyond; behind a "
+                                 "proxy all its clients share its address)")  # fmt: skip
+    allowed_hosts: List[str] = option(help="host names this server answers to besides localhost, --host and IP "
+                                      "addresses; a request whose Host or Origin names another is refused (403: DNS "
+                                      "rebinding); * for any", factory=list, nargs="*")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, backend_names())
@@ -560,6 +565,11 @@ class ServeConfig:
             ok = _number(value) and (value >= 0 if zero_ok else value > 0) and value <= high
             require(ok, "timeout" if name == "timeout_s" else name, value,
                     f"a finite number of {unit}, {'0' if zero_ok else 'above 0'} up to {high:g}")  # fmt: skip
+        check_counts(self, max_per_client=1)
+        require(isinstance(self.allowed_hosts, list), "allowed_hosts", self.allowed_hosts, "a list of host names")
+        for name in self.allowed_hosts:
+            require(isinstance(name, str) and 0 < len(name) <= 253 and not any(c in name for c in "/ @\t\n"), "allowed_hosts",
+                    name, "host names (example.org) or *")  # fmt: skip
 
     @property
     def max_inflight_bytes(self) -> int:
