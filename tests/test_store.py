@@ -72,6 +72,8 @@ def test_every_kind_of_damage_is_found_told_in_one_line_naming_the_file_and_rebu
     messages = [str(w.message) for w in told]
     assert len(messages) == 1 and "\n" not in messages[0] and str(tmp_path / "e" / name) in messages[0], messages
     assert "damaged" in messages[0] and "rebuilding" in messages[0]
+    shown = warnings.formatwarning(told[0].message, told[0].category, told[0].filename, told[0].lineno)
+    assert shown.count("\n") == 1, shown  # as Python prints it: one line, no source line under it
     assert len(calls) == 2 and entry.files["data.bin"] == PAYLOAD  # never the damaged bytes
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -166,6 +168,31 @@ def test_two_processes_filling_one_store_at_once_both_succeed(tmp_path):
     assert [p.returncode for p in procs] == [0, 0] and all(o[0].strip() == "ok" for o in outs), outs
     assert len([p for p in tmp_path.iterdir() if p.name.startswith("e")]) == 30
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_lost_race_keeps_the_winners_entry_and_a_failed_rename_costs_a_warning(tmp_path, monkeypatch):
+    import errno
+
+    real_rename = os.rename
+
+    def failing(src, dst):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(store_mod.os, "rename", failing)
+    with pytest.warns(CacheWarning, match="could not cache the test entry in .*m1: Permission denied"):
+        assert Store(tmp_path, "test entry").write("m1", _builder([])).files["data.bin"] == PAYLOAD
+    assert not (tmp_path / "m1").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    def lost_race(src, dst):  # the other process's whole entry lands first
+        monkeypatch.setattr(store_mod.os, "rename", real_rename)
+        Store(tmp_path, "test entry").write("m2", _builder([], payload=b"theirs"))
+        real_rename(src, dst)  # fails: the folder is not empty
+
+    monkeypatch.setattr(store_mod.os, "rename", lost_race)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Store(tmp_path, "test entry").write("m2", _builder([])).files["data.bin"] == PAYLOAD  # ours, from memory
+    assert Store(tmp_path, "test entry").read("m2").files["data.bin"] == b"theirs"  # theirs, whole, left in place
 
 
 def test_an_unwritable_store_costs_one_warning_not_the_result(tmp_path, unwritable):

@@ -111,6 +111,12 @@ def package_versions(packages: Sequence[str]) -> Dict[str, str]:
     return out
 
 
+def _tell(message: str) -> None:
+    """`message` as a CacheWarning on one line (a plain warning adds its caller's source line, which says nothing
+    to whoever runs the command)."""
+    warnings.warn_explicit(message, CacheWarning, "dabnet", 0, module="dabnet.util.store")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -229,7 +235,7 @@ class Store:
             raise _Damage(path, f"its content does not match the CRC-32 written with it{zero}")
 
     def _damaged(self, folder: Path, dir_fd: Optional[int], damage: _Damage) -> None:
-        warnings.warn(f"the cached {self.label} {damage.path} is damaged ({damage.reason}); rebuilding it", CacheWarning, stacklevel=4)
+        _tell(f"the cached {self.label} {damage.path} is damaged ({damage.reason}); rebuilding it")
         self._set_aside(folder, dir_fd)
 
     def _set_aside(self, folder: Path, dir_fd: Optional[int]) -> None:
@@ -286,8 +292,8 @@ class Store:
 
     def _cannot_write(self, final: Path, e: OSError) -> None:
         if not self._write_warned:  # once per store: a full disk would otherwise warn for every frame
-            warnings.warn(f"could not cache the {self.label} in {final}: {e.strerror or e}; it is used from memory and "
-                          "made again next time", CacheWarning, stacklevel=4)  # fmt: skip
+            _tell(f"could not cache the {self.label} in {final}: {e.strerror or e}; it is used from memory and made again "
+                  "next time")  # fmt: skip
             self._write_warned = True
 
     def _install(self, tmp: Path, final: Path) -> None:
