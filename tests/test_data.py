@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -263,16 +264,32 @@ def test_stats_by_hand(tmp_path):
     assert class_weights(st, "median")[2] == 0.0
 
 
-def test_stats_are_cached_by_file_list(camvid_tree, tmp_path):
+def test_stats_are_cached_by_file_content(camvid_tree, tmp_path):
     cache = tmp_path / "cache"
     ds = CamVid(camvid_tree, "train")
+    entries = lambda: [p for p in (cache / "stats").iterdir() if p.is_dir()]  # noqa: E731
     first = compute_stats(ds, cache_dir=cache)
-    files = list(cache.iterdir())
-    assert len(files) == 1
+    assert len(entries()) == 1
     assert compute_stats(ds, cache_dir=cache) == first
     Image.fromarray(np.zeros((H, W), np.uint8)).save(_first(camvid_tree)[1])  # data changed: new key
     second = compute_stats(ds, cache_dir=cache)
-    assert len(list(cache.iterdir())) == 2 and second.class_pixels != first.class_pixels
+    assert len(entries()) == 2 and second.class_pixels != first.class_pixels
+
+
+def test_stats_see_a_mask_replaced_in_place_with_its_size_and_time(camvid_tree, tmp_path):
+    cache = tmp_path / "cache"
+    ds = CamVid(camvid_tree, "train")
+    first = compute_stats(ds, cache_dir=cache)
+    mask = _first(camvid_tree)[1]
+    stamp, size = mask.stat(), mask.stat().st_size
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(mask)  # all class 0: compresses to fewer bytes
+    padded = mask.read_bytes()
+    assert len(padded) <= size
+    mask.write_bytes(padded + bytes(size - len(padded)))  # the decoder stops at IEND: same size, other pixels
+    os.utime(mask, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # and the old time
+    assert mask.stat().st_size == size and mask.stat().st_mtime_ns == stamp.st_mtime_ns
+    second = compute_stats(ds, cache_dir=cache)
+    assert second == compute_stats(ds, cache_dir=False) and second.class_pixels != first.class_pixels
 
 
 # ----------------------------------------------------------------------------- shared CamVid
@@ -407,18 +424,29 @@ def test_an_unwritable_cache_falls_back_to_a_temporary_one(monkeypatch, unwritab
     assert stats.images == 2 and files.cache_dir() != unwritable / "cache"
 
 
-def test_a_corrupt_or_old_stats_cache_is_recomputed(make_camvid, tmp_path):
+def test_a_damaged_or_foreign_stats_cache_is_recomputed(make_camvid, tmp_path):
     from dabnet.data.datasets import build_dataset
     from dabnet.data.stats import compute_stats
 
     ds = build_dataset("camvid", make_camvid(tmp_path / "cv", n=2), "train")
     good = compute_stats(ds, cache_dir=tmp_path / "c")
-    (cached,) = (tmp_path / "c").glob("stats-*.json")
-    for damage in ["{not json", '{"mean": [1, 2, 3]}']:
+    (cached,) = (tmp_path / "c").rglob("stats.json")
+    for damage in ["{not json", '{"mean": [1, 2, 3]}', "\0" * len(cached.read_text())]:
         cached.write_text(damage)
-        with pytest.warns(UserWarning, match=f"unreadable statistics cache {cached}"):
+        with pytest.warns(UserWarning, match=f"dataset statistics {cached} is damaged"):
             assert compute_stats(ds, cache_dir=tmp_path / "c") == good
         assert compute_stats(ds, cache_dir=tmp_path / "c") == good  # rewritten whole
+    # Whole (its CRC-32 matches) but not statistics of these classes: refused all the same.
+    from dabnet.util.store import Store
+
+    import shutil
+
+    store = Store(cached.parent.parent, "dataset statistics")
+    store.write(cached.parent.name + "x", lambda f: (f / "stats.json").write_text('{"mean": [1, 2, 3]}') and None)
+    shutil.rmtree(cached.parent)
+    (cached.parent.parent / (cached.parent.name + "x")).rename(cached.parent)
+    with pytest.warns(UserWarning, match="damaged .not dataset statistics"):
+        assert compute_stats(ds, cache_dir=tmp_path / "c") == good
 
 
 def test_pack_trainval_writes_the_folders_its_readers_see(make_camvid, tmp_path):

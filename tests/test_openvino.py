@@ -88,9 +88,9 @@ def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, t
     model, seg, x = bundled
     calibration = calibration_batches(seg.mean, seg.std)
     first = ovr.openvino_runner(model, "int8", calibration, cache_dir=tmp_path)
-    (folder,) = (tmp_path / "openvino").iterdir()
+    (folder,) = [p for p in (tmp_path / "openvino").iterdir() if p.is_dir()]
     assert (folder / "model.xml").is_file() and first.info["agreement"] > 0.98
-    assert json.loads((folder / "info.json").read_text())["versions"]["openvino"]
+    assert json.loads((folder / "entry.json").read_text())["info"]["versions"]["openvino"]
 
     def no_quantizing(*a, **k):
         raise AssertionError("quantized again despite the cache")
@@ -365,20 +365,88 @@ def test_a_segmenter_pickles_as_what_made_it_and_comes_back_working(tmp_path):
         pickle.dumps(Segmenter.for_model(dabnet.create_model("dabnet", 11)))
 
 
-def test_a_truncated_cached_ir_is_rebuilt(ckpt, tmp_path):
-    pytest.importorskip("openvino")
+class _Wide(torch.nn.Module):
+    """Two convolutions (150k weights: 600 KB of model.bin), a classifier and a bilinear upsampling: an IR that
+    converts in a second, large enough to zero 200 KB in the middle of."""
+
+    num_classes, model_name, model_kwargs, size_multiple = 5, "wide", {}, 8
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Conv2d(3, 64, 3, 2, 1), torch.nn.Conv2d(64, 256, 3, 2, 1), torch.nn.Conv2d(256, 5, 1)
+
+    def forward(self, x):
+        y = self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+        return F.interpolate(y, size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
+def _zero_middle(path: Path, size: int = 200_000) -> None:
+    """Zero `size` bytes in the middle of `path`, keeping its size (what a bad sector or a torn write leaves)."""
+    data = bytearray(path.read_bytes())
+    assert len(data) > 2 * size, len(data)
+    mid = len(data) // 2 - size // 2
+    data[mid : mid + size] = bytes(size)
+    path.write_bytes(bytes(data))
+
+
+IR_DAMAGE = {
+    "200 KB zeroed in the middle": _zero_middle,
+    "all zero": lambda p: p.write_bytes(bytes(p.stat().st_size)),  # what a power cut leaves of a file never fsynced
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
+}
+
+
+def _told(records, path: Path):
+    return [str(w.message) for w in records if str(path) in str(w.message)]
+
+
+@pytest.fixture(scope="module")
+def wide_cache(tmp_path_factory):
+    """(model, input, a cache holding its fp32 IR and the blob of its labels graph): each test damages a copy."""
     import dabnet.runtimes.openvino as ovr
 
-    model = dabnet.load_model(ckpt)
-    first = ovr.cached_ir(model, False, None, tmp_path)
-    bin_file = first.with_suffix(".bin")
-    bin_file.write_bytes(bin_file.read_bytes()[:100])
-    with pytest.warns(UserWarning, match="is incomplete; rebuilding it"):
-        again = ovr.cached_ir(model, False, None, tmp_path)
-    from dabnet.runtimes.cache import whole
+    torch.manual_seed(0)
+    model, x, folder = _Wide().eval(), torch.randn(2, 3, 64, 96), tmp_path_factory.mktemp("wide-cache")
+    ovr.openvino_runner(model, "fp32", cache_dir=folder).labels(x)
+    return model, x, folder
 
-    assert again == first and whole(first.parent)
-    runner = ovr.OpenVINORunner(again)
-    x = torch.randn(1, 3, 32, 32)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", list(IR_DAMAGE))
+def test_a_damaged_cached_ir_is_found_told_in_one_line_and_rebuilt(wide_cache, tmp_path, damage):
+    import shutil
+
+    import dabnet.runtimes.openvino as ovr
+
+    model, x, filled = wide_cache
     with torch.inference_mode():
-        torch.testing.assert_close(runner(x), model.eval()(x), atol=1e-3, rtol=1e-3)
+        want = model(x)
+    shutil.copytree(filled, tmp_path, dirs_exist_ok=True)
+    (bin_file,) = tmp_path.rglob("model.bin")
+    IR_DAMAGE[damage](bin_file)
+    with pytest.warns(UserWarning) as records:
+        runner = ovr.openvino_runner(model, "fp32", cache_dir=tmp_path)
+    (line,) = _told(records, bin_file)
+    assert "damaged" in line and "rebuilding" in line and "\n" not in line
+    torch.testing.assert_close(runner(x), want, atol=1e-4, rtol=1e-4)  # the rebuilt IR, never the damaged one
+    assert (runner.labels(x).long() == want.argmax(1)).float().mean() > 0.9999
+    assert bin_file.stat().st_size > 500_000 and not _told(records, bin_file.parent / "entry.json")
+
+
+@pytest.mark.slow
+def test_a_damaged_compiled_blob_is_found_and_rebuilt(wide_cache, tmp_path):
+    import shutil
+
+    import dabnet.runtimes.openvino as ovr
+
+    model, x, filled = wide_cache
+    with torch.inference_mode():
+        want = model(x).argmax(1)
+    shutil.copytree(filled, tmp_path, dirs_exist_ok=True)
+    (blob,) = tmp_path.rglob("*.blob")  # the labels graph, compiled for this CPU
+    _zero_middle(blob)
+    runner = ovr.openvino_runner(model, "fp32", cache_dir=tmp_path)
+    with pytest.warns(UserWarning) as records:
+        labels = runner.labels(x)
+    (line,) = _told(records, blob)
+    assert "damaged" in line and (labels.long() == want).float().mean() > 0.9999

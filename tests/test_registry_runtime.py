@@ -165,37 +165,6 @@ def test_the_predict_path_reads_the_checkpoint_once(camvid_ckpt, tmp_path, monke
     assert reads == [camvid_ckpt] or [str(r) for r in reads] == [str(camvid_ckpt)]
 
 
-def test_the_cache_tells_a_lost_race_from_a_failed_rename(tmp_path, monkeypatch):
-    """A rename that fails because another process cached the model first returns that folder; any other
-    failure (a full disk, a read-only folder) is an error, never a folder that does not exist."""
-    import errno
-    import json
-    import os
-
-    from dabnet.runtimes import cache
-
-    def build(folder):
-        (folder / "model.bin").write_bytes(b"x" * 10)
-        return {}
-
-    def failing_replace(src, dst):
-        raise OSError(errno.EACCES, "Permission denied")
-
-    monkeypatch.setattr(cache.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="cannot cache the openvino model"):
-        cache.cached("openvino", "m1", build, tmp_path)
-
-    def lost_race(src, dst):  # the other process's whole folder lands first
-        os.makedirs(dst)
-        (tmp_path / "openvino" / "m2" / "model.bin").write_bytes(b"y" * 10)
-        (tmp_path / "openvino" / "m2" / cache.INFO).write_text(json.dumps({"sizes": {"model.bin": 10}}))
-        raise OSError(errno.ENOTEMPTY, "Directory not empty")
-
-    monkeypatch.setattr(cache.os, "replace", lost_race)
-    folder = cache.cached("openvino", "m2", build, tmp_path)
-    assert cache.whole(folder) and (folder / "model.bin").read_bytes() == b"y" * 10
-
-
 def test_one_device_rule_for_every_command(monkeypatch, tmp_path):
     """auto: the GPU where there is one and the backend (or an exported file's runtime) runs there, else the CPU."""
     from dabnet.runtimes import resolve_device

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -319,9 +320,9 @@ def test_distilled_run_caches_the_teacher_once_and_resumes_bit_exactly(tiny_camv
     logs = []
     train_mod.train(cfg_of(tmp_path / "first"), log=logs.append)
     assert any("8 teacher maps" in m and "8 computed now" in m for m in logs), logs
-    manifest = json.loads((cache / "cache.json").read_text())
-    assert manifest["scales"] == [1.0, 1.5] and manifest["flip"] and len(manifest["frames"]) == 8
-    maps = sorted(cache.glob("*.npy"))
+    entries = [json.loads(p.read_text())["key"] for p in cache.glob("*/entry.json")]
+    assert len(entries) == 8 and all(e["scales"] == [1.0, 1.5] and e["flip"] for e in entries)
+    maps = sorted(cache.glob("*/map.npy"))
     assert len(maps) == 8 and np.load(maps[0]).shape == (360 // CACHE_STRIDE, 480 // CACHE_STRIDE, 11) or np.load(maps[0]).ndim == 3
     a, b = _run_stopped_and_resumed(cfg_of, tmp_path, monkeypatch, sigterm_at)
     for key in ("model", "train_model"):
@@ -367,6 +368,121 @@ def test_a_cache_folder_of_other_files_is_refused(tiny_camvid, teacher, tmp_path
     with pytest.raises(DistillError, match="not a teacher cache"):
         train_mod.train(_cfg(tiny_camvid, tmp_path / "run", distill_from=str(teacher), distill_cache=str(folder)), log=lambda *a: None)
     assert (folder / "notes.txt").read_text() == "keep me"
+
+
+def _fill(root: Path, cache: Path, teacher: Path, scales=(1.0,), log=None):
+    """What a distilled run does with its teacher maps before its first step (on_data, on_start), without training:
+    (the callback, the training set that carries the maps)."""
+    from dabnet.training.distill import _from_config
+
+    cfg = _cfg(root, cache.parent / "out", distill_from=str(teacher), distill_scales=list(scales), distill_cache=str(cache))
+    distill = _from_config(cfg, torch.device("cpu"), log or (lambda *a: None))
+    drawn = distill.on_data(train_mod.build_datasets(cfg)[0])
+    distill.on_start(None)
+    return distill, drawn
+
+
+def _told(records, path: Path):
+    return [str(w.message) for w in records if str(path) in str(w.message)]
+
+
+def test_runs_with_other_distill_scales_keep_their_own_teacher_maps(tiny_camvid, teacher, tmp_path):
+    cache = tmp_path / "shared"
+    _fill(tiny_camvid, cache, teacher, [1.0])
+    maps_a = {p: p.read_bytes() for p in cache.rglob("*.npy")}
+    assert len(maps_a) == 8
+    logs = []
+    _fill(tiny_camvid, cache, teacher, [1.0, 1.5], logs.append)  # run B: other views, the same folder
+    assert "8 teacher maps" in logs[-1] and "8 computed now" in logs[-1], logs
+    assert all(path.is_file() and path.read_bytes() == data for path, data in maps_a.items())  # A's maps untouched
+    assert len(list(cache.rglob("*.npy"))) == 16
+    logs = []
+    _fill(tiny_camvid, cache, teacher, [1.0], logs.append)  # run A again: its own maps, none made anew
+    assert "0 computed now" in logs[-1], logs
+
+
+def test_a_frame_replaced_in_place_gets_a_teacher_map_of_its_own(make_camvid, teacher, tmp_path):
+    from PIL import Image
+
+    root = make_camvid(tmp_path / "data", n=3)
+    cache = tmp_path / "cache"
+    _fill(root, cache, teacher)
+    images, masks = sorted((root / "train").iterdir()), sorted((root / "trainannot").iterdir())
+    stamp = images[0].stat()
+    Image.open(images[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(images[0])  # flipped, same name and size
+    os.utime(images[0], ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # and its old time
+    for path, resample in ((images[1], Image.Resampling.BILINEAR), (masks[1], Image.Resampling.NEAREST)):
+        Image.open(path).resize((56, 40), resample).save(path)  # resized
+    logs = []
+    distill, drawn = _fill(root, cache, teacher, log=logs.append)
+    assert "3 teacher maps" in logs[-1] and "2 computed now" in logs[-1], logs
+    runner = dabnet.load_model(str(teacher)).eval()
+    for i in (0, 1):
+        image = drawn.base.load_pair(i)[0]
+        want = teacher_probabilities(runner, image, distill.mean, distill.std, [1.0], False, torch.device("cpu"))
+        assert np.abs(distill.cache.load(i, image).astype(int) - want).max() <= 1
+
+
+@pytest.mark.slow
+def test_damaged_teacher_maps_are_made_again_with_one_line_naming_each(tiny_camvid, teacher, tmp_path):
+    cache = tmp_path / "cache"
+    cfg_of = lambda out: _cfg(tiny_camvid, out, epochs=1, distill_from=str(teacher), distill_cache=str(cache))  # noqa: E731
+    train_mod.train(cfg_of(tmp_path / "a"), log=lambda *a: None)
+    maps = sorted(cache.rglob("*.npy"))
+    assert len(maps) == 8
+    maps[0].write_bytes(maps[0].read_bytes()[:200])  # truncated
+    np.save(maps[1], np.full((5, 7, 11), 23, np.uint8))  # another shape
+    maps[2].write_bytes(bytes(maps[2].stat().st_size))  # all zero
+    with pytest.warns(UserWarning) as records:
+        train_mod.train(cfg_of(tmp_path / "b"), log=lambda *a: None)
+    for path in maps[:3]:
+        (line,) = _told(records, path)  # one line, naming the file, the first time the map is read
+        assert "damaged" in line and "\n" not in line
+    assert not any(_told(records, path) for path in maps[3:])
+    a, b = (torch.load(tmp_path / r / "last.pth", weights_only=True)["model"] for r in "ab")
+    assert _equal_weights(a, b)  # trained on the maps made again, as the first run was on the first ones
+
+
+def test_a_teacher_map_of_the_wrong_shape_is_refused_even_when_whole(tiny_camvid, teacher, tmp_path):
+    import shutil
+
+    distill, drawn = _fill(tiny_camvid, tmp_path / "cache", teacher)
+    name = distill.cache.names[0]
+    good = drawn[0]
+    shutil.rmtree(distill.cache.store.folder(name))
+    distill.cache.store.write(name, lambda folder: np.save(folder / "map.npy", np.zeros((5, 7, 11), np.uint8)))
+    with pytest.warns(UserWarning, match=r"map\.npy is damaged \(a uint8 map of shape \(5, 7, 11\), where this frame's is uint8 \(24, 32, 11\)\)"):
+        again = drawn[0]
+    assert all(torch.equal(torch.as_tensor(x), torch.as_tensor(y)) for x, y in zip(good, again))
+
+
+def test_two_runs_filling_one_teacher_cache_at_once_both_succeed(tiny_camvid, teacher, tmp_path):
+    import threading
+    import warnings
+
+    cache, errors, start = tmp_path / "cache", [], threading.Barrier(3)
+
+    def run(scales):
+        try:
+            start.wait()
+            _fill(tiny_camvid, cache, teacher, scales)
+        except BaseException as e:  # noqa: BLE001  the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in ([1.0], [1.0], [1.0, 1.5])]
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert not errors and not [str(w.message) for w in records if "teacher map" in str(w.message)]
+    assert len(list(cache.rglob("*.npy"))) == 16
+    for scales in ([1.0], [1.0, 1.5]):
+        logs = []
+        distill, drawn = _fill(tiny_camvid, cache, teacher, scales, logs.append)
+        assert "0 computed now" in logs[-1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            [drawn[i] for i in range(len(drawn))]  # every map whole
 
 
 def test_distill_options_are_checked():

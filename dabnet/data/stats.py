@@ -1,22 +1,22 @@
 """Dataset statistics: channel mean/std, class pixel frequencies, ENet and median-frequency weights.
 
-One vectorised pass over the files (a bincount per mask), cached on disk keyed by the file list,
-its sizes and modification times, so a second run on the same data is instant.
+One vectorised pass over the files (a bincount per mask), kept in a store checked by content (`util.store`)
+keyed by the bytes of every image and mask, the label table and the versions that decode them, so a second run on
+the same data reads the files once instead of decoding them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Union
+from typing import Callable, List, Union
 
 import numpy as np
 
 from ..util import files
+from ..util.store import DamagedEntry, Entry, Store, file_digest, key_digest, package_versions
 from .datasets import IGNORE_INDEX, SegmentationDataset
 
 
@@ -95,29 +95,30 @@ class StatsAccumulator:
         )
 
 
+STATS_FORMAT = 1  # of stats.json: a change of what it holds makes new keys
+
+
 def _cache_key(dataset: SegmentationDataset) -> str:
-    h = hashlib.sha256()
-    h.update(dataset.lut.tobytes())
-    for img, mask in dataset.pairs:
-        for p in (img, mask):
-            st = p.stat()
-            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:24]
+    """Digest of what the statistics are made of: every file's bytes (a file replaced in place, keeping its name,
+    size or time, is other data), the label table and the versions of what decodes and counts them."""
+    made_by = {"format": STATS_FORMAT, "classes": dataset.num_classes, "versions": package_versions(("dabnet", "numpy", "pillow"))}
+    return key_digest(made_by, dataset.lut.tobytes(), [[file_digest(img), file_digest(mask)] for img, mask in dataset.pairs])
 
 
-def compute_stats(
-    dataset: SegmentationDataset, cache_dir: Union[Path, str, None, bool] = None, progress: bool = False
-) -> DatasetStats:
-    """Statistics of every (image, mask) pair of `dataset`; `cache_dir=False` turns the cache off."""
-    cache_file = None
-    if cache_dir is not False:
-        cache_file = Path(cache_dir or files.cache_dir()) / f"stats-{_cache_key(dataset)}.json"
-        if cache_file.is_file():
-            try:
-                return DatasetStats(**json.loads(cache_file.read_text()))
-            except (ValueError, TypeError, OSError) as e:  # corrupt, or written by another version: recompute it
-                warnings.warn(f"ignoring the unreadable statistics cache {cache_file} ({type(e).__name__}); recomputing",
-                              stacklevel=2)  # fmt: skip
+def _load(num_classes: int) -> Callable[[Entry], DatasetStats]:
+    def load(entry: Entry) -> DatasetStats:
+        try:
+            stats = DatasetStats(**json.loads(entry.files["stats.json"]))
+        except (KeyError, ValueError, TypeError) as e:  # checked bytes that are not statistics: another version's
+            raise DamagedEntry(f"not dataset statistics ({type(e).__name__})", "stats.json") from None
+        if (len(stats.mean), len(stats.std), len(stats.class_pixels), len(stats.image_pixels_with_class)) != (3, 3, num_classes, num_classes):
+            raise DamagedEntry(f"not statistics of RGB images and {num_classes} classes", "stats.json")
+        return stats
+
+    return load
+
+
+def _compute(dataset: SegmentationDataset, progress: bool) -> DatasetStats:
     acc = StatsAccumulator(dataset.num_classes)
     indices = range(len(dataset))
     if progress:
@@ -126,14 +127,23 @@ def compute_stats(
         indices = progress_bar(indices, desc=f"statistics of {dataset.name}", unit="img")
     for i in indices:
         acc.add(*dataset.load_pair(i))
-    stats = acc.result()
-    if cache_file is not None:
-        try:
-            with files.atomic_output(cache_file, fsync=False) as tmp:
-                tmp.write_text(json.dumps(asdict(stats)))
-        except OSError as e:  # a cache that cannot be written costs the next run time, not this one its result
-            warnings.warn(f"could not cache the statistics at {cache_file}: {e.strerror or e}", stacklevel=2)
-    return stats
+    return acc.result()
+
+
+def compute_stats(
+    dataset: SegmentationDataset, cache_dir: Union[Path, str, None, bool] = None, progress: bool = False
+) -> DatasetStats:
+    """Statistics of every (image, mask) pair of `dataset`, kept in CACHE/stats (CACHE: `cache_dir`, else
+    $DABNET_CACHE, else ~/.cache/dabnet); `cache_dir=False` turns the cache off."""
+    if cache_dir is False:
+        return _compute(dataset, progress)
+    store = Store(Path(cache_dir or files.cache_dir()) / "stats", "dataset statistics")
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset.name)[:40]
+
+    def build(folder: Path) -> None:
+        (folder / "stats.json").write_text(json.dumps(asdict(_compute(dataset, progress))))
+
+    return store.get(f"{name}-{_cache_key(dataset)}", build, _load(dataset.num_classes), key={"dataset": dataset.name})
 
 
 def stats_report(kind: str, root: Union[str, os.PathLike], split: str = "train", enet_c: float = 1.02, as_json: bool = False) -> str:

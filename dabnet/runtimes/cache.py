@@ -1,19 +1,13 @@
-"""The compiled-model cache every runtime that converts or quantizes shares: one folder per (runtime, kind,
-key) under $DABNET_CACHE (else ~/.cache/dabnet), written whole or not at all, rebuilt when damaged.
-
-The key covers what the compiled files depend on: the weights, the network and the code that builds
-it, the installed versions, the calibration data and the CPU."""
+"""Keys of the compiled-model caches: what a converted, quantized or compiled model depends on (the weights, the
+network and the code that builds it, the installed versions, the calibration data and the CPU), and the store
+(`util.store`) each runtime keeps them in: $DABNET_CACHE/RUNTIME, else ~/.cache/dabnet/RUNTIME."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,21 +15,15 @@ from torch import nn
 from ..util import files
 from ..util.files import PathLike
 from ..util.hardware import cpu_flags
+from ..util.store import Store
+from ..util.store import package_versions as _versions
 
-INFO = "info.json"  # beside the cached files: their sizes (what `whole` checks) and what the builder recorded
+PACKAGES = ("dabnet", "torch", "openvino", "nncf")  # what converts, quantizes and compiles a network
 
 
-def package_versions(packages: Sequence[str] = ("dabnet", "openvino", "nncf")) -> Dict[str, str]:
+def package_versions(packages: Sequence[str] = PACKAGES) -> dict:
     """Installed versions of `packages` ("none" when absent): part of a cached model's key."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in packages:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "none"
-    return out
+    return _versions(packages)
 
 
 def source_digest(model: nn.Module, *modules: Any) -> str:
@@ -62,7 +50,7 @@ def hash_weights(h: "hashlib._Hash", model: nn.Module) -> None:
 
 
 def cache_key(model: nn.Module, kind: str, calibration: Optional[Sequence[torch.Tensor]] = None,
-              code: Sequence[Any] = (), packages: Sequence[str] = ("dabnet", "openvino", "nncf")) -> str:  # fmt: skip
+              code: Sequence[Any] = (), packages: Sequence[str] = PACKAGES) -> str:  # fmt: skip
     """What a cached model depends on: weights, network and its code (plus the runtime's `code`
     modules), versions of `packages`, calibration and CPU."""
     h = hashlib.sha256()
@@ -75,45 +63,10 @@ def cache_key(model: nn.Module, kind: str, calibration: Optional[Sequence[torch.
     return h.hexdigest()[:24]
 
 
-def whole(folder: Path) -> bool:
-    """Whether a cache folder holds every file at the size recorded when it was written."""
-    try:
-        sizes = json.loads((folder / INFO).read_text())["sizes"]
-        return bool(sizes) and all((folder / name).stat().st_size == size for name, size in sizes.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+def model_store(runtime: str, cache_dir: Optional[PathLike] = None) -> Store:
+    """The store of `runtime`'s converted or compiled models: CACHE/RUNTIME, CACHE being `cache_dir`, else
+    $DABNET_CACHE, else ~/.cache/dabnet."""
+    return Store(Path(cache_dir or files.cache_dir()) / runtime, f"{runtime} model")
 
 
-def cached(runtime: str, name: str, build: Callable[[Path], Dict[str, Any]], cache_dir: Optional[PathLike] = None) -> Path:
-    """The cache folder `runtime/name`, made by `build(folder)` (which writes its files there and returns what to
-    record beside them) the first time, read afterwards. Written in a temporary folder and renamed, so a reader
-    sees nothing or the whole; a damaged folder (a disk that filled, a copy cut short) is rebuilt with a warning."""
-    folder = Path(cache_dir or files.cache_dir()) / runtime / name
-    if whole(folder):
-        return folder
-    if folder.exists():
-        warnings.warn(f"the cached {runtime} model {folder} is incomplete; rebuilding it", stacklevel=3)
-        shutil.rmtree(folder, ignore_errors=True)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
-        info = dict(build(tmp))
-        info["sizes"] = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / INFO).write_text(json.dumps(info, indent=1))
-        try:
-            os.replace(tmp, folder)  # atomic: a reader sees no folder or a whole one
-        except OSError as e:
-            if not whole(folder):  # not another process caching it first: a real failure (a full disk, permissions)
-                raise OSError(e.errno, f"cannot cache the {runtime} model in {folder}: {e.strerror}", str(folder)) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-def info(folder: PathLike) -> Dict[str, Any]:
-    """What `cached` recorded in a cache folder (empty when nothing was)."""
-    path = Path(folder) / INFO
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-__all__ = ["cache_key", "cached", "hash_weights", "info", "package_versions", "source_digest", "whole"]
+__all__ = ["PACKAGES", "cache_key", "hash_weights", "model_store", "package_versions", "source_digest"]

@@ -4,8 +4,9 @@ by its CPU plugin, in fp32, bf16 (CPUs with native bf16) or int8 (NNCF post-trai
 int8 keeps the first and last convolutions in float, as the `int8` runtime does: quantizing the
 normalised RGB input and the logits cost most of the accuracy (bundled weights, CamVid val: all-int8
 -0.44 mIoU points; first/last in float -0.18 with NNCF's MIXED preset, -0.14 with PERFORMANCE).
-Converted and quantized models are kept as IR in the compiled-model cache (`runtimes.cache`:
-$DABNET_CACHE/openvino, else ~/.cache/dabnet/openvino), so that only a first start pays for them.
+Converted and quantized models are kept as IR, and the networks compiled from them as OpenVINO blobs, in stores
+checked by content (`util.store`, keyed by `runtimes.cache`: $DABNET_CACHE/openvino and openvino-compiled, else
+under ~/.cache/dabnet), so that only a first start pays for them.
 Needs `openvino` (and `nncf` for int8), which `pip install dabnet` brings.
 """
 
@@ -28,6 +29,7 @@ from ..io.preprocessing import Normalize
 from ..util.files import PathLike
 from ..util.hardware import cpu_flags, cpu_has_bf16
 from ..util.metrics import labels_from_logits
+from ..util.store import DamagedEntry, Entry, Store, key_digest
 from . import cache
 from .meta import META_KEYS, export_sizes, model_metadata
 from .registry import ExportedFile, Runtime, register_runtime
@@ -182,7 +184,7 @@ class OpenVINORunner(Runner):
     """An OpenVINO model compiled for the CPU: `NCHW tensor -> fp32 logits`, and `labels(x)` for the
     class map alone. Each is compiled on first use, so a caller that needs only one pays for one."""
 
-    def __init__(self, ov_model, precision: str = "fp32", threads: int = 0, blob_cache: Optional[PathLike] = None) -> None:
+    def __init__(self, ov_model, precision: str = "fp32", threads: int = 0, blob_cache: Optional[Tuple[Store, str]] = None) -> None:
         if precision not in OV_PRECISIONS:
             raise ValueError(f"the openvino backend runs {', '.join(OV_PRECISIONS)}; got {precision!r}")
         if precision == "bf16" and not cpu_has_bf16():
@@ -194,8 +196,8 @@ class OpenVINORunner(Runner):
             config["INFERENCE_PRECISION_HINT"] = OV_PRECISIONS[precision]
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        if blob_cache:  # OpenVINO keeps the compiled network there: a second start skips compilation
-            config["CACHE_DIR"] = str(blob_cache)
+        # (store, key of the model): each compiled network is kept there as a blob, so a second start skips compiling
+        self.blob_cache = blob_cache
         self.precision = precision
         self.ov_model, self.config = ov_model, config
         self.checkpoint_meta = read_metadata(ov_model)
@@ -220,7 +222,25 @@ class OpenVINORunner(Runner):
             model = with_low_labels(self.ov_model) if self.host_upsample else with_labels(self.ov_model)
         if image_input is not None:
             model = with_image_input(model, *image_input)
-        return core().compile_model(model, "CPU", {**self.config, **config})
+        config = {**self.config, **config}
+        if self.blob_cache is None:
+            return core().compile_model(model, "CPU", config)
+        store, base = self.blob_cache
+        settings = {"output": output, "image_input": image_input, "host_upsample": self.host_upsample, "config": config}
+        name = f"{base[:40]}-{output}-{key_digest(base, settings, cache.package_versions(('openvino',)))}"
+
+        def build(folder: Path) -> Dict[str, Any]:
+            blob = core().compile_model(model, "CPU", config).export_model()
+            (folder / "compiled.blob").write_bytes(blob.getvalue() if hasattr(blob, "getvalue") else bytes(blob))
+            return {"model": base, **settings}
+
+        def load(entry: Entry):
+            try:
+                return core().import_model(entry.files["compiled.blob"], "CPU", config)
+            except RuntimeError as e:
+                raise DamagedEntry(f"OpenVINO cannot import it: {str(e).strip().splitlines()[0][:120]}", "compiled.blob") from None
+
+        return store.get(name, build, load, key=settings)
 
     def _shared(self, output: str, image_input, **config):
         """`compiled(output, image_input, **config)`, compiled once for every thread."""
@@ -322,9 +342,9 @@ class OpenVINORunner(Runner):
 
 
 def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch.Tensor]], cache_dir: Optional[PathLike] = None,
-              preset: str = QUANT_PRESET) -> Path:  # fmt: skip
-    """The IR of `model` (float, or int8 quantized on `calibration`), converted once and then read from the
-    compiled-model cache (`runtimes.cache`)."""
+              preset: str = QUANT_PRESET) -> Entry:  # fmt: skip
+    """The IR of `model` (float, or int8 quantized on `calibration`) as a checked cache entry (model.xml and
+    model.bin): converted once, then read from the store (`runtimes.cache.model_store`); `read_ir` makes the model."""
     kind = f"int8-{preset}" if int8 else "float"
     key = cache.cache_key(model, kind, calibration, code=[sys.modules[__name__]])
 
@@ -337,7 +357,20 @@ def cached_ir(model: nn.Module, int8: bool, calibration: Optional[Sequence[torch
         _openvino().save_model(ov_model, str(folder / "model.xml"), compress_to_fp16=False)
         return info
 
-    return cache.cached("openvino", f"{model.model_name}-{kind}-{key}", build, cache_dir) / "model.xml"
+    def load(entry: Entry) -> Entry:
+        if {"model.xml", "model.bin"} - set(entry.files):
+            raise DamagedEntry("it holds no model.xml and model.bin")
+        return entry
+
+    return cache.model_store("openvino", cache_dir).get(f"{model.model_name}-{kind}-{key}", build, load,
+                                                        key={"model": model.model_name, "kind": kind})  # fmt: skip
+
+
+def read_ir(entry: Entry):
+    """The OpenVINO model of a cached IR, made from the very bytes the store checked."""
+    ov = _openvino()
+    weights = ov.Tensor(np.frombuffer(entry.files["model.bin"], np.uint8).copy())
+    return core().read_model(entry.files["model.xml"].decode(), weights)
 
 
 def label_agreement(model: nn.Module, runner, batches: Iterable[torch.Tensor]) -> float:
@@ -360,9 +393,11 @@ def openvino_runner(
         raise ValueError("OpenVINO int8 needs calibration batches (normalised training images)")
     if precision not in OV_PRECISIONS:
         raise ValueError(f"the openvino backend runs {', '.join(OV_PRECISIONS)}; got {precision!r}")
-    xml = cached_ir(model, precision == "int8", calibration if precision == "int8" else None, cache_dir, preset)
-    runner = OpenVINORunner(xml, precision, blob_cache=xml.parent / "compiled")
-    runner.info = cache.info(xml.parent)
+    entry = cached_ir(model, precision == "int8", calibration if precision == "int8" else None, cache_dir, preset)
+    # the blobs' key cites the IR's own content, so a blob is never used with an IR it was not compiled from
+    base = f"{entry.folder.name}-{key_digest(entry.digests)[:8]}"
+    runner = OpenVINORunner(read_ir(entry), precision, blob_cache=(cache.model_store("openvino-compiled", cache_dir), base))
+    runner.info = entry.info
     return runner
 
 

@@ -2,15 +2,15 @@
 pixel-wise KL divergence to a teacher's class probabilities, weighted and temperature-scaled (Hinton et al.
 2015). The teacher is any checkpoint of a network with the run's classes, optionally run as its own
 ensemble (`distill_scales`, `distill_flip`): its averaged probabilities are computed once per training
-frame, at the frame's own size, and cached on disk; the loader scales, crops and flips them with the same
-draws as the image and its mask (data.transforms.TrainTransform)."""
+frame, at the frame's own size, and kept in a store checked by content (`TeacherCache`); the loader scales, crops
+and flips them with the same draws as the image and its mask (data.transforms.TrainTransform)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import math
-import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -22,8 +22,10 @@ from torch.utils.data import Dataset
 
 from ..io.checkpoint import CheckpointError, load_model
 from ..models.fused import run_compiled
-from ..runtimes.cache import hash_weights
+from ..runtimes.cache import hash_weights, source_digest
 from ..util import distributed as D
+from ..util.files import check_output_folder
+from ..util.store import TAG, DamagedEntry, Entry, Store, file_digest, key_digest, package_versions
 from .callbacks import Callback, register_callback
 from .engine import predict_logits
 
@@ -88,40 +90,80 @@ def _weights_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+MAP_FORMAT = 1  # of a stored map (HxWxC uint8 .npy at 1/CACHE_STRIDE): a change of it makes new keys
+
+
 class TeacherCache:
-    """One HxWxC uint8 file per training frame (`NNNNN.npy`, by dataset index) under `folder`, and `cache.json`,
-    which says what teacher, views and frames made them; a folder made for anything else is made anew."""
+    """The teacher's map of each training frame, one entry of a store checked by content (`util.store`) under
+    `folder`. An entry's key holds what made the map: the teacher (weights, network, code), the views, the stride, the
+    normalisation, the versions that decode and run it, and the frame's own bytes; so runs that share the folder
+    with other options keep their entries beside each other's, a frame replaced in place is another entry, and
+    nothing but its own damage removes one. A damaged map (or one of the wrong shape) is made again where it is
+    read, with one warning naming the file."""
 
-    def __init__(self, folder: Path, key: Dict[str, Any]) -> None:
-        self.folder, self.key = Path(folder), key
+    def __init__(self, folder: Path, options: Dict[str, Any], source: str) -> None:
+        self.folder, self.options, self.source = Path(folder), options, source
+        self.store = Store(self.folder, "teacher map")
+        self.names: List[str] = []  # the entry of each dataset index (`index` fills it)
+        self.frames: List[str] = []
+        self._runner: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
-    def path(self, index: int) -> Path:
-        return self.folder / f"{index:05d}.npy"
+    def __getstate__(self) -> Dict[str, Any]:  # a loader worker loads its own teacher, if it ever needs one
+        return {**self.__dict__, "_runner": None}
 
-    def load(self, index: int) -> np.ndarray:
-        return np.load(self.path(index))
-
-    def prepare(self) -> List[int]:
-        """Claim the folder for this key; the indices still to compute."""
-        manifest = self.folder / "cache.json"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        old = json.loads(manifest.read_text()) if manifest.is_file() else None
-        if old != self.key:
-            ours = old is not None or not any(self.folder.iterdir())
-            if not ours:
-                raise DistillError(f"distill_cache={self.folder} holds files that are not a teacher cache (no cache.json); "
+    def claim(self) -> None:
+        """Refuse a folder that holds other files than a teacher cache's (a typo must not fill someone's folder)."""
+        check_output_folder(self.folder, "distill_cache")
+        if self.folder.is_dir() and not (self.folder / TAG).is_file() and not (self.folder / "cache.json").is_file():
+            if any(self.folder.iterdir()):  # cache.json: one made by an older dabnet, whose files are left as they are
+                raise DistillError(f"distill_cache={self.folder} holds files that are not a teacher cache; "
                                    "give an empty or new folder")  # fmt: skip
-            for p in self.folder.glob("*.npy"):
-                p.unlink()
-            tmp = manifest.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(self.key, indent=1))
-            os.replace(tmp, manifest)
-        return [i for i in range(len(self.key["frames"])) if not self.path(i).is_file()]
 
-    def store(self, index: int, probs: np.ndarray) -> None:
-        tmp = self.folder / f".{index:05d}.tmp.npy"
-        np.save(tmp, probs)
-        os.replace(tmp, self.path(index))
+    def index(self, frames: Sequence[Path]) -> List[int]:
+        """Name each frame's entry by the options and the frame's bytes; the indices whose map is still to make."""
+        options = key_digest(self.options)
+        self.frames = [str(p) for p in frames]
+        self.names = [key_digest(options, file_digest(p)) for p in frames]
+        return [i for i, name in enumerate(self.names) if not self.store.has(name)]
+
+    def _key(self, index: int) -> Dict[str, Any]:
+        return {"frame": self.frames[index], "teacher": self.source,
+                **{k: self.options[k] for k in ("scales", "flip", "stride")}}  # fmt: skip
+
+    def store_map(self, index: int, probs: np.ndarray) -> None:
+        """Keep frame `index`'s map (hxwxC uint8)."""
+        self.store.write(self.names[index], lambda folder: np.save(folder / "map.npy", probs), key=self._key(index))
+
+    def load(self, index: int, image: np.ndarray) -> np.ndarray:
+        """Frame `index`'s map, checked against what was written and against the frame's size; made again here
+        when it is missing or damaged."""
+        h, w = image.shape[:2]
+        shape = (math.ceil(h / CACHE_STRIDE), math.ceil(w / CACHE_STRIDE), int(self.options["classes"]))
+
+        def load(entry: Entry) -> np.ndarray:
+            try:
+                probs = np.load(io.BytesIO(entry.files["map.npy"]), allow_pickle=False)
+            except (KeyError, ValueError, OSError, EOFError) as e:
+                raise DamagedEntry(f"not a map: {str(e)[:80]}", "map.npy") from None
+            if probs.dtype != np.uint8 or probs.shape != shape:
+                raise DamagedEntry(f"a {probs.dtype} map of shape {probs.shape}, where this frame's is uint8 {shape}", "map.npy")
+            return probs
+
+        build = lambda folder: np.save(folder / "map.npy", self._make(image))  # noqa: E731
+        return self.store.get(self.names[index], build, load, key=self._key(index))
+
+    def _make(self, image: np.ndarray) -> np.ndarray:
+        """The teacher's map of `image`, made in this process (a loader worker's included) on the CPU."""
+        if self._runner is None:
+            from ..runtimes import prepare
+
+            teacher = load_teacher(self.source)
+            if _weights_digest(teacher) != self.options["weights"]:
+                raise DistillError(f"distill_from={self.source} changed since this run started, so a damaged teacher map "
+                                   f"cannot be made again from it; restart the run")  # fmt: skip
+            self._runner = prepare(teacher, "fold", "fp32", "cpu")
+        o = self.options
+        return teacher_probabilities(self._runner, image, o["mean"], o["std"], o["scales"], o["flip"], torch.device("cpu"))
 
 
 @torch.inference_mode()
@@ -151,7 +193,7 @@ class DistillDataset(Dataset):
     def __getitem__(self, index: int):
         image, mask = self.base.load_pair(index)
         rng = np.random.default_rng([self.base.seed, self.base.epoch, index])  # the base dataset's own draws
-        return self.base.transform(image, mask, rng, soft=self.cache.load(index))
+        return self.base.transform(image, mask, rng, soft=self.cache.load(index, image))
 
 
 class Distill(Callback):
@@ -182,15 +224,19 @@ class Distill(Callback):
         self.ignore_index = dataset.ignore_index
         meta = self.teacher.checkpoint_meta or {}
         self.mean, self.std = list(meta.get("mean") or dataset.mean), list(meta.get("std") or dataset.std)
-        key = {"teacher": self.source, "weights": _weights_digest(self.teacher), "scales": self.scales, "flip": self.flip,
-               "stride": CACHE_STRIDE, "mean": self.mean, "std": self.std, "frames": [str(i) for i, _ in dataset.pairs]}  # fmt: skip
-        self.dataset, self.cache = dataset, TeacherCache(self.cache_folder, key)
+        options = {"format": MAP_FORMAT, "model": self.teacher.model_name, "kwargs": getattr(self.teacher, "model_kwargs", {}),
+                   "weights": _weights_digest(self.teacher), "classes": self.teacher.num_classes, "scales": self.scales,
+                   "flip": self.flip, "stride": CACHE_STRIDE, "mean": self.mean, "std": self.std,
+                   "code": source_digest(self.teacher, sys.modules[__name__], sys.modules[predict_logits.__module__]),
+                   "versions": package_versions(("dabnet", "torch", "numpy", "pillow"))}  # fmt: skip
+        self.dataset, self.cache = dataset, TeacherCache(self.cache_folder, options, self.source)
+        self.cache.claim()
         return DistillDataset(dataset, self.cache)
 
     def on_start(self, model: nn.Module) -> None:
         """The teacher's maps of every training frame not cached yet (by the main process; the others wait)."""
+        todo = self.cache.index([image for image, _ in self.dataset.pairs])  # every rank: its loader reads by these names
         if D.is_main():
-            todo = self.cache.prepare()
             if todo:
                 from ..runtimes import prepare
                 from ..util.progress import progress_bar
@@ -200,7 +246,7 @@ class Distill(Callback):
                 views = f"scales {self.scales}{' + flip' if self.flip else ''}"
                 for i in progress_bar(todo, desc=f"teacher maps ({views}) -> {self.cache_folder}", unit="img", leave=False):
                     image = self.dataset.load_pair(i)[0]
-                    self.cache.store(i, teacher_probabilities(runner, image, self.mean, self.std, self.scales, self.flip, self.device))
+                    self.cache.store_map(i, teacher_probabilities(runner, image, self.mean, self.std, self.scales, self.flip, self.device))
                 del runner
             self.log(f"distilling from {self.source} ({len(self.dataset)} teacher maps in {self.cache_folder}, "
                      f"{len(todo)} computed now), weight {self.weight:g}, temperature {self.temperature:g}")  # fmt: skip
