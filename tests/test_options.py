@@ -13,7 +13,8 @@ import yaml
 from dabnet.cli import main
 from dabnet.config import ConfigError, EvalConfig, TrainConfig, build_config
 from dabnet.data.registry import DatasetError
-from dabnet.util.options import SHOWN_CHARS, Range, load_yaml, shown
+
+SHOWN_CHARS = 80  # the most of a value an error shows (util.options.SHOWN_CHARS; these cases run on code without it)
 
 
 def _one_line_error(capsys, argv, seconds: float = 5.0) -> str:
@@ -157,6 +158,8 @@ def test_a_value_in_an_error_is_cut_to_80_characters(tmp_path, capsys):
     ("x" * (2 << 20), "bytes"),
 ], ids=["deep", "recursive", "huge-int", "broken", "2MB"])  # fmt: skip
 def test_yaml_is_read_within_bounds(text, message):
+    from dabnet.util.options import load_yaml
+
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=message) as e:
         load_yaml(text, "--set x")
@@ -164,6 +167,8 @@ def test_yaml_is_read_within_bounds(text, message):
 
 
 def test_shown_values_are_bounded_while_they_are_built():
+    from dabnet.util.options import shown
+
     nested = [[["x" * 1000] * 1000] * 1000] * 1000  # a billion items by reference: its repr would never end
     t0 = time.perf_counter()
     text = shown(nested)
@@ -172,6 +177,8 @@ def test_shown_values_are_bounded_while_they_are_built():
 
 
 def test_ranges_read_as_written():
+    from dabnet.util.options import Range
+
     r = Range.parse("(0, 8]")
     assert 8 in r and 0 not in r and 1e-9 in r and float("inf") not in r and float("nan") not in r
     assert Range.parse("[1, inf)").describe(integer=True) == "an integer >= 1"
@@ -210,9 +217,13 @@ def test_the_check_runs_when_any_config_is_made():
 # ----------------------------------------------------------------------------- the stop message (case 13)
 
 
-def test_the_refused_lr_never_reaches_the_trainer(tmp_path, capsys):
-    err = _one_line_error(capsys, _train(tmp_path, "lr=inf", "epochs=1"))
-    assert "last.pth" not in err
+def test_lr_inf_is_refused_before_training_and_never_reaches_the_stop_message(make_camvid, tmp_path, capsys):
+    """`--set lr=inf` trained until the loss was NaN, then named an OUT/last.pth that did not exist."""
+    root, out = make_camvid(tmp_path / "cv", n=2), tmp_path / "run"
+    sets = [f"data_root={root}", "lr=inf", "epochs=1", "batch_size=2", "crop_size=[32,48]", "workers=0", "fused=false",
+            "check_data=false", "val_split=none", "warmup_iters=0"]  # fmt: skip
+    err = _one_line_error(capsys, ["train", "--config", "camvid", "--out", str(out)] + [a for s in sets for a in ("--set", s)], seconds=60)
+    assert "lr=inf is not valid" in err and "last.pth" not in err and not out.exists(), err
 
 
 # ----------------------------------------------------------------------------- dataset.yaml (case 10)
