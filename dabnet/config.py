@@ -135,17 +135,51 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device={device!r} is not available: this PyTorch ({torch.__version__}) is {build}; use device=cpu")
 
 
+# Submodules a network built from model_kwargs may have: ten times the largest registered one; building more only to
+# check them takes minutes (block_1: 1000000000 never ends), and no such network is meant.
+MAX_MODULES = 5_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def _check_model_kwargs(model: str, kwargs: Dict[str, Any]) -> None:
-    """The network builds with these arguments (on the meta device: no memory, no time)."""
+    """The network builds with these arguments (on the meta device: no memory), with at most MAX_MODULES submodules."""
+    import threading
+
     import torch
+    from torch.nn.modules.module import register_module_module_registration_hook
 
     from .models import create_model
 
+    me, count = threading.get_ident(), [0]
+
+    def counted(module: Any, name: str, submodule: Any) -> None:
+        if threading.get_ident() == me:
+            count[0] += 1
+            if count[0] > MAX_MODULES:
+                raise _TooLarge
+
+    hook = register_module_module_registration_hook(counted)
     try:
         with torch.device("meta"):
             create_model(model, 2, **kwargs)
+    except _TooLarge:
+        raise ConfigError(f"model_kwargs={shown(kwargs)} is not valid for {model}: the network would have more than "
+                          f"{MAX_MODULES:,} modules; the registered ones have a few hundred") from None  # fmt: skip
     except (TypeError, ValueError, KeyError, IndexError, AssertionError, OverflowError, RuntimeError) as e:
         raise ConfigError(f"model_kwargs={shown(kwargs)} is not valid for {model}: {one_line(e)}") from None
+    finally:
+        hook.remove()
+
+
+def _is(test: str, path: str) -> bool:
+    """Path(path).is_dir() or .is_file() or .exists(), False for a name no file can have (too long, a NUL byte)."""
+    try:
+        return getattr(Path(path), test)()
+    except (OSError, ValueError):
+        return False
 
 
 def _nonempty(option: str, valid: str) -> Any:
@@ -199,7 +233,9 @@ class TrainConfig(Options):
     data_on_device: bool = option(False, "decode once, keep uint8 images on the device, augment there")
     # model
     model: str = option("dabnet", "network (dabnet models lists them)", choices=list_model_names, **NOT_A_PATH)
-    model_kwargs: Dict[str, Any] = option(help="the network's own options, e.g. {block_1: 3, block_2: 6}", factory=dict, **NOT_A_PATH)
+    model_kwargs: Dict[str, Any] = option(help="the network's own options, e.g. {block_1: 3, block_2: 6}", factory=dict,
+                                          range="[0, 4096]", valid="a mapping of the network's own options to values, numbers in [0, 4096]",
+                                          **NOT_A_PATH)  # fmt: skip
     init_from: Optional[str] = option(None, "weights to start from (ours or official)", io="in")
     # optimisation
     epochs: int = option(1000, "length of the poly schedule, in epochs", range="[1, inf)")
@@ -296,7 +332,7 @@ class AverageConfig(Options):
     out: str = option("averaged.pth", "where to write the averaged checkpoint", io="out")
 
     def check(self) -> None:
-        require(not Path(self.out).is_dir(), "out", self.out, "a file name such as averaged.pth (this is a folder)")
+        require(not _is("is_dir", self.out), "out", self.out, "a file name such as averaged.pth (this is a folder)")
 
 
 @dataclass
@@ -363,7 +399,7 @@ class PredictConfig(Options):
                                    "decompression bombs; larger images are tiled, so raising it costs only memory)", range="[1, 1e12]")  # fmt: skip
 
     def check(self) -> None:
-        require(not Path(self.out).exists() or Path(self.out).is_dir(), "out", self.out, "a folder (this is an existing file)")
+        require(not _is("exists", self.out) or _is("is_dir", self.out), "out", self.out, "a folder (this is an existing file)")
 
 
 @dataclass

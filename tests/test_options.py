@@ -68,6 +68,17 @@ def test_numeric_options_are_finite_and_in_their_declared_range(setting, message
     assert message in err, err
 
 
+@pytest.mark.parametrize("kwargs,message", [("{block_1: 1000000000}", "numbers in [0, 4096]"), ("{block_2: -3}", "numbers in [0, 4096]"),
+                                            ("{block_1: 4096}", "more than 5,000 modules")])  # fmt: skip
+def test_model_kwargs_that_would_build_for_ever_are_refused_promptly(kwargs, message, tmp_path, capsys):
+    """model_kwargs are checked by building the network on the meta device: block_1: 1000000000 never ended."""
+    from fuzz import within
+
+    with within(30):
+        err = _one_line_error(capsys, _train(tmp_path, f"model_kwargs={kwargs}"), seconds=30)
+    assert "model_kwargs=" in err and message in err, err
+
+
 @pytest.mark.parametrize("key,yaml_text,set_text", [("lr", ".inf", "inf"), ("poly_power", ".nan", "nan"), ("scales", "[.inf]", "[.inf]"),
                                                     ("distill_scales", "[.inf]", "[.inf]"), ("lr", "-1", "-1")])  # fmt: skip
 def test_yaml_and_set_obey_the_same_rules(key, yaml_text, set_text, tmp_path):
