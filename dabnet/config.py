@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,7 +16,7 @@ from .data.importers import IMPORTERS
 from .data.registry import list_datasets
 from .inference.outputs import OUTPUT_KINDS
 from .runtimes import backend_help, backend_names, export_formats
-from .util.options import ConfigError, Options, load_yaml, one_line, option, parse_value, shown
+from .util.options import ConfigError, Options, hints_of, load_yaml, one_line, option, parse_value, shown
 from .util.precision import PRECISIONS
 
 T = TypeVar("T")
@@ -545,7 +544,7 @@ def _coerce(cls: Type[T], key: str, value: Any) -> Any:
         return value
     f = next(f for f in dataclasses.fields(cls) if f.name == key)
     choices = f.metadata.get("choices") or ()
-    return parse_value(key, value, typing.get_type_hints(cls)[key], choices() if callable(choices) else choices)
+    return parse_value(key, value, hints_of(cls)[key], choices() if callable(choices) else choices)
 
 
 # Options renamed since; old configs, commands and run folders keep working: old name -> (new name, value map).

@@ -88,10 +88,9 @@ def values_for(hint: Any, meta: dict, depth: int = 0):
 
 def _draw_options(draw, cls) -> dict:
     """A few of `cls`'s options, each given a drawn value (the others keep their defaults)."""
-    hints = typing.get_type_hints(cls)
-    fields = dataclasses.fields(cls)
-    chosen = draw(st.lists(st.sampled_from(fields), min_size=1, max_size=4, unique_by=lambda f: f.name))
-    return {f.name: draw(values_for(hints[f.name], dict(f.metadata)), label=f.name) for f in chosen}
+    hints, fields = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    chosen = draw(st.lists(st.sampled_from(sorted(fields)), min_size=1, max_size=4, unique=True), label="options")
+    return {name: draw(values_for(hints[name], dict(fields[name].metadata)), label=name) for name in chosen}
 
 
 def _assert_one_line(error: BaseException) -> None:
@@ -145,9 +144,9 @@ def test_any_set_text_makes_a_config_or_one_line_of_error(data):
 
 def _cli_words(draw, words, cls) -> list:
     """A command line for `cls`: a few of its flags, each with one or more drawn words."""
-    hints = typing.get_type_hints(cls)
+    hints, fields = typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
     argv = list(words)
-    for f in draw(st.lists(st.sampled_from(dataclasses.fields(cls)), max_size=4, unique_by=lambda f: f.name)):
+    for f in [fields[n] for n in draw(st.lists(st.sampled_from(sorted(fields)), max_size=4, unique=True), label="options")]:
         if f.metadata.get("hidden"):
             continue
         text = draw(st.one_of(_set_text(), st.sampled_from(["0", "1", "-1", "inf", "nan", "1e30", "60", "0.5", "64x64", "0x0", "9999999x2"])))
