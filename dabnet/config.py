@@ -524,6 +524,7 @@ class DataImportConfig(Options):
     val_fraction: float = option(0.0, "share of the images (the last ones, in the export's order) put in a val split",
                                  range="[0, 1)", valid="a share in [0, 1)")  # fmt: skip
     classes: Optional[List[str]] = option(None, "Labelme: class names in id order (default: the labels, sorted)", nargs="+", **NOT_A_PATH)
+    overwrite: bool = option(False, "replace an existing --out folder whole (default: refuse a non-empty one)", flag_only=True)
 
 
 def find_config(name_or_path: str) -> Path:

@@ -382,8 +382,8 @@ def parse_value(name: str, text: str, hint: Any, choices: Sequence[str] = ()) ->
     word = text.strip().lower()
     if optional and word in NULL_WORDS and text.strip() not in choices:
         return None
-    if base == [str]:
-        return text
+    if base == [str] and not text.lstrip().startswith(("[", "{")):
+        return text  # a list or mapping is read as YAML below, and refused as the wrong type, as in a config file
     if base == [bool]:
         if word in TRUE_WORDS or word in FALSE_WORDS:
             return word in TRUE_WORDS
