@@ -4,6 +4,7 @@ predict`'s end-to-end throughput, and how a training recipe is written in a tabl
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import time
 from collections import defaultdict
@@ -15,7 +16,9 @@ import torch
 
 from dabnet.commands.predict import predict_images, predict_video
 from dabnet.inference.segmenter import Segmenter
+from dabnet.io.checkpoint import resolve_checkpoint
 from dabnet.io.images import read_image
+from dabnet.models import pretrained_config
 from dabnet.runtimes import predict_labels
 
 
@@ -279,6 +282,30 @@ def end_to_end(seg: Segmenter, paths: List[Path], repeats: int, work: Path) -> L
         lines.append(f"| {name} | {med:.1f} | {', '.join(f'{v:.1f}' for v, _ in vals)} | {model:.1f} | {100 * med / base:.0f}% |")
     lines += ["", "### What each output costs", "", "The CPU time the pictures take beside the network, one thread, on the same frames:", ""]
     return lines + encoding_costs(seg, frames[:30], repeats)
+
+
+def weights_version(checkpoint: str) -> str:
+    """'NAME vVERSION (sha256 PREFIX)' for bundled weights, else the file's name and digest prefix."""
+    path = resolve_checkpoint(checkpoint)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    cfg = pretrained_config(checkpoint)
+    name = f"{checkpoint} {cfg.version}" if cfg is not None and cfg.version else path.name
+    return f"{name} (sha256 {digest})"
+
+
+def write_section(path: Path, title: str, heading: str, body: List[str]) -> None:
+    """Put this machine's section (`## heading`, then `body`) into the report at `path`, keeping the other machines'
+    sections (CPUs differ: a bf16 or int8 win on one is a loss on another)."""
+    sections = {}
+    if path.exists():
+        for chunk in path.read_text().split("\n## ")[1:]:
+            head, _, text = chunk.partition("\n")
+            sections[head.strip()] = text.strip("\n")
+    sections[heading] = "\n".join(body).strip("\n")
+    text = "\n\n".join([title, "One section per machine, each generated on it by the command it names."]
+                       + [f"## {h}\n\n{b}" for h, b in sections.items()])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
 
 
 def pct(v: Optional[float]) -> str:

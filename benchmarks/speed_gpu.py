@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from benchlib import weights_version
 from dabnet.commands.bench import benchmark
 from dabnet.config import parse_size
 
@@ -91,7 +92,7 @@ def main() -> None:
         f"{torch.__version__}. Medians of {args.frames} frames after {args.warmup} warm-up frames, backends interleaved "
         "frame by frame, timed between CUDA events (on a CPU: wall clock). `+cl` = channels_last; fp16/bf16 = autocast; "
         "`fold` = BatchNorm folded into the convolutions; `compile` = torch.compile (inductor, freezing, CUDA graphs). "
-        f"DABNet rows run the `{args.checkpoint}` weights; the comparison networks run fresh weights with 19 classes.",
+        f"DABNet rows run the weights {weights_version(args.checkpoint)}; the comparison networks run fresh weights with 19 classes.",
         "",
         *table(dabnet_rows, "DABNet, batch 1"),
         *table(table5, "The paper's Table 5 networks, batch 1"),

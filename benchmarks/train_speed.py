@@ -33,6 +33,8 @@ from dabnet.training.losses import CrossEntropy
 from dabnet.util.hardware import cpu_has_bf16, describe_hardware, isa_caps
 from dabnet.util.precision import autocast
 
+from benchlib import write_section
+
 
 def _data(batch: int, crop, device, steps: int, soft: bool = False):
     g = torch.Generator().manual_seed(0)
@@ -135,21 +137,6 @@ def profile_step(device, batch, crop, precision: str, fused: bool, rows: int) ->
 TITLE = "# Training speed: dabnet's loop vs a plain PyTorch loop"
 
 
-def write_section(path: Path, hardware: str, lines: List[str]) -> None:
-    """Put this machine's table into `path`, keeping the other machines' sections (CPUs differ: a
-    bf16 or compile win on one is a loss on another)."""
-    sections = {}
-    if path.exists():
-        for chunk in path.read_text().split("\n## ")[1:]:
-            head, _, body = chunk.partition("\n")
-            sections[head.strip()] = body.strip("\n")
-    sections[hardware] = "\n".join(lines[1:]).strip("\n")
-    text = "\n\n".join([TITLE, "One section per machine, each generated on it by the command it names."]
-                       + [f"## {h}\n\n{b}" for h, b in sections.items()])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -230,7 +217,7 @@ def main() -> None:
         precision = "bf16" if bf16_ok else "fp32"
         for fused in (False, True):
             lines += [""] + profile_step(device, args.batch, crop, precision, fused, args.profile)
-    write_section(Path(args.out), hardware, lines)
+    write_section(Path(args.out), TITLE, hardware, lines[1:])
     print("\n".join(lines))
 
 

@@ -190,6 +190,12 @@ def _nonempty(option: str, valid: str) -> Any:
     return check
 
 
+def _host_names(names: List[str]) -> None:
+    """Each of serve's allowed hosts is a host name (example.org) or *."""
+    for name in names:
+        require(0 < len(name) <= 253 and not any(c in name for c in "/ @\t\n"), "allowed_hosts", name, "host names (example.org) or *")
+
+
 def _one_of(option: str, choices: Sequence[str]) -> Any:
     """A `check` holding each item of a list to `choices` (where the parser takes the list as it is)."""
 
@@ -471,6 +477,11 @@ class ServeConfig(Options):
     max_connections: int = option(256, "open connections at most; more are closed at once (keep it under the "
                                   "process's open-file limit)", range="[1, 1e6]")  # fmt: skip
     max_inflight_mb: float = option(512.0, "MiB of bodies and decoded images held by all requests in flight (503 beyond)", range="(0, 1e6]")
+    max_per_client: int = option(8, "requests one client address may have in flight at once (429 beyond; behind a "
+                                 "proxy all its clients share its address)", range="[1, inf)")  # fmt: skip
+    allowed_hosts: List[str] = option(help="host names this server answers to besides localhost, --host and IP "
+                                      "addresses; a request whose Host or Origin names another is refused (403: DNS "
+                                      "rebinding); * for any", factory=list, nargs="*", check=_host_names, **NOT_A_PATH)  # fmt: skip
 
     @property
     def max_inflight_bytes(self) -> int:

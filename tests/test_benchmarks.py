@@ -395,3 +395,25 @@ def test_distill_proxy_starts_no_v4_run_when_the_chosen_arm_ends_below_its_start
     with pytest.raises(SystemExit, match="ends below its start .45.00 < 46.00.: by the written rule no v4 run"):
         proxy.main(["run", "v4", "--runs", str(tmp_path)])
     assert not (tmp_path / "v3.safetensors").exists() and not (tmp_path / "camvid_v4").exists()
+
+
+def test_fps_table_rows_name_the_cpu_weights_backend_and_threads_and_keep_other_cpus(tmp_path):
+    import fps_table
+    from benchlib import write_section
+
+    from dabnet.util.hardware import cpu_flags
+
+    rows = fps_table.measure("dabnet-camvid", ["eager:fp32"], [1], frames=1, warmup=0)
+    assert [(label, n) for label, n, _ in rows] == [("eager fp32", 1)]
+    cpu = cpu_flags()
+    lines = fps_table.lines_for(rows, cpu, fps_table.weights_version("dabnet-camvid"), frames=1)
+    out = tmp_path / "FPS.md"
+    out.write_text(f"{fps_table.TITLE}\n\n## Another CPU (avx2)\n\n| CPU | x |\n")
+    write_section(out, fps_table.TITLE, lines[0], lines[1:])
+    write_section(out, fps_table.TITLE, lines[0], lines[1:])  # a second run replaces its own section
+    text = out.read_text()
+    assert text.count("## ") == 2 and "## Another CPU (avx2)\n\n| CPU | x |" in text
+    row = next(line for line in text.splitlines() if "| eager fp32 |" in line).split("|")[1:-1]
+    ms = rows[0][2]
+    assert row[0].strip() == cpu["model"] and row[2].strip().startswith("dabnet-camvid v3 (sha256 ")
+    assert row[4].strip() == "1" and float(row[5]) == round(1000 / ms[(360, 480)], 1) and float(row[6]) == round(1000 / ms[(512, 1024)], 1)

@@ -41,11 +41,21 @@ def test_bad_size_is_rejected(capsys):
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
 
 
-def test_demo_writes_pictures_and_reports_fps(tmp_path):
+def test_demo_writes_pictures_and_reports_fps(tmp_path, monkeypatch):
+    from dabnet.commands import demo
+    from dabnet.inference.segmenter import Segmenter
+
+    calls = []
+    predict = Segmenter.predict
+    monkeypatch.setattr(Segmenter, "predict", lambda self, image: calls.append(1) or predict(self, image))
     lines = []
     result = run_demo(DemoConfig(out=str(tmp_path / "demo")), log=lines.append)
     frames = sample_frames()
-    assert len(frames) >= 3 and len(result["latencies_ms"]) == len(frames)
+    timed = result["latencies_ms"]
+    # the FPS comes from whole rounds of the frames after the warm-up, never from the pictures' first calls
+    assert len(frames) >= 3 and len(timed) >= demo.MIN_TIMED_CALLS and len(timed) % len(frames) == 0
+    assert len(calls) == len(frames) + demo.WARMUP_CALLS + len(timed)
+    assert f"{len(timed)} timed predictions" in "\n".join(lines)
     for f in frames:
         for kind in ("label", "color", "overlay", "side_by_side"):
             assert (tmp_path / "demo" / f"{f.stem}_{kind}.png").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 import dabnet
 from dabnet.cli import main
 from dabnet.commands.export import ExportError, export_model
-from dabnet.commands.predict import MANIFEST, expand_inputs
+from dabnet.commands.predict import MANIFEST, MANIFEST_LOCK, expand_inputs
 from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD
 from dabnet.inference.segmenter import Segmenter
 from dabnet.io.checkpoint import make_checkpoint, save_checkpoint
@@ -591,7 +592,7 @@ def test_videos_with_one_name_in_two_folders_keep_both_and_a_bad_one_is_skipped(
     assert code == 1  # one input failed, the others were written
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.mp4")) == ["vidA/clip_overlay.mp4", "vidB/clip_overlay.mp4"]
     assert f"skipped {bad}" in capsys.readouterr().err
-    assert [p.name for p in out.rglob(".*")] == [MANIFEST]  # no temp file left, only predict's list of what it wrote
+    assert sorted(p.name for p in out.rglob(".*")) == [MANIFEST, MANIFEST_LOCK]  # no temp file left, only predict's list of what it wrote
 
 
 def test_video_into_an_unwritable_folder_is_an_error_not_a_silent_success(ckpt, tmp_path, unwritable, capsys):
@@ -620,9 +621,9 @@ def test_ctrl_c_during_predict_leaves_no_truncated_png_and_no_traceback(ckpt, tm
     assert main(["predict", "--checkpoint", str(ckpt), str(src), "--out", str(out), "--backend", "eager", "--workers", "0"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
-    written = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
+    written = sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, MANIFEST_LOCK))
     assert written == ["f0_color.png", "f0_label.png", "f0_overlay.png", "f1_label.png"]  # whole files only
-    for p in (q for q in out.iterdir() if q.name != MANIFEST):
+    for p in (q for q in out.iterdir() if q.name not in (MANIFEST, MANIFEST_LOCK)):
         real = Image.open(p)
         real.load()
 
@@ -658,15 +659,15 @@ def test_overlapped_reads_and_writes_give_the_same_files_and_save_chooses_them(c
                      "--workers", workers, "--batch-size", "2"])  # fmt: skip
         captured = capsys.readouterr()
         assert code == 1 and "skipped" in captured.out + captured.err
-        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != MANIFEST}
+        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name not in (MANIFEST, MANIFEST_LOCK)}
     assert len(outs["0"]) == 21 and outs["0"] == outs["3"]
     out = tmp_path / "labels_only"
     assert main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--out", str(out), "--backend", "eager", "--save", "label"]) == 0
-    assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == ["f1_label.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, MANIFEST_LOCK)) == ["f1_label.png"]
     for save in (["label,color"], ["color", "label"]):  # comma-separated or one word each
         out = tmp_path / f"two{len(save)}"
         assert main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--out", str(out), "--backend", "eager", "--save", *save]) == 0
-        assert sorted(p.name for p in out.iterdir() if p.name != MANIFEST) == ["f1_color.png", "f1_label.png"]
+        assert sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, MANIFEST_LOCK)) == ["f1_color.png", "f1_label.png"]
     for bad in ("mask", "label,mask"):
         with pytest.raises(SystemExit):  # argparse: "invalid choice: 'mask' (choose from label, color, overlay)"
             main(["predict", "--checkpoint", str(ckpt), str(src / "f1.png"), "--save", bad])
@@ -693,3 +694,179 @@ def test_video_with_decode_and_encode_threads_writes_the_same_frames(ckpt, tmp_p
     assert main(["predict", "--checkpoint", str(ckpt), str(clip), "--out", str(out), "--backend", "eager", "--max-frames", "3"]) == 0
     cap = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+CLAIMING = r"""
+import json, sys, time
+from pathlib import Path
+import numpy as np
+
+json.dumps = (lambda dumps: lambda *a, **k: (time.sleep(0.02), dumps(*a, **k))[1])(json.dumps)  # widen every window
+from dabnet.commands.predict import predict_images
+
+
+class Stub:  # a Segmenter's interface, without a network: the test is about the files
+    palette = [(0, 0, 0), (255, 255, 255)]
+
+    def predict_batch(self, images):
+        return [np.zeros(im.shape[:2], np.uint8) for im in images]
+
+
+folder, out, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+(go.parent / f"ready-{folder.name}").touch()  # imported: both runs start together
+while not go.exists():
+    time.sleep(0.005)
+for image in sorted(folder.iterdir()):  # one run per image: a manifest update each
+    assert not predict_images(Stub(), [image], out, save=["label"], workers=0, log=lambda *a: None)["skipped"]
+"""
+
+
+@pytest.mark.slow
+def test_two_predict_processes_into_one_out_keep_each_others_manifest_entries(ckpt, tmp_path):
+    """Issue 50 (5): two runs into one --out lost each other's manifest entries, and a later run then refused those
+    outputs as "not written by predict". Two real processes, each writing its own images' labels into one OUT."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "claiming.py"
+    script.write_text(CLAIMING)
+    out, go = tmp_path / "out", tmp_path / "go"
+    for who in "ab":
+        (tmp_path / who).mkdir()
+        for i in range(12):
+            write_frame(tmp_path / who / f"{who}{i:02d}.png", i, size=(8, 8))
+    env = {**os.environ, "PYTHONPATH": str(Path(dabnet.__file__).parents[1])}
+    runs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / who), str(out), str(go)], env=env,
+                             stderr=subprocess.PIPE, text=True) for who in "ab"]  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not all((tmp_path / f"ready-{who}").exists() for who in "ab") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read()[-2000:]
+    written = sorted(p.name for p in out.glob("*_label.png"))
+    assert len(written) == 24
+    assert sorted(json.loads((out / MANIFEST).read_text())) == written  # every run's entries kept
+    # So a later run over all of them replaces them all, refusing none.
+    args = ["predict", "--checkpoint", str(ckpt), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out),
+            "--backend", "eager", "--save", "label"]  # fmt: skip
+    assert main(args) == 0
+
+
+def test_the_mp4_writers_size_limits_are_opencvs_own(tmp_path):
+    """MP4_SIDES is what OpenCV's mp4v writer really takes: a side of 2 and 8191 opens, 1 and 8192 do not."""
+    cv2 = pytest.importorskip("cv2")
+    from dabnet.io.images import MP4_SIDES, VideoWriteError, check_video_size
+
+    lo, hi = MP4_SIDES
+
+    def opens(w, h):
+        writer = cv2.VideoWriter(str(tmp_path / "t.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (w, h))
+        ok = writer.isOpened()
+        writer.release()
+        return ok
+
+    assert opens(hi, lo) and opens(lo, hi) and not opens(hi + 1, 16) and not opens(16, hi + 1) and not opens(lo - 1, 16)
+    check_video_size(hi, lo, "x.mp4")
+    with pytest.raises(VideoWriteError, match="8200x2000.*2 to 8191 pixels a side"):
+        check_video_size(8200, 2000, "x.mp4")
+
+
+def test_a_video_too_large_to_write_fails_alone_and_says_why(ckpt, tmp_path, capsys):
+    """Issue 50 (9): `predict big.avi one.avi` with big.avi 8200 wide said "check that vout3 is writable", exited 2
+    and never processed one.avi."""
+    big = write_video(tmp_path / "in" / "big.avi", frames=2, size=(16, 8200))  # MJPG takes it; mp4v does not
+    one = write_video(tmp_path / "in" / "one.avi", frames=3)
+    out = tmp_path / "vout3"
+    assert main(["predict", "--checkpoint", str(ckpt), str(big), str(one), "--out", str(out), "--backend", "eager"]) == 1
+    err = capsys.readouterr().err
+    assert f"skipped {big}" in err and "8200x16" in err and "8191 pixels a side" in err and "writable" not in err
+    assert "1 of 2 input(s) failed" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["one_overlay.mp4"]
+
+
+@pytest.mark.slow
+def test_a_video_whose_name_is_not_utf8_is_segmented_not_a_crash(ckpt, tmp_path):
+    """Issue 50 (4): OpenCV segfaulted (rc 139) on a name that is not UTF-8, killing a whole folder run. On a stream
+    that refuses such names too (a strict UTF-8 locale)."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "clips"
+    write_video(folder / "b.avi")
+    odd = os.path.join(os.fsencode(folder), b"caf\xe9.avi")
+    try:
+        os.rename(write_video(folder / "tmp.avi"), odd)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(dabnet.__file__).parents[1]), "PYTHONIOENCODING": "utf-8:strict"}
+    run = subprocess.run([sys.executable, "-m", "dabnet", "predict", "--checkpoint", str(ckpt), str(folder), "--out",
+                          str(out), "--backend", "eager"], env=env, capture_output=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(os.listdir(os.fsencode(out))) == [b".dabnet-predict.json", b".dabnet-predict.lock", b"b_overlay.mp4",
+                                                     b"caf\xe9_overlay.mp4"]  # fmt: skip
+    assert b"caf\\xe9" in run.stdout  # shown, escaped
+    cv2 = pytest.importorskip("cv2")
+    assert cv2.VideoCapture(str(out / "b_overlay.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 4
+
+
+def test_a_full_disk_in_predict_and_export_names_the_file_and_its_file_systems_free_space(ckpt, tmp_path, capsys, monkeypatch):
+    """Issue 50 (11): `disk full writing (72247 MiB free)`: no file, and the current folder's free space."""
+    import errno
+    import shutil
+
+    onnx = pytest.importorskip("onnx")
+    disk, here = tmp_path / "disk", tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=(4242 if str(disk) in str(Path(p).absolute()) else 1) * 2**20))
+
+    def full(*a, **k):  # a write() on a full disk: an OSError with no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_frame(tmp_path / "f.png", 0)
+    monkeypatch.setattr(Image.Image, "save", full)
+    assert main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "f.png"), "--out", str(disk / "p"), "--backend", "eager",
+                 "--workers", "0"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"disk full writing {disk / 'p' / 'f_label.png'} (4242 MiB free there)" in err, err
+    monkeypatch.setattr(onnx, "save", full)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(disk / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert f"disk full writing {disk / 'm.onnx'} (4242 MiB free there)" in err, err
+    assert sorted(p.name for p in disk.iterdir()) == ["p"]  # nothing half-written left
+
+
+def test_a_video_the_disk_could_not_hold_is_an_error_not_a_truncated_file(ckpt, tmp_path, capsys, monkeypatch):
+    """OpenCV's writer reports no failed write: on a full disk it left an mp4 without its index, reported as
+    written. The frames in the file are counted against those written."""
+    import shutil
+
+    cv2 = pytest.importorskip("cv2")
+    clip = write_video(tmp_path / "clip.avi", frames=3)
+    real_writer = cv2.VideoWriter
+
+    class Full:  # what a full disk does to OpenCV's writer: frames after the first go nowhere, silently
+        def __init__(self, *a):
+            self.w, self.n = real_writer(*a), 0
+
+        def write(self, frame):
+            self.n += 1
+            if self.n == 1:
+                self.w.write(frame)
+
+        def __getattr__(self, name):
+            return getattr(self.w, name)
+
+    monkeypatch.setattr(cv2, "VideoWriter", Full)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=0))
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(ckpt), str(clip), "--out", str(out), "--backend", "eager"]) == 2
+    assert f"disk full writing {out / 'clip_overlay.mp4'}" in capsys.readouterr().err
+    assert not (out / "clip_overlay.mp4").exists()

@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 import dabnet  # noqa: E402
 from dabnet.commands.serve import HTTPProblem, InferenceWorker, create_app  # noqa: E402
 from dabnet.config import ServeConfig  # noqa: E402
+from dabnet.inference.admission import CostModel  # noqa: E402
 from dabnet.data.classes import CAMVID_CLASSES, CAMVID_MEAN, CAMVID_PALETTE, CAMVID_STD  # noqa: E402
 from dabnet.inference.segmenter import Segmenter  # noqa: E402
 
@@ -45,6 +46,14 @@ class SlowSegmenter(Segmenter):
         return super().predict_batch(images)
 
 
+LOCAL = "http://127.0.0.1"  # TestClient's own host name, testserver, is not one the server answers to
+
+
+def _app(cfg: ServeConfig, seg: Segmenter, per_pass_s: float = 0.002, per_pixel_s: float = 2e-8):
+    """create_app with fixed network timings instead of timing passes at start (test_cost_model_is_calibrated does)."""
+    return create_app(cfg, seg=seg, cost=CostModel(seg, per_pass_s, per_pixel_s))
+
+
 def _png(shape=(60, 80, 3), seed=0) -> bytes:
     arr = np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
     buf = io.BytesIO()
@@ -54,8 +63,8 @@ def _png(shape=(60, 80, 3), seed=0) -> bytes:
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app(ServeConfig(checkpoint="test", max_mb=1, max_pixels=1_000_000), seg=_segmenter())
-    with TestClient(app) as c:
+    app = _app(ServeConfig(checkpoint="test", max_mb=1, max_pixels=1_000_000), _segmenter())
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -130,8 +139,8 @@ def test_full_queue_answers_503_at_once():
 
 
 def test_slow_model_answers_504():
-    app = create_app(ServeConfig(checkpoint="test", timeout_s=0.2), seg=SlowSegmenter(1.0))
-    with TestClient(app) as c:
+    app = _app(ServeConfig(checkpoint="test", timeout_s=0.2), SlowSegmenter(1.0))
+    with TestClient(app, base_url=LOCAL) as c:
         res = c.post("/v1/segment", content=_png(), headers={"content-type": "image/png"})
         assert res.status_code == 504
         assert c.get("/healthz").status_code == 200
@@ -144,9 +153,9 @@ def test_concurrent_requests_are_batched_and_all_answered():
     seen = []
     real = seg.predict_batch
     seg.predict_batch = lambda images: (seen.append(len(images)), real(images))[1]
-    app = create_app(ServeConfig(checkpoint="test", max_batch=4, batch_wait_ms=50), seg=seg)
+    app = _app(ServeConfig(checkpoint="test", max_batch=4, batch_wait_ms=50), seg)
     results = []
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         threads = [threading.Thread(target=lambda: results.append(
             c.post("/v1/segment", content=_png(seed=1), headers={"content-type": "image/png"}).status_code)) for _ in range(8)]  # fmt: skip
         for t in threads:
@@ -176,7 +185,7 @@ def _live_server(cfg=None, seg=None):
 
     port = _free_port()
     cfg = cfg or ServeConfig(checkpoint="test")
-    server = uvicorn.Server(uvicorn_config(create_app(cfg, seg=seg or _segmenter()), cfg, host="127.0.0.1", port=port))
+    server = uvicorn.Server(uvicorn_config(_app(cfg, seg or _segmenter()), cfg, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -232,7 +241,7 @@ def test_client_that_disconnects_mid_upload_is_one_log_line(caplog, capsys):
     with _live_server() as port:
         with caplog.at_level(logging.WARNING):
             with socket.create_connection(("127.0.0.1", port)) as s:
-                s.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+                s.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
                 s.sendall(b"\x89PNG" + b"\0" * 1000)  # then hang up, 99 KB short
             deadline = time.time() + 10
             while not any("disconnected during its upload" in r.getMessage() for r in caplog.records) and time.time() < deadline:
@@ -247,7 +256,7 @@ def test_a_slow_upload_is_cut_off_and_others_are_served_meanwhile():
 
     with _live_server(ServeConfig(checkpoint="test", timeout_s=1.0)) as port:
         with socket.create_connection(("127.0.0.1", port)) as slow:
-            slow.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+            slow.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
             slow.sendall(b"\x89PNG" + b"\0" * 1000)  # and then nothing
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             t0 = time.perf_counter()
@@ -306,13 +315,13 @@ def test_trickling_headers_are_cut_off_and_connections_are_capped():
 
 
 def test_uploads_in_flight_are_held_to_a_memory_budget():
-    """Row 11: the bytes of all requests in flight are bounded; one that does not fit gets 503, and what a request
-    held is given back when it ends."""
-    app = create_app(ServeConfig(checkpoint="test", max_inflight_mb=0.05), seg=_segmenter())
-    with TestClient(app) as c:
+    """Row 11: the bytes of all requests in flight are bounded; one that can never fit gets 413 (issue 50: it got 503,
+    try again, for ever), and what a request held is given back when it ends."""
+    app = _app(ServeConfig(checkpoint="test", max_inflight_mb=0.05), _segmenter())
+    with TestClient(app, base_url=LOCAL) as c:
         big = _png((200, 300, 3))  # ~180 KB of noise: over a 51 KB budget
         res = c.post("/v1/segment", content=big, headers={"content-type": "image/png"})
-        assert res.status_code == 503 and "in flight" in res.json()["detail"]
+        assert res.status_code == 413 and "in flight" in res.json()["detail"] and "--max-inflight-mb" in res.json()["detail"]
         assert c.post("/v1/segment", content=_png((20, 24, 3)), headers={"content-type": "image/png"}).status_code == 200
         assert app.state.budget.used == 0
 
@@ -344,8 +353,8 @@ def test_numeric_serve_options_are_finite_and_in_range(option, value):
 
 def test_healthz_reports_a_dead_worker_and_head_is_answered():
     """Row 14: /healthz says when the inference thread has died; row 15: HEAD / and /healthz, no CDN docs."""
-    app = create_app(ServeConfig(checkpoint="test"), seg=_segmenter())
-    with TestClient(app) as c:
+    app = _app(ServeConfig(checkpoint="test"), _segmenter())
+    with TestClient(app, base_url=LOCAL) as c:
         assert c.head("/").status_code == 200 and c.head("/healthz").status_code == 200
         assert c.get("/docs").status_code == 404 and c.get("/openapi.json").status_code == 200
         dead = threading.Thread(target=lambda: None)
@@ -512,3 +521,205 @@ def test_serve_gives_memory_back_after_a_burst():
 
 async def _submit(worker, image):
     return worker.submit(image)
+
+
+# ----------------------------------------------------------------------------- round 4 of bad input (issue 50)
+
+
+def _thin_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16_000_000, 1)).save(buf, format="PNG")  # 47 KB
+    return buf.getvalue()
+
+
+def test_a_thin_image_is_refused_at_once_and_others_are_served_meanwhile():
+    """Issue 50, case 2: a 47 KB PNG of 1x16,000,000 pixels is under --max-pixels but runs as 8929 network passes. At
+    2 ms a pass (timings fixed here; the app measures them at start, test_admission checks that) it is over --timeout:
+    refused from its header (413) at once, while another client's small images are answered. It used to take the
+    worker for minutes: everyone got 504."""
+    thin = _thin_png()
+    assert len(thin) < 50_000
+    seg = _segmenter()
+    seg.predict(np.zeros((32, 40, 3), np.uint8))  # the first pass is the slowest: before the clock starts
+    app = _app(ServeConfig(checkpoint="test", timeout_s=15), seg)  # the thin image: 8929 passes, about 24 s
+    refused = {}
+    with TestClient(app, base_url=LOCAL) as c:
+
+        def post_thin():
+            t0 = time.perf_counter()
+            res = c.post("/v1/segment", content=thin, headers={"content-type": "image/png"})
+            refused.update(status=res.status_code, seconds=time.perf_counter() - t0, detail=res.json()["detail"])
+
+        thread = threading.Thread(target=post_thin)
+        thread.start()
+        small = [c.post("/v1/segment", content=_png((32, 40, 3), seed=i), headers={"content-type": "image/png"}).status_code
+                 for i in range(2)]  # fmt: skip
+        thread.join(timeout=60)
+    assert refused["status"] == 413 and "8929 passes" in refused["detail"] and "--timeout" in refused["detail"], refused
+    assert refused["seconds"] < 2.0, refused
+    assert small == [200, 200]
+
+
+class InstantSegmenter(Segmenter):
+    """Labels at once (zeros): what is measured is the server's own memory, not the network's."""
+
+    def __init__(self) -> None:
+        super().__init__(_segmenter().model, CAMVID_MEAN, CAMVID_STD, CAMVID_CLASSES, CAMVID_PALETTE)
+
+    def predict_batch(self, images):
+        return [np.zeros(im.shape[:2], np.uint8) for im in images]
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs /proc/self/clear_refs (Linux)")
+def test_a_burst_of_large_images_stays_within_the_memory_budget_and_memory_goes_back():
+    """Issue 50, case 8: 16 parallel 4096x4096 PNGs of 49 KB under --max-inflight-mb 512. What decoding and answering
+    each holds is reserved from its header before a pixel is allocated, so the process grows by the budget at most
+    (images were counted only once decoded, and six decoded at once: GBs), and once idle the memory goes back."""
+    from dabnet.commands.serve import release_memory
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4096, 4096)).save(buf, format="PNG")
+    body = buf.getvalue()
+    cfg = ServeConfig(checkpoint="test", max_inflight_mb=512, max_per_client=16)
+    app = _app(cfg, InstantSegmenter())
+    codes = []
+    with TestClient(app, base_url=LOCAL) as c:
+        assert c.post("/v1/segment", content=_png(), headers={"content-type": "image/png"}).status_code == 200
+        release_memory()
+        base = _status_mb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # the high-water mark starts again from here
+        threads = [threading.Thread(target=lambda: codes.append(
+            c.post("/v1/segment", content=body, headers={"content-type": "image/png"}).status_code)) for _ in range(16)]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        peak = _status_mb("VmHWM")
+        deadline = time.time() + 10
+        while _status_mb("VmRSS") - base > 64 and time.time() < deadline:
+            time.sleep(0.1)
+        idle = _status_mb("VmRSS")
+        assert app.state.budget.used == 0
+    assert len(codes) == 16 and set(codes) <= {200, 503} and codes.count(200) >= 3, codes  # 512 MiB: three decode at once
+    print(f"burst: RSS {base:.0f} MiB before, peak {peak:.0f}, idle {idle:.0f}; {codes.count(200)} x 200")
+    assert peak - base < 512 + 64, (base, peak, idle)
+    assert idle - base < 64, (base, peak, idle)
+
+
+def test_one_client_cannot_take_every_slot():
+    """Requests in flight per client address are limited (429 with Retry-After beyond); another client is served."""
+    app = _app(ServeConfig(checkpoint="test", max_per_client=2), SlowSegmenter(0.6))
+    results = []
+    with TestClient(app, base_url=LOCAL) as a, TestClient(app, base_url=LOCAL, client=("10.1.1.2", 4000)) as b:
+
+        def post():
+            res = a.post("/v1/segment", content=_png(), headers={"content-type": "image/png"})
+            results.append((res.status_code, res.headers.get("retry-after")))
+
+        threads = [threading.Thread(target=post) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        other = b.post("/v1/segment", content=_png(), headers={"content-type": "image/png"}).status_code
+        for t in threads:
+            t.join(timeout=60)
+    assert sorted(results, key=str) == [(200, None), (200, None), (429, "1"), (429, "1")], results
+    assert other == 200
+
+
+def test_a_request_whose_client_left_is_dropped_before_its_compute():
+    """A client that closes its connection while its image waits in the queue: the image never reaches the network."""
+    import http.client
+
+    seen = []
+    seg = SlowSegmenter(1.0)
+    real = seg.predict_batch
+    seg.predict_batch = lambda images: (seen.extend(im.shape[:2] for im in images), real(images))[1]
+    with _live_server(ServeConfig(checkpoint="test", max_batch=1), seg=seg) as port:
+        first = []
+
+        def post_first():
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("POST", "/v1/segment", body=_png((40, 40, 3)), headers={"content-type": "image/png"})
+            first.append(conn.getresponse().status)
+
+        thread = threading.Thread(target=post_first)
+        thread.start()
+        time.sleep(0.4)  # the worker is busy with it
+        body = _png((24, 56, 3))
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: "
+                      + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+            time.sleep(0.3)  # queued behind the first
+        thread.join(timeout=30)
+        time.sleep(1.5)  # long enough for the worker to have run it
+    assert first == [200] and (40, 40) in seen
+    assert (24, 56) not in seen, seen
+
+
+def test_work_that_cannot_be_answered_in_time_waits_outside():
+    """Seconds of accepted work are counted: an image that does not fit behind them within --timeout is refused at
+    once (503, Retry-After) instead of waiting for a 504."""
+    app = _app(ServeConfig(checkpoint="test", timeout_s=2.5), SlowSegmenter(1.0), per_pass_s=1.0, per_pixel_s=0.0)
+    results = []
+    with TestClient(app, base_url=LOCAL) as c:
+
+        def post():
+            t0 = time.perf_counter()
+            res = c.post("/v1/segment", content=_png(), headers={"content-type": "image/png"})
+            results.append((res.status_code, res.headers.get("retry-after"), time.perf_counter() - t0))
+
+        threads = [threading.Thread(target=post) for _ in range(3)]
+        for t in threads:
+            t.start()
+            time.sleep(0.1)
+        for t in threads:
+            t.join(timeout=30)
+    assert sorted(r[0] for r in results) == [200, 200, 503], results
+    refused = next(r for r in results if r[0] == 503)
+    assert refused[1] == "1" and refused[2] < 1.0
+
+
+@pytest.mark.parametrize(
+    "host, origin, allowed, status",
+    [
+        ("127.0.0.1:8000", None, [], 200),
+        ("localhost:8000", None, [], 200),
+        ("[::1]:8000", None, [], 200),
+        ("192.168.1.5:8000", None, [], 200),  # an address: a page can only be there by being served from here
+        ("myhost.lan:8000", None, [], 200),  # --host
+        ("attacker.example:8000", None, [], 403),  # DNS rebinding: a name that resolved to this machine
+        ("my.box", None, ["my.box"], 200),
+        ("localhost:8000", "http://localhost:8000", [], 200),  # the server's own page
+        ("localhost:8000", "http://attacker.example", [], 403),
+        ("localhost:8000", "http://localhost:3000", [], 403),  # another local site
+        ("localhost:8000", "null", [], 403),
+        ("localhost:8000", "https://app.example", ["app.example"], 200),
+        ("any.example", "http://other.example", ["*"], 200),
+    ],
+)
+def test_only_the_servers_own_names_and_pages_reach_it(host, origin, allowed, status):
+    app = _app(ServeConfig(checkpoint="test", host="myhost.lan", allowed_hosts=allowed), _segmenter())
+    headers = {"origin": origin} if origin else {}
+    with TestClient(app, base_url=f"http://{host}") as c:
+        res = c.get("/v1/model", headers=headers)
+        assert res.status_code == status, res.text
+        seg = c.post("/v1/segment", content=_png(), headers={"content-type": "image/png", **headers})
+        assert seg.status_code == status
+    if status == 403:
+        assert "allowed-hosts" in res.json()["detail"]
+
+
+def test_the_model_description_names_no_server_path():
+    app = _app(ServeConfig(checkpoint="/srv/private/run7/best.pth"), _segmenter())
+    with TestClient(app, base_url=LOCAL) as c:
+        res = c.get("/v1/model")
+    assert res.json()["checkpoint"] == "best.pth" and "/srv" not in res.text and "private" not in res.text

@@ -16,6 +16,7 @@ from ..config import BenchConfig
 from ..models import create_model, list_models, model_description
 from ..runtimes import resolve_device
 from ..util.files import atomic_output, check_output_file
+from ..util.state import KEEP, scoped, setting
 
 
 def count_params(model: nn.Module) -> int:
@@ -71,18 +72,18 @@ def _sync(device: torch.device) -> None:
 def measure_matmul_peak(seconds: float = 2.0, n: int = 1024, device: str = "cpu") -> float:
     """Achieved fp32 matmul rate (GFLOP/s) on this machine: the ceiling that convolutions approach."""
     dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed sizes per measurement: let cuDNN pick its fastest algorithms
-    a = torch.randn(n, n, device=dev)
-    b = torch.randn(n, n, device=dev)
-    torch.mm(a, b)
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        _sync(dev)
-        t0 = time.perf_counter()
+    # A fixed size: on CUDA let cuDNN pick its fastest algorithms, for this measurement only.
+    with setting(torch.backends.cudnn, "benchmark", True if dev.type == "cuda" else KEEP):
+        a = torch.randn(n, n, device=dev)
+        b = torch.randn(n, n, device=dev)
         torch.mm(a, b)
-        _sync(dev)
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+        best, t_end = 0.0, time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            _sync(dev)
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            _sync(dev)
+            best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
 
@@ -234,8 +235,6 @@ def run_bench(cfg: BenchConfig, log=print) -> List[Dict[str, object]]:
     for option, path in (("--json", cfg.json), ("--plot", plot)):
         if path:
             check_output_file(path, option)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if cfg.scale != 1.0:
         log(f"scale {cfg.scale:g}: frames of " + ", ".join(f"{h}x{w}" for h, w in cfg.sizes) + " run the network at "
             + ", ".join(f"{h}x{w}" for h, w in cfg.network_sizes))  # fmt: skip
@@ -243,9 +242,10 @@ def run_bench(cfg: BenchConfig, log=print) -> List[Dict[str, object]]:
     device = next(iter(devices)) if len(devices) == 1 else "cpu"
     if len(devices) > 1:  # auto, with backends of which some run on the GPU and some do not
         log(f"device auto -> cpu: {', '.join(cfg.backends)} do not all run on the GPU; give --device to choose")
-    rows = benchmark(cfg.models, cfg.network_sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, device,
-                     checkpoint=cfg.checkpoint, paper_protocol=not cfg.no_paper_protocol,
-                     channels_last=cfg.channels_last, labels=cfg.labels, batch=cfg.batch, log=log)  # fmt: skip
+    with scoped(torch.get_num_threads, torch.set_num_threads, cfg.threads or KEEP):  # --threads: for this bench only
+        rows = benchmark(cfg.models, cfg.network_sizes, cfg.backends, cfg.precision, cfg.frames, cfg.warmup, device,
+                         checkpoint=cfg.checkpoint, paper_protocol=not cfg.no_paper_protocol,
+                         channels_last=cfg.channels_last, labels=cfg.labels, batch=cfg.batch, log=log)  # fmt: skip
     frames = {f"{n[0]}x{n[1]}": f"{f[0]}x{f[1]}" for f, n in zip(cfg.sizes, cfg.network_sizes)}
     for row in rows:
         row.update(scale=cfg.scale, frame_size=frames.get(str(row["size"]), row["size"]))

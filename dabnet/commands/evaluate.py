@@ -6,7 +6,7 @@ import json
 from typing import Any, Dict
 
 import numpy as np
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..config import EvalConfig
 from ..data.datasets import build_dataset, collate_eval
@@ -15,7 +15,7 @@ from ..inference.segmenter import Segmenter
 from ..io.checkpoint import CheckpointError
 from ..runtimes import resolve_device
 from ..training.engine import evaluate
-from ..util.distributed import cleanup, init_distributed
+from ..util.distributed import cleanup, init_distributed, is_main, rank0_first, shard
 from ..util.files import atomic_output, check_output_file
 from ..util.metrics import per_class_table
 
@@ -53,13 +53,20 @@ def run_evaluation(cfg: EvalConfig, log=print) -> Dict[str, Any]:
             check_output_file(path, option)
     device, _ = init_distributed(resolve_device(cfg.device, cfg.backend, cfg.checkpoint))
     try:
-        return _evaluated(cfg, device, log)
+        return _evaluated(cfg, device, log if is_main() else (lambda *a, **k: None))  # under torchrun rank 0 speaks
     finally:
         cleanup()  # the process group of a torchrun evaluation ends with it
 
 
 def _evaluated(cfg: EvalConfig, device, log) -> Dict[str, Any]:
-    seg = Segmenter.from_checkpoint(cfg.checkpoint, str(device), cfg.backend, cfg.precision, log=log)
+    def load() -> Segmenter:
+        return Segmenter.from_checkpoint(cfg.checkpoint, str(device), cfg.backend, cfg.precision, log=log)
+
+    # Under torchrun rank 0 loads first: it alone writes what its runtime caches (the others then read it), and a
+    # checkpoint it cannot load stops every rank with its error.
+    seg = rank0_first(load)
+    if seg is None:
+        seg = load()
     ds = build_dataset(cfg.dataset, cfg.data_root, cfg.split, include=cfg.sequences, exclude=cfg.exclude_sequences)
     if len(seg.class_names) != ds.num_classes:
         raise CheckpointError(
@@ -67,7 +74,8 @@ def _evaluated(cfg: EvalConfig, device, log) -> Dict[str, Any]:
             "evaluate it on a dataset with the same classes"
         )
     ds.transform = EvalTransform(seg.mean, seg.std)  # the normalisation the checkpoint was trained with
-    loader = DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_eval)
+    # Each rank its own images, none twice; `evaluate` sums the confusion matrices of all ranks.
+    loader = DataLoader(Subset(ds, shard(len(ds))), batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_eval)
     cm = evaluate(seg.run, loader, ds.num_classes, device, ds.ignore_index, scales=cfg.scales, flip=cfg.flip)
     res = cm.compute()
     result = {
@@ -80,6 +88,8 @@ def _evaluated(cfg: EvalConfig, device, log) -> Dict[str, Any]:
     log(f"{cfg.checkpoint} on {ds.name}: {len(ds)} images, backend {seg.backend}, scales {list(cfg.scales)}, flip {cfg.flip}")
     log(per_class_table(res["iou"], ds.classes))
     log(f"mIoU {100 * res['miou']:.2f}%   pixel accuracy {100 * res['pixel_acc']:.2f}%")
+    if not is_main():  # one writer: every rank holds the same result
+        return result
     if cfg.json:
         with atomic_output(cfg.json, fsync=False) as tmp:
             tmp.write_text(json.dumps(result, indent=2))

@@ -15,7 +15,7 @@ from ..inference.spec import describe
 from ..models.layers import MaxUnpool2x
 from ..runtimes import export_formats, runtime_for_export
 from ..runtimes.meta import export_sizes
-from ..util.files import PathLike, check_output_file
+from ..util.files import PathLike, check_output_file, writing
 
 TOLERANCE = 1e-4
 
@@ -34,12 +34,14 @@ def export_model(model: nn.Module, fmt: str, path: PathLike, check: bool = True)
 
     runtime = runtime_for_export(fmt)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.exporting-", dir=path.parent))
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{path.name}.exporting-", dir=path.parent))
     try:
         tmp = work / path.name  # same names as the final files: an IR's .xml finds its .bin by stem
         try:
-            runtime.export(model.eval(), tmp)
+            with writing(path, scratch=work):  # a full disk names `path` and its own file system's free space
+                runtime.export(model.eval(), tmp)
         except ValueError as e:  # a network the format cannot hold: the runtime says which format can
             raise ExportError(str(e)) from e
         result = {"path": str(path), "format": fmt, "max_abs_error": None, "checked_sizes": []}

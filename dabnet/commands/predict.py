@@ -19,7 +19,10 @@ from ..io.images import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     ImageReadError,
+    VideoWriteError,
     VideoWriter,
+    check_video_size,
+    frame_size,
     open_video,
     read_image,
     video_frames,
@@ -27,7 +30,7 @@ from ..io.images import (
 from ..io.preprocessing import to_rgb
 from ..io.visualize import colorize, overlay
 from ..runtimes import resolve_device
-from ..util.files import atomic_output, check_output_folder
+from ..util.files import atomic_output, check_output_folder, locked, printable
 
 
 def expand_inputs(inputs: Sequence[str], skipped: Optional[List[str]] = None) -> Tuple[List[Path], List[Union[Path, int]], List[str]]:
@@ -114,36 +117,47 @@ def output_names(paths: Sequence[Path]) -> List[str]:
 
 
 MANIFEST = ".dabnet-predict.json"  # in OUT: every file predict has written there, in this run or an earlier one
+MANIFEST_LOCK = ".dabnet-predict.lock"  # in OUT: held while a run reads and rewrites MANIFEST
 
 
 class OutputClaims:
     """The files predict may write in OUT: new ones, and those it wrote before (listed in OUT/MANIFEST). A file
     that exists and predict did not write (a ground truth beside its image, a user's own video) is never
-    replaced: the input that would write it is refused, and said so."""
+    replaced: the input that would write it is refused, and said so.
+
+    Runs into one OUT at the same time share MANIFEST: each check-and-claim reads it, adds its files and
+    rewrites it (atomically) under an exclusive lock on OUT/MANIFEST_LOCK, so no run's entries are lost and no
+    run takes another's fresh outputs for foreign ones. (One file and a lock rather than a fragment per run:
+    readers stay one read, and there are no fragments to merge or clean up.)"""
 
     def __init__(self, out: Path) -> None:
-        import json
-
         self.out = out
         self.path = out / MANIFEST
-        try:
-            self.ours = set(json.loads(self.path.read_text())) if self.path.is_file() else set()
-        except (ValueError, OSError):
-            self.ours = set()
 
-    def foreign(self, files: Sequence[str]) -> List[str]:
-        """Those of `files` (relative to OUT) that exist and are not predict's own."""
-        return [f for f in files if f not in self.ours and (self.out / f).exists()]
-
-    def claim(self, files: Sequence[str]) -> None:
-        """Record `files` as predict's before they are written (an interrupted run leaves no file unclaimed)."""
+    def _read(self) -> set:
         import json
 
-        new = set(files) - self.ours
-        if new:
-            self.ours |= new
-            with atomic_output(self.path, fsync=False) as tmp:
-                tmp.write_text(json.dumps(sorted(self.ours), indent=0))
+        try:
+            return set(json.loads(self.path.read_text())) if self.path.is_file() else set()
+        except (ValueError, TypeError, OSError):  # unreadable: predict's earlier files count as foreign, and are kept
+            return set()
+
+    def claim(self, groups: Dict[Any, Sequence[str]]) -> Dict[Any, List[str]]:
+        """Claim each group's files (relative to OUT) for predict before they are written (an interrupted run leaves
+        no file unclaimed), except the groups with a file that exists and is not predict's own: those are
+        returned, each with those files, and claim nothing. One locked read-check-write of MANIFEST."""
+        import json
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        with locked(self.out / MANIFEST_LOCK):
+            ours = self._read()
+            refused = {key: [f for f in files if f not in ours and (self.out / f).exists()] for key, files in groups.items()}
+            refused = {key: files for key, files in refused.items() if files}
+            new = {f for key, files in groups.items() if key not in refused for f in files} - ours
+            if new:
+                with atomic_output(self.path, fsync=False) as tmp:
+                    tmp.write_text(json.dumps(sorted(ours | new), indent=0))
+        return refused
 
 
 def _read(path: Path) -> np.ndarray:
@@ -198,14 +212,11 @@ def predict_images(seg: Segmenter, paths: Sequence[Path], out: Path, fmt: str = 
         log(f"not segmenting {len(skip)} file(s) that are predict's own outputs (in {out}, or NAME_label/_color/_overlay)")
     paths = [p for p in paths if p not in skip]
     stems = dict(zip(paths, output_names(paths))) if paths else {}
-    claims = OutputClaims(out)
-    refused = {p: claims.foreign(output_files(stems[p], fmt, save)) for p in paths}
-    refused = {p: files for p, files in refused.items() if files}
+    refused = OutputClaims(out).claim({p: output_files(stems[p], fmt, save) for p in paths})
     for p, files in refused.items():
         log(f"not segmenting {p}: {', '.join(str(out / f) for f in files)} exists and predict did not write it; "
             "it is kept. Choose another --out")  # fmt: skip
     paths = [p for p in paths if p not in refused]
-    claims.claim([f for p in paths for f in output_files(stems[p], fmt, save)])
     done, failed, seconds, waited = 0, [str(p) for p in refused], 0.0, [0.0]
     bar = progress_bar(total=len(paths), desc="predict", unit="img", dynamic_ncols=True)
     pool = ThreadPoolExecutor(workers) if workers else None
@@ -309,14 +320,18 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
     webcam = isinstance(source, int)
     name = name or (f"webcam{source}" if webcam else Path(source).stem)
     target = out / f"{name}_overlay.mp4"
-    claims = OutputClaims(out)
-    relative = str(target.relative_to(out))
-    if claims.foreign([relative]):
+    if OutputClaims(out).claim({target: [str(target.relative_to(out))]}):
         raise ImageReadError(f"{target} exists and predict did not write it; it is kept. Choose another --out")
-    claims.claim([relative])
     cap, fps_in, total = open_video(source)
+    width, height = frame_size(cap)
+    if width and height:  # a size the writer refuses fails now, before any frame is segmented for nothing
+        try:
+            check_video_size(width, height, target)
+        except VideoWriteError:
+            cap.release()
+            raise
     frames, seconds = 0, 0.0
-    bar = progress_bar(total=total or None, desc=name, unit="frame", dynamic_ncols=True)
+    bar = progress_bar(total=total or None, desc=printable(name), unit="frame", dynamic_ncols=True)
     encoder = ThreadPoolExecutor(1) if workers else None  # one thread: frames must reach the file in order
     pending: List[Future] = []
 
@@ -358,7 +373,8 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
                     f.result()
                 writer.close()
             if not writer.started:
-                raise ImageReadError(f"{source}: no frame could be read")
+                raise ImageReadError(f"{printable(str(source))}: no frame could be read")
+            writer.check()  # before the rename: a video the disk could not hold is not kept as if whole
     finally:
         labelled.close()  # frames in flight finish first
         decoded.close()  # the decoding thread stops before the capture it reads is released
@@ -370,13 +386,14 @@ def predict_video(seg: Segmenter, source: Union[Path, int], out: Path, max_frame
 
 
 def run_predict(cfg: PredictConfig, log=print) -> int:
-    """`dabnet predict`: every input segmented; exit code 1 when an input was missing or unreadable."""
+    """`dabnet predict`: every input segmented; exit code 1 when an input was missing, unreadable or could not be
+    written (the others are written all the same, and a last line counts the failures)."""
     from PIL import Image
 
     guard = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels // 2  # Pillow refuses beyond twice its limit (and warns beyond it)
     try:
-        return _run_predict(cfg, log)
+        return _run_predict(cfg, lambda text: log(printable(text)))  # names that are not UTF-8 print as \xNN
     finally:  # Pillow's guard is process-wide: a caller's own reads keep theirs
         Image.MAX_IMAGE_PIXELS = guard
 
@@ -384,34 +401,39 @@ def run_predict(cfg: PredictConfig, log=print) -> int:
 def _run_predict(cfg: PredictConfig, log) -> int:
     import sys
 
+    def error(text: str) -> None:
+        print(f"dabnet predict: {printable(text)}", file=sys.stderr)
+
     skipped: List[str] = []
     images, videos, missing = expand_inputs(cfg.inputs, skipped)
     for item in missing:
-        print(f"dabnet predict: nothing found at {item!r}", file=sys.stderr)
+        error(f"nothing found at {item!r}")
     for note in skipped:
-        print(f"dabnet predict: skipped {note}", file=sys.stderr)
+        error(f"skipped {note}")
     if not images and not videos:
-        print("dabnet predict: error: no input images or videos", file=sys.stderr)
+        error("error: no input images or videos")
         return 2
     out = check_output_folder(cfg.out)  # before the model loads: a typo costs nothing
     spec = describe(cfg.checkpoint)  # the one read of the checkpoint; no backend yet
     names = spec.class_names
     if cfg.format == "cityscapes" and len(names) != len(CITYSCAPES_CLASSES):  # before int8 quantization, not after
-        print(f"dabnet predict: error: --format cityscapes writes Cityscapes labelIds, but {cfg.checkpoint} predicts "
-              f"{len(names)} classes ({', '.join(names[:3])}, ...), not Cityscapes' 19; use the default format",
-              file=sys.stderr)  # fmt: skip
+        error(f"error: --format cityscapes writes Cityscapes labelIds, but {cfg.checkpoint} predicts {len(names)} classes "
+              f"({', '.join(names[:3])}, ...), not Cityscapes' 19; use the default format")  # fmt: skip
         return 2
     device = resolve_device(cfg.device, cfg.backend, cfg.checkpoint)
     seg = Segmenter.from_spec(spec, device, cfg.backend, cfg.precision, cfg.channels_last, scale=cfg.scale)
-    failed = bool(missing)
+    failures = len(missing)
     if images:
-        failed |= bool(predict_images(seg, images, out, cfg.format, cfg.batch_size, log, cfg.save, cfg.workers)["skipped"])
+        failures += len(predict_images(seg, images, out, cfg.format, cfg.batch_size, log, cfg.save, cfg.workers)["skipped"])
     files = [v for v in videos if not isinstance(v, int)]
     names = dict(zip(files, output_names(files))) if files else {}
     for video in videos:
         try:
             predict_video(seg, video, out, cfg.max_frames, log=log, name=names.get(video), workers=cfg.workers)
-        except ImageReadError as e:  # as an unreadable image: reported, and the other inputs still run
-            print(f"dabnet predict: skipped {video}: {e}", file=sys.stderr)
-            failed = True
-    return 1 if failed else 0
+        except (ImageReadError, VideoWriteError) as e:  # as an unreadable image: reported, and the other inputs still run
+            error(f"skipped {video}: {e}")
+            failures += 1
+    if failures:
+        total = len(missing) + len(images) + len(videos)
+        error(f"{failures} of {total} input(s) failed (see above)" + (f"; the others were written to {out}" if failures < total else ""))
+    return 1 if failures else 0

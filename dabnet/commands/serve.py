@@ -1,26 +1,35 @@
 """`dabnet serve`: an HTTP API and a web page for segmentation that hold up under load and bad input.
 
 One model, loaded once, runs in one inference thread fed by a bounded queue; concurrent requests for
-images of one size are batched. A full queue answers 503 at once (with Retry-After), a body over the
-byte limit 413, an image over the pixel limit 413, a request that waits too long 504, and anything
-that is not a readable image a 4xx with a reason. No request can name a file on the server.
+images of one size are batched. Work is admitted by its cost before it is done (inference/admission.py):
+an image's header gives its pixels, the network passes they take and their seconds here, and the bytes
+decoding and answering it will hold. An image that alone takes longer than --timeout is refused (413),
+one that does not fit behind the work already accepted waits outside (503 with Retry-After), as does one
+whose bytes do not fit --max-inflight-mb; a client with --max-per-client requests open gets 429. A request
+whose client has gone, or whose time is up, is dropped before the network sees it. Only the names this
+server answers to may reach it (Host and Origin), and no answer names a file on the server.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at run time.
 import asyncio
-import io
+import ipaddress
+import json
 import logging
 import queue
 import threading
 import time
 from importlib import resources
-from typing import Any, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from ..config import ServeConfig
+from ..inference.admission import ClientLimit, CostModel, MemoryBudget, Plan, Refused, Ticket, WorkLedger
 from ..inference.segmenter import Segmenter
-from ..io.images import READ_FORMATS, encode_png, pil_to_rgb
+from ..io.header import ImageHeader, ImageTooLarge, NotAnImage, decode, decode_peak_bytes, read_header
+from ..io.images import ImageReadError, encode_png
 from ..io.visualize import colorize, overlay
 from ..runtimes import resolve_device
 
@@ -35,33 +44,80 @@ class HTTPProblem(Exception):
         self.status, self.detail, self.headers = status, detail, headers or {}
 
 
+def _as_problem(e: ImageReadError) -> HTTPProblem:
+    if isinstance(e, NotAnImage):
+        return HTTPProblem(415, "the body is not an image format this server reads (PNG, JPEG, BMP, TIFF, WebP)")
+    if isinstance(e, ImageTooLarge):
+        return HTTPProblem(413, f"{e} (this server's --max-pixels)")
+    if str(e).startswith("empty"):
+        return HTTPProblem(400, "empty body: send an image (PNG, JPEG, ...)")
+    return HTTPProblem(400, str(e))
+
+
+def image_header(data: bytes, max_pixels: int) -> ImageHeader:
+    """The header of an uploaded image (no pixel decoded), or the 4xx that refuses it."""
+    try:
+        return read_header(data, max_pixels)
+    except ImageReadError as e:
+        raise _as_problem(e) from None
+
+
+def decode_header(header: ImageHeader, reserve: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    """The RGB pixels of an image whose header was read, as a viewer shows them, or the 4xx that refuses it."""
+    try:
+        return decode(header, reserve)
+    except ImageReadError as e:
+        raise _as_problem(e) from None
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Bytes -> HxWx3 uint8 RGB; only the formats READ_FORMATS names, chosen by their signature; the pixel count
     is checked from the header before decoding."""
-    from PIL import Image, UnidentifiedImageError
+    return decode_header(image_header(data, max_pixels))
 
-    if not data:
-        raise HTTPProblem(400, "empty body: send an image (PNG, JPEG, ...)")
-    try:
-        im = Image.open(io.BytesIO(data), formats=READ_FORMATS)
-    except Image.DecompressionBombError as e:  # over Pillow's own limit: as large as ours says 413
-        raise HTTPProblem(413, f"image is over the pixel limit: {e}") from None
-    except UnidentifiedImageError:
-        raise HTTPProblem(415, "the body is not an image format this server reads (PNG, JPEG, BMP, TIFF, WebP)") from None
-    except Exception as e:
-        raise HTTPProblem(400, f"unreadable image: {e}") from None
-    w, h = im.size
-    if w < 1 or h < 1:
-        raise HTTPProblem(400, f"zero-sized image ({w}x{h})")
-    if w * h > max_pixels:
-        raise HTTPProblem(413, f"image of {w}x{h} = {w * h} pixels is over this server's limit of {max_pixels}")
-    try:
-        im.load()
-        return pil_to_rgb(im)  # as a viewer shows it: EXIF orientation, 16-bit scaled, CMYK/palette converted
-    except Image.DecompressionBombError as e:
-        raise HTTPProblem(413, f"image is over the pixel limit: {e}") from None
-    except Exception as e:  # truncated data, corrupt streams, bombs that lie in their header
-        raise HTTPProblem(400, f"image data is truncated or corrupt: {e}") from None
+
+# Bytes a pixel holds while a request is answered, beside the decoded RGB image (3) and its labels: `label` encodes a
+# one-byte copy and its PNG; `overlay` a colour mask, the blend, Pillow's copy of it and its PNG. JSON counts in chunks.
+ANSWER_BYTES = {"json": 0, "label": 2, "overlay": 13}
+COUNT_CHUNK = 2**20
+
+
+def answer_bytes(pixels: int, format: str, label_bytes: int = 1) -> int:
+    """Bytes one request holds from its decoded image to its answer, for an image of `pixels` answered as `format`."""
+    return pixels * (3 + label_bytes + ANSWER_BYTES[format])
+
+
+def class_counts(label: np.ndarray, n: int) -> np.ndarray:
+    """Pixels per class id of a label map, counted in chunks (bincount makes an 8-byte copy of what it counts)."""
+    counts = np.zeros(n, np.int64)
+    flat = label.ravel()
+    for i in range(0, flat.size, COUNT_CHUNK):
+        counts += np.bincount(flat[i : i + COUNT_CHUNK], minlength=n)[:n]
+    return counts
+
+
+class Job:
+    """One image on its way through the worker: dropped unanswered if its future is cancelled (the client left, or its
+    time ran out) or its deadline passes before the network takes it."""
+
+    __slots__ = ("image", "loop", "future", "plan", "ticket", "deadline", "running")
+
+    def __init__(self, image: np.ndarray, loop: asyncio.AbstractEventLoop, future: asyncio.Future, plan: Optional[Plan] = None,
+                 ticket: Optional[Ticket] = None, deadline: float = float("inf")) -> None:  # fmt: skip
+        self.image: Optional[np.ndarray] = image
+        self.loop, self.future, self.plan, self.ticket, self.deadline = loop, future, plan, ticket, deadline
+        self.running = False
+
+    def abandon(self) -> None:
+        """The request is over: the queue lets go of its image, and its seconds leave the ledger unless it is running."""
+        self.image = None
+        if not self.running and self.ticket is not None:
+            self.ticket.release()
+
+    def done(self) -> None:
+        """The network has run it: its seconds leave the ledger."""
+        if self.ticket is not None:
+            self.ticket.release()
 
 
 class InferenceWorker:
@@ -69,22 +125,28 @@ class InferenceWorker:
 
     RELEASE_AFTER_PIXELS = 2**22  # after a batch this large, once idle, memory goes back to the OS (a trim costs ms)
 
-    def __init__(self, seg: Segmenter, cfg: ServeConfig) -> None:
-        self.seg, self.cfg = seg, cfg
-        self.queue: "queue.Queue[Tuple[np.ndarray, asyncio.AbstractEventLoop, asyncio.Future]]" = queue.Queue(cfg.max_queue)
+    def __init__(self, seg: Segmenter, cfg: ServeConfig, cost: Optional[CostModel] = None) -> None:
+        self.seg, self.cfg, self.cost = seg, cfg, cost
+        self.queue: "queue.Queue[Job]" = queue.Queue(cfg.max_queue)
+        self.dropped = 0  # jobs let go unanswered: their clients had gone or their time was up
         self.thread = threading.Thread(target=self._run, name="dabnet-inference", daemon=True)
         self.thread.start()
 
     def submit(self, image: np.ndarray) -> "asyncio.Future[Tuple[np.ndarray, float]]":
+        """Queue one image; its future gives (labels, model milliseconds)."""
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
+        job = Job(image, loop, loop.create_future())
+        self.put(job)
+        return job.future
+
+    def put(self, job: Job) -> None:
+        """Queue a job, or 503 at once when the queue is full."""
         try:
-            self.queue.put_nowait((image, loop, fut))
+            self.queue.put_nowait(job)
         except queue.Full:
             raise HTTPProblem(503, "the server is busy: try again shortly", {"Retry-After": "1"}) from None
-        return fut
 
-    def _take_batch(self) -> List[Tuple[np.ndarray, Any, Any]]:
+    def _take_batch(self) -> List[Job]:
         first = self.queue.get()
         batch = [first]
         deadline = time.perf_counter() + self.cfg.batch_wait_ms / 1000
@@ -108,32 +170,52 @@ class InferenceWorker:
                 log.exception("inference worker: a batch failed outside the model")
 
     def _serve_one_batch(self) -> None:
-        """Take a batch, run it, answer it; memory goes back to the OS after a large one once idle."""
+        """Take a batch, drop what nobody waits for, run the rest, answer it; memory goes back to the OS after a large
+        one once idle."""
         batch = self._take_batch()
-        live = [b for b in batch if not b[2].cancelled()]
+        live = []
+        now = time.monotonic()
+        for job in batch:
+            image = job.image
+            if image is None or job.future.cancelled() or now > job.deadline:
+                self.dropped += 1
+                job.abandon()
+                continue
+            job.running = True
+            live.append((job, image))
+        del batch
         if not live:
             return
-        if not self._answer(live) and len(live) > 1:
+        t0 = time.perf_counter()
+        ok = self._answer(live)
+        if ok and self.cost is not None:
+            model_s = sum(job.plan.model_s for job, _ in live if job.plan is not None)
+            if model_s > 0:
+                self.cost.observe(model_s, time.perf_counter() - t0)
+        if not ok and len(live) > 1:
             for item in live:  # one request's bad input must not fail the others batched with it
                 self._answer([item])
-        pixels = sum(b[0].shape[0] * b[0].shape[1] for b in live)
-        del batch, live
+        pixels = sum(image.shape[0] * image.shape[1] for _, image in live)
+        for job, _ in live:
+            job.image = None
+            job.done()
+        del live
         if pixels > self.RELEASE_AFTER_PIXELS and self.queue.empty():
             release_memory()
 
-    def _answer(self, items: List[Tuple[np.ndarray, Any, Any]]) -> bool:
+    def _answer(self, items: List[Tuple[Job, np.ndarray]]) -> bool:
         """Run `items` as one batch and answer each; on failure answer only a lone item (its own error) and
         return False, so that the caller can retry a batch's items one by one."""
         t0 = time.perf_counter()
         try:
-            labels = self.seg.predict_batch([b[0] for b in items])
+            labels = self.seg.predict_batch([image for _, image in items])
         except Exception as e:  # the model failed on this input: answer, keep serving
             if len(items) == 1:
-                _post(items[0][1], _fail, items[0][2], e)
+                _post(items[0][0].loop, _fail, items[0][0].future, e)
             return False
         ms = (time.perf_counter() - t0) * 1000
-        for (_, loop, fut), label in zip(items, labels):
-            _post(loop, _resolve, fut, (label, ms))
+        for (job, _), label in zip(items, labels):
+            _post(job.loop, _resolve, job.future, (label, ms))
         return True
 
 
@@ -146,6 +228,11 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def _release_soon() -> None:
+    """release_memory in a thread of its own: a trim of a large heap takes milliseconds the event loop has not."""
+    threading.Thread(target=release_memory, name="dabnet-trim", daemon=True).start()
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn, fut: asyncio.Future, value) -> None:
@@ -163,29 +250,6 @@ def _resolve(fut: asyncio.Future, value) -> None:
 def _fail(fut: asyncio.Future, exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
-
-
-class MemoryBudget:
-    """Bytes held by requests in flight (bodies as they arrive, decoded images), across all of them: a request
-    whose next chunk does not fit is answered 503 at once, so many slow uploads cannot grow the process."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = int(limit), 0
-        self._lock = threading.Lock()
-
-    def take(self, n: int, held: List[int]) -> None:
-        """Reserve `n` bytes for a request (added to its `held` tally), or 503."""
-        with self._lock:
-            if self.used + n > self.limit:
-                raise HTTPProblem(503, f"the server holds {self.used / 2**20:.0f} MiB of requests in flight, its limit: "
-                                  "try again shortly", {"Retry-After": "1"})  # fmt: skip
-            self.used += n
-        held[0] += n
-
-    def give_back(self, held: List[int]) -> None:
-        with self._lock:
-            self.used -= held[0]
-        held[0] = 0
 
 
 async def read_body(request, max_bytes: int, budget: Optional[MemoryBudget] = None, held: Optional[List[int]] = None) -> bytes:
@@ -227,8 +291,102 @@ async def image_bytes(request, max_bytes: int, budget: Optional[MemoryBudget] = 
     raise HTTPProblem(415, f"content type {ctype!r} is not accepted: send image/* bytes or multipart with a 'file' field")
 
 
-def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
-    """The FastAPI application (model loaded once, here)."""
+class ClientGone(Exception):
+    """The client closed its connection while its request waited."""
+
+
+async def answer_or_leave(future: asyncio.Future, receive, timeout: float):
+    """The future's result; ClientGone as soon as the client disconnects, asyncio.TimeoutError after `timeout`
+    seconds. Either way the future is cancelled, so the worker drops the job unrun."""
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":  # the body is read: only a disconnect comes now
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        done, _ = await asyncio.wait({future, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if future in done:
+        return future.result()
+    future.cancel()
+    if watcher in done:
+        raise ClientGone()
+    raise asyncio.TimeoutError()
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def host_names(cfg: ServeConfig) -> Set[str]:
+    """The names this server answers to: loopback, --host (unless it is every address) and --allowed-hosts."""
+    names = set(LOOPBACK_NAMES) | {h.lower().rstrip(".") for h in cfg.allowed_hosts}
+    if cfg.host not in ("", "0.0.0.0", "::"):
+        names.add(cfg.host.lower().strip("[]").rstrip("."))
+    return names
+
+
+def _hostname(netloc: str) -> str:
+    """The host of HOST[:PORT] or [V6]:PORT, lower case, without a trailing dot."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1 : netloc.find("]")] if "]" in netloc else netloc
+    if netloc.count(":") == 1:
+        netloc = netloc.split(":")[0]
+    return netloc.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def host_refusal(host: Optional[str], origin: Optional[str], names: Set[str], extra: Iterable[str] = ()) -> Optional[str]:
+    """Why a request with these Host and Origin headers is refused, or None. A Host is accepted when it is one of
+    `names` or an IP address (a page can reach an address only from that address; DNS rebinding needs a name); an
+    Origin when it is the Host itself (the server's own page) or one of `extra` (--allowed-hosts)."""
+    if "*" in names:
+        return None
+    if host is not None:
+        name = _hostname(host)
+        if name not in names and not _is_ip(name):
+            return (f"this server does not answer to the host name {name[:80]!r} (a page elsewhere may be reaching a local "
+                    f"server through DNS rebinding); if it is this server's name, start it with --allowed-hosts {name[:80]}")  # fmt: skip
+    if origin is not None:
+        parts = urlsplit(origin.strip())
+        same = host is not None and parts.netloc.lower() == host.strip().lower()
+        if not same and _hostname(parts.netloc) not in {h.lower().rstrip(".") for h in extra}:
+            return (f"requests from pages at {origin.strip()[:80]!r} are not accepted (only this server's own page, or "
+                    "origins named by --allowed-hosts)")  # fmt: skip
+    return None
+
+
+class HostGuard:
+    """ASGI middleware refusing (403) a request whose Host or Origin header `host_refusal` refuses, before it reaches
+    the application: a web page elsewhere cannot drive a local server through a browser."""
+
+    def __init__(self, app, names: Set[str], extra: Iterable[str] = ()) -> None:
+        self.app, self.names, self.extra = app, set(names), tuple(extra)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            why = host_refusal(headers.get("host"), headers.get("origin"), self.names, self.extra)
+            if why is not None:
+                body = json.dumps({"detail": why}).encode()
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None, cost: Optional[CostModel] = None):
+    """The FastAPI application (model loaded once, here, and its speed measured unless `cost` is given)."""
     try:
         from fastapi import FastAPI, Query, Request
         from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -238,34 +396,45 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
     seg = seg or Segmenter.from_checkpoint(cfg.checkpoint, resolve_device(cfg.device, cfg.backend, cfg.checkpoint),
                                            backend=cfg.backend, scale=cfg.scale)  # fmt: skip
     backend = seg.backend
-    worker = InferenceWorker(seg, cfg)
+    cost = cost or CostModel(seg).calibrate()
+    worker = InferenceWorker(seg, cfg, cost)
+    ledger = WorkLedger(cfg.timeout_s)
+    budget = MemoryBudget(cfg.max_inflight_bytes, on_drained=_release_soon, retry_after=ledger.retry_after)
+    clients = ClientLimit(cfg.max_per_client)
+    label_bytes = 1 if len(seg.class_names) <= 256 else 2
     model_info = {
         "name": seg.model_name,
-        "checkpoint": cfg.checkpoint,
+        "checkpoint": Path(cfg.checkpoint).name,  # its name only: where the server keeps it is nobody's business
         "backend": backend,
         "num_classes": len(seg.class_names),
         "classes": seg.class_names,
         "colors": [list(map(int, c)) for c in seg.palette],
         "normalisation": {"mean": list(seg.mean), "std": list(seg.std), "scale": "0-255 RGB"},
         "note": seg.spec.note if seg.spec else "",  # what describe assumed where the checkpoint was silent
-        "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s, "max_queue": cfg.max_queue},
+        "limits": {"max_bytes": cfg.max_bytes, "max_pixels": cfg.max_pixels, "timeout_s": cfg.timeout_s, "max_queue": cfg.max_queue,
+                   "max_inflight_mb": cfg.max_inflight_mb, "max_per_client": cfg.max_per_client},  # fmt: skip
     }
     # /docs and /redoc would load their scripts from a CDN: blank offline, and code from elsewhere. The schema stays.
     app = FastAPI(title="dabnet", version="1", description="Real-time semantic segmentation with DABNet.", docs_url=None,
                   redoc_url=None)  # fmt: skip
-    app.state.worker = worker
-    budget = MemoryBudget(cfg.max_inflight_bytes)
-    app.state.budget = budget
+    app.add_middleware(HostGuard, names=host_names(cfg), extra=cfg.allowed_hosts)
+    app.state.worker, app.state.budget, app.state.ledger, app.state.clients, app.state.cost = worker, budget, ledger, clients, cost
 
     @app.exception_handler(HTTPProblem)
     async def _problem(request: Request, exc: HTTPProblem):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
     @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
         if not worker.alive:  # every request would time out: say so, for the load balancer to act on
             return JSONResponse({"status": "dead", "detail": "the inference thread has stopped"}, status_code=503)
-        return {"status": "ok", "queue": worker.queue.qsize(), "inflight_mb": round(budget.used / 2**20, 1)}
+        return {"status": "ok", "queue": worker.queue.qsize(), "inflight_mb": round(budget.used / 2**20, 1),
+                "queued_s": round(ledger.pending_s, 2), "dropped": worker.dropped}  # fmt: skip
 
     @app.get("/v1/model")
     async def model() -> Dict[str, Any]:
@@ -277,34 +446,59 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
 
     @app.post(
         "/v1/segment",
-        responses={200: {"content": {"application/json": {}, "image/png": {}}}, 400: {}, 413: {}, 415: {}, 503: {}, 504: {}},
+        responses={200: {"content": {"application/json": {}, "image/png": {}}}, 400: {}, 403: {}, 413: {}, 415: {}, 429: {},
+                   503: {}, 504: {}},  # fmt: skip
     )
     async def segment(
         request: Request,
         format: str = Query("json", pattern="^(json|label|overlay)$", description="json, label (PNG of class ids) or overlay (PNG)"),
     ):
         """Segment one image (raw image bytes, or multipart with a 'file' field)."""
-        held = [0]
+        client = request.client.host if request.client else ""
+        clients.acquire(client)
+        held: List[int] = [0]
+        state: Dict[str, Any] = {}
         try:
-            return await _segment(request, format, held)
+            return await _segment(request, format, held, state)
         finally:
+            if "job" in state:
+                state["job"].abandon()
+            elif "ticket" in state:
+                state["ticket"].release()
             budget.give_back(held)
+            clients.release(client)
 
-    async def _segment(request: Request, format: str, held: List[int]):
+    async def _segment(request: Request, format: str, held: List[int], state: Dict[str, Any]):
         t0 = time.perf_counter()
         try:  # a slow client cannot hold a connection for ever
             data = await asyncio.wait_for(image_bytes(request, cfg.max_bytes, budget, held), timeout=cfg.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPProblem(408, f"the upload did not complete within {cfg.timeout_s} s") from None
+        # What the image costs, from its header, before any pixel of it is allocated.
+        carried = held[0] + (len(data) if request.headers.get("content-type", "").lower().startswith("multipart/") else 0)
+        header = image_header(data, cfg.max_pixels)
+        if worker.queue.full():  # before decoding what could not be queued
+            raise HTTPProblem(503, "the server is busy: try again shortly", {"Retry-After": str(ledger.retry_after())})
+        plan = cost.plan(header.height, header.width)
+        state["ticket"] = ledger.admit(plan, cost.plan(1, 1))
+        answering = answer_bytes(header.pixels, format, label_bytes)
+        budget.resize(held, carried + max(decode_peak_bytes(header), answering))
         # Decoding and encoding large images take a while: off the event loop, so /healthz and others stay prompt.
-        image = await asyncio.to_thread(decode_image, data, cfg.max_pixels)
-        budget.take(image.nbytes, held)
-        del data
-        fut = worker.submit(image)
+        image = await asyncio.to_thread(decode_header, header, lambda n: budget.take(n, held))
+        del data, header
+        budget.resize(held, carried + answering)  # decoding's transient bytes are free again
+        job = Job(image, asyncio.get_running_loop(), asyncio.get_running_loop().create_future(), plan, state.pop("ticket"),
+                  time.monotonic() + cfg.timeout_s)  # fmt: skip
+        state["job"] = job
+        worker.put(job)
         try:
-            label, model_ms = await asyncio.wait_for(fut, timeout=cfg.timeout_s)
+            label, model_ms = await answer_or_leave(job.future, request.receive, cfg.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPProblem(504, f"no answer within {cfg.timeout_s} s: the server is overloaded") from None
+        except ClientGone:
+            log.warning("client %s left before its answer: its image was dropped%s", request.client,
+                        "" if job.running else " unrun")  # fmt: skip
+            raise HTTPProblem(499, "client closed the connection") from None
         total_ms = (time.perf_counter() - t0) * 1000
         headers = {"X-Latency-Ms": f"{total_ms:.1f}", "X-Model-Ms": f"{model_ms:.1f}"}
         if format == "label":
@@ -312,7 +506,7 @@ def create_app(cfg: ServeConfig, seg: Optional[Segmenter] = None):
         if format == "overlay":
             png = await asyncio.to_thread(lambda: encode_png(overlay(image, colorize(label, seg.palette))))
             return Response(png, media_type="image/png", headers=headers)
-        counts = np.bincount(label.ravel(), minlength=len(seg.class_names))
+        counts = class_counts(label, len(seg.class_names))
         fractions = {n: round(float(c) / label.size, 6) for n, c in zip(seg.class_names, counts)}
         return JSONResponse(
             {"width": int(image.shape[1]), "height": int(image.shape[0]), "class_fractions": fractions,

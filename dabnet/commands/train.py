@@ -47,8 +47,10 @@ from ..training.callbacks import weights_in
 from ..training.engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
 from ..training.losses import build_loss
 from ..util import distributed as D
+from ..util.compiler import usable_compile_cache
 from ..util.files import check_output_folder
 from ..util.hardware import describe_hardware
+from ..util.state import setting
 
 
 class FixedShard(Sampler):
@@ -316,7 +318,8 @@ class Run:
 def _class_weights(cfg: TrainConfig, train_ds: SegmentationDataset, device: torch.device, log) -> Optional[torch.Tensor]:
     if cfg.class_weights == "none":
         return None
-    stats = compute_stats(train_ds, progress=D.is_main())
+    # One writer of the statistics cache: rank 0 computes (or reads) them and shares them; a failure there is every rank's.
+    stats = D.rank0_first(lambda: compute_stats(train_ds, progress=True), share=True)
     weights = torch.tensor(class_weights(stats, cfg.class_weights, cfg.enet_c), dtype=torch.float32, device=device)
     log(f"class weights ({cfg.class_weights}): " + ", ".join(f"{n} {w:.2f}" for n, w in zip(train_ds.classes, weights.tolist())))
     return weights
@@ -388,8 +391,7 @@ def _loaders(cfg: TrainConfig, train_ds: SegmentationDataset, drawn: Any, val_se
                          pin_memory=device.type == "cuda", worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     val_loaders = {}
     for key, ds in val_sets.items():
-        shard = list(range(D.rank(), len(ds), D.world_size()))  # no padding: every image counted once
-        val_loaders[key] = _Loader(torch.utils.data.Subset(ds, shard), batch_size=cfg.val_batch_size, num_workers=min(cfg.workers, 2),
+        val_loaders[key] = _Loader(torch.utils.data.Subset(ds, D.shard(len(ds))), batch_size=cfg.val_batch_size, num_workers=min(cfg.workers, 2),
                                    collate_fn=collate_eval, worker_init_fn=_worker_ignores_stop_signals)  # fmt: skip
     return loader, val_loaders
 
@@ -580,7 +582,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
     # torchrun's processes all get here before the process group exists: RANK tells the first one.
     lock = _claim_out(cfg, restart, log) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        return _train(cfg, resume, restart, log)
+        with setting(torch.backends.cudnn, "benchmark"):  # _resolve_device turns it on for CUDA: for this run only
+            return _train(cfg, resume, restart, log)
     finally:
         D.cleanup()  # the process group of a torchrun run ends with it
         if lock is not None:
@@ -588,6 +591,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False,
 
 
 def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[str, Any]:
+    usable_compile_cache()  # before the optimizer, the fused kernels or compile import torch._dynamo, which needs it
     device = _resolve_device(cfg)
     log = log if D.is_main() else (lambda *a, **k: None)
     ckpt = _resume_point(cfg, resume, restart)

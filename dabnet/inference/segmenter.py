@@ -23,6 +23,7 @@ from ..runtimes import (
     predict_image_labels,
     prepare,
     prepare_auto,
+    resolve_device,
 )
 from .spec import ModelSpec, describe
 
@@ -95,20 +96,22 @@ class Segmenter:
     def from_spec(
         cls,
         spec: ModelSpec,
-        device: Union[str, torch.device] = "cpu",
+        device: Union[str, torch.device] = "auto",
         backend: str = "auto",
         precision: str = "fp32",
         channels_last: Optional[bool] = None,
         log: Optional[Callable[[str], None]] = print,
         scale: float = 1.0,
     ) -> "Segmenter":
-        """A Segmenter for what `describe` found, run by `backend` (one of `runtimes.backend_names()`), on images
-        resized by `scale` (labels at each image's own size).
+        """A Segmenter for what `describe` found, run by `backend` (one of `runtimes.backend_names()`) on `device`,
+        on images resized by `scale` (labels at each image's own size). The default device, `auto`, is the GPU when
+        there is one and the backend (or an exported file's runtime) runs there, else the CPU (`runtimes.resolve_device`).
 
         Normalisation, class names and colours come from the spec. The default, `auto`, picks the fastest
         accurate runtime for the device (`runtimes.choose_auto`) and says what it chose and why through `log`;
         `precision` then follows that choice. An exported file runs with the runtime its suffix names.
         int8 calibrates on the bundled train frames."""
+        device = resolve_device(str(device), backend, spec.source if isinstance(spec.source, str) else None)
         seg = cls._made(spec, device, backend, precision, channels_last, log, scale)
         if isinstance(spec.source, str) and Path(spec.source).exists() or pretrained_config(spec.source) is not None:
             seg._recipe = (spec.source, dict(device=str(device), backend=backend, precision=precision,

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import pickle
 import re
-import shutil
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -32,16 +29,11 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(obj: Dict[str, Any], path: PathLike) -> Path:
-    """Write `obj` with torch.save atomically (a temp file in the same folder, fsync, rename)."""
+    """Write `obj` with torch.save atomically (a temp file in the same folder, fsync, rename); a full disk is an
+    OSError naming `path` (atomic_output)."""
     path = Path(path)
     with atomic_output(path) as tmp:
-        try:
-            torch.save(obj, tmp)
-        except RuntimeError as e:  # torch's writer reports a full disk as "[enforce fail at inline_container.cc]"
-            if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
-                raise
-            full = shutil.disk_usage(path.parent).free < 64 * 2**20
-            raise OSError(errno.ENOSPC if full else errno.EIO, os.strerror(errno.ENOSPC if full else errno.EIO), str(path)) from None
+        torch.save(obj, tmp)
     return path
 
 

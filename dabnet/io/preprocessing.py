@@ -77,23 +77,49 @@ def edge_pad_images(images: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
     return np.pad(images, pad, mode="edge")
 
 
+# Images are converted to RGB this many pixels at a time: whole-image copies (Pillow's conversions, its bytes
+# export, NumPy's copy of them) would hold several times an image's own size at once.
+STRIP_PIXELS = 2**20
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def pil_to_rgb(im) -> np.ndarray:
     """A decoded Pillow image as a viewer shows it, as writable HxWx3 uint8 RGB: EXIF orientation applied
     (phones store portrait photos sideways), 16-bit and 32-bit grey scaled rather than clipped, CMYK,
-    palette and alpha images converted (alpha dropped)."""
+    palette and alpha images converted (alpha dropped). Converted in strips, so it holds little more than
+    the decoded image and the result (`decode_peak_bytes` in io/header.py counts it)."""
     from PIL import ImageOps
 
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return to_rgb(np.asarray(im, dtype=np.uint16))
-    if im.mode == "I":  # 32-bit integer grey; 16-bit PNGs often open this way
-        arr = np.asarray(im, dtype=np.int64)
-        return to_rgb(arr.clip(0, 65535).astype(np.uint16) if arr.max(initial=0) > 255 else arr.clip(0, 255).astype(np.uint8))
-    if im.mode == "F":
+    if exif_orientation(im) in range(2, 9):
+        im = ImageOps.exif_transpose(im)
+    if im.mode == "F":  # how it scales depends on the whole image's range, which to_rgb reads at once
         return to_rgb(np.asarray(im, dtype=np.float32))
+    w, h = im.size
+    wide = im.mode == "I" and im.getextrema()[1] > 255  # 16-bit PNGs often open as 32-bit grey: scaled if over 8 bits
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    rows = max(1, STRIP_PIXELS // max(1, w))
+    for y in range(0, h, rows):
+        out[y : y + rows] = _rgb_strip(im.crop((0, y, w, min(h, y + rows))), wide)
+    return out
+
+
+def _rgb_strip(im, wide: bool) -> np.ndarray:
+    if im.mode in _WIDE_GREY:
+        return to_rgb(np.asarray(im, dtype=np.uint16))
+    if im.mode == "I":
+        arr = np.asarray(im, dtype=np.int64)
+        return to_rgb(arr.clip(0, 65535).astype(np.uint16) if wide else arr.clip(0, 255).astype(np.uint8))
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
-    return np.array(im.convert("RGB"))  # writable: torch.from_numpy needs it
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+def exif_orientation(im) -> int:
+    """The EXIF orientation of a Pillow image (1, as stored, when it has none or its EXIF is unreadable)."""
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # a damaged EXIF block: the pixels are still an image, shown as stored
+        return 1
 
 
 def as_rgb_array(image) -> np.ndarray:

@@ -239,4 +239,4 @@ def block_sizes_from_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str
 
 
 register_pretrained(PretrainedConfig("dabnet-camvid", "dabnet", 11, "weights/dabnet-camvid.safetensors", "camvid",
-                                     "DABNet trained here on CamVid (docs/reports/MODEL_CARD.md)"))  # fmt: skip
+                                     "DABNet trained here on CamVid (docs/reports/MODEL_CARD.md)", version="v3"))  # fmt: skip

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..util.compiler import usable_compile_cache
+
 _compiled: Dict[Callable, Callable] = {}
 _broken: Optional[str] = None  # why compiling failed, once it has
 
@@ -76,6 +78,7 @@ def run_compiled(fn: Callable, *args) -> Optional[torch.Tensor]:
     if _broken is not None:
         return None
     if fn not in _compiled:
+        usable_compile_cache()  # torch.compile fails at its import where TORCHINDUCTOR_CACHE_DIR cannot be written
         _compiled[fn] = torch.compile(fn, dynamic=True)
     try:
         return _compiled[fn](*args)

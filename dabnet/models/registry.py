@@ -66,6 +66,7 @@ class PretrainedConfig:
     file: str
     dataset: str
     summary: str = ""
+    version: str = ""  # which release of these weights the file is: reports name it beside their figures
 
 
 _PRETRAINED: Dict[str, PretrainedConfig] = {}

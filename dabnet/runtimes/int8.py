@@ -16,6 +16,8 @@ from typing import Iterable, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..util.compiler import usable_compile_cache
+from ..util.state import shared_setting
 from .pytorch import fold_batchnorm
 from .registry import Runtime, register_runtime
 from .runner import FunctionRunner, Runner
@@ -114,12 +116,12 @@ def int8_runner(
     float network instead (padding or resizing them changed up to 10% of DABNet's labels at small
     sizes), with a warning. The first call at each new input size compiles (tens of seconds on 2 cores).
     """
+    usable_compile_cache()  # importing inductor fails where TORCHINDUCTOR_CACHE_DIR cannot be written
     import torch._inductor.config as inductor_config
 
     if keep_float is None:
         keep_float = first_and_last_convs(model)
     qmodel = quantize_int8(model, calibration, keep_float)
-    inductor_config.freezing = True  # int8 weights become constants: prepacked oneDNN int8 convolutions
     compiled = torch.compile(qmodel)
     m = int(getattr(model, "size_multiple", 8))
     fallback = fold_batchnorm(model)
@@ -129,7 +131,10 @@ def int8_runner(
         x = x.float().cpu()
         with torch.no_grad():
             if x.shape[-2] % m == 0 and x.shape[-1] % m == 0:
-                return compiled(x).float()
+                # freezing: int8 weights become constants (prepacked oneDNN int8 convolutions); read when a call
+                # compiles, so set around each call rather than for the process
+                with shared_setting(inductor_config, "freezing", True):
+                    return compiled(x).float()
             if not warned:
                 warnings.warn(f"int8 backend: {tuple(x.shape[-2:])} is not a multiple of {m}; such frames run in fp32", stacklevel=2)
                 warned.append(True)

@@ -5,16 +5,20 @@ the callers whose input sizes are fixed (bench, training), since predict and ser
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import warnings
-from typing import Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..util.compiler import usable_compile_cache
 from ..util.hardware import cpu_has_bf16
 from ..util.precision import PRECISIONS, autocast, check_precision
+from ..util.state import shared_setting
 from .registry import Runtime, register_runtime
 from .runner import FunctionRunner, Runner
 
@@ -53,16 +57,20 @@ def torch_runner(
         channels_last = dev.type == "cuda"
     if channels_last:  # on a copy: the caller's model keeps its layout
         net = (copy.deepcopy(net) if net is model else net).to(memory_format=torch.channels_last)
+    scope: Callable[[], ContextManager] = contextlib.nullcontext
     if backend == "compile":
+        usable_compile_cache()  # importing inductor fails where TORCHINDUCTOR_CACHE_DIR cannot be written
         import torch._inductor.config as inductor_config
 
-        inductor_config.freezing = True  # fold weights as constants: conv+bn/bias fusion, no weight copies
+        # Freezing folds the weights as constants (conv+bn/bias fusion, no weight copies). Dynamo and inductor read it
+        # when a call compiles (the first, and each new size): set around each call, not left set for the process.
+        scope = functools.partial(shared_setting, inductor_config, "freezing", True)
         net = torch.compile(net, mode="reduce-overhead" if dev.type == "cuda" else None)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     graphs = backend == "compile" and dev.type == "cuda"
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast(dev, precision):
+        with torch.inference_mode(), autocast(dev, precision), scope():
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
                 return net(x.to(dev, memory_format=fmt)).float().clone()  # the graph's output buffer is reused

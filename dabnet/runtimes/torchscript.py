@@ -4,6 +4,7 @@ normalisation in the file's extra files), run by PyTorch's TorchScript interpret
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -48,7 +49,11 @@ def write_torchscript(model: nn.Module, path: PathLike) -> Path:
     """Trace `model` and save it with its metadata; no check."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(trace(model), str(path), _extra_files={EXTRA_FILE: json.dumps(model_metadata(model))})
+    # Saved to memory, then written by Python: torch.jit.save into a file aborts the whole process (a C++ error
+    # thrown in a destructor) when a write fails, where Python's write raises an OSError (a full disk) to report.
+    buf = io.BytesIO()
+    torch.jit.save(trace(model), buf, _extra_files={EXTRA_FILE: json.dumps(model_metadata(model))})
+    path.write_bytes(buf.getvalue())
     return path
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Tuple
+import pickle
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
 
 _CREATED = False  # whether init_distributed made the process group (and so cleanup ends it)
+T = TypeVar("T")
 
 
 def is_dist() -> bool:
@@ -61,6 +63,49 @@ def any_rank(flag: bool) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def shard(n: int) -> List[int]:
+    """This rank's share of `n` items to evaluate: every world_size-th from its rank, none repeated or padded (a
+    DistributedSampler pads the shares to one length, which counts some images twice); all of them outside DDP."""
+    return list(range(rank(), n, world_size()))
+
+
+def _portable(error: BaseException) -> BaseException:
+    """`error` if every rank can rebuild it (same type and message after a pickle), else a RuntimeError with its message."""
+    try:
+        copy = pickle.loads(pickle.dumps(error))
+        if type(copy) is type(error) and str(copy) == str(error):
+            return error
+    except Exception:  # an exception whose constructor takes other arguments than its message
+        pass
+    return RuntimeError(str(error))
+
+
+def rank0_first(fn: Callable[[], T], share: bool = False) -> Optional[T]:
+    """Run `fn` on rank 0 alone while the other ranks wait, then tell them how it went: where it raised, every rank
+    raises the same error (type and message), so that none is left blocked on a rank that gave up; else each goes
+    on, with `fn`'s result where `share` (it must pickle) or None on the ranks other than 0. Outside DDP: `fn()`."""
+    if not is_dist():
+        return fn()
+    result: Optional[T] = None
+    failure: Optional[BaseException] = None
+    payload = b""
+    if is_main():
+        try:
+            result = fn()
+            payload = pickle.dumps((None, result if share else None))
+        except BaseException as e:  # Ctrl-C too: the others must not wait for a rank 0 that is gone
+            failure = e
+            payload = pickle.dumps((_portable(e), None))
+    message = [payload]
+    dist.broadcast_object_list(message, src=0)
+    if failure is not None:
+        raise failure
+    error, shared = pickle.loads(message[0])
+    if error is not None:
+        raise error from None
+    return result if is_main() else shared
 
 
 def barrier() -> None:

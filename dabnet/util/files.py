@@ -35,29 +35,81 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+CPP_WRITE_ERRORS = ("inline_container", "PytorchStreamWriter", "iostream error")  # how C++ writers say a write failed
+
+
+@contextlib.contextmanager
+def writing(path: PathLike, scratch: Optional[PathLike] = None) -> Iterator[None]:
+    """Make every OS error of the block name `path`, the file the user asked for: a write() that fails (a full disk)
+    names no file, and one inside `scratch` (a temp file or folder of the write) names a path the user never gave.
+    C++ writers report a failed write as a RuntimeError (torch's zip writer, and std::ios under OpenVINO's
+    serializer); it becomes the OSError it is."""
+    path = Path(path)
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None or (e.filename is not None and not _inside(e.filename, scratch)):
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    except RuntimeError as e:
+        if not any(sign in str(e) for sign in CPP_WRITE_ERRORS):
+            raise
+        raise write_failed(path) from e
+
+
+def write_failed(path: PathLike) -> OSError:
+    """The OSError for a write to `path` that failed where the writer kept errno to itself: ENOSPC when its file system
+    is (nearly) full, the likely cause then, else EIO."""
+    try:
+        full = free_bytes(path) < 64 * 2**20
+    except OSError:
+        full = False
+    code = errno.ENOSPC if full else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
+
+
+def _inside(name: PathLike, scratch: Optional[PathLike]) -> bool:
+    if scratch is None:
+        return False
+    name, scratch = Path(os.fsdecode(name)).absolute(), Path(scratch).absolute()
+    return name == scratch or scratch in name.parents
+
+
+def free_bytes(path: PathLike) -> int:
+    """Free bytes (for this user) on the file system that holds `path`, or that would hold it: its nearest
+    existing folder's, not the current folder's."""
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free  # statvfs of that folder: f_bavail x f_frsize
+
+
 @contextlib.contextmanager
 def atomic_output(path: PathLike, fsync: bool = True, mode: Optional[int] = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends normally it becomes `path` in one rename, on any
     exception (Ctrl-C included) it is removed: a reader never sees a half-written file, and an old one survives.
-    `mode`: the file's permissions (default: as the umask makes them)."""
+    `mode`: the file's permissions (default: as the umask makes them). Every OS error names `path` (`writing`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp name keeps the suffix: writers that pick a format by it (video containers) see the real one.
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The temp name keeps the suffix: writers that pick a format by it (video containers) see the real one.
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # mkstemp makes 0600; follow the umask
-        os.replace(tmp, path)
+        with writing(path, scratch=tmp):
+            yield tmp
+            if fsync:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # mkstemp makes 0600; follow the umask
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     if fsync:
-        _fsync_dir(path.parent)
+        with writing(path):
+            _fsync_dir(path.parent)
 
 
 def check_output_file(path: PathLike, option: str = "--out", inputs: Sequence[PathLike] = ()) -> Path:
@@ -96,16 +148,47 @@ def check_output_folder(folder: PathLike, option: str = "--out") -> Path:
 
 def os_error_message(e: OSError) -> str:
     """One line for an OSError that escaped: which file, what went wrong, what to do."""
-    target = e.filename or ""
+    target = os.fsdecode(e.filename) if e.filename is not None else ""
     where = f" {target}" if target else ""
     if e.errno == errno.ENOSPC:
         free = ""
-        with contextlib.suppress(OSError):
-            free = f" ({shutil.disk_usage(Path(target).parent if target else '.').free / 2**20:.0f} MiB free)"
+        if target:  # the free space of the file's own file system; without a file, no figure rather than a wrong one
+            with contextlib.suppress(OSError):
+                free = f" ({free_bytes(target) / 2**20:.0f} MiB free there)"
         return f"disk full writing{where}{free}: free some space or write elsewhere"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write{where}: {e.strerror}; choose a writable path"
     return f"{e.strerror or e}{':' + where if where else ''}"
+
+
+@contextlib.contextmanager
+def locked(lock: PathLike) -> Iterator[None]:
+    """Hold an exclusive lock, across processes, on the file `lock` for the block (the file is created if missing,
+    and kept: a lock file removed after use races with the next process that opens it). Where there are no
+    locks (no fcntl, or a file system that refuses them) the block runs unlocked, as it would have without."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file: a local flock needs only a read
+        fd = os.open(lock, os.O_RDONLY)
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes, by the kernel even if this process dies
+        except (ImportError, OSError):
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def printable(text: str) -> str:
+    """`text` as any terminal prints it: the bytes of a file name that are not UTF-8 (held by Python as surrogates,
+    which a strict UTF-8 stream refuses) shown as \\xNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that are no escaped bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 _fallback_cache: Optional[Path] = None
