@@ -11,6 +11,7 @@ import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from . import config as C
+from .util.options import one_line
 
 
 def _field_kind(hint: Any) -> Tuple[Any, bool]:
@@ -141,6 +142,7 @@ def _train(cmd: C.TrainCommand) -> int:
     from .commands.train import train
 
     cfg = C.build_config(C.TrainConfig, cmd.config, cmd.set or [], out=cmd.out)
+    C.check_io(cfg)  # the config's own files (data_root, init_from, distill_cache), as main checked the command's
     summary = train(cfg, resume=cmd.resume, restart=cmd.restart)
     if "interrupted" in summary:
         import signal
@@ -291,12 +293,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(cfg) or 0)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         # Expected user errors (bad names, paths, checkpoints, a missing extra) read best without a traceback.
-        print(f"dabnet {args.command}: error: {user_message(e)}", file=sys.stderr)
+        print(f"dabnet {args.command}: error: {one_line(user_message(e), 2000)}", file=sys.stderr)
         return 2
     except OSError as e:  # a read-only folder, a full disk: which file, and what to do
         from .util.files import os_error_message
 
-        print(f"dabnet {args.command}: error: {os_error_message(e)}", file=sys.stderr)
+        print(f"dabnet {args.command}: error: {one_line(os_error_message(e), 2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outputs are written atomically: nothing half-written is left behind
         print(f"dabnet {args.command}: interrupted", file=sys.stderr)

@@ -1,15 +1,14 @@
-"""Configs: one dataclass per command; YAML supplies defaults, `--set key=value` overrides."""
+"""Configs: one dataclass per command; YAML supplies defaults, `--set key=value` overrides. Every field declares its
+type, choices and range (`dabnet.util.options`), checked once, when a config is made, before any work."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
@@ -17,14 +16,10 @@ from .data.importers import IMPORTERS
 from .data.registry import list_datasets
 from .inference.outputs import OUTPUT_KINDS
 from .runtimes import backend_help, backend_names, export_formats
+from .util.options import ConfigError, Options, hints_of, load_yaml, one_line, option, parse_value, shown
 from .util.precision import PRECISIONS
 
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the command's options."""
-
 
 def _input_paths(value: Any) -> List[Path]:
     """The paths an input option names: files, folders, glob matches, bundled weights' files."""
@@ -50,6 +45,14 @@ def _input_paths(value: Any) -> List[Path]:
 
 # What a dataset or a folder of images holds: an output file of these kinds inside an input folder is refused.
 _READ_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".yaml", ".yml")
+
+
+# What an option that names a file or folder does with it (every option that can hold a string declares one;
+# tests/test_cli.py holds every command to that): "in" (a file or folder the command reads), "out" (a file it writes),
+# "out_dir" (a folder it fills), "own_dir" (a folder of the command's own files: it writes only files it names there
+# and keeps the rest, as predict's manifest and train's run folder do, so it may sit beside or hold its inputs), or
+# "not_a_path" (a name, choice, address or value).
+IO_ROLES = ("in", "out", "out_dir", "own_dir", "not_a_path")
 
 
 def check_io(cfg: Any) -> None:
@@ -98,18 +101,6 @@ def parse_size(text: str) -> Tuple[int, int]:
     return h, w
 
 
-def option(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any = None, **cli: Any) -> Any:
-    """A config field whose metadata carries its command-line help and, in `cli`, argparse details:
-    choices, positional, required, nargs, type, metavar, flag (another option name), hidden (no flag); and
-    io: "in" (a file or folder the command reads), "out" (a file it writes), "out_dir" (a folder it fills),
-    which `check_io` holds against each other before the command runs.
-    `help` and `choices` may be functions, called when a parser is built (registries that grow at run time)."""
-    meta = {"help": help, **cli}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 DEVICE_HELP = "auto (the GPU when there is one and the backend runs there, else the CPU), cpu, cuda or cuda:N"
 
 
@@ -126,188 +117,10 @@ def list_model_names() -> List[str]:
     return list_models()
 
 
-@dataclass
-class TrainConfig:
-    """Everything `dabnet train` needs; every field can be set in YAML or with --set."""
-
-    # data
-    dataset: str = option("camvid", "dataset kind (the dataset registry)", choices=list_datasets)
-    data_root: str = option("../shared/data/camvid", "dataset root (for 'folder': the dataset YAML)")
-    train_split: str = option("train", "split trained on")
-    val_split: Optional[str] = option("val", "split validated on each val_every epochs; None: no in-sequence validation")
-    holdout: List[str] = option(help="whole sequences (file-name prefixes, e.g. CamVid's 0006R0) taken out of train_split and validated on: drives never trained on, the honest proxy for a test set; best.pth is then chosen on them", factory=list)  # fmt: skip
-    crop_size: List[int] = option(help="[HEIGHT, WIDTH] of the random training crops", factory=lambda: [360, 480])
-    scales: List[float] = option(help="random rescaling factors of the training images (the paper: 0.75 to 2)", factory=lambda: [0.75, 1.0, 1.25, 1.5, 1.75, 2.0])
-    flip: bool = option(True, "random horizontal flips")
-    mean: Optional[List[float]] = option(None, "None: the dataset's own statistics")
-    std: Optional[List[float]] = option(None, "None: the dataset's own; [1, 1, 1] = mean subtraction only")
-    workers: int = option(2, "data-loading processes")
-    check_data: bool = option(True, "scan every file before training (clear errors before hours of work)")
-    data_on_device: bool = option(False, "decode once, keep uint8 images on the device, augment there")
-    # model
-    model: str = option("dabnet", "network (dabnet models lists them)", choices=list_model_names)
-    model_kwargs: Dict[str, Any] = option(help="the network's own options, e.g. {block_1: 3, block_2: 6}", factory=dict)
-    init_from: Optional[str] = option(None, "weights to start from (ours or official)")
-    # optimisation
-    epochs: int = option(1000, "length of the poly schedule, in epochs")
-    batch_size: int = option(16, "images per step (per process under torchrun)")
-    optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS)
-    lr: float = option(1e-3, "peak learning rate")
-    momentum: float = option(0.9, "SGD momentum")
-    betas: List[float] = option(help="Adam/AdamW betas", factory=lambda: [0.9, 0.999])
-    weight_decay: float = option(2e-4, "L2 weight decay")
-    poly_power: float = option(0.9, "exponent of the poly learning-rate decay")
-    warmup_iters: int = option(500, "linear warm-up steps")
-    warmup_ratio: float = option(1.0 / 3.0, "warm-up starts at lr * warmup_ratio")
-    grad_clip: float = option(0.0, "max gradient norm; 0 = off")
-    # extensions (dabnet.training): weight EMA, and distillation from a teacher's (ensemble's) probabilities
-    ema: float = option(0.0, "decay of an exponential moving average of the weights, validated and saved as the model; 0 = off")  # fmt: skip
-    distill_from: Optional[str] = option(None, "teacher: a checkpoint path or bundled name with this run's classes; None = off")  # fmt: skip
-    distill_scales: List[float] = option(help="the teacher's ensemble: input scales, probabilities averaged", factory=lambda: [1.0])
-    distill_flip: bool = option(False, "the teacher's ensemble also sees horizontal flips")
-    distill_weight: float = option(1.0, "loss = CE + weight * T^2 * KL(teacher_T || student_T)")
-    distill_temperature: float = option(1.0, "softmax temperature of teacher and student in the KL term")
-    distill_cache: Optional[str] = option(None, "folder of the teacher's maps (None: OUT/teacher_cache); runs may share one")  # fmt: skip
-    loss: str = option("ce", "ce (cross-entropy) or ohem (online hard example mining, as the paper's Cityscapes recipe)", choices=LOSSES)
-    class_weights: str = option("enet", "class weighting of the loss: enet (1 / ln(c + p)), median frequency, or none", choices=CLASS_WEIGHTS)
-    enet_c: float = option(1.02, "w = 1 / ln(c + p); the official DABNet code uses 1.10")
-    ohem_thresh: float = option(0.7, "OHEM keeps pixels whose true-class probability is below this")
-    ohem_min_kept: Optional[int] = option(None, "None: batch * H * W / 16, as the paper")
-    # speed
-    precision: str = option("fp32", "fp32, or bf16/fp16 autocast (fp16 on CUDA only); formerly `amp` (none = fp32)", choices=TRAIN_PRECISIONS)  # fmt: skip
-    channels_last: bool = option(False, "NHWC memory layout (faster on GPUs with tensor cores)")
-    compile: bool = option(False, "torch.compile the training step")
-    fused: bool = option(True, "BatchNorm+PReLU pairs, the x8 upsampling and the cross-entropy on compiled kernels (models.fused): same parameters and numbers, faster on a CPU; falls back to eager layers, with a warning, where nothing compiles")  # fmt: skip
-    sync_bn: bool = option(False, "synchronised BatchNorm across torchrun processes")
-    # validation, logging, checkpoints
-    val_every: int = option(1, "validate every N epochs")
-    val_batch_size: int = option(4, "images per validation pass")
-    keep_every: int = option(0, "also keep every N-th epoch's checkpoint as epoch_NNNN.pth (for `dabnet average`); 0 = off")  # fmt: skip
-    log_every: int = option(10, "log every N steps")
-    seed: int = option(0, "random seed (data order, augmentation, initialisation)")
-    out: str = option("runs/camvid", "run folder: checkpoints, logs, curves")
-    device: str = option("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N")
-
-
-    def __post_init__(self) -> None:
-        """Every option checked before any data is read; errors name the option and what is valid."""
-        from .models import list_models
-
-        check_field_types(self)
-        check_choice("dataset", self.dataset, list_datasets())
-        check_choice("model", self.model, list_models())
-        if self.model_kwargs:
-            _check_model_kwargs(self.model, self.model_kwargs)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("loss", self.loss, LOSSES)
-        check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
-        check_choice("precision", self.precision, TRAIN_PRECISIONS)
-        require(_positive_ints(self.crop_size, 2), "crop_size", self.crop_size, "[HEIGHT, WIDTH], two positive integers")
-        require(_positive_numbers(self.scales), "scales", self.scales, "a list of positive numbers, e.g. [0.75, 1.0, 1.5]")
-        check_counts(self, epochs=1, batch_size=1, val_batch_size=1, workers=0, val_every=1, log_every=1, warmup_iters=0,
-                     keep_every=0)  # fmt: skip
-        require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a positive number")
-        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        require(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", self.betas, "two numbers in [0, 1)")
-        require(0 < self.warmup_ratio <= 1, "warmup_ratio", self.warmup_ratio, "a number in (0, 1]")
-        require(self.grad_clip >= 0, "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
-        require(0 < self.ohem_thresh <= 1, "ohem_thresh", self.ohem_thresh, "a probability in (0, 1]")
-        require(self.enet_c > 1, "enet_c", self.enet_c, "a number > 1 (the ENet weights are 1 / ln(c + p))")
-        require(self.mean is None or len(self.mean) == 3, "mean", self.mean, "null or three numbers (0-255 RGB)")
-        require(self.std is None or _positive_numbers(self.std) and len(self.std) == 3, "std", self.std, "null or three positive numbers")
-        require(isinstance(self.holdout, list) and all(isinstance(h, str) and h for h in self.holdout), "holdout", self.holdout,
-                "a list of file-name prefixes, e.g. [0006R0]")  # fmt: skip
-        require(_number(self.ema) and 0 <= self.ema < 1, "ema", self.ema, "a decay in [0, 1), e.g. 0.999 (0 = off)")
-        require(self.distill_from is None or (isinstance(self.distill_from, str) and self.distill_from != ""), "distill_from",
-                self.distill_from, "null, or a checkpoint path or bundled name such as dabnet-camvid")  # fmt: skip
-        require(_positive_numbers(self.distill_scales), "distill_scales", self.distill_scales, "a list of positive numbers, e.g. [1, 1.5, 2]")
-        require(_number(self.distill_weight) and self.distill_weight >= 0, "distill_weight", self.distill_weight, "a number >= 0")
-        require(_number(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature",
-                self.distill_temperature, "a positive number")  # fmt: skip
-        if self.distill_from and self.data_on_device:
-            raise ConfigError("distill_from with data_on_device=true is not supported: the teacher's maps come through the "
-                              "loader; use data_on_device=false")  # fmt: skip
-        check_device(self.device)
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a config value is of its field's declared type (ints count as floats, bools as neither)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if origin is Union:
-        return any(_matches(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, List, tuple, Sequence):
-        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
-    if origin in (dict, Dict):
-        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-    return isinstance(value, hint) if isinstance(hint, type) else True
-
-
-def _type_name(hint: Any, plural: bool = False) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union:
-        return " or ".join(_type_name(a, plural) for a in args)
-    if origin in (list, List):
-        return f"a list of {_type_name(args[0], True) if args else 'values'}"
-    if origin in (dict, Dict):
-        return "a mapping of names to values"
-    names = {int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings"),
-             bool: ("true or false", "true/false values"), type(None): ("null", "nulls")}  # fmt: skip
-    return names[hint][plural] if hint in names else str(hint)
-
-
-def _check_model_kwargs(model: str, kwargs: Dict[str, Any]) -> None:
-    """The network builds with these arguments (on the meta device: no memory, no time)."""
-    import torch
-
-    from .models import create_model
-
-    try:
-        with torch.device("meta"):
-            create_model(model, 2, **kwargs)
-    except (TypeError, ValueError, KeyError, IndexError, AssertionError) as e:
-        raise ConfigError(f"model_kwargs={kwargs!r} is not valid for {model}: {e}") from None
-
-
-def check_field_types(obj: Any) -> None:
-    """Every field of a config dataclass holds a value of its declared type; a ConfigError naming the first that
-    does not (YAML and --set can put a list where a number belongs)."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if not _matches(value, hints[f.name]):
-            raise ConfigError(f"{f.name}={value!r} is not valid: {_type_name(hints[f.name])}")
-
-
 def require(ok: bool, option: str, value: Any, valid: str) -> None:
-    """A ConfigError naming the option, the value given and what is valid, unless `ok`."""
+    """A ConfigError naming the option, the value given (cut to 80 characters) and what is valid, unless `ok`."""
     if not ok:
-        raise ConfigError(f"{option}={value!r} is not valid: {valid}")
-
-
-def _positive_ints(v: Any, n: int) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == n and all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in v)
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _positive_numbers(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(i, (int, float)) and not isinstance(i, bool) and i > 0 for i in v)
-
-
-def check_scale(scale: float) -> None:
-    """An inference scale: a finite factor in [0.1, 4]."""
-    require(_number(scale) and 0.1 <= scale <= 4, "scale", scale, "a factor in [0.1, 4] (1: images as they are; e.g. 1.5)")
+        raise ConfigError(f"{option}={shown(value)} is not valid: {valid}")
 
 
 def check_device(device: str) -> None:
@@ -321,183 +134,305 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device={device!r} is not available: this PyTorch ({torch.__version__}) is {build}; use device=cpu")
 
 
-def check_counts(cfg: Any, **minimum: int) -> None:
-    """Each named integer option is at least its minimum."""
-    for name, low in minimum.items():
-        value = getattr(cfg, name)
-        if value is not None:
-            require(isinstance(value, int) and not isinstance(value, bool) and value >= low, name, value, f"an integer >= {low}")
+# Submodules a network built from model_kwargs may have: ten times the largest registered one; building more only to
+# check them takes minutes (block_1: 1000000000 never ends), and no such network is meant.
+MAX_MODULES = 5_000
 
 
-def check_choice(option: str, value: Any, choices) -> None:
-    choices = choices() if callable(choices) else choices
-    require(value in choices, option, value, "one of " + ", ".join(map(str, choices)))
+class _TooLarge(Exception):
+    pass
+
+
+def _check_model_kwargs(model: str, kwargs: Dict[str, Any]) -> None:
+    """The network builds with these arguments (on the meta device: no memory), with at most MAX_MODULES submodules."""
+    import threading
+
+    import torch
+    from torch.nn.modules.module import register_module_module_registration_hook
+
+    from .models import create_model
+
+    me, count = threading.get_ident(), [0]
+
+    def counted(module: Any, name: str, submodule: Any) -> None:
+        if threading.get_ident() == me:
+            count[0] += 1
+            if count[0] > MAX_MODULES:
+                raise _TooLarge
+
+    hook = register_module_module_registration_hook(counted)
+    try:
+        with torch.device("meta"):
+            create_model(model, 2, **kwargs)
+    except _TooLarge:
+        raise ConfigError(f"model_kwargs={shown(kwargs)} is not valid for {model}: the network would have more than "
+                          f"{MAX_MODULES:,} modules; the registered ones have a few hundred") from None  # fmt: skip
+    except (TypeError, ValueError, KeyError, IndexError, AssertionError, OverflowError, RuntimeError) as e:
+        raise ConfigError(f"model_kwargs={shown(kwargs)} is not valid for {model}: {one_line(e)}") from None
+    finally:
+        hook.remove()
+
+
+def _is(test: str, path: str) -> bool:
+    """Path(path).is_dir() or .is_file() or .exists(), False for a name no file can have (too long, a NUL byte)."""
+    try:
+        return getattr(Path(path), test)()
+    except (OSError, ValueError):
+        return False
+
+
+def _nonempty(option: str, valid: str) -> Any:
+    """A `check` refusing empty strings (in a list too): a name or path that is empty names nothing."""
+
+    def check(value: Any) -> None:
+        require(all(v for v in (value if isinstance(value, list) else [value])), option, value, valid)
+
+    return check
+
+
+def _host_names(names: List[str]) -> None:
+    """Each of serve's allowed hosts is a host name (example.org) or *."""
+    for name in names:
+        require(0 < len(name) <= 253 and not any(c in name for c in "/ @\t\n"), "allowed_hosts", name, "host names (example.org) or *")
+
+
+def _one_of(option: str, choices: Sequence[str]) -> Any:
+    """A `check` holding each item of a list to `choices` (where the parser takes the list as it is)."""
+
+    def check(value: Any) -> None:
+        for item in value:
+            require(item in choices, option, item, "one of " + ", ".join(choices))
+
+    return check
+
+
+PACK_SPLITS = ["train", "val", "test", "trainval"]
+SCALE = dict(range="[0.1, 4]", valid="a factor in [0.1, 4] (1: images as they are; e.g. 1.5)")  # an inference resize
+SCALES = dict(range="(0, 8]", length=(1, 16))  # test-time or teacher scales: each one a forward pass at scale^2 the pixels
+SIDE = "[1, 16384]"  # an image side, in pixels
+NOT_A_PATH = dict(io="not_a_path")
 
 
 @dataclass
-class EvalConfig:
+class TrainConfig(Options):
+    """Everything `dabnet train` needs; every field can be set in YAML or with --set."""
+
+    # data
+    dataset: str = option("camvid", "dataset kind (the dataset registry)", choices=list_datasets, **NOT_A_PATH)
+    data_root: str = option("../shared/data/camvid", "dataset root (for 'folder': the dataset YAML)", io="in")
+    train_split: str = option("train", "split trained on", **NOT_A_PATH)
+    val_split: Optional[str] = option("val", "split validated on each val_every epochs; None: no in-sequence validation", **NOT_A_PATH)
+    holdout: List[str] = option(help="whole sequences (file-name prefixes, e.g. CamVid's 0006R0) taken out of train_split and validated on: drives never trained on, the honest proxy for a test set; best.pth is then chosen on them", factory=list,
+                                check=_nonempty("holdout", "a list of file-name prefixes, e.g. [0006R0]"), **NOT_A_PATH)  # fmt: skip
+    crop_size: List[int] = option(help="[HEIGHT, WIDTH] of the random training crops", factory=lambda: [360, 480], range=SIDE, length=(2, 2),
+                                  valid=f"[HEIGHT, WIDTH], two integers in {SIDE}")  # fmt: skip
+    scales: List[float] = option(help="random rescaling factors of the training images (the paper: 0.75 to 2)", factory=lambda: [0.75, 1.0, 1.25, 1.5, 1.75, 2.0],
+                                 range="(0, 8]", length=(1, 64))  # fmt: skip
+    flip: bool = option(True, "random horizontal flips")
+    mean: Optional[List[float]] = option(None, "None: the dataset's own statistics", range="[0, 255]", length=(3, 3),
+                                         valid="null or three numbers in [0, 255] (0-255 RGB)")  # fmt: skip
+    std: Optional[List[float]] = option(None, "None: the dataset's own; [1, 1, 1] = mean subtraction only", range="(0, 255]", length=(3, 3),
+                                        valid="null or three numbers in (0, 255] (0-255 RGB)")  # fmt: skip
+    workers: int = option(2, "data-loading processes", range="[0, 1024]")
+    check_data: bool = option(True, "scan every file before training (clear errors before hours of work)")
+    data_on_device: bool = option(False, "decode once, keep uint8 images on the device, augment there")
+    # model
+    model: str = option("dabnet", "network (dabnet models lists them)", choices=list_model_names, **NOT_A_PATH)
+    model_kwargs: Dict[str, Any] = option(help="the network's own options, e.g. {block_1: 3, block_2: 6}", factory=dict,
+                                          range="[0, 4096]", valid="a mapping of the network's own options to values, numbers in [0, 4096]",
+                                          **NOT_A_PATH)  # fmt: skip
+    init_from: Optional[str] = option(None, "weights to start from (ours or official)", io="in")
+    # optimisation
+    epochs: int = option(1000, "length of the poly schedule, in epochs", range="[1, inf)")
+    batch_size: int = option(16, "images per step (per process under torchrun)", range="[1, 65536]")
+    optimizer: str = option("adam", "optimizer", choices=OPTIMIZERS, **NOT_A_PATH)
+    lr: float = option(1e-3, "peak learning rate", range="(0, 10]")
+    momentum: float = option(0.9, "SGD momentum", range="[0, 1)")
+    betas: List[float] = option(help="Adam/AdamW betas", factory=lambda: [0.9, 0.999], range="[0, 1)", length=(2, 2))
+    weight_decay: float = option(2e-4, "L2 weight decay", range="[0, 1]")
+    poly_power: float = option(0.9, "exponent of the poly learning-rate decay", range="(0, 100]")
+    warmup_iters: int = option(500, "linear warm-up steps", range="[0, inf)")
+    warmup_ratio: float = option(1.0 / 3.0, "warm-up starts at lr * warmup_ratio", range="(0, 1]")
+    grad_clip: float = option(0.0, "max gradient norm; 0 = off", range="[0, inf)")
+    # extensions (dabnet.training): weight EMA, and distillation from a teacher's (ensemble's) probabilities
+    ema: float = option(0.0, "decay of an exponential moving average of the weights, validated and saved as the model; 0 = off",
+                        range="[0, 1)", valid="a decay in [0, 1), e.g. 0.999 (0 = off)")  # fmt: skip
+    distill_from: Optional[str] = option(None, "teacher: a checkpoint path or bundled name with this run's classes; None = off", io="in",
+                                         check=_nonempty("distill_from", "null, or a checkpoint path or bundled name such as dabnet-camvid"))  # fmt: skip
+    distill_scales: List[float] = option(help="the teacher's ensemble: input scales, probabilities averaged", factory=lambda: [1.0], **SCALES)
+    distill_flip: bool = option(False, "the teacher's ensemble also sees horizontal flips")
+    distill_weight: float = option(1.0, "loss = CE + weight * T^2 * KL(teacher_T || student_T)", range="[0, inf)")
+    distill_temperature: float = option(1.0, "softmax temperature of teacher and student in the KL term", range="(0, 100]")
+    distill_cache: Optional[str] = option(None, "folder of the teacher's maps (None: OUT/teacher_cache); runs may share one", io="out_dir")  # fmt: skip
+    loss: str = option("ce", "ce (cross-entropy) or ohem (online hard example mining, as the paper's Cityscapes recipe)", choices=LOSSES, **NOT_A_PATH)
+    class_weights: str = option("enet", "class weighting of the loss: enet (1 / ln(c + p)), median frequency, or none", choices=CLASS_WEIGHTS, **NOT_A_PATH)
+    enet_c: float = option(1.02, "w = 1 / ln(c + p); the official DABNet code uses 1.10", range="(1, 100]",
+                           valid="a finite number in (1, 100] (the ENet weights are 1 / ln(c + p))")  # fmt: skip
+    ohem_thresh: float = option(0.7, "OHEM keeps pixels whose true-class probability is below this", range="(0, 1]")
+    ohem_min_kept: Optional[int] = option(None, "None: batch * H * W / 16, as the paper", range="[0, inf)")
+    # speed
+    precision: str = option("fp32", "fp32, or bf16/fp16 autocast (fp16 on CUDA only); formerly `amp` (none = fp32)", choices=TRAIN_PRECISIONS, **NOT_A_PATH)  # fmt: skip
+    channels_last: bool = option(False, "NHWC memory layout (faster on GPUs with tensor cores)")
+    compile: bool = option(False, "torch.compile the training step")
+    fused: bool = option(True, "BatchNorm+PReLU pairs, the x8 upsampling and the cross-entropy on compiled kernels (models.fused): same parameters and numbers, faster on a CPU; falls back to eager layers, with a warning, where nothing compiles")  # fmt: skip
+    sync_bn: bool = option(False, "synchronised BatchNorm across torchrun processes")
+    # validation, logging, checkpoints
+    val_every: int = option(1, "validate every N epochs", range="[1, inf)")
+    val_batch_size: int = option(4, "images per validation pass", range="[1, 65536]")
+    keep_every: int = option(0, "also keep every N-th epoch's checkpoint as epoch_NNNN.pth (for `dabnet average`); 0 = off", range="[0, inf)")  # fmt: skip
+    log_every: int = option(10, "log every N steps", range="[1, inf)")
+    seed: int = option(0, "random seed (data order, augmentation, initialisation)", range="[0, 4294967295]")
+    out: str = option("runs/camvid", "run folder: checkpoints, logs, curves", io="own_dir")
+    device: str = option("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N", check=check_device, **NOT_A_PATH)
+
+    def check(self) -> None:
+        if self.model_kwargs:
+            _check_model_kwargs(self.model, self.model_kwargs)
+        if self.distill_from and self.data_on_device:
+            raise ConfigError("distill_from with data_on_device=true is not supported: the teacher's maps come through the "
+                              "loader; use data_on_device=false")  # fmt: skip
+
+
+@dataclass
+class EvalConfig(Options):
     """mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset split."""
 
     checkpoint: str = option("", "checkpoint, bundled name or official DABNet checkpoint", required=True, io="in")
-    dataset: str = option("camvid", "dataset kind", choices=list_datasets)
+    dataset: str = option("camvid", "dataset kind", choices=list_datasets, **NOT_A_PATH)
     data_root: str = option("../shared/data/camvid", "dataset root (for 'folder': the dataset YAML)", io="in")
-    split: str = option("val", "split to evaluate")
+    split: str = option("val", "split to evaluate", **NOT_A_PATH)
     sequences: List[str] = option(help="only frames whose file names start with these (whole drives, e.g. 0006R0)",
-                                  factory=list, metavar="PREFIX")  # fmt: skip
-    exclude_sequences: List[str] = option(help="leave these sequences out", factory=list, metavar="PREFIX")
-    batch_size: int = option(1, "images per forward pass")
+                                  factory=list, metavar="PREFIX", **NOT_A_PATH)  # fmt: skip
+    exclude_sequences: List[str] = option(help="leave these sequences out", factory=list, metavar="PREFIX", **NOT_A_PATH)
+    batch_size: int = option(1, "images per forward pass", range="[1, 4096]")
     flip: bool = option(False, "add horizontally flipped predictions")
-    scales: List[float] = option(help="test-time scales, e.g. 0.75 1 1.25", factory=lambda: [1.0])
-    workers: int = option(2, "data loader processes")
-    device: str = option("auto", DEVICE_HELP)
-    backend: str = option("auto", backend_help, choices=backend_names)
+    scales: List[float] = option(help="test-time scales, e.g. 0.75 1 1.25", factory=lambda: [1.0], **SCALES)
+    workers: int = option(2, "data loader processes", range="[0, 1024]")
+    device: str = option("auto", DEVICE_HELP, check=check_device, **NOT_A_PATH)
+    backend: str = option("auto", backend_help, choices=backend_names, **NOT_A_PATH)
     precision: str = option("fp32", "fp32, bf16/fp16 autocast, or int8 with the openvino backend (auto chooses its own)",
-                            choices=PRECISIONS)  # fmt: skip
+                            choices=PRECISIONS, **NOT_A_PATH)  # fmt: skip
     json: Optional[str] = option(None, "write miou, per_class_iou, pixel_acc, images to this file", metavar="FILE", io="out")
-    confusion_png: Optional[str] = option(None, "draw the confusion matrix to this PNG", metavar="FILE")
-
-    def __post_init__(self) -> None:
-        check_choice("dataset", self.dataset, list_datasets())
-        check_choice("backend", self.backend, backend_names())
-        check_choice("precision", self.precision, PRECISIONS)
-        check_counts(self, batch_size=1, workers=0)
-        require(_positive_numbers(self.scales), "scales", self.scales, "positive numbers, e.g. 0.75 1 1.25")
-        check_device(self.device)
+    confusion_png: Optional[str] = option(None, "draw the confusion matrix to this PNG", metavar="FILE", io="out")
 
 
 @dataclass
-class TrainCommand:
+class TrainCommand(Options):
     """Train a network (the paper's recipes ship as configs); every TrainConfig option can be --set."""
 
     config: str = option("", "YAML path or shipped config name: " + ", ".join(config_names()), required=True, io="in")
     set: List[str] = option(help="override any config option (repeatable)", factory=list, nargs=None, action="append",
-                            metavar="KEY=VALUE")  # fmt: skip
-    out: Optional[str] = option(None, "run folder (default: the config's `out`)")
+                            metavar="KEY=VALUE", **NOT_A_PATH)  # fmt: skip
+    out: Optional[str] = option(None, "run folder (default: the config's `out`)", io="own_dir")
     resume: Optional[str] = option(None, "resume from this checkpoint (default: OUT/last.pth when present)", metavar="CKPT", io="in")
     restart: bool = option(False, "ignore OUT/last.pth and start from scratch", flag_only=True)
 
 
 @dataclass
-class AverageConfig:
+class AverageConfig(Options):
     """Average the weights of checkpoints of one network (e.g. a run's last epochs) into one checkpoint."""
 
     checkpoints: List[str] = option(help="two or more checkpoints, e.g. runs/camvid/epoch_02*.pth", factory=list,
-                                    positional=True, nargs="+", io="in")  # fmt: skip
+                                    positional=True, nargs="+", io="in", length=(2, None), valid="two or more checkpoint files")  # fmt: skip
     out: str = option("averaged.pth", "where to write the averaged checkpoint", io="out")
 
-    def __post_init__(self) -> None:
-        require(len(self.checkpoints) >= 2, "checkpoints", self.checkpoints, "two or more checkpoint files")
-        require(not Path(self.out).is_dir(), "out", self.out, "a file name such as averaged.pth (this is a folder)")
+    def check(self) -> None:
+        require(not _is("is_dir", self.out), "out", self.out, "a file name such as averaged.pth (this is a folder)")
 
 
 @dataclass
-class ModelsConfig:
+class ModelsConfig(Options):
     """List the registered networks with parameters and GMACs."""
 
-    names: List[str] = option(help="models to show (default: all)", factory=list, positional=True, nargs="*")
-    size: Tuple[int, int] = option((512, 1024), "input HxW for GMACs", type=parse_size)
-    num_classes: int = option(19, "classes of the networks counted")
+    names: List[str] = option(help="models to show (default: all)", factory=list, positional=True, nargs="*", **NOT_A_PATH)
+    size: Tuple[int, int] = option((512, 1024), "input HxW for GMACs", type=parse_size, range=SIDE)
+    num_classes: int = option(19, "classes of the networks counted", range="[1, 65535]")
     json: bool = option(False, "print JSON instead of a table", flag_only=True)
 
 
 @dataclass
-class RuntimesConfig:
+class RuntimesConfig(Options):
     """List the registered runtimes (--backend): precisions, devices, files they run, export formats."""
 
     json: bool = option(False, "print JSON instead of a table", flag_only=True)
 
 
 @dataclass
-class DescribeConfig:
+class DescribeConfig(Options):
     """Say what a checkpoint, bundled name or exported file is (network, classes, colours, normalisation), with no backend."""
 
-    checkpoint: str = option("", "checkpoint, exported file or bundled name (e.g. dabnet-camvid)", positional=True)
+    checkpoint: str = option("", "checkpoint, exported file or bundled name (e.g. dabnet-camvid)", positional=True, io="in")
     json: bool = option(False, "print JSON instead of text", flag_only=True)
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Options):
     """Segment the bundled street frames, write pictures and report the FPS."""
 
     checkpoint: Optional[str] = option(None, "weights to use (default: the bundled dabnet-camvid)", io="in")
-    out: str = option("dabnet-demo", "output folder")
-    threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
-    backend: str = option("auto", backend_help, choices=backend_names)
-    device: str = option("auto", DEVICE_HELP)
-    seed: int = option(0, "seed of the untrained network used when no weights are bundled", hidden=True)
-    samples: Optional[str] = option(None, "folder of frames (NAME.jpg + NAME_label.png) instead of the bundled ones", hidden=True)
-
-    def __post_init__(self) -> None:
-        check_device(self.device)
-
-
+    out: str = option("dabnet-demo", "output folder", io="own_dir")
+    threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)", range="[1, 4096]")
+    backend: str = option("auto", backend_help, choices=backend_names, **NOT_A_PATH)
+    device: str = option("auto", DEVICE_HELP, check=check_device, **NOT_A_PATH)
+    seed: int = option(0, "seed of the untrained network used when no weights are bundled", hidden=True, range="[0, 4294967295]")
+    samples: Optional[str] = option(None, "folder of frames (NAME.jpg + NAME_label.png) instead of the bundled ones", hidden=True, io="in")
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(Options):
     """Segment images, folders, globs, videos or a webcam."""
 
     inputs: List[str] = option(help="image files, folders, globs ('data/*.jpg'), videos, or a webcam index",
                                factory=list, positional=True, nargs="+", io="in")  # fmt: skip
     checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name", io="in")
-    out: str = option("predictions", "output folder")
+    out: str = option("predictions", "output folder", io="own_dir")
     format: str = option("default", "cityscapes: labelId PNGs for the benchmark server instead of label/colour/overlay",
-                         choices=["default", "cityscapes"])  # fmt: skip
-    backend: str = option("auto", backend_help, choices=backend_names)
+                         choices=["default", "cityscapes"], **NOT_A_PATH)  # fmt: skip
+    backend: str = option("auto", backend_help, choices=backend_names, **NOT_A_PATH)
     precision: str = option("fp32", "fp32, bf16/fp16 autocast (fp16: CUDA only), or int8 with the openvino backend; "
-                            "auto chooses its own", choices=PRECISIONS)  # fmt: skip
+                            "auto chooses its own", choices=PRECISIONS, **NOT_A_PATH)  # fmt: skip
     channels_last: Optional[bool] = option(None, "NHWC tensors (default: on for CUDA, off for a CPU)")
-    device: str = option("auto", DEVICE_HELP)
-    batch_size: int = option(1, "images per forward pass")
-    max_frames: int = option(0, "stop videos/webcams after N frames (0: all)")
+    device: str = option("auto", DEVICE_HELP, check=check_device, **NOT_A_PATH)
+    batch_size: int = option(1, "images per forward pass", range="[1, 4096]")
+    max_frames: int = option(0, "stop videos/webcams after N frames (0: all)", range="[0, inf)")
     save: List[str] = option(help="what to write per image: label (class ids), color (the colour mask), overlay",
-                             factory=lambda: list(OUTPUT_KINDS), choices=OUTPUT_KINDS, nargs="+")  # fmt: skip
-    workers: int = option(2, "threads that decode and encode images while the network runs (0: one after another)")
+                             factory=lambda: list(OUTPUT_KINDS), choices=OUTPUT_KINDS, nargs="+", **NOT_A_PATH)  # fmt: skip
+    workers: int = option(2, "threads that decode and encode images while the network runs (0: one after another)", range="[0, 256]")
     scale: float = option(1.0, "resize images by this factor before the network (labels at the image's size); "
-                          "above 1 is more accurate and slower, e.g. 1.5")  # fmt: skip
+                          "above 1 is more accurate and slower, e.g. 1.5", **SCALE)  # fmt: skip
     max_image_pixels: int = option(2 * 89_478_485, "largest image decoded, in pixels (Pillow's guard against "
-                                   "decompression bombs; larger images are tiled, so raising it costs only memory)")  # fmt: skip
+                                   "decompression bombs; larger images are tiled, so raising it costs only memory)", range="[1, 1e12]")  # fmt: skip
 
-    def __post_init__(self) -> None:
-        check_choice("backend", self.backend, backend_names())
-        check_choice("precision", self.precision, PRECISIONS)
-        check_counts(self, batch_size=1, max_frames=0, workers=0, max_image_pixels=1)
-        check_scale(self.scale)
-        for kind in self.save:
-            check_choice("save", kind, OUTPUT_KINDS)
-        require(not Path(self.out).exists() or Path(self.out).is_dir(), "out", self.out, "a folder (this is an existing file)")
-        check_device(self.device)
+    def check(self) -> None:
+        require(not _is("exists", self.out) or _is("is_dir", self.out), "out", self.out, "a folder (this is an existing file)")
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(Options):
     """Export to ONNX or OpenVINO IR (dynamic H, W) or TorchScript, checked against PyTorch."""
 
     checkpoint: str = option("", "checkpoint or bundled name", required=True, io="in")
-    format: str = option("onnx", "file format", choices=export_formats, required=True)
+    format: str = option("onnx", "file format", choices=export_formats, required=True, **NOT_A_PATH)
     out: str = option("", "output file (openvino: NAME.xml, written with NAME.bin)", required=True, io="out")
-
-    def __post_init__(self) -> None:
-        check_choice("format", self.format, export_formats())
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(Options):
     """The paper's speed protocol (Table 5) on this machine."""
 
-    models: List[str] = option(help="networks to time", factory=lambda: ["dabnet", "enet", "espnet", "icnet", "segnet", "erfnet"])
+    models: List[str] = option(help="networks to time", factory=lambda: ["dabnet", "enet", "espnet", "icnet", "segnet", "erfnet"], **NOT_A_PATH)
     sizes: List[Tuple[int, int]] = option(help="input sizes HxW", factory=lambda: [(256, 512), (512, 1024), (1024, 2048)],
-                                          type=parse_size)  # fmt: skip
+                                          type=parse_size, range=SIDE, length=(1, None))  # fmt: skip
     backends: List[str] = option(help="backends, interleaved frame by frame", factory=lambda: ["eager"], choices=backend_names,
-                                 metavar="BACKEND")  # fmt: skip
+                                 metavar="BACKEND", **NOT_A_PATH)  # fmt: skip
     precision: str = option("fp32", "fp32, bf16/fp16 autocast (fp16: CUDA only), or int8 with the openvino backend",
-                            choices=PRECISIONS)  # fmt: skip
+                            choices=PRECISIONS, **NOT_A_PATH)  # fmt: skip
     channels_last: Optional[bool] = option(None, "NHWC tensors (default: on for CUDA, off for a CPU)")
-    frames: int = option(100, "timed frames per measurement (the paper: 100)")
-    warmup: int = option(10, "untimed frames first")
-    batch: int = option(1, "images per forward pass (the paper: 1); FPS count images")
-    device: str = option("auto", DEVICE_HELP)
-    threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)")
+    frames: int = option(100, "timed frames per measurement (the paper: 100)", range="[1, inf)")
+    warmup: int = option(10, "untimed frames first", range="[0, inf)")
+    batch: int = option(1, "images per forward pass (the paper: 1); FPS count images", range="[1, 4096]")
+    device: str = option("auto", DEVICE_HELP, check=check_device, **NOT_A_PATH)
+    threads: Optional[int] = option(None, "CPU threads (default: PyTorch's choice)", range="[1, 4096]")
     checkpoint: Optional[str] = option(None, "time these weights instead of fresh models", io="in")
     no_paper_protocol: bool = option(False, "skip the eager runs without no_grad", flag_only=True)
     labels: bool = option(False, "also time each backend up to the label map (arg-max included), what predict does",
@@ -505,18 +440,14 @@ class BenchConfig:
     json: Optional[str] = option(None, "write the rows as JSON", metavar="FILE", io="out")
     plot: Optional[str] = option(None, "plot FPS against parameters", metavar="PNG", io="out")
     scale: float = option(1.0, "frames of each size are resized by this factor before the network: the network is "
-                          "timed at the resized size")  # fmt: skip
+                          "timed at the resized size", **SCALE)  # fmt: skip
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         from .io.preprocessing import MIN_SIDE
 
-        check_counts(self, frames=1, warmup=0, threads=1, batch=1)
-        check_choice("precision", self.precision, PRECISIONS)
-        check_scale(self.scale)
         small = [f"{h}x{w}" for h, w in self.network_sizes if min(h, w) < MIN_SIDE]
         require(not small, "sizes", small, f"sizes of at least {MIN_SIDE}x{MIN_SIDE}: below that the runtimes' pooling "
                 "has no window, and predict pads such images to it (what would be timed is the padded size)")  # fmt: skip
-        check_device(self.device)
 
     @property
     def network_sizes(self) -> List[Tuple[int, int]]:
@@ -525,51 +456,32 @@ class BenchConfig:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(Options):
     """HTTP API and web page for segmentation."""
 
     checkpoint: str = option("dabnet-camvid", "checkpoint, .onnx file or bundled name", io="in")
-    backend: str = option("auto", backend_help, choices=backend_names)
-    device: str = option("auto", DEVICE_HELP)
-    host: str = option("127.0.0.1", "address to bind (default: this machine only)")
-    port: int = option(8000, "TCP port")
-    max_queue: int = option(16, "waiting requests before 503")
-    max_mb: float = option(20.0, "request body limit in MiB (413 beyond)")
-    max_pixels: int = option(4096 * 4096, "decoded image limit in pixels (413 beyond)")
-    timeout_s: float = option(30.0, "seconds per request before 504", flag="--timeout", metavar="SECONDS")
-    max_batch: int = option(4, "same-size requests run together")
-    batch_wait_ms: float = option(2.0, "how long the worker waits to fill a batch")
+    backend: str = option("auto", backend_help, choices=backend_names, **NOT_A_PATH)
+    device: str = option("auto", DEVICE_HELP, check=check_device, **NOT_A_PATH)
+    host: str = option("127.0.0.1", "address to bind (default: this machine only)", **NOT_A_PATH)
+    port: int = option(8000, "TCP port", range="[0, 65535]", valid="a TCP port, 0-65535")
+    max_queue: int = option(16, "waiting requests before 503", range="[1, inf)")
+    max_mb: float = option(20.0, "request body limit in MiB (413 beyond)", range="(0, 1e5]")
+    max_pixels: int = option(4096 * 4096, "decoded image limit in pixels (413 beyond)", range="[1, 1e12]")
+    timeout_s: float = option(30.0, "seconds per request before 504", flag="--timeout", metavar="SECONDS", range="(0, 86400]")
+    max_batch: int = option(4, "same-size requests run together", range="[1, 1024]")
+    batch_wait_ms: float = option(2.0, "how long the worker waits to fill a batch", range="[0, 60000]")
     scale: float = option(1.0, "resize images by this factor before the network (labels at the image's size); "
-                          "above 1 is more accurate and slower, e.g. 1.5")  # fmt: skip
+                          "above 1 is more accurate and slower, e.g. 1.5", **SCALE)  # fmt: skip
     header_timeout_s: float = option(10.0, "seconds a connection may take to send a request's headers (and to start "
-                                     "the next one) before it is closed")  # fmt: skip
+                                     "the next one) before it is closed", range="(0, 3600]")  # fmt: skip
     max_connections: int = option(256, "open connections at most; more are closed at once (keep it under the "
-                                  "process's open-file limit)")  # fmt: skip
-    max_inflight_mb: float = option(512.0, "MiB of bodies and decoded images held by all requests in flight (503 beyond)")
+                                  "process's open-file limit)", range="[1, 1e6]")  # fmt: skip
+    max_inflight_mb: float = option(512.0, "MiB of bodies and decoded images held by all requests in flight (503 beyond)", range="(0, 1e6]")
     max_per_client: int = option(8, "requests one client address may have in flight at once (429 beyond; behind a "
-                                 "proxy all its clients share its address)")  # fmt: skip
+                                 "proxy all its clients share its address)", range="[1, inf)")  # fmt: skip
     allowed_hosts: List[str] = option(help="host names this server answers to besides localhost, --host and IP "
                                       "addresses; a request whose Host or Origin names another is refused (403: DNS "
-                                      "rebinding); * for any", factory=list, nargs="*")  # fmt: skip
-
-    def __post_init__(self) -> None:
-        check_choice("backend", self.backend, backend_names())
-        check_scale(self.scale)
-        check_device(self.device)
-        check_counts(self, max_queue=1, max_pixels=1, max_batch=1, max_connections=1)
-        require(0 <= self.port <= 65535, "port", self.port, "a TCP port, 0-65535")
-        limits = {"max_mb": (False, 1e5, "MiB"), "timeout_s": (False, 86400, "seconds"), "batch_wait_ms": (True, 60_000, "milliseconds"),
-                  "header_timeout_s": (False, 3600, "seconds"), "max_inflight_mb": (False, 1e6, "MiB")}  # fmt: skip
-        for name, (zero_ok, high, unit) in limits.items():
-            value = getattr(self, name)
-            ok = _number(value) and (value >= 0 if zero_ok else value > 0) and value <= high
-            require(ok, "timeout" if name == "timeout_s" else name, value,
-                    f"a finite number of {unit}, {'0' if zero_ok else 'above 0'} up to {high:g}")  # fmt: skip
-        check_counts(self, max_per_client=1)
-        require(isinstance(self.allowed_hosts, list), "allowed_hosts", self.allowed_hosts, "a list of host names")
-        for name in self.allowed_hosts:
-            require(isinstance(name, str) and 0 < len(name) <= 253 and not any(c in name for c in "/ @\t\n"), "allowed_hosts",
-                    name, "host names (example.org) or *")  # fmt: skip
+                                      "rebinding); * for any", factory=list, nargs="*", check=_host_names, **NOT_A_PATH)  # fmt: skip
 
     @property
     def max_inflight_bytes(self) -> int:
@@ -581,57 +493,49 @@ class ServeConfig:
 
 
 @dataclass
-class DataCheckConfig:
+class DataCheckConfig(Options):
     """Scan every image and mask; exit 0 only when the dataset is clean."""
 
-    dataset: str = option("camvid", "dataset kind", choices=list_datasets, positional=True)
-    root: str = option("", "dataset root (for 'folder': the dataset YAML or its folder)", positional=True)
-    splits: List[str] = option(help="splits to scan (default: train val test, or the YAML's)", factory=list, nargs="*")
+    dataset: str = option("camvid", "dataset kind", choices=list_datasets, positional=True, **NOT_A_PATH)
+    root: str = option("", "dataset root (for 'folder': the dataset YAML or its folder)", positional=True, io="in")
+    splits: List[str] = option(help="splits to scan (default: train val test, or the YAML's)", factory=list, nargs="*", **NOT_A_PATH)
     quiet: bool = option(False, "no progress bar", flag_only=True)
 
 
 @dataclass
-class DataStatsConfig:
+class DataStatsConfig(Options):
     """Channel mean/std, class frequencies and class weights of a split."""
 
-    dataset: str = option("camvid", "dataset kind", choices=list_datasets, positional=True)
-    root: str = option("", "dataset root (for 'folder': the dataset YAML)", positional=True)
-    split: str = option("train", "train, val, trainval (CamVid), test, or a YAML split")
-    enet_c: float = option(1.02, "c of the ENet weights 1/ln(c+p) (official code: 1.10)")
+    dataset: str = option("camvid", "dataset kind", choices=list_datasets, positional=True, **NOT_A_PATH)
+    root: str = option("", "dataset root (for 'folder': the dataset YAML)", positional=True, io="in")
+    split: str = option("train", "train, val, trainval (CamVid), test, or a YAML split", **NOT_A_PATH)
+    enet_c: float = option(1.02, "c of the ENet weights 1/ln(c+p) (official code: 1.10)", range="(1, 100]")
     json: bool = option(False, "print JSON instead of a table", flag_only=True)
 
 
 @dataclass
-class DataPackConfig:
+class DataPackConfig(Options):
     """Compact CamVid copy (JPEG frames + PNG labels) to carry to a GPU machine."""
 
     root: str = option("", "CamVid root (SegNet layout)", positional=True, io="in")
     out: str = option("", "output folder, same layout (keep it git-ignored, e.g. data_packed/camvid)", positional=True, io="out_dir")
-    splits: List[str] = option(help="splits to pack", factory=lambda: ["train", "val"])
-    quality: int = option(95, "JPEG quality (4:4:4 chroma)")
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.quality, int) and 1 <= self.quality <= 100, "quality", self.quality, "1-100")
-        for split in self.splits:
-            check_choice("splits", split, ["train", "val", "test", "trainval"])
+    splits: List[str] = option(help="splits to pack", factory=lambda: ["train", "val"], check=_one_of("splits", PACK_SPLITS), **NOT_A_PATH)
+    quality: int = option(95, "JPEG quality (4:4:4 chroma)", range="[1, 100]", valid="1-100")
 
 
 @dataclass
-class DataImportConfig:
+class DataImportConfig(Options):
     """An annotation tool's export (COCO, CVAT masks, Labelme) as a folder dataset with its dataset.yaml."""
 
-    format: str = option("coco", "the export's format", choices=lambda: list(IMPORTERS), positional=True)
+    format: str = option("coco", "the export's format", choices=lambda: list(IMPORTERS), positional=True, **NOT_A_PATH)
     source: str = option("", "COCO: the JSON file; CVAT: the export folder (labelmap.txt); Labelme: the folder of .json files",
                          positional=True, io="in")  # fmt: skip
     images: str = option("", "folder holding the annotated images", required=True, metavar="DIR", io="in")
     out: str = option("", "new dataset folder (images/, masks/, dataset.yaml)", required=True, metavar="DIR", io="out_dir")
-    val_fraction: float = option(0.0, "share of the images (the last ones, in the export's order) put in a val split")
-    classes: Optional[List[str]] = option(None, "Labelme: class names in id order (default: the labels, sorted)", nargs="+")
+    val_fraction: float = option(0.0, "share of the images (the last ones, in the export's order) put in a val split",
+                                 range="[0, 1)", valid="a share in [0, 1)")  # fmt: skip
+    classes: Optional[List[str]] = option(None, "Labelme: class names in id order (default: the labels, sorted)", nargs="+", **NOT_A_PATH)
     overwrite: bool = option(False, "replace an existing --out folder whole (default: refuse a non-empty one)", flag_only=True)
-
-    def __post_init__(self) -> None:
-        check_choice("format", self.format, list(IMPORTERS))
-        require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a share in [0, 1)")
 
 
 def find_config(name_or_path: str) -> Path:
@@ -643,32 +547,16 @@ def find_config(name_or_path: str) -> Path:
     shipped = resources.files("dabnet") / "configs" / f"{stem}.yaml"
     if shipped.is_file():
         return Path(str(shipped))
-    raise ConfigError(f"config {name_or_path!r} not found: give a YAML path or one of {', '.join(config_names())}")
+    raise ConfigError(f"config {shown(name_or_path)} not found: give a YAML path or one of {', '.join(config_names())}")
 
 
 def _coerce(cls: Type[T], key: str, value: Any) -> Any:
-    """Parse a --set string into the type of `key`'s default."""
+    """A --set string read as `key`'s declared type (`util.options.parse_value`); keyword values pass as given."""
     if not isinstance(value, str):
         return value
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    default = fields[key].default if fields[key].default is not dataclasses.MISSING else fields[key].default_factory()
-    if value.lower() in ("none", "null"):
-        return None
-    if isinstance(default, bool):
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{key}={value!r} is not valid: true or false")
-    if isinstance(default, (list, dict)) or default is None or value.startswith(("[", "{")):
-        try:
-            return yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{key}={value!r} is not valid: it does not read as YAML ({str(e).splitlines()[0]})") from None
-    try:
-        return type(default)(value) if not isinstance(default, float) else float(value)
-    except ValueError:
-        raise ConfigError(f"{key}={value!r} is not valid: {_type_name(typing.get_type_hints(cls)[key])}") from None
+    f = next(f for f in dataclasses.fields(cls) if f.name == key)
+    choices = f.metadata.get("choices") or ()
+    return parse_value(key, value, hints_of(cls)[key], choices() if callable(choices) else choices)
 
 
 # Options renamed since; old configs, commands and run folders keep working: old name -> (new name, value map).
@@ -678,7 +566,7 @@ RENAMED: Dict[str, Any] = {"amp": ("precision", {"none": "fp32", None: "fp32"})}
 def _renamed(key: str, value: Any, valid: set) -> Tuple[str, Any]:
     if key in RENAMED and key not in valid and RENAMED[key][0] in valid:
         new, values = RENAMED[key]
-        return new, values.get(value, value)
+        return new, values.get(value, value) if isinstance(value, (str, type(None))) else value
     return key, value
 
 
@@ -688,27 +576,25 @@ def build_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[s
     values: Dict[str, Any] = {}
     if path:
         cfg_path = find_config(path)
-        try:
-            loaded = yaml.safe_load(cfg_path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{cfg_path} is not valid YAML: {e}") from e
+        loaded = load_yaml(cfg_path.read_bytes(), str(cfg_path))
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict):
             raise ConfigError(f"{cfg_path} must hold a mapping of option: value")
         loaded = dict(_renamed(k, v, valid) for k, v in loaded.items())
-        unknown = sorted(set(loaded) - valid)
+        unknown = sorted(map(str, set(loaded) - valid))
         if unknown:
-            raise ConfigError(f"{cfg_path}: unknown option(s) {unknown}; valid options: {', '.join(sorted(valid))}")
+            raise ConfigError(f"{cfg_path}: unknown option(s) {shown(unknown)}; valid options: {', '.join(sorted(valid))}")
         values.update(loaded)
     values.update({k: v for k, v in kwargs.items() if v is not None})
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {shown(item)}")
         key, value = item.split("=", 1)
         key = key.strip()
         if key in RENAMED and RENAMED[key][0] in valid:
             key, value = _renamed(key, value.strip().lower(), valid)
         if key not in valid:
-            raise ConfigError(f"unknown option {key!r} in --set; valid options: {', '.join(sorted(valid))}")
+            raise ConfigError(f"unknown option {shown(key)} in --set; valid options: {', '.join(sorted(valid))}")
         values[key] = _coerce(cls, key, value)
     return cls(**values)
 

@@ -115,11 +115,11 @@ def test_serve_backend_default_is_the_same_everywhere():
 
 
 BAD_OPTIONS = [  # issue 14, row 7: each one line naming the option and what is valid, before any data is read
-    (["train", "--config", "camvid", "--set", "batch_size=0"], "batch_size=0 is not valid: an integer >= 1"),
-    (["train", "--config", "camvid", "--set", "crop_size=128"], "crop_size=128 is not valid: a list of integers"),
+    (["train", "--config", "camvid", "--set", "batch_size=0"], "batch_size=0 is not valid: an integer in [1, 65536]"),
+    (["train", "--config", "camvid", "--set", "crop_size=128"], "crop_size=128 is not valid: [HEIGHT, WIDTH], two integers"),
     (["train", "--config", "camvid", "--set", "epochs=0"], "epochs=0 is not valid"),
-    (["train", "--config", "camvid", "--set", "lr=-0.01"], "lr=-0.01 is not valid: a positive number"),
-    (["train", "--config", "camvid", "--set", "workers=-1"], "workers=-1 is not valid: an integer >= 0"),
+    (["train", "--config", "camvid", "--set", "lr=-0.01"], "lr=-0.01 is not valid: a finite number in (0, 10]"),
+    (["train", "--config", "camvid", "--set", "workers=-1"], "workers=-1 is not valid: an integer in [0, 1024]"),
     (["train", "--config", "camvid", "--set", "optimizer=foo"], "optimizer='foo' is not valid: one of adam, adamw, sgd"),
     (["train", "--config", "camvid", "--set", "amp=foo"], "precision='foo' is not valid: one of fp32, bf16, fp16"),
     (["train", "--config", "camvid", "--set", "device=cuda"], "device='cuda' is not available"),
@@ -172,6 +172,8 @@ def _victim(tmp_path):
     ["data", "import", "coco", "{d}/x.json", "--images", "{d}", "--out", "{d}"],
     ["data", "import", "coco", "{d}/x.json", "--images", "{d}/train", "--out", "{d}"],
     ["data", "pack", "{d}", "{d}/train"],
+    ["eval", "--checkpoint", "{v}", "--data-root", "{d}", "--confusion-png", "{v}"],
+    ["train", "--config", "camvid", "--set", "data_root={d}", "--set", "distill_from={v}", "--set", "distill_cache={d}/train"],
 ])  # fmt: skip
 def test_no_command_writes_over_what_it_reads(argv, tmp_path, capsys):
     victim = _victim(tmp_path)
@@ -190,20 +192,40 @@ def test_no_command_writes_over_what_it_reads(argv, tmp_path, capsys):
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_every_output_option_goes_through_the_io_check():
-    """A field named like an output (out, json, plot) declares what it is, so check_io sees it."""
-    import dataclasses
-
+def _option_classes():
+    """Every options dataclass a command is made from: each command's, and the TrainConfig that `train` builds."""
     from dabnet.cli import COMMANDS, DATA_COMMANDS
+    from dabnet.config import TrainConfig
 
-    unmarked = []
-    for name, (cls, _) in {**COMMANDS, **{f"data {k}": v for k, v in DATA_COMMANDS.items()}}.items():
+    return {**{k: v[0] for k, v in COMMANDS.items()}, **{f"data {k}": v[0] for k, v in DATA_COMMANDS.items()}, "train config": TrainConfig}
+
+
+def test_every_option_that_can_name_a_file_declares_what_it_does_with_it():
+    """Enumerated from the config dataclasses: an option that can hold a string declares its role with files (io), so
+    one that writes a file and does not say so fails here, and every declared output goes through check_io."""
+    import dataclasses
+    import typing
+
+    from dabnet.config import IO_ROLES
+
+    def holds_text(hint):
+        return hint is str or any(holds_text(a) for a in typing.get_args(hint))
+
+    undeclared, outputs = [], []
+    for name, cls in _option_classes().items():
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in ("out", "json", "plot") and "bool" not in str(f.type) and "io" not in f.metadata:
-                unmarked.append(f"{name} {f.name}")
-    # predict's and demo's --out are folders of their own outputs: predict keeps every file it did not write
-    # (test_predict.py), the demo writes only into its own folder.
-    assert sorted(unmarked) == ["demo out", "predict out", "train out"]
+            role = f.metadata.get("io")
+            if holds_text(hints[f.name]) and role not in IO_ROLES:
+                undeclared.append(f"{name} {f.name}")
+            if role in ("out", "out_dir", "own_dir"):
+                outputs.append(f"{name} {f.name} ({role})")
+    assert undeclared == []
+    assert sorted(outputs) == sorted([  # a role changed, or an output added, is seen here
+        "average out (out)", "bench json (out)", "bench plot (out)", "data import out (out_dir)", "data pack out (out_dir)",
+        "demo out (own_dir)", "eval confusion_png (out)", "eval json (out)", "export out (out)", "predict out (own_dir)",
+        "train out (own_dir)", "train config distill_cache (out_dir)", "train config out (own_dir)",
+    ])  # fmt: skip
 
 
 @pytest.mark.parametrize("command", ["predict", "demo", "export", "average", "eval-json", "bench-json", "train"])

@@ -404,6 +404,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_camvid, tmp_path
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
 
 
+def test_a_stop_in_the_first_epoch_names_no_checkpoint_that_does_not_exist(tiny_camvid, tmp_path, monkeypatch):
+    """The stop message named OUT/last.pth before any epoch had written one."""
+    out = tmp_path / "run"
+    _poison_loss(monkeypatch, lambda v, n: v * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan.*epoch 1.*no epoch finished, so no checkpoint was saved") as e:
+        train_mod.train(_cfg(tiny_camvid, out), log=lambda *a: None)
+    assert not (out / "last.pth").exists() and "last.pth" not in str(e.value)
+
+
 class _InfGradient(torch.autograd.Function):
     """Identity forward; an inf gradient backward (a finite loss whose gradients blow up)."""
 

@@ -637,8 +637,10 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[
             if result["stopped"]:  # agreed by every process (train_one_epoch): the one signalled, or not
                 return stop_run(run, state, stop.signum or signal.SIGTERM, log, saved=epoch_done)
     except NonFiniteLossError as e:
-        raise NonFiniteLossError(f"{e} (epoch {state.epoch + 1}). Training stopped; the last good checkpoint is kept at "
-                                 f"{run.out / 'last.pth'}. Lower lr, enable grad_clip, or check the data.") from None  # fmt: skip
+        last = run.out / "last.pth"  # named only when there is one: a run can fail before its first epoch ends
+        kept = f"the last good checkpoint is kept at {last}" if last.exists() else "no epoch finished, so no checkpoint was saved"
+        raise NonFiniteLossError(f"{e} (epoch {state.epoch + 1}). Training stopped; {kept}. Lower lr, enable grad_clip, "
+                                 "or check the data.") from None  # fmt: skip
     finally:
         stop.restore()
         if writer is not None:

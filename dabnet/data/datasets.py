@@ -6,14 +6,17 @@ to class ids (255 = ignore); a value that maps to nothing is an error. Errors na
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..io.images import IMAGE_SUFFIXES, READ_FORMATS, ImageReadError, PathLike, read_image
+from ..util.options import ConfigError, Options, load_yaml, option, shown
 from .classes import (
     CAMVID_CLASSES,
     CAMVID_IGNORE_INDEX,
@@ -290,39 +293,75 @@ def Cityscapes(root: PathLike, split: str = "train", transform: Optional[Callabl
 # ----------------------------------------------------------------------------- user folders
 
 
-def load_folder_spec(path: PathLike) -> Dict[str, Any]:
-    """Read and check a folder dataset's YAML (docs/your-own-data.md)."""
-    import yaml
+def _check_splits(splits: Dict[str, Any]) -> None:
+    """Each split of a dataset.yaml names its two folders: {images: DIR, masks: DIR}."""
+    for name, split in splits.items():
+        if not isinstance(split, dict) or set(split) != {"images", "masks"} or not all(isinstance(v, str) and v for v in split.values()):
+            raise ConfigError(f"split {shown(name)}={shown(split)} is not valid: a mapping of the split's two folders, "
+                              f"e.g. {name}: {{images: images/{name}, masks: masks/{name}}}")  # fmt: skip
 
+
+@dataclass
+class FolderSpec(Options):
+    """What a folder dataset's YAML holds (docs/your-own-data.md): each key declared and checked as a command's
+    options are (`util.options`), so `data check`, `data stats`, training and evaluation refuse the same files."""
+
+    classes: List[Union[str, int, float]] = option(help="class names in id order", factory=list, length=(1, 250),
+                                                   valid="a list of 1 to 250 class names (quote a name YAML reads as "
+                                                         "true/false or null, e.g. 'no')")  # fmt: skip
+    splits: Dict[str, Any] = option(help="split name -> {images: DIR, masks: DIR}, relative to the YAML", factory=dict,
+                                    check=_check_splits, valid="a mapping of split names to {images: DIR, masks: DIR}")  # fmt: skip
+    name: Union[str, int, float] = option("folder", "the dataset's name")
+    palette: Optional[List[List[int]]] = option(None, "one [R, G, B] colour per class", range="[0, 255]", item_length=3,
+                                                valid="a list of [R, G, B] colours, one per class, each value in [0, 255]")  # fmt: skip
+    ignore_index: int = option(255, "the mask value left out of loss and metrics", range="[0, 255]",
+                               valid="a mask value in [0, 255] (masks hold 8-bit values)")  # fmt: skip
+    id_map: Optional[Dict[int, int]] = option(None, "raw mask value -> class id or ignore_index", range="[0, 255]",
+                                              valid="'id_map' maps raw mask values to class ids (or to ignore_index), "
+                                                    "values in [0, 255], e.g. id_map: {0: 255, 7: 0, 8: 1}")  # fmt: skip
+    mean: Optional[List[float]] = option(None, "input mean, 0-255 RGB", range="[0, 255]", length=(3, 3),
+                                         valid="three numbers in [0, 255] (0-255 RGB)")  # fmt: skip
+    std: Optional[List[float]] = option(None, "input std, 0-255 RGB", range="(0, 255]", length=(3, 3),
+                                        valid="three numbers in (0, 255] (0-255 RGB)")  # fmt: skip
+    mask_suffix: str = option("", "the end of a mask's file stem, e.g. _mask for img_001_mask.png")
+
+    def check(self) -> None:
+        n = len(self.classes)
+        if self.palette is not None and len(self.palette) != n:
+            raise ConfigError(f"{len(self.palette)} palette colours for {n} classes")
+        for what, items in (("class name", [str(c) for c in self.classes]), ("palette colour", [tuple(c) for c in self.palette or []])):
+            twice = sorted({str(i) for i in items if items.count(i) > 1})
+            if twice:
+                raise ConfigError(f"the {what}(s) {shown(', '.join(twice))} appear more than once; each class needs its own")
+        if self.ignore_index < n:
+            raise ConfigError(f"ignore_index={self.ignore_index} is also a class id (0..{n - 1}); pick a value outside, e.g. 255")
+
+
+def load_folder_spec(path: PathLike) -> Dict[str, Any]:
+    """Read and check a folder dataset's YAML (docs/your-own-data.md): every key, one line naming the file on error."""
     path = Path(path)
     if path.is_dir():
         path = path / "dataset.yaml"
     if not path.is_file():
         raise DatasetError(f"dataset description not found: {path}. Write a dataset.yaml (docs/your-own-data.md shows one).")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise DatasetError(f"{path} is not valid YAML: {e}") from e
-    known = {"name", "classes", "palette", "ignore_index", "id_map", "splits", "mean", "std", "mask_suffix"}
-    unknown = set(spec) - known
+    spec = load_yaml(path.read_bytes(), str(path), error=DatasetError)
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        raise DatasetError(f"{path} must hold a mapping of keys (classes, splits, ...), not {shown(spec)}; "
+                           "docs/your-own-data.md shows one")  # fmt: skip
+    known = [f.name for f in dataclasses.fields(FolderSpec)]
+    unknown = sorted(str(k) for k in spec if k not in known)
     if unknown:
-        raise DatasetError(f"{path}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(known)}")
+        raise DatasetError(f"{path}: unknown key(s) {shown(unknown)}; valid keys: {sorted(known)}")
     if not spec.get("classes"):
         raise DatasetError(f"{path}: 'classes' (a list of class names) is required")
     if not isinstance(spec.get("splits"), dict) or not spec["splits"]:
         raise DatasetError(f"{path}: 'splits' is required, e.g. splits: {{train: {{images: img/train, masks: ann/train}}}}")
-    if spec.get("id_map") is not None and not isinstance(spec["id_map"], dict):
-        raise DatasetError(f"{path}: 'id_map' maps raw mask values to class ids, e.g. id_map: {{0: 255, 7: 0, 8: 1}}; "
-                           f"got a {type(spec['id_map']).__name__}")  # fmt: skip
-    palette = spec.get("palette")
-    if palette is not None and len(palette) != len(spec["classes"]):
-        raise DatasetError(f"{path}: {len(palette)} palette colours for {len(spec['classes'])} classes")
-    for what, items in (("class name", [str(c) for c in spec["classes"]]), ("palette colour", [tuple(c) for c in palette or []])):
-        twice = sorted({str(i) for i in items if items.count(i) > 1})
-        if twice:
-            raise DatasetError(f"{path}: the {what}(s) {', '.join(twice)} appear more than once; each class needs its own")
-    spec["_file"] = path
-    return spec
+    try:
+        checked = FolderSpec(**spec)
+    except ConfigError as e:
+        raise DatasetError(f"{path}: {e}") from None
+    return {**{f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)}, "_file": path}
 
 
 def folder_lut(num_classes: int, raw_ignore: int, id_map: Optional[Dict[int, int]]) -> np.ndarray:
@@ -353,17 +392,17 @@ def FolderDataset(spec_path: PathLike, split: str = "train", transform: Optional
     image_dir = _check_dir(base / s["images"], f"images folder of split {split!r}", f"Fix 'images' in {spec['_file']}.")
     mask_dir = _check_dir(base / s["masks"], f"masks folder of split {split!r}", f"Fix 'masks' in {spec['_file']}.")
     classes = [str(c) for c in spec["classes"]]
-    ignore = int(spec.get("ignore_index", 255))
+    ignore = spec["ignore_index"]
     return SegmentationDataset(
-        pair_by_stem(image_dir, mask_dir, spec.get("mask_suffix", "")),
+        pair_by_stem(image_dir, mask_dir, spec["mask_suffix"]),
         classes,
         ignore,
-        lut=folder_lut(len(classes), ignore, spec.get("id_map")),
-        palette=[tuple(c) for c in spec["palette"]] if spec.get("palette") else None,
-        mean=spec.get("mean", (0.0, 0.0, 0.0)),
-        std=spec.get("std", (1.0, 1.0, 1.0)),
+        lut=folder_lut(len(classes), ignore, spec["id_map"]),
+        palette=[tuple(c) for c in spec["palette"]] if spec["palette"] else None,
+        mean=spec["mean"] or (0.0, 0.0, 0.0),
+        std=spec["std"] or (1.0, 1.0, 1.0),
         transform=transform,
-        name=f"{spec.get('name', 'folder')}:{split}",
+        name=f"{spec['name']}:{split}",
         seed=seed,
         label_fix=f"fix the mask, or map its values with `id_map` in {spec['_file']}",
     )
