@@ -267,7 +267,7 @@ def _labelme_shape(draw, canvas, shape: Dict[str, Any], value: int) -> Optional[
         w, h = canvas.size
         if r <= 2 * (w + h):
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=value)
-        else:  # far larger than the image: Pillow's time grows with the radius (hours past ~1e6), this with the image
+        else:  # far larger than the image: Pillow's time follows the radius (minutes for some), this the image's size
             yy, xx = np.ogrid[:h, :w]
             arr = np.asarray(canvas).copy()
             arr[np.hypot(xx - cx, yy - cy) <= r] = value
