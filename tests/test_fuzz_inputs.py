@@ -479,3 +479,26 @@ def test_a_labelme_mask_anywhere_paints_its_own_pixels_inside_the_image(image_fo
         with time_bound(20, "a Labelme mask import"):
             import_annotations("labelme", Path(tmp) / "lm", image_folder, Path(tmp) / "out", log=lambda *a: None)
         np.testing.assert_array_equal(np.asarray(Image.open(Path(tmp) / "out" / "masks" / "train" / "a.png")), want)
+
+
+def test_an_export_of_too_many_classes_is_refused_before_any_mask_is_drawn(image_folder, tmp_path, monkeypatch):
+    import dabnet.data.importers as importers
+
+    drawn = []
+    monkeypatch.setattr(importers, "_polygon_mask", lambda *a: drawn.append(a))
+    _write_export(tmp_path / "export", ("coco", _coco_doc(300, [[0, 0, 30, 0, 30, 20]], category=300)))
+    with pytest.raises(DatasetError, match=r"instances.json: between 1 and 250 classes are supported, got 300") as e:
+        import_annotations("coco", tmp_path / "export" / "instances.json", image_folder, tmp_path / "out")
+    assert not drawn and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fmt, files, words", [
+    ("coco", _coco_doc(1, [[0, 0, float("nan"), 0, 30, 20]]), r"image record 0 \(a.png\), annotation 7: its polygon holds a coordinate that is not a finite number"),
+    ("labelme", _labelme_files({"label": "a", "points": [[0, 0], [float("inf"), 0], [5, 5]]}), r"a.json: shape 0 \('a'\): its points are not \[x, y\] pairs of finite numbers"),
+    ("labelme", _labelme_files({"label": "a", "points": [[0, 0, 1], [9, 0, 1], [5, 5, 1]]}), r"a.json: shape 0 \('a'\): its points are not \[x, y\] pairs"),
+])  # fmt: skip
+def test_coordinates_that_are_not_finite_pairs_are_refused_naming_the_shape(image_folder, tmp_path, fmt, files, words):
+    """Pillow draws NaN and infinite points somewhere rather than failing: a silently wrong mask."""
+    source = _write_export(tmp_path / "export", (fmt, files))
+    with pytest.raises(DatasetError, match=words):
+        import_annotations(fmt, source, image_folder, tmp_path / "out", **({"log": print} if fmt == "labelme" else {}))

@@ -78,7 +78,7 @@ class Segmenter:
         n = int(getattr(model, "num_classes", len(class_names or [])))
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
         self.palette = [tuple(c) for c in palette] if palette else default_palette(n)
-        self.label_dtype = label_map_dtype(len(self.class_names))  # what predict returns: uint8, or uint16 past 256 classes
+        self.label_dtype = label_map_dtype(max(n, len(self.class_names)))  # what predict returns: uint8, uint16 past 256 classes
         self.backend_reason = ""
         self.spec: Optional[ModelSpec] = None  # set by from_spec: what describe found
         self.normalize = Normalize(mean, std, self.device)
