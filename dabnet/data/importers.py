@@ -12,6 +12,7 @@ names (and colours where the tool has them). The rules, the same for every forma
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ..io.images import IMAGE_SUFFIXES, READ_FORMATS, PathLike
-from .datasets import IGNORE_INDEX, DatasetError
+from .datasets import IGNORE_INDEX, DatasetError, identity_lut
 
 Pair = Tuple[Path, np.ndarray]
 
@@ -94,8 +95,14 @@ def _declared_size(declared: Tuple[Any, Any], image: Path, where: str) -> Tuple[
     return real
 
 
+class _RecordProblem(DatasetError):
+    """What is wrong with one record, phrased without naming it ("its RLE ..."): `_record_error` says which."""
+
+
 def _record_error(where: str, e: Exception) -> DatasetError:
     """A malformed record as one line that names its file and record."""
+    if isinstance(e, _RecordProblem):
+        return DatasetError(f"{where}: {e}")
     if isinstance(e, DatasetError):
         return e
     what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
@@ -110,6 +117,8 @@ def _polygon_mask(mask: np.ndarray, polygons: Sequence[Sequence[float]], value: 
     draw = ImageDraw.Draw(canvas)
     for poly in polygons:
         points = [(float(poly[i]), float(poly[i + 1])) for i in range(0, len(poly) - 1, 2)]
+        if not all(math.isfinite(v) for p in points for v in p):  # Pillow would draw NaN and inf somewhere
+            raise _RecordProblem("its polygon holds a coordinate that is not a finite number")
         if len(points) >= 3:
             draw.polygon(points, fill=value)
     mask[...] = np.asarray(canvas)
@@ -122,9 +131,9 @@ def _rle_mask(rle: dict, height: int, width: int) -> np.ndarray:
         raise ImportError("COCO RLE masks need pycocotools: pip install 'dabnet[coco]'") from None
     size = rle.get("size")
     if not (isinstance(size, (list, tuple)) and len(size) == 2):
-        raise DatasetError("its RLE has no 'size' [height, width]")
+        raise _RecordProblem("its RLE has no 'size' [height, width]")
     if [int(v) for v in size] != [height, width]:
-        raise DatasetError(f"its RLE is {size[1]}x{size[0]} but the image is {width}x{height}")
+        raise _RecordProblem(f"its RLE is {size[1]}x{size[0]} but the image is {width}x{height}")
     if isinstance(rle.get("counts"), list):  # uncompressed RLE
         rle = coco_mask.frPyObjects(rle, height, width)
     return coco_mask.decode(rle).astype(bool)
@@ -165,14 +174,17 @@ def import_coco(source: Path, images: Path, classes: Optional[Sequence[str]] = N
                 image = _find_image(images, rec["file_name"])
                 h, w = _declared_size((rec.get("height"), rec.get("width")), image, where)
                 mask = np.full((h, w), IGNORE_INDEX, np.uint8)
-                for a in by_image.get(rec.get("id"), []):
-                    seg = a.get("segmentation")
-                    if isinstance(seg, list) and seg and all(isinstance(v, (int, float)) for v in seg):
-                        seg = [seg]  # one flat polygon instead of a list of them
-                    if isinstance(seg, list):
-                        _polygon_mask(mask, seg, class_of[a["category_id"]])
-                    elif isinstance(seg, dict):
-                        mask[_rle_mask(seg, h, w)] = class_of[a["category_id"]]
+                for j, a in enumerate(by_image.get(rec.get("id"), [])):
+                    try:
+                        seg = a.get("segmentation")
+                        if isinstance(seg, list) and seg and all(isinstance(v, (int, float)) for v in seg):
+                            seg = [seg]  # one flat polygon instead of a list of them
+                        if isinstance(seg, list):
+                            _polygon_mask(mask, seg, class_of[a["category_id"]])
+                        elif isinstance(seg, dict):
+                            mask[_rle_mask(seg, h, w)] = class_of[a["category_id"]]
+                    except Exception as e:  # which annotation of the record
+                        raise _record_error(f"{where}, annotation {str(a.get('id', j))[:40]}", e) from None
             except Exception as e:  # one line naming the file and record, never a traceback
                 raise _record_error(where, e) from None
             yield image, mask
@@ -213,7 +225,11 @@ def import_cvat(source: Path, images: Path, classes: Optional[Sequence[str]] = N
             if _image_size(image) != _image_size(path):
                 h, w = _image_size(path)
                 raise DatasetError(f"{path} is {w}x{h} but its image {image} is {_image_size(image)[1]}x{_image_size(image)[0]}")
-            rgb = np.asarray(Image.open(path, formats=READ_FORMATS).convert("RGB"))
+            try:  # the header read, the pixels may still be cut short
+                with Image.open(path, formats=READ_FORMATS) as im:
+                    rgb = np.asarray(im.convert("RGB"))
+            except Exception as e:
+                raise DatasetError(f"{path} cannot be decoded ({str(e)[:80]}); export it from CVAT again") from None
             codes = rgb[..., 0].astype(np.int32) << 16 | rgb[..., 1].astype(np.int32) << 8 | rgb[..., 2]
             mask = np.full(codes.shape, IGNORE_INDEX, np.uint8)
             for code in np.unique(codes):
@@ -236,6 +252,8 @@ def _labelme_shape(draw, canvas, shape: Dict[str, Any], value: int) -> Optional[
 
     kind = shape.get("shape_type") or "polygon"
     pts = [tuple(map(float, p)) for p in shape.get("points") or []]
+    if not all(len(p) == 2 and math.isfinite(p[0]) and math.isfinite(p[1]) for p in pts):
+        raise _RecordProblem("its points are not [x, y] pairs of finite numbers")
     if kind == "polygon" or (kind == "rectangle" and len(pts) == 4):  # newer Labelme stores rectangles by 4 corners
         if len(pts) < 3:
             return f"a polygon of {len(pts)} point(s) has no area"
@@ -245,25 +263,43 @@ def _labelme_shape(draw, canvas, shape: Dict[str, Any], value: int) -> Optional[
         draw.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=value)
     elif kind == "circle" and len(pts) == 2:
         (cx, cy), (px, py) = pts
-        r = ((px - cx) ** 2 + (py - cy) ** 2) ** 0.5
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=value)
+        r = math.hypot(px - cx, py - cy)
+        w, h = canvas.size
+        if r <= 2 * (w + h):
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=value)
+        else:  # far larger than the image: Pillow's time follows the radius (minutes for some), this the image's size
+            yy, xx = np.ogrid[:h, :w]
+            arr = np.asarray(canvas).copy()
+            arr[np.hypot(xx - cx, yy - cy) <= r] = value
+            canvas.paste(Image.fromarray(arr))
     elif kind == "mask" and len(pts) == 2 and shape.get("mask"):  # Labelme 5.3+: a PNG of the box's pixels
-        import base64
-        import io
-
-        with Image.open(io.BytesIO(base64.b64decode(shape["mask"])), formats=("PNG",)) as m:
-            box = np.asarray(m.convert("L")) > 0
+        box = _mask_pixels(shape["mask"])
         x0, y0 = (int(round(min(a, b))) for a, b in zip(pts[0], pts[1]))
-        region = np.zeros((canvas.size[1], canvas.size[0]), bool)
-        region[y0 : y0 + box.shape[0], x0 : x0 + box.shape[1]] = box[: max(0, canvas.size[1] - y0), : max(0, canvas.size[0] - x0)]
-        arr = np.asarray(canvas).copy()
-        arr[region] = value
-        canvas.paste(Image.fromarray(arr))
+        w, h = canvas.size
+        ya, yb, xa, xb = max(0, y0), min(h, y0 + box.shape[0]), max(0, x0), min(w, x0 + box.shape[1])
+        if ya < yb and xa < xb:  # the part of the box inside the image: clipped at its edges, as polygons are
+            arr = np.asarray(canvas).copy()
+            arr[ya:yb, xa:xb][box[ya - y0 : yb - y0, xa - x0 : xb - x0]] = value
+            canvas.paste(Image.fromarray(arr))
     elif kind in _NO_AREA:
         return f"a {kind} has no area"
     else:
         return f"shape type {kind!r} with {len(pts)} point(s) is not one dabnet draws"
     return None
+
+
+def _mask_pixels(encoded: Any) -> np.ndarray:
+    """A Labelme mask shape's box as booleans (non-zero: inside) from its base64-encoded PNG."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(encoded)), formats=("PNG",)) as m:
+            return np.asarray(m.convert("L")) > 0
+    except Exception as e:
+        raise _RecordProblem(f"its 'mask' is not a base64-encoded PNG ({type(e).__name__})") from None
 
 
 @register_importer("labelme")
@@ -298,7 +334,10 @@ def import_labelme(source: Path, images: Path, classes: Optional[Sequence[str]] 
                 canvas = Image.new("L", (w, h), IGNORE_INDEX)
                 draw = ImageDraw.Draw(canvas)
                 for i, shape in enumerate(doc["shapes"]):  # in file order: later shapes on top
-                    why = _labelme_shape(draw, canvas, shape, class_of[shape["label"]])
+                    try:
+                        why = _labelme_shape(draw, canvas, shape, class_of[shape["label"]])
+                    except Exception as e:  # which shape of the file
+                        raise _record_error(f"{f}: shape {i} ({shape['label'][:40]!r})", e) from None
                     if why:
                         log(f"{f}: shape {i} ({shape['label']!r}) skipped: {why}")
             except Exception as e:
@@ -375,6 +414,13 @@ def import_annotations(fmt: str, source: PathLike, images: PathLike, out: PathLi
     if len(names) != len(set(names)):
         dup = sorted(n for n, c in Counter(names).items() if c > 1)
         raise DatasetError(f"{source} names the classes {dup} more than once; each class needs its own name")
+    if not names:
+        raise DatasetError(f"{source} names no class (no annotation has a label): there is nothing to import")
+    try:  # the folder dataset's own rule on the number of classes, checked before any mask is drawn
+        identity_lut(len(names), IGNORE_INDEX)
+    except DatasetError as e:
+        raise DatasetError(f"{source}: {e} (masks hold 8-bit class ids beside ignore, {IGNORE_INDEX}); merge classes or "
+                           "import a subset") from None  # fmt: skip
     total = len(records)
     if not total:
         raise DatasetError(f"{source} annotates no image")

@@ -20,8 +20,9 @@ def output_files(stem: str, fmt: str, save: Sequence[str]) -> List[str]:
 
 def write_outputs(image: np.ndarray, label: np.ndarray, palette, out: Path, stem: str, fmt: str = "default",
                   save: Sequence[str] = OUTPUT_KINDS) -> Optional[np.ndarray]:  # fmt: skip
-    """Write NAME_label.png, NAME_color.png and/or NAME_overlay.png, as `save` says (or, for fmt="cityscapes",
-    the labelId PNG the benchmark server takes); returns the overlay when it was made."""
+    """Write NAME_label.png (class ids: 8-bit, 16-bit for a uint16 label map of more than 256 classes),
+    NAME_color.png and/or NAME_overlay.png, as `save` says (or, for fmt="cityscapes", the labelId PNG the benchmark
+    server takes); returns the overlay when it was made."""
     if fmt == "cityscapes":
         from ..data.datasets import train_ids_to_label_ids
 

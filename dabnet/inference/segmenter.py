@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data.classes import default_palette
 from ..io.images import PathLike, read_image
-from ..io.preprocessing import Normalize, as_rgb_array, edge_pad_images
+from ..io.preprocessing import ImageTypeError, Normalize, as_rgb_array, edge_pad_images
 from ..models import pretrained_config
 from ..runtimes import (
     AUTO,
@@ -28,13 +28,21 @@ from ..runtimes import (
 from .spec import ModelSpec, describe
 
 
+def label_map_dtype(num_classes: int) -> np.dtype:
+    """The dtype of the label maps of a `num_classes`-class model: uint8 up to 256 classes, uint16 beyond (a class
+    id never wraps around; both write as PNG, 8- or 16-bit)."""
+    if num_classes > 65536:
+        raise ValueError(f"{num_classes} classes: label maps hold at most 65536 (16-bit PNG)")
+    return np.dtype(np.uint8 if num_classes <= 256 else np.uint16)
+
+
 def _rebuild(source: str, options: dict) -> "Segmenter":
     """A Segmenter made again from its file or bundled name and options (how one unpickles)."""
     return Segmenter.from_checkpoint(source, log=None, **options)
 
 
 class Segmenter:
-    """Load a model once and segment RGB images: `predict(HxWx3 uint8) -> HxW uint8`.
+    """Load a model once and segment RGB images: `predict(HxWx3 uint8) -> HxW uint8` (uint16 past 256 classes).
 
     `model` is a network (run as is unless `runner` is given) or a runner that carries its own
     metadata (an ONNX file's `OrtRunner`). `mean`/`std` are the 0-255 RGB normalisation.
@@ -71,6 +79,7 @@ class Segmenter:
         n = int(getattr(model, "num_classes", len(class_names or [])))
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
         self.palette = [tuple(c) for c in palette] if palette else default_palette(n)
+        self.label_dtype = label_map_dtype(max(n, len(self.class_names)))  # what predict returns: uint8, uint16 past 256 classes
         self.backend_reason = ""
         self.spec: Optional[ModelSpec] = None  # set by from_spec: what describe found
         self.normalize = Normalize(mean, std, self.device)
@@ -178,7 +187,7 @@ class Segmenter:
         one batch."""
         stacked = isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4
         if not (isinstance(images, (list, tuple)) or stacked):
-            raise TypeError(f"predict_batch takes a list of images, got a {type(images).__name__}; use predict for one image")
+            raise ImageTypeError(f"predict_batch takes a list of images, got a {type(images).__name__}; use predict for one image")
         originals = [self._image(im) for im in images]
         images = [self._rescaled(im) for im in originals]
         out: List[Optional[np.ndarray]] = [None] * len(images)
@@ -217,14 +226,24 @@ class Segmenter:
         return np.asarray(Image.fromarray(labels).resize((shape[1], shape[0]), Image.NEAREST))
 
     def _labels(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return predict_image_labels(self.run, images, self.normalize).to(torch.uint8).cpu().numpy()
+        return self._label_map(predict_image_labels(self.run, images, self.normalize))
+
+    def _label_map(self, labels: Union[torch.Tensor, np.ndarray]) -> np.ndarray:
+        """Class indices as `label_dtype`; an index past what it holds (a model of more classes than the class names
+        it was given) is an error, never a value wrapped around to another class."""
+        labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        top = int(labels.max(initial=0))
+        if top > np.iinfo(self.label_dtype).max:
+            raise ValueError(f"the model predicted class {top}, but this Segmenter has {len(self.class_names)} class names; "
+                             "give it the model's class_names")  # fmt: skip
+        return labels.astype(self.label_dtype, copy=False)
 
     def _tiled(self, image: np.ndarray) -> np.ndarray:
         """The label map of an image over `max_pixels`, tile by tile: each tile's centre, seen with its margin."""
         h, w = image.shape[:2]
         m = self.tile_margin
         core = max(8, (int(self.max_pixels**0.5) - 2 * m) // 8 * 8)
-        out = np.empty((h, w), dtype=np.uint8)
+        out = np.empty((h, w), dtype=self.label_dtype)
         for y0 in range(0, h, core):
             for x0 in range(0, w, core):
                 y1, x1 = min(y0 + core, h), min(x0 + core, w)
@@ -234,7 +253,7 @@ class Segmenter:
         return out
 
     def predict_stream(self, items: Iterable[Tuple[Any, Any]]) -> Iterator[Tuple[Any, np.ndarray, np.ndarray]]:
-        """(key, HxWx3 RGB image, HxW uint8 label map) for each (key, image) of `items`, in their order. On a
+        """(key, HxWx3 RGB image, HxW label map as `predict` returns) for each (key, image) of `items`, in their order. On a
         runtime with throughput streams (OpenVINO) several frames are in flight at once, so a folder or a video
         keeps every core busy; elsewhere, and for images over `max_pixels` (tiled), one after another."""
         kept: dict = {}
@@ -250,11 +269,13 @@ class Segmenter:
         for i, label in self.run.image_label_stream(feed(), self.normalize):
             key, image, seen = kept.pop(i)
             h, w = seen.shape[:2]
-            label = self._tiled(seen) if label is None else label[:h, :w].astype(np.uint8, copy=False)
+            label = self._tiled(seen) if label is None else self._label_map(label[:h, :w])
             yield key, image, self._restored(label, image.shape[:2])
 
     def predict(self, image: Any) -> np.ndarray:
-        """HxW uint8 label map of one image: an RGB (or grayscale/RGBA) array, a PIL image, a tensor or a path."""
+        """HxW label map of one image (uint8; uint16 for models of more than 256 classes): an RGB (or grey/RGBA)
+        array, a PIL image, a tensor or a path, read by the input rule (`dabnet.io.preprocessing.INPUT_RULE`: NumPy
+        and PIL images HxW or HxWxC, tensors CxHxW); an image it cannot read is an ImageInputError."""
         if isinstance(image, (list, tuple)):
-            raise TypeError(f"predict takes one image, got a {type(image).__name__} of {len(image)}; use predict_batch for several")
+            raise ImageTypeError(f"predict takes one image, got a {type(image).__name__} of {len(image)}; use predict_batch for several")
         return self.predict_batch([image])[0]

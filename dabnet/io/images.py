@@ -75,14 +75,16 @@ def _png(array: np.ndarray, palette: Optional[np.ndarray]):
 
 def save_png(array: np.ndarray, path: PathLike, level: int = PNG_LEVEL, fsync: bool = False, palette: Optional[np.ndarray] = None,
              strategy: int = PNG_STRATEGY) -> None:  # fmt: skip
-    """Write an HxW or HxWx3 uint8 array as PNG atomically: a stopped run leaves no truncated file (no fsync by
-    default: predict writes three per image). With `palette` (Nx3 uint8), HxW `array` is written as a palette PNG."""
+    """Write an HxW or HxWx3 uint8 array (or an HxW uint16 label map, as a 16-bit PNG) as PNG atomically: a stopped
+    run leaves no truncated file (no fsync by default: predict writes three per image). With `palette` (Nx3
+    uint8), HxW uint8 `array` is written as a palette PNG."""
     with atomic_output(path, fsync=fsync) as tmp:
         _png(array, palette).save(tmp, format="PNG", compress_level=level, compress_type=strategy)
 
 
 def encode_png(array: np.ndarray, level: int = PNG_LEVEL, palette: Optional[np.ndarray] = None, strategy: int = PNG_STRATEGY) -> bytes:
-    """An HxW or HxWx3 uint8 array as PNG bytes (a palette PNG of HxW indices with `palette`)."""
+    """An HxW or HxWx3 uint8 array (or an HxW uint16 label map: 16-bit) as PNG bytes (a palette PNG of HxW indices
+    with `palette`)."""
     buf = io.BytesIO()
     _png(array, palette).save(buf, format="PNG", compress_level=level, compress_type=strategy)
     return buf.getvalue()

@@ -9,14 +9,55 @@ import numpy as np
 import torch
 
 
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Bring an HxW, HxWx1, HxWx3 or HxWx4 array (uint8, uint16, or float in [0, 1]) to HxWx3 uint8 RGB."""
+# The input rule, the one reading of every image handed to dabnet's API (Segmenter, Normalize), applied by `to_hwc`.
+CHANNELS = (1, 3, 4)  # grey (repeated to RGB), RGB, RGBA (alpha dropped, not composited)
+INPUT_RULE = ("NumPy arrays and PIL images are HxW or HxWxC, torch tensors CxHxW (HxWxC where only the last axis can be "
+              "channels), C = 1, 3 or 4, a leading batch axis of 1 dropped")  # fmt: skip
+
+
+class ImageInputError(ValueError):
+    """An image handed to dabnet that the input rule cannot read: its layout, dtype or values."""
+
+
+class ImageTypeError(ImageInputError, TypeError):
+    """Something that is not an image at all (a dict, a list of images where one is taken): a TypeError, as it
+    always was, and an ImageInputError, so one `except` catches every refused input."""
+
+
+def _shape(shape) -> str:
+    return "x".join(str(v) for v in shape) or "scalar"
+
+
+def to_hwc(image: np.ndarray, channels_first: bool = False, what: str = "a NumPy array") -> np.ndarray:
+    """`image` as an HxWxC view by the input rule (INPUT_RULE): HxW and HxWxC for NumPy arrays (`channels_first`
+    False), CxHxW first for tensors' arrays (`channels_first` True); 1xHxWxC / 1xCxHxW lose their batch axis.
+    Only what fits no reading is refused, with a one-line ImageInputError naming the rule."""
+    image = np.asarray(image)  # subclasses (np.matrix cannot grow a third axis) as plain arrays
+    shape = image.shape
+    if image.ndim == 4 and shape[0] == 1:
+        image = image[0]
+    elif image.ndim == 4:
+        raise ImageInputError(f"{what} of shape {_shape(shape)} holds {shape[0]} images: predict takes one, predict_batch a "
+                              "list or a batch of them")  # fmt: skip
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
+    elif image.ndim != 3:
+        raise ImageInputError(f"{what} of shape {_shape(shape)} is not an image by the rule: {INPUT_RULE}")
+    elif channels_first and image.shape[0] in CHANNELS:
+        image = image.transpose(1, 2, 0)
+    elif image.shape[2] not in CHANNELS:
+        fix = ("; a CxHxW array reads as array.transpose(1, 2, 0)" if not channels_first and image.shape[0] in CHANNELS
+               else "")  # fmt: skip
+        raise ImageInputError(f"{what} of shape {_shape(shape)} is not an image by the rule: {INPUT_RULE}{fix}")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"the image is empty ({image.shape[1]}x{image.shape[0]} pixels)")
+        raise ImageInputError(f"the image is empty ({image.shape[1]}x{image.shape[0]} pixels)")
+    return image
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """An image array read by the input rule (HxW, HxWx1, HxWx3 or HxWx4; uint8, uint16, other integers in
+    0..255, or float in [0, 1] or [0, 255]) as HxWx3 uint8 RGB."""
+    image = to_hwc(image)
     image = to_uint8(image[:, :, :3])  # values first: on one channel, before it is repeated
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
@@ -25,32 +66,34 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Pixel values as 0-255 uint8, read as a viewer would: 16-bit images scaled down (not clipped to
-    white), floats in [0, 1] scaled up with a warning; booleans, NaN/inf and values that fit no such
-    range are errors rather than silent clipping."""
+    white), floats in [0, 1] scaled up with a warning, floats in [0, 255] rounded; booleans, NaN/inf and values
+    that fit no such range are ImageInputErrors rather than silent clipping."""
+    if image.dtype.kind not in "biuf":  # complex, objects, strings, dates: no pixel values
+        raise ImageInputError(f"unsupported image dtype {image.dtype}: pass RGB uint8 (0-255)")
     if image.dtype.byteorder not in ("=", "|"):  # big-endian data (FITS, some TIFFs): the same values, native order
         image = image.astype(image.dtype.newbyteorder("="))
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.bool_:
-        raise ValueError("a boolean array is a mask, not an image: pass RGB uint8 (0-255)")
+        raise ImageInputError("a boolean array is a mask, not an image: pass RGB uint8 (0-255)")
     if image.dtype == np.uint16:
         return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # full 16-bit range -> 0-255
-    if np.issubdtype(image.dtype, np.floating):
+    if image.dtype.kind == "f":
+        if image.dtype.itemsize < 4:  # float16: scaled in float32, where 255 * x rounds as it should
+            image = image.astype(np.float32)
         if not np.isfinite(image).all():
-            raise ValueError("the image holds NaN or infinite values")
+            raise ImageInputError("the image holds NaN or infinite values")
         low, high = float(image.min(initial=0.0)), float(image.max(initial=0.0))
         if low >= 0.0 and high <= 1.0:
             warnings.warn("float image in [0, 1]: scaled to 0-255 (pass uint8 0-255 to silence this)", stacklevel=3)
             return np.round(image * 255.0).astype(np.uint8)
         if low >= 0.0 and high <= 255.0:
             return np.round(image).astype(np.uint8)
-        raise ValueError(f"float image values span {low:g}..{high:g}: expected 0..1 or 0..255")
-    if np.issubdtype(image.dtype, np.integer):
-        low, high = int(image.min(initial=0)), int(image.max(initial=0))
-        if low >= 0 and high <= 255:
-            return image.astype(np.uint8)
-        raise ValueError(f"{image.dtype} image values span {low}..{high}: expected 0..255 (or a uint16 image)")
-    raise ValueError(f"unsupported image dtype {image.dtype}: pass RGB uint8 (0-255)")
+        raise ImageInputError(f"float image values span {low:g}..{high:g}: expected 0..1 or 0..255")
+    low, high = int(image.min(initial=0)), int(image.max(initial=0))
+    if low >= 0 and high <= 255:
+        return image.astype(np.uint8)
+    raise ImageInputError(f"{image.dtype} image values span {low}..{high}: expected 0..255 (or a uint16 image)")
 
 
 # Below this many pixels a side, some runtimes' pooling has no window to run (OpenVINO's MaxPool fails at 2 px).
@@ -111,7 +154,12 @@ def _rgb_strip(im, wide: bool) -> np.ndarray:
         return to_rgb(arr.clip(0, 65535).astype(np.uint16) if wide else arr.clip(0, 255).astype(np.uint8))
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
-    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    if im.mode == "La":  # grey with premultiplied alpha: Pillow converts it to LA only
+        im = im.convert("LA")
+    try:
+        return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # copied into the caller's array
+    except ValueError as e:  # a mode Pillow has no conversion to RGB for
+        raise ImageInputError(f"a PIL image of mode {im.mode} cannot be converted to RGB ({e}); convert it first") from None
 
 
 def exif_orientation(im) -> int:
@@ -122,20 +170,37 @@ def exif_orientation(im) -> int:
         return 1
 
 
+def tensor_values(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a NumPy array on the CPU, same shape: bfloat16, float16 and float8 (which NumPy cannot
+    hold, or holds coarsely) widened to float32, exactly; quantized tensors dequantized; sparse ones made dense."""
+    t = tensor.detach()
+    if t.device.type == "meta":
+        raise ImageInputError("a tensor on the meta device holds no values to segment")
+    if t.is_quantized:
+        t = t.dequantize()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    try:
+        return t.cpu().numpy()
+    except (TypeError, RuntimeError) as e:  # dtypes NumPy has no match for (complex32, sub-byte integers)
+        raise ImageInputError(f"a {str(t.dtype).replace('torch.', '')} tensor cannot be read as an image ({e}); pass uint8 "
+                              "(0-255) or float") from None  # fmt: skip
+
+
 def as_rgb_array(image) -> np.ndarray:
-    """What users pass as one image, as an HxWx3 uint8 array: a NumPy array (any layout `to_rgb` takes), a PIL
-    image, or a torch tensor (uint8 or float, HxWxC or CxHxW); anything else is a TypeError that says what works."""
+    """What users pass as one image, as an HxWx3 uint8 array, read by the input rule (INPUT_RULE): a NumPy array
+    (HxW or HxWxC), a PIL image, or a torch tensor (CxHxW, or HxWxC when its first axis cannot be channels; any
+    dtype, bfloat16 and float16 as float); anything else is an ImageTypeError that says what works."""
     if isinstance(image, np.ndarray):
         return to_rgb(image)
     if isinstance(image, torch.Tensor):
-        arr = image.detach().cpu().numpy()
-        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
-            arr = arr.transpose(1, 2, 0)  # CxHxW, as torchvision keeps images
-        return to_rgb(arr)
+        return to_rgb(to_hwc(tensor_values(image), channels_first=True, what="a torch tensor"))
     if type(image).__module__.startswith("PIL."):
         return pil_to_rgb(image)  # as a file of it reads
-    raise TypeError(f"cannot segment a {type(image).__name__}: pass an HxWx3 uint8 NumPy array, a PIL image, a torch "
-                    "tensor (HxWx3 or 3xHxW), or a file path")  # fmt: skip
+    raise ImageTypeError(f"cannot segment a {type(image).__name__}: pass an HxWx3 uint8 NumPy array, a PIL image, a torch "
+                         "tensor (3xHxW), or a file path")  # fmt: skip
 
 
 class Normalize:

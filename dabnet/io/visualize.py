@@ -7,17 +7,22 @@ from typing import Sequence, Tuple
 import numpy as np
 
 
-def colour_table(palette: Sequence[Tuple[int, int, int]], ignore_colour: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
-    """256x3 uint8 colour of each label id: the palette's, then `ignore_colour` for ids outside it."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
+def colour_table(palette: Sequence[Tuple[int, int, int]], ignore_colour: Tuple[int, int, int] = (0, 0, 0), size: int = 256) -> np.ndarray:
+    """`size`x3 uint8 colour of each label id (256: every uint8 id): the palette's, then `ignore_colour` for ids
+    outside it."""
+    lut = np.zeros((size, 3), dtype=np.uint8)
     lut[:] = ignore_colour
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:size]
     return lut
 
 
 def colorize(label: np.ndarray, palette: Sequence[Tuple[int, int, int]], ignore_colour: Tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
-    """HxW label map -> HxWx3 uint8 colour mask; ids outside the palette get `ignore_colour`."""
-    return np.take(colour_table(palette, ignore_colour), label.astype(np.uint8, copy=False), axis=0)  # take: a row gather, not fancy indexing
+    """HxW label map (uint8, or uint16 past 256 classes) -> HxWx3 uint8 colour mask; ids outside the palette get
+    `ignore_colour`."""
+    if label.dtype != np.uint16:
+        label = label.astype(np.uint8, copy=False)
+    table = colour_table(palette, ignore_colour, 256 if label.dtype == np.uint8 else 65536)
+    return np.take(table, label, axis=0)  # take: a row gather, not fancy indexing
 
 
 def overlay(image: np.ndarray, colour_mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
