@@ -32,13 +32,18 @@ def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX on x86, as its flags say) and oneDNN may use
     it (ONEDNN_MAX_CPU_ISA can cap it away); without it bf16 is emulated, many times slower than fp32. oneDNN's
     own answer is yes on any AVX-512 CPU, which emulates it."""
-    try:
-        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    onednn = onednn_bf16()
     if not onednn or not _x86() or not read_cpuinfo():  # no flags to read: oneDNN's word
         return onednn
     return bool(BF16_FLAGS & set(cpu_flags()["flags"]))
+
+
+def onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 here, natively or emulated (its answer on any AVX-512 CPU), within ONEDNN_MAX_CPU_ISA."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def isa_caps() -> Dict[str, str]:

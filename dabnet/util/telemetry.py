@@ -15,14 +15,15 @@ import contextlib
 import threading
 from typing import Iterator
 
-_LOCK = threading.RLock()  # the patched methods are class-wide: one thread at a time puts them back
+_LOCK = threading.Lock()
+_ACTIVE = {"depth": 0, "saved": None}  # nested and concurrent uses: the first in patches, the last out restores
 
 
 @contextlib.contextmanager
 def telemetry_off() -> Iterator[None]:
     """Within it, openvino-telemetry sends nothing and writes nothing: its consent check declines (so a telemetry
     object made or re-made here has no consent, no client id and no usage count) and its sender drops what an
-    object made earlier with consent would send. Both are put back on exit."""
+    object made earlier with consent would send. Both are put back when the last user leaves."""
     try:
         from openvino_telemetry.utils import opt_in_checker, sender
     except ImportError:  # not installed: nothing can send
@@ -30,10 +31,15 @@ def telemetry_off() -> Iterator[None]:
         return
     checker, send = opt_in_checker.OptInChecker, sender.TelemetrySender
     with _LOCK:
-        check, deliver = checker.__dict__["check"], send.__dict__["send"]
-        checker.check = lambda self, *args, **kwargs: opt_in_checker.ConsentCheckResult.DECLINED
-        send.send = lambda self, backend, message: None
-        try:
-            yield
-        finally:
-            checker.check, send.send = check, deliver
+        if _ACTIVE["depth"] == 0:
+            _ACTIVE["saved"] = checker.__dict__["check"], send.__dict__["send"]
+            checker.check = lambda self, *args, **kwargs: opt_in_checker.ConsentCheckResult.DECLINED
+            send.send = lambda self, backend, message: None
+        _ACTIVE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _ACTIVE["depth"] -= 1
+            if _ACTIVE["depth"] == 0:
+                checker.check, send.send = _ACTIVE["saved"]
