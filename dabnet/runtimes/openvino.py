@@ -65,6 +65,12 @@ def plugin_precision(hint: Optional[str] = None) -> str:
     return hint or core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
 
 
+def default_precision() -> str:
+    """The plugin's default precision here in dabnet's names (fp32, bf16): what a plain load of an IR runs in."""
+    hint = plugin_precision()
+    return PLUGIN_NAMES.get(hint, hint)
+
+
 def _nncf():
     try:
         import logging
@@ -426,5 +432,5 @@ register_runtime(Runtime(
     precisions=tuple(OV_PRECISIONS), calibrated=("int8",), runner=OpenVINORunner, suffixes=(".xml",),
     open=open_ir, export_format="openvino",
     export=_export, export_files=lambda path: (path, path.with_suffix(".bin")),
-    default_precision=lambda: PLUGIN_NAMES.get(plugin_precision(), plugin_precision()),
+    default_precision=default_precision,
 ))  # fmt: skip

@@ -74,7 +74,7 @@ def exported_precision(file: ExportedFile, runtime: Runtime, precision: str) -> 
     no fp32 (a quantized file); a precision that would need the network (int8 quantizes on calibration frames) or
     that the file's own precision rules out is refused in one line that says what to run instead."""
     precision = runtime.precision_for(precision)
-    honoured = file.precisions or tuple(p for p in runtime.precisions if p not in runtime.calibrated)
+    honoured = file.precisions or tuple(p for p in runtime.precisions if p not in runtime.calibrated) or runtime.precisions
     if precision == "fp32" and precision not in honoured:
         return honoured[0]
     if precision in honoured:
@@ -82,7 +82,9 @@ def exported_precision(file: ExportedFile, runtime: Runtime, precision: str) -> 
     if precision in runtime.calibrated:
         how = (f"{precision} quantizes the network on calibration frames, which needs the checkpoint {file.path.name} was "
                f"exported from: --checkpoint CHECKPOINT --backend {runtime.name} --precision {precision}")  # fmt: skip
-    else:
+    elif set(honoured) <= set(runtime.calibrated):
         how = f"it was quantized to {honoured[0]} when it was written"
+    else:
+        how = f"the file holds {' or '.join(honoured)} only"
     raise ValueError(f"{file.path} runs as exported in {' or '.join(honoured)}, not {precision}: {how}; "
                      f"or give --precision {honoured[0]}")  # fmt: skip
