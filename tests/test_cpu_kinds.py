@@ -35,11 +35,13 @@ def test_this_process_runs_as_its_kind_of_cpu(cpu_kind, request):
 def test_cpu_dependent_tests_pass_as_on_each_kind_of_cpu(kind, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "ONEDNN_", "ATEN_"))}
     env.update(KINDS[kind].env)  # before the process starts: oneDNN and ATen read them once
+    files = [str(f.relative_to(ROOT)) for f in sorted((ROOT / "tests").glob("test_*.py")) if "cpu_kind" in f.read_text()]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-m", "cpu_kind",
-                           "--cpu-kind", kind, "--basetemp", str(tmp_path / "tmp"), "-W", "ignore::DeprecationWarning", "tests"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-n", "0", "-m", "cpu_kind",
+                           "--cpu-kind", kind, "--basetemp", str(tmp_path / "tmp"), "-W", "ignore::DeprecationWarning", *files],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
     assert proc.returncode == 0, f"as on {kind} ({KINDS[kind].model}): {summary}\n{proc.stdout[-6000:]}"
-    assert f"cpu kind: {kind}, emulated" in proc.stdout and " passed" in summary and "error" not in summary, summary
+    assert f"PASSED tests/test_cpu_kinds.py::test_this_process_runs_as_its_kind_of_cpu[{kind}]" in proc.stdout, proc.stdout[-3000:]
+    assert " passed" in summary and "error" not in summary, summary
     print(f"{kind}: {summary} ({time.perf_counter() - t0:.1f} s)")
