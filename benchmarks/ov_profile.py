@@ -10,7 +10,8 @@ float input (what it ran before, and what eval and bench's inference protocol st
 
 Batch 1, one CPU stream with the LATENCY hint, the cached IR `Segmenter.from_checkpoint(..., backend="auto")`
 uses; medians per node over `--frames` runs after warm-up. The wall time per frame is measured in the same
-run; the counters' sum is lower (it leaves out the runtime's own overhead between nodes).
+run; the counters' sum may be lower (it leaves out the runtime's own overhead between nodes) or higher (nodes
+that overlap, as on AMX CPUs): the shares are of the counters, not of the wall time.
 """
 
 from __future__ import annotations

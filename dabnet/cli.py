@@ -178,14 +178,10 @@ def _predict(cfg: C.PredictConfig) -> int:
 
 
 def _export(cfg: C.ExportConfig) -> int:
-    from .commands.export import run_export
+    from .commands.export import check_summary, run_export
 
     res = run_export(cfg.checkpoint, cfg.format, cfg.out)
-    if res["max_abs_error"] < res["tolerance"]:
-        check = f"max abs error {res['max_abs_error']:.2e} (< {res['tolerance']:.1e}, 1e-4 x the largest logit)"
-    else:  # a max-unpooling network, checked on its labels (export._check_runner says why)
-        check = f"labels agree on {100 * res['label_agreement']:.2f}% of the pixels (max abs logit error {res['max_abs_error']:.2e})"
-    print(f"exported {res['path']} ({res['format']}); checked against PyTorch at {res['checked_sizes']}: {check}")
+    print(f"exported {res['path']} ({res['format']}); checked against PyTorch at {res['checked_sizes']}: {check_summary(res)}")
     return 0
 
 

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cpu_kinds import KINDS, emulate
 from PIL import Image
 
 from dabnet.data.classes import CAMVID_PALETTE, CITYSCAPES_TRAIN_TO_LABEL_ID
+from dabnet.util.telemetry import telemetry_off
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -169,23 +171,31 @@ def sigterm_at_step(real, epoch: int, step: int):
     return wrapped
 
 
-def run_exported(path: Path, x: torch.Tensor) -> torch.Tensor:
-    """Logits of an exported file on `x`, through its runtime's own API (not dabnet's runners)."""
+OV_HINTS = {"fp32": "f32", "bf16": "bf16"}  # dabnet's precision names -> OpenVINO's INFERENCE_PRECISION_HINT
+
+
+def run_exported(path: Path, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """Logits of an exported file on `x` in `precision`, through its runtime's own API (not dabnet's runners). The
+    precision is always set: OpenVINO's CPU plugin would otherwise pick its own (bf16 on CPUs with native bf16)."""
+    if path.suffix == ".xml":
+        import openvino
+
+        compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": OV_HINTS[precision]})
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == OV_HINTS[precision]
+        return torch.from_numpy(compiled(x.numpy())[0].copy())
+    assert precision == "fp32", f"{path.suffix} files run in fp32 only"
     if path.suffix == ".onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-    if path.suffix == ".xml":
-        import openvino
-
-        return torch.from_numpy(openvino.Core().compile_model(str(path), "CPU")(x.numpy())[0].copy())
     return torch.jit.load(str(path))(x).detach()
 
 
-def check_export_parity(model, path: Path, sizes=((64, 96), (72, 104))) -> None:
-    """An exported file agrees with PyTorch on images made here: logits to float rounding (relative to their size),
-    or for networks that route by arg-max (max-unpooling: ties flip between runtimes) labels on 99% of pixels."""
+def check_export_parity(model, path: Path, precision: str, sizes=((64, 96), (72, 104))) -> None:
+    """An exported file run in `precision` agrees with PyTorch on images made here: logits to float rounding
+    (relative to their size), or for networks that route by arg-max (max-unpooling: ties flip between runtimes)
+    labels on 99% of pixels."""
     from dabnet.commands.export import routes_by_argmax
 
     g = torch.Generator().manual_seed(1)
@@ -193,7 +203,7 @@ def check_export_parity(model, path: Path, sizes=((64, 96), (72, 104))) -> None:
         x = torch.rand(1, 3, h, w, generator=g) * 4 - 2
         with torch.inference_mode():
             ref = model.eval()(x)
-        out = run_exported(Path(path), x)
+        out = run_exported(Path(path), x, precision)
         assert out.shape == ref.shape, (out.shape, ref.shape)
         if routes_by_argmax(model):
             assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.99
@@ -203,7 +213,8 @@ def check_export_parity(model, path: Path, sizes=((64, 96), (72, 104))) -> None:
 
 @pytest.fixture(scope="session")
 def export_parity():
-    """`export_parity(model, path)`: the exported file checked against PyTorch independently of export's own check."""
+    """`export_parity(model, path, precision)`: the exported file, run in `precision`, checked against PyTorch
+    independently of export's own check."""
     return check_export_parity
 
 
@@ -229,6 +240,74 @@ def make_cityscapes():
 def make_folder():
     """`make_folder(root, id_map=None)`: a tiny folder dataset; returns its dataset.yaml."""
     return build_folder
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-kind", choices=sorted(KINDS), default=None,
+                     help="run as on that kind of CPU (tests/cpu_kinds.py): oneDNN capped, OpenVINO's default precision "
+                          "and the CPU flags dabnet reads set as there")  # fmt: skip
+
+
+def pytest_configure(config):
+    # The suite sends no usage statistics either: test code imports OpenVINO directly (dabnet.util.telemetry).
+    config._dabnet_quiet = telemetry_off()
+    config._dabnet_quiet.__enter__()
+    kind = config.getoption("--cpu-kind")
+    if kind:
+        os.environ.update(KINDS[kind].env)  # oneDNN and ATen read these on first use, after this
+        expected = KINDS[kind].aten.upper()
+        capability = torch.backends.cpu.get_cpu_capability()
+        if capability != expected and expected == "AVX2":  # read before this hook: the cap came too late
+            raise pytest.UsageError(f"--cpu-kind {kind}: PyTorch chose its {capability} kernels before the cap; "
+                                    f"start pytest with {' '.join(f'{k}={v}' for k, v in KINDS[kind].env.items())} set")  # fmt: skip
+
+
+def pytest_unconfigure(config):
+    quiet = getattr(config, "_dabnet_quiet", None)
+    if quiet is not None:
+        quiet.__exit__(None, None, None)
+
+
+def pytest_report_header(config):
+    kind = config.getoption("--cpu-kind")
+    return f"cpu kind: {kind}, emulated ({KINDS[kind].model})" if kind else None
+
+
+def pytest_generate_tests(metafunc):
+    # A test that takes `cpu_kind` runs once per kind, or only as the session's kind under --cpu-kind.
+    if "cpu_kind" in metafunc.fixturenames:
+        kind = metafunc.config.getoption("--cpu-kind")
+        metafunc.parametrize("cpu_kind", [kind] if kind else list(KINDS), indirect=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "cpu_kind" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cpu_kind)
+
+
+@pytest.fixture
+def cpu_kind(request, monkeypatch):
+    """The kind of CPU (tests/cpu_kinds.py) this test runs as: OpenVINO's default precision and the CPU flags dabnet
+    reads are that kind's here, in this process; oneDNN's kernels are the machine's unless the session runs with
+    --cpu-kind (the caps are read once per process)."""
+    kind = KINDS[request.param]
+    if request.config.getoption("--cpu-kind") is None:
+        emulate(kind, monkeypatch)
+    return kind
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cpu_kind(request):
+    """With --cpu-kind, the whole session runs as on that kind of CPU (tests/cpu_kinds.py)."""
+    kind = request.config.getoption("--cpu-kind")
+    if not kind:
+        yield None
+        return
+    mp = pytest.MonkeyPatch()
+    emulate(KINDS[kind], mp)
+    yield KINDS[kind]
+    mp.undo()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import digest
 
 import dabnet
 from dabnet.cli import main
+from dabnet.models.layers import MaxUnpool2x, PaddedNet
 
 
 def test_export_tolerance_follows_the_logits_and_a_failed_check_keeps_no_file(ckpt, tmp_path, monkeypatch):  # row 2
@@ -91,15 +93,59 @@ def test_every_registered_model_exports_to_onnx_and_runs_in_onnxruntime(name, tm
         assert not (tmp_path / f"{name}.onnx").exists()
         return
     export_model(model, "onnx", tmp_path / f"{name}.onnx")
-    export_parity(model, tmp_path / f"{name}.onnx")
+    export_parity(model, tmp_path / f"{name}.onnx", "fp32")
 
 
 @pytest.mark.parametrize("name", ["enet", "segnet"])
 def test_max_unpooling_networks_export_to_openvino(name, tmp_path, export_parity):
+    """Compared in fp32, pinned: on CPUs with native bf16 the plugin's default is bf16, whose rounding moves the
+    arg-max of max-unpooling's windows (export reports that agreement beside fp32's)."""
     pytest.importorskip("openvino")
     from dabnet.commands.export import export_model
 
     torch.manual_seed(0)
     model = dabnet.create_model(name, 5).eval()
-    export_model(model, "openvino", tmp_path / f"{name}.xml")
-    export_parity(model, tmp_path / f"{name}.xml")
+    result = export_model(model, "openvino", tmp_path / f"{name}.xml")
+    assert result["label_agreement_at"]["fp32"] >= 0.99
+    export_parity(model, tmp_path / f"{name}.xml", "fp32")
+
+
+class TinyUnpool(PaddedNet):
+    """Two max-poolings undone by max-unpooling, as ENet and SegNet do, in a network that converts in a second: its
+    labels follow which element of each window is largest, which bf16's rounding changes."""
+
+    model_name, num_classes, size_multiple = "tiny-unpool", 5, 4
+
+    def __init__(self, c: int = 32) -> None:
+        super().__init__()
+        self.enc1, self.enc2 = torch.nn.Conv2d(3, c, 3, padding=1), torch.nn.Conv2d(c, c, 3, padding=1)
+        self.mid, self.head = torch.nn.Conv2d(c, c, 3, padding=1), torch.nn.Conv2d(c, 5, 3, padding=1)
+        self.unpool = MaxUnpool2x()
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
+        y, first = F.max_pool2d(torch.relu(self.enc1(x)), 2, 2, return_indices=True)
+        y, second = F.max_pool2d(torch.relu(self.enc2(y)), 2, 2, return_indices=True)
+        return self.head(self.unpool(self.mid(self.unpool(y, second)), first))
+
+
+def test_openvino_export_reports_labels_at_fp32_and_at_the_plugins_default_precision(tmp_path, cpu_kind, export_parity):
+    """A user who loads the IR with plain OpenVINO gets the plugin's default on their CPU (bf16 where the CPU has it):
+    export measures the labels there too and names that precision; fp32 decides whether the file is kept. Compared
+    in fp32, pinned, the file agrees on every kind of CPU."""
+    pytest.importorskip("openvino")
+    from dabnet.commands.export import check_summary, export_model
+
+    torch.manual_seed(0)
+    model = TinyUnpool().eval()
+    result = export_model(model, "openvino", tmp_path / "m.xml")
+    default = {"f32": "fp32", "bf16": "bf16"}[cpu_kind.plugin_precision]
+    at = result["label_agreement_at"]
+    assert result["default_precision"] == default and list(at) == list(dict.fromkeys(["fp32", default])) and at["fp32"] >= 0.99
+    line = check_summary(result)
+    assert "; labels on the checked images agree on 100.00% at fp32" in line, line
+    if default == "fp32":
+        assert "plain load" not in line
+    else:
+        shown = f"{100 * at['bf16']:.2f}% at bf16" if at["bf16"] is not None else "(not measured: cannot run here) at bf16"
+        assert f"{shown} (bf16: what a plain load of the file runs in on this CPU; docs/deploying.md shows how to pin fp32)" in line
+    export_parity(model, tmp_path / "m.xml", "fp32")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cpu_kinds import KINDS
 
 import dabnet
 from dabnet.cli import main
@@ -18,6 +20,7 @@ from dabnet.commands.demo import sample_frames
 from dabnet.inference.segmenter import Segmenter
 from dabnet.io.images import read_image
 from dabnet.runtimes import MIN_INT8_AGREEMENT, calibration_batches, choose_auto, cpu_has_bf16, predict_labels, prepare
+from dabnet.util.hardware import onednn_bf16
 from dabnet.util.metrics import labels_from_logits
 
 pytest.importorskip("openvino")
@@ -32,7 +35,8 @@ def bundled():
     return model, seg, frames
 
 
-# int8 must reach what `auto` requires of it (MIN_INT8_AGREEMENT) on the bundled frames.
+# int8 must reach what `auto` requires of it (MIN_INT8_AGREEMENT) on the bundled frames. Each precision is the one
+# the runner pins (int8's float layers: the plugin's default, which the runner names).
 @pytest.mark.parametrize("precision,min_agreement", [("fp32", 0.9999), ("bf16", 0.995), ("int8", MIN_INT8_AGREEMENT)])
 def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement):
     if precision == "bf16" and not cpu_has_bf16():
@@ -43,6 +47,8 @@ def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement
     model, seg, x = bundled
     calibration = calibration_batches(seg.mean, seg.std) if precision == "int8" else None
     run = prepare(model, "openvino", precision, calibration=calibration)
+    hint = run.compiled().get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    assert hint == {"fp32": "f32", "bf16": "bf16"}.get(precision, run.inference_precision), (precision, hint)
     with torch.inference_mode():
         ref = model(x)
     out = run(x)
@@ -115,12 +121,18 @@ def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, t
 
 
 def test_auto_runs_openvino_and_says_why(tmp_path):
-    """What auto picks on this machine, by the policy as written (AVX2 and NNCF: int8; native bf16: bf16), read
-    from the CPU's own flags rather than from choose_auto."""
+    """What auto picks on this machine, by the policy as written (AVX2 and NNCF: int8, whose float layers run in the
+    plugin's default precision, which the name says; native bf16: bf16), read from the CPU's own flags (as
+    dabnet reads them: an emulated kind's under --cpu-kind) rather than from choose_auto."""
     import importlib.util
 
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    expected = ("openvino int8" if "avx2" in flags and importlib.util.find_spec("nncf")
+    import openvino
+
+    from dabnet.util.hardware import read_cpuinfo
+
+    flags = set(read_cpuinfo().split())
+    default = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    expected = (f"openvino int8 (float layers in {default})" if "avx2" in flags and importlib.util.find_spec("nncf")
                 else "openvino bf16" if flags & {"avx512_bf16", "amx_bf16"} else "openvino")  # fmt: skip
     lines = []
     seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
@@ -196,38 +208,37 @@ def test_auto_drops_int8_that_disagrees_with_fp32(monkeypatch):
     assert seg.backend == get_runtime("openvino").label_for(fallback) and "int8 agreed with fp32 on only" in lines[0]
 
 
-CPUS = {  # flags as /proc/cpuinfo names them
-    "zen4": ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"],
-    "avx2-only": ["avx2"],
-    "old-x86": [],
-}
-
-
-@pytest.mark.parametrize("cpu", list(CPUS))
+@pytest.mark.parametrize("kind", [*KINDS, "old-x86"])
 @pytest.mark.parametrize("have_nncf", [True, False])
-def test_auto_choice_for_each_kind_of_cpu(monkeypatch, cpu, have_nncf):
+def test_auto_choice_for_each_kind_of_cpu(monkeypatch, kind, have_nncf):
+    """choose_auto on each kind of CPU, from the flags dabnet reads there (read_cpuinfo) and oneDNN's own answer on
+    bf16 (yes on any AVX-512 CPU: it emulates it): native bf16 only where the flags have it."""
     import dabnet.runtimes.auto as R
+    import dabnet.util.hardware as H
 
-    flags = CPUS[cpu]
-    monkeypatch.setattr(R, "cpu_flags", lambda: {"model": cpu, "flags": flags, "capability": "X"})
-    monkeypatch.setattr(R, "cpu_has_bf16", lambda: "avx512_bf16" in flags)
+    cpu = KINDS.get(kind)
+    flags = set(cpu.flags) if cpu else {"sse4_2"}
+    monkeypatch.setattr(H, "read_cpuinfo", cpu.cpuinfo if cpu else lambda: "model name\t: old x86\nflags\t\t: sse4_2\n")
+    monkeypatch.setattr(H, "onednn_bf16", lambda: "avx512f" in flags)
     monkeypatch.setattr(R, "_importable", lambda name: name == "openvino" or (name == "nncf" and have_nncf))
     backend, precision, why = choose_auto("cpu")
-    assert backend == "openvino" and cpu in why
+    assert backend == "openvino" and (cpu.model if cpu else "old x86") in why
     if have_nncf and "avx2" in flags:
-        assert precision == "int8" and ("VNNI" in why if cpu == "zen4" else "AVX2 int8" in why)
-    elif "avx512_bf16" in flags:
-        assert precision == "bf16"
-    else:
-        assert precision == "fp32"
+        assert precision == "int8" and ("VNNI/AMX" in why if flags & {"avx512_vnni", "amx_int8"} else "AVX2 int8" in why)
+    elif flags & {"avx512_bf16", "amx_bf16"}:
+        assert precision == "bf16" and H.cpu_has_bf16()
+    else:  # an AVX-512 CPU without bf16 instructions included: bf16 there is emulated
+        assert precision == "fp32" and not H.cpu_has_bf16()
 
 
 def test_ir_export_round_trip(bundled, tmp_path, capsys):
     model, seg, x = bundled
     xml = tmp_path / "m.xml"
     assert main(["export", "--checkpoint", "dabnet-camvid", "--format", "openvino", "--out", str(xml)]) == 0
-    assert "max abs error" in capsys.readouterr().out and xml.with_suffix(".bin").is_file()
-    from_ir = Segmenter.from_checkpoint(xml)
+    out = capsys.readouterr().out
+    assert "max abs error" in out and "labels on the checked images agree on 100.00% at fp32" in out and xml.with_suffix(".bin").is_file()
+    from_ir = Segmenter.from_checkpoint(xml, precision="fp32")  # pinned: the plugin's own default may be bf16
+    assert from_ir.backend == "openvino" and from_ir.run.compiled().get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
     assert from_ir.class_names == seg.class_names and from_ir.mean == seg.mean and from_ir.palette == seg.palette
     image = read_image(sample_frames()[1])
     assert (from_ir.predict(image) == Segmenter.from_checkpoint("dabnet-camvid", backend="eager").predict(image)).mean() > 0.999
@@ -253,6 +264,62 @@ def test_eval_with_a_backend_and_precision(tmp_path, make_camvid, capsys):
     assert "backend openvino," in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--backend", "eager", "--precision", "int8"]) == 2
     assert "the eager backend runs fp32, bf16, fp16, not int8; int8 runs with --backend int8 or openvino" in capsys.readouterr().err
+
+
+def _tiny_ir(path: Path, classes: int = 11, quantized: bool = False) -> Path:
+    """A foreign IR: a 1x1 convolution to `classes` logits, after an int8 FakeQuantize of its input when `quantized`
+    (what NNCF leaves in a quantized IR)."""
+    import openvino
+
+    ops = openvino.opset13
+    x = ops.parameter([-1, 3, -1, -1], np.float32, name="x")
+    y = ops.fake_quantize(x, *(ops.constant(np.float32(v)) for v in (-4, 4, -4, 4)), 256) if quantized else x
+    w = ops.constant(np.random.default_rng(0).standard_normal((classes, 3, 1, 1)).astype(np.float32))
+    openvino.save_model(openvino.Model([ops.convolution(y, w, [1, 1], [0, 0], [0, 0], [1, 1])], [x]), str(path))
+    return path
+
+
+def test_openvino_runners_name_the_precision_the_plugin_runs(tmp_path, cpu_kind):
+    """fp32 and bf16 are pinned by their hint; int8 leaves the float layers to the plugin's default on this kind of
+    CPU, which its label names; what each compiles to is what it says; auto's choice follows the kind's flags."""
+    from dabnet.runtimes import load_exported
+    from dabnet.runtimes.openvino import OpenVINORunner
+
+    default = cpu_kind.plugin_precision
+    float_ir = _tiny_ir(tmp_path / "f.xml")
+    for precision, expected in [("fp32", "f32"), ("bf16", "bf16"), ("int8", default)]:
+        if precision == "bf16" and not cpu_has_bf16():
+            continue
+        runner = OpenVINORunner(float_ir, precision)
+        assert runner.inference_precision == expected
+        assert runner.compiled().get_property("INFERENCE_PRECISION_HINT").get_type_name() == expected
+    assert OpenVINORunner(float_ir, "int8").runs_as == f"float layers in {default}" and not OpenVINORunner(float_ir).runs_as
+    quantized = load_exported(_tiny_ir(tmp_path / "q.xml", quantized=True))  # the default fp32 means the file's own int8
+    assert quantized.precision == "int8" and quantized.label == f"openvino int8 (float layers in {default})"
+    assert load_exported(float_ir).label == "openvino"
+    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_kind.flags))
+    assert cpu_has_bf16() == (native_bf16 and onednn_bf16())  # oneDNN's own answer: capped by the kind under --cpu-kind
+    if importlib.util.find_spec("nncf") is not None:
+        kernels = "VNNI/AMX int8 dot products" if "avx512_vnni" in cpu_kind.flags else "AVX2 int8 kernels"
+        assert choose_auto("cpu") == ("openvino", "int8", f"{cpu_kind.model} has {kernels}; first and last convolutions stay in float")
+
+
+def test_an_exported_ir_runs_only_the_precisions_it_holds(tmp_path, make_camvid, capsys):
+    """Issue 50, case 6: `eval --checkpoint m.xml --precision int8` on a float IR ran the plugin's default and
+    called it "openvino int8". int8 quantizes the network, which an IR no longer is: refused in one line that says
+    what to run instead; a quantized IR runs as the int8 it is and refuses float precisions."""
+    root = make_camvid(tmp_path / "cv", n=2)
+    xml = _tiny_ir(tmp_path / "m.xml")
+    assert main(["eval", "--checkpoint", str(xml), "--data-root", str(root), "--workers", "0", "--precision", "int8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "runs as exported in fp32 or bf16, not int8" in err, err
+    assert "--checkpoint CHECKPOINT --backend openvino --precision int8" in err and "or give --precision fp32" in err
+    assert main(["eval", "--checkpoint", str(xml), "--data-root", str(root), "--workers", "0"]) == 0
+    assert "backend openvino," in capsys.readouterr().out  # fp32, pinned
+    quantized = _tiny_ir(tmp_path / "q.xml", quantized=True)
+    with pytest.raises(ValueError, match="runs as exported in int8, not bf16: it was quantized to int8 when it was written"):
+        Segmenter.from_checkpoint(quantized, precision="bf16", log=None)
+    assert Segmenter.from_checkpoint(quantized, precision="int8", log=None).backend.startswith("openvino int8 (float layers in ")
 
 
 class _Upsampled(torch.nn.Module):

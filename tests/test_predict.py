@@ -164,7 +164,7 @@ def test_untraceable_net_is_a_clear_export_error_and_enet_now_traces(tmp_path, e
     # ENet's max-unpooling is a scatter now (models.layers.MaxUnpool2x): it traces, and the trace checks itself.
     enet = dabnet.create_model("enet", 11).eval()
     export_model(enet, "torchscript", tmp_path / "e.pt")
-    export_parity(enet, tmp_path / "e.pt")
+    export_parity(enet, tmp_path / "e.pt", "fp32")
 
 
 @pytest.mark.parametrize("backend", ["eager", "fold", pytest.param("compile", marks=pytest.mark.slow), "onnxruntime"])
@@ -260,6 +260,7 @@ def test_cuda_backends_agree_with_eager_fp32(ckpt, backend, precision):
     assert not torch.equal(first, second)
 
 
+@pytest.mark.cpu_kind  # oneDNN's bf16: native kernels, or emulated ones on CPUs without bf16
 def test_bf16_precision_keeps_the_labels_of_fp32_on_a_real_frame():
     """bf16 autocast on the bundled weights and a street frame: the 99.5% of fp32's labels the OpenVINO bf16 path
     is held to (test_openvino.py), not 'mostly'."""

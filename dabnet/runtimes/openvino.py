@@ -30,18 +30,21 @@ from ..util.files import PathLike
 from ..util.hardware import cpu_flags, cpu_has_bf16
 from ..util.metrics import labels_from_logits
 from ..util.store import DamagedEntry, Entry, Store, key_digest
+from ..util.telemetry import telemetry_off
 from . import cache
 from .meta import META_KEYS, export_sizes, model_metadata
 from .registry import ExportedFile, Runtime, register_runtime
 from .runner import Runner
 from .upsample import label_dtype, upsampled_argmax
 
-OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": None}  # int8: float parts at the plugin's default
+OV_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": None}  # int8: float layers at the plugin's default
+PLUGIN_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # the CPU plugin's names for them -> dabnet's
 
 
 def _openvino():
     try:
-        import openvino as ov
+        with telemetry_off():  # its import reports itself (util.telemetry)
+            import openvino as ov
     except ImportError as e:
         raise ImportError("the openvino backend needs OpenVINO: pip install openvino (dabnet installs it by default)") from e
     return ov
@@ -57,11 +60,25 @@ def core():
     return _CORE[0]
 
 
+def plugin_precision(hint: Optional[str] = None) -> str:
+    """The precision ("f32", "bf16", "f16") the CPU plugin runs float layers in under INFERENCE_PRECISION_HINT
+    `hint`, or without one its default: bf16 on CPUs with native bf16, else f32. A plain
+    `core.compile_model(m, "CPU")`, as any user of an exported IR writes it, runs in the default."""
+    return hint or core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def default_precision() -> str:
+    """The plugin's default precision here in dabnet's names (fp32, bf16): what a plain load of an IR runs in."""
+    hint = plugin_precision()
+    return PLUGIN_NAMES.get(hint, hint)
+
+
 def _nncf():
     try:
         import logging
 
-        import nncf
+        with telemetry_off():  # its import would write a client id and a usage count under ~/intel
+            import nncf
 
         nncf.set_log_level(logging.ERROR)  # its progress bars and notes would drown dabnet's output
     except ImportError as e:
@@ -73,7 +90,7 @@ def convert(model: nn.Module):
     """`model` (eval mode) as an OpenVINO model with dynamic batch/H/W and dabnet's metadata in its rt_info."""
     ov = _openvino()
     example = torch.zeros(1, 3, *export_sizes(model)[0])
-    with torch.no_grad():
+    with torch.no_grad(), telemetry_off():  # the converter would report each conversion (util.telemetry)
         ov_model = ov.convert_model(model.eval().cpu(), example_input=example, input=[ov.PartialShape([-1, 3, -1, -1])])
     ov_model.outputs[0].get_tensor().set_names({"logits"})
     for key, value in model_metadata(model).items():
@@ -102,7 +119,8 @@ def quantize(ov_model, calibration: Iterable[torch.Tensor], keep_float: Optional
     if not batches:
         raise ValueError("int8 calibration needs at least one image")
     names = list(first_and_last_convolutions(ov_model) if keep_float is None else keep_float)
-    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars have no switch; keep dabnet's output clean
+    # NNCF's progress bars have no switch: dabnet's output stays clean; and it would report each quantization
+    with contextlib.redirect_stdout(io.StringIO()), telemetry_off():
         return nncf.quantize(ov_model, nncf.Dataset(batches), preset=nncf.QuantizationPreset(preset), subset_size=len(batches),
                              ignored_scope=nncf.IgnoredScope(names=names, validate=False))  # fmt: skip
 
@@ -211,6 +229,17 @@ class OpenVINORunner(Runner):
         self._lock = threading.Lock()
         self._compiled: Dict[Any, Any] = {}
         self._local = threading.local()
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision the plugin runs this runner's float layers in: its hint, else (int8) the plugin's default."""
+        return plugin_precision(self.config.get("INFERENCE_PRECISION_HINT"))
+
+    @property
+    def runs_as(self) -> str:
+        """int8's float layers (the first and last convolutions, the rest between the quantized ones) run in the
+        plugin's default precision, which the name "openvino int8" does not say; fp32 and bf16 are pinned."""
+        return f"float layers in {self.inference_precision}" if self.precision == "int8" else ""
 
     def compiled(self, output: str = "logits", image_input: Optional[Tuple[Sequence[float], Sequence[float]]] = None, **config):
         """The network compiled for the CPU with `output` "logits" or "labels", taking normalised float input, or
@@ -428,7 +457,9 @@ def open_ir(path: Path) -> ExportedFile:
     channels = ov_model.outputs[0].get_partial_shape()[1]
     if "num_classes" not in meta and channels.is_static:
         meta["num_classes"] = channels.get_length()  # a foreign IR: the logits' channels
-    return ExportedFile(Path(path), "openvino", meta, lambda precision, device: OpenVINORunner(ov_model, precision))
+    quantized = any(op.get_type_name() == "FakeQuantize" for op in ov_model.get_ops())  # NNCF's int8 (cached_ir)
+    return ExportedFile(Path(path), "openvino", meta, lambda precision, device: OpenVINORunner(ov_model, precision),
+                        precisions=("int8",) if quantized else ())  # fmt: skip
 
 
 register_runtime(Runtime(
@@ -436,4 +467,5 @@ register_runtime(Runtime(
     precisions=tuple(OV_PRECISIONS), calibrated=("int8",), runner=OpenVINORunner, suffixes=(".xml",),
     open=open_ir, export_format="openvino",
     export=_export, export_files=lambda path: (path, path.with_suffix(".bin")),
+    default_precision=default_precision,
 ))  # fmt: skip

@@ -14,9 +14,12 @@ from .runner import Runner, as_runner
 
 
 def _named(made, runtime: Runtime, precision: str) -> Runner:
-    """What a runtime made, as a Runner that says which runtime and precision it is."""
+    """What a runtime made, as a Runner that says which runtime and precision it is, and what else decides what
+    runs where the name does not say it (`Runner.runs_as`: OpenVINO int8's float layers)."""
     runner = as_runner(made)
     runner.backend, runner.precision, runner.label = runtime.name, precision, runtime.label_for(precision)
+    if runner.runs_as:
+        runner.label += f" ({runner.runs_as})"
     return runner
 
 
@@ -62,5 +65,26 @@ def load_exported(source: Union[str, Path, ExportedFile], precision: str = "fp32
     file = source if isinstance(source, ExportedFile) else open_exported(source)
     runtime = get_runtime(file.runtime)
     runtime.check_device(str(device))
-    precision = runtime.precision_for(precision)
+    precision = exported_precision(file, runtime, precision)
     return _named(file.make(precision, str(device)), runtime, precision)
+
+
+def exported_precision(file: ExportedFile, runtime: Runtime, precision: str) -> str:
+    """`precision` checked against what `file` runs in as it is: the default fp32 means the file's own where it has
+    no fp32 (a quantized file); a precision that would need the network (int8 quantizes on calibration frames) or
+    that the file's own precision rules out is refused in one line that says what to run instead."""
+    precision = runtime.precision_for(precision)
+    honoured = file.precisions or tuple(p for p in runtime.precisions if p not in runtime.calibrated) or runtime.precisions
+    if precision == "fp32" and precision not in honoured:
+        return honoured[0]
+    if precision in honoured:
+        return precision
+    if precision in runtime.calibrated:
+        how = (f"{precision} quantizes the network on calibration frames, which needs the checkpoint {file.path.name} was "
+               f"exported from: --checkpoint CHECKPOINT --backend {runtime.name} --precision {precision}")  # fmt: skip
+    elif set(honoured) <= set(runtime.calibrated):
+        how = f"it was quantized to {honoured[0]} when it was written"
+    else:
+        how = f"the file holds {' or '.join(honoured)} only"
+    raise ValueError(f"{file.path} runs as exported in {' or '.join(honoured)}, not {precision}: {how}; "
+                     f"or give --precision {honoured[0]}")  # fmt: skip

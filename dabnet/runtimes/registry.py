@@ -18,12 +18,15 @@ from .runner import Runner
 @dataclass(frozen=True)
 class ExportedFile:
     """An exported model file, read once by its runtime's `open`: its description (`metadata`: classes, colours,
-    normalisation) at once, and `make(precision, device)` to run what was read, without reading it again."""
+    normalisation) at once, and `make(precision, device)` to run what was read, without reading it again.
+    `precisions` are those it runs in as it is (a quantized file: its own); empty means every precision of its
+    runtime that needs no calibration (a float file cannot become int8 without the network it came from)."""
 
     path: Path
     runtime: str
     metadata: Dict[str, Any]
     make: Callable[[str, str], Runner] = field(repr=False, compare=False)
+    precisions: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class Runtime:
     once, compiled only when run); `export(model, path)` writes such a file (`export_format` names it on the
     command line; `export_files(path)` lists every file it writes). `calibrated` lists the precisions that
     quantize on calibration batches; `runner` is the class of its runners, which says whether the runtime makes
-    the labels itself (`computes_labels`)."""
+    the labels itself (`computes_labels`). `default_precision()` is the precision the runtime's own API runs an
+    exported file in when nobody names one, on this machine (OpenVINO's CPU plugin: bf16 on CPUs with native bf16)."""
 
     name: str
     summary: str
@@ -50,6 +54,7 @@ class Runtime:
     export_format: Optional[str] = None
     export: Optional[Callable[[nn.Module, Path], Path]] = None
     export_files: Callable[[Path], Tuple[Path, ...]] = lambda path: (path,)
+    default_precision: Callable[[], str] = lambda: "fp32"
 
     def precision_for(self, precision: str) -> str:
         """`precision` checked against this runtime's; the default fp32 means the runtime's own where it has no fp32."""

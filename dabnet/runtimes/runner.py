@@ -20,12 +20,14 @@ class Runner:
     """A prepared network. Subclasses implement `__call__`; the label routes default to the logits' arg-max.
 
     `info` holds what preparing found (an int8 model's label agreement with fp32, ...); `label` is how the
-    runner is named in logs and tables ('fold', 'openvino int8'), `reason` why `auto` chose it."""
+    runner is named in logs and tables ('fold', 'openvino int8 (float layers in bf16)'), `reason` why `auto` chose
+    it; `runs_as` what decides what runs where backend and precision do not say it (empty for most)."""
 
     backend: str = ""
     precision: str = "fp32"
     label: str = ""
     reason: str = ""
+    runs_as: str = ""
 
     @property
     def info(self) -> Dict[str, Any]:
