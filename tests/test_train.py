@@ -358,6 +358,7 @@ def _sigterm_validation_workers(root: Path, out: Path, read_first: int) -> None:
     assert len(got) == len(loader.dataset)
 
 
+@pytest.mark.slow  # two loader workers
 def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_camvid, tmp_path):
     """A SIGTERM sent to every process (`pkill -f`, systemd's control group) while the trainer validates: the
     validation's workers leave it to the trainer and the validation ends, instead of a killed worker making
@@ -365,6 +366,7 @@ def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_
     _sigterm_validation_workers(tiny_camvid, tmp_path / "run", read_first=2)  # one batch from each worker: both past their init
 
 
+@pytest.mark.slow  # two loader workers
 def test_a_stop_signal_as_loader_workers_start_is_left_to_the_trainer(tiny_camvid, tmp_path, monkeypatch):
     """The same signal in the moment between a worker's start and its worker_init_fn (made a second long here):
     the worker started with the signal blocked, and drops it once it ignores it."""
