@@ -248,6 +248,7 @@ def test_openvino_profile_sums_each_node_kind_of_the_labels_graph(repo_script):
     assert seg.run.host_upsample  # the comparison puts it back
 
 
+@pytest.mark.slow  # int8: NNCF quantizes
 def test_int8_roofline_counts_multiply_adds_and_bounds_the_frame(repo_script):
     pytest.importorskip("nncf")
     script = repo_script("benchmarks/int8_roofline.py")
@@ -328,6 +329,7 @@ def test_distill_proxy_report_rows_the_arms_start_from_its_kept_figure(tmp_path,
     assert "| Sky | 85.0 | 90.0 (+5.0) |" in lines and "| Building | 63.5 | 50.0 (-13.5) |" in lines and "| Pole | 20.0 | – |" in lines
 
 
+@pytest.mark.slow  # the script evaluates with loader workers
 def test_distill_proxy_start_is_evaluated_once_per_weights(tmp_path, repo_script, make_camvid):
     from dabnet.commands.evaluate import run_evaluation
     from dabnet.config import EvalConfig

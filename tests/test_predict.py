@@ -59,6 +59,7 @@ def test_labels_from_logits_is_argmax_ties_included():
     assert labels_from_logits(logits)[:, :5].eq(3).all()
 
 
+@pytest.mark.slow  # the default backend quantizes (NNCF)
 def test_segmenter_handles_any_size_and_mode(ckpt):
     seg = Segmenter.from_checkpoint(ckpt)
     for shape in [(97, 131, 3), (60, 80), (48, 64, 4), (33, 200, 1)]:

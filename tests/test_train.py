@@ -519,6 +519,7 @@ def test_torchrun_two_processes_on_cpu(tiny_camvid, tmp_path):
 # ----------------------------------------------------------------------------- eval
 
 
+@pytest.mark.slow  # eval's loader workers
 def test_eval_json_png_flip_multiscale(tiny_camvid, tmp_path, capsys):
     out = tmp_path / "run"
     train_mod.train(_cfg(tiny_camvid, out, epochs=1), log=lambda *a: None)
@@ -596,6 +597,7 @@ def test_gradient_clipping_bounds_the_step():
     assert step(0.0).norm() > 0.5
 
 
+@pytest.mark.slow  # the fused kernels compile
 def test_training_on_a_user_folder_dataset(tmp_path, make_folder):
     spec = make_folder(tmp_path / "toy")
     cfg = build_config(TrainConfig, "folder_example", data_root=str(spec), out=str(tmp_path / "run"), epochs=1,
@@ -780,6 +782,7 @@ def test_restart_moves_the_previous_run_aside_so_average_never_mixes_runs(camvid
     assert any("--restart: moved the previous run's" in m for m in logs)
 
 
+@pytest.mark.slow  # a loader worker
 def test_resume_with_a_different_model_refuses_in_one_line_and_other_changes_are_named(camvid4, tmp_path):
     out = tmp_path / "run"
     train_mod.train(_two_epochs(camvid4, out, epochs=1), log=lambda *a: None)
