@@ -17,6 +17,10 @@ from PIL import Image
 
 from dabnet.data.classes import CAMVID_PALETTE, CITYSCAPES_TRAIN_TO_LABEL_ID
 from dabnet.util.telemetry import telemetry_off
+from heavy_calls import install as _record_heavy_calls
+from heavy_calls import pytest_fixture_setup, pytest_runtest_call  # noqa: F401  (hooks: unmarked heavy tests fail)
+
+_record_heavy_calls()
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

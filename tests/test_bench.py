@@ -12,6 +12,7 @@ def test_bench_plot_without_a_suffix_says_the_file_it_writes(tmp_path, capsys):
     assert f"wrote {target}.png" in capsys.readouterr().out and (tmp_path / "edir.png").is_file()
 
 
+@pytest.mark.slow  # eval's loader workers
 def test_tiny_scale_in_eval_and_tiny_sizes_in_bench(ckpt, tmp_path, make_camvid, capsys):
     root = make_camvid(tmp_path / "cv", n=2)
     assert main(["eval", "--checkpoint", str(ckpt), "--data-root", str(root), "--backend", "eager", "--scales", "0.004", "1.0"]) == 0

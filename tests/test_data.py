@@ -229,6 +229,7 @@ def _batches(ds, workers):
     return [m for _, m in loader]
 
 
+@pytest.mark.slow  # loader workers
 def test_augmentation_is_reproducible_across_worker_counts(camvid_tree):
     ds = CamVid(camvid_tree, "train", transform=TrainTransform(crop_size=(32, 40)), seed=7)
     ds.set_epoch(3)
@@ -390,6 +391,7 @@ def test_data_on_device_under_ddp_decodes_only_its_ranks_share(camvid_tree, monk
     assert orders[0] != orders[1] or len(share) < 3
 
 
+@pytest.mark.slow  # two loader workers
 def test_eval_of_a_bad_mask_is_only_the_message_with_a_camvid_fix(make_camvid, ckpt, tmp_path, capsys):  # row 8
     root = make_camvid(tmp_path / "cv")
     mask_path = sorted((root / "valannot").iterdir())[0]

@@ -35,6 +35,40 @@ SHRINK = {  # appended to these commands: the same code path, on tiny data, for 
              "--set fused=false --set val_batch_size=2 --set warmup_iters=1 --set val_every=1 --set log_every=1",
     "bench": "--frames 2 --warmup 0 --sizes 32x64",
 }
+SHOWS = {  # what each `dabnet` command of the guides prints when it did its work (an exit code of 0 is not enough)
+    "demo": r"weights: dabnet-camvid .*\n(.*\n)*\d+ frames, median [\d.]+ ms/frame = [\d.]+ FPS",
+    "predict": r"(^|\n)([1-9]\d* image\(s\) segmented, 0 skipped|\S+: [1-9]\d* frame\(s\)), [\d.e+]+ FPS",
+    "describe": r"chosen by: the mean of the last \d+ epochs",
+    "models": r"(^|\n)dabnet +[\d,]+ +[\d.]+ ",
+    "runtimes": r"(^|\n)eager .*\n(.*\n)*openvino ",
+    "eval": r"(^|\n)mIoU \d+\.\d\d%   pixel accuracy \d+\.\d\d%",
+    "train": r"(^|\n)done: \d+ epochs, best \w+ mIoU \d+\.\d\d% -> ",
+    "average": r"(^|\n)averaged [2-9]\d* checkpoints",
+    "export": r"(^|\n)exported \S+ \((onnx|openvino|torchscript)\); checked against PyTorch",
+    "bench": r"(^|\n)dabnet +\S+ +\S+ .* ms +[\d.]+ FPS ",
+    "data": r"(^|\n)(imported [1-9]\d* image\(s\).*\n(.*\n)*)?(dataset is clean|.*: [1-9]\d* images; mean RGB)",
+}
+
+
+def _check_shown(guide: str, line: str, command: str, text: str, work: Path) -> None:
+    """A `dabnet` line printed what its command prints when it worked, no skipped backend, and wrote its --out."""
+    assert command in SHOWS, f"{guide}: `{line}`: say in SHOWS what `dabnet {command}` prints when it worked"
+    assert re.search(SHOWS[command], text), f"{guide}: `{line}` did not print what {command} prints:\n{text[-2000:]}"
+    assert "skipped:" not in text, f"{guide}: `{line}`:\n{text[-2000:]}"
+    words = line.split()
+    if "--out" in words:
+        out = work / words[words.index("--out") + 1]
+        assert out.is_file() or (out.is_dir() and any(out.iterdir())), f"{guide}: `{line}` wrote nothing to {out}"
+
+
+def _check_answer(line: str, stdout: str, work: Path) -> None:
+    """`curl` at the server: the segmentation of street.jpg, as JSON or as the overlay PNG it asked for."""
+    size = Image.open(work / "street.jpg").size
+    if " -o " in line:
+        assert Image.open(work / line.split(" -o ")[1].split()[0]).size == size, line
+        return
+    answer = json.loads(stdout)
+    assert (answer["width"], answer["height"]) == size and abs(sum(answer["class_fractions"].values()) - 1) < 1e-3, answer
 
 
 def blocks(path: Path, lang: str) -> list:
@@ -145,11 +179,14 @@ def test_the_commands_of_each_guide_run_as_written(guide, tmp_path, make_camvid,
                 code = main(_argv(line, work)[1:])
                 out = capsys.readouterr()
                 assert code == 0, f"{guide}: `{line}` exited {code}\n{out.out[-2000:]}\n{out.err[-3000:]}"
+                _check_shown(guide, line, command, out.out, work)
                 continue
+            if words[0] == "curl":  # -f: an HTTP error status is a failed command, as it is not without it
+                line = "curl -f " + line[len("curl ") :]
             res = subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=600)
             assert res.returncode == 0, f"{guide}: `{line}` exited {res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
             if words[0] == "curl":
-                assert res.stdout or (work / "overlay.png").is_file(), line
+                _check_answer(line, res.stdout, work)
         script = "\n\n".join(blocks(ROOT / guide, "python"))
         if script:
             (tmp_path / "guide.py").write_text(script)

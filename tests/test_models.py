@@ -126,9 +126,36 @@ def test_dabnet_gmacs_at_512x1024():
     assert abs(gmacs - 10.2) / 10.2 < 0.02, gmacs
 
 
+def _conv_macs(model: nn.Module, size) -> int:
+    """Multiply-adds of every convolution, from the output shapes a forward pass gives them (forward hooks, not the
+    flop counter count_macs uses): each output value is in_channels / groups * kh * kw multiply-adds."""
+    total = []
+
+    def hook(m, inputs, out):
+        assert type(m) is nn.Conv2d, m  # a layer this count does not know would be missed silently
+        total.append(out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *size))
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(total) == len(layers)
+    return sum(total)
+
+
 def test_count_macs_on_a_real_model_agrees_with_meta():
+    # By hand: a 3x3 conv 3 -> 8 and a depth-wise 3x3 on 16x20 (padded), then a 1x1 8 -> 5; bias and BatchNorm add none.
+    small = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False),
+                          nn.Conv2d(8, 5, 1))  # fmt: skip
+    assert count_macs(small, (16, 20)) == 16 * 20 * (8 * 3 * 9 + 8 * 9 + 5 * 8) == 104_960
     model = dabnet.create_model("dabnet", 19)
-    assert count_macs(model, (64, 128)) * 1e-9 == pytest.approx(model_complexity("dabnet", 19, (64, 128))["gmacs"])
+    macs = count_macs(model, (64, 128))
+    assert macs == _conv_macs(model, (64, 128)), (macs, _conv_macs(model, (64, 128)))
+    assert model_complexity("dabnet", 19, (64, 128))["gmacs"] == pytest.approx(macs * 1e-9)  # meta device: the same count
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMS_M))

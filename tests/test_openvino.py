@@ -37,7 +37,8 @@ def bundled():
 
 # int8 must reach what `auto` requires of it (MIN_INT8_AGREEMENT) on the bundled frames. Each precision is the one
 # the runner pins (int8's float layers: the plugin's default, which the runner names).
-@pytest.mark.parametrize("precision,min_agreement", [("fp32", 0.9999), ("bf16", 0.995), ("int8", MIN_INT8_AGREEMENT)])
+@pytest.mark.parametrize("precision,min_agreement", [("fp32", 0.9999), ("bf16", 0.995),
+                                                     pytest.param("int8", MIN_INT8_AGREEMENT, marks=pytest.mark.slow)])  # NNCF quantizes
 def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement):
     if precision == "bf16" and not cpu_has_bf16():
         with pytest.raises(ValueError, match="native bf16"):
@@ -87,6 +88,7 @@ def test_segmenter_feeds_openvino_uint8_frames_tiny_ones_padded_as_the_float_pat
     assert calls == [(1, 16, 16, 3), (1, 40, 16, 3), (1, 64, 96, 3)]  # padded to 16 a side by edge replication
 
 
+@pytest.mark.slow  # int8: NNCF quantizes
 def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, tmp_path):
     pytest.importorskip("nncf")
     import dabnet.runtimes.openvino as ovr

@@ -14,6 +14,7 @@ from dabnet.runtimes.auto import choose_auto
 
 
 @pytest.mark.parametrize("val_split", ["val", None])  # None: the shipped camvid_holdout config's choice
+@pytest.mark.slow  # packaging evaluates with a loader worker
 def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run, repo_script, val_split):
     root, run, cfg = holdout_run(tmp_path, val_split=val_split)
     pw = repo_script("scripts/package_weights.py")
@@ -53,6 +54,7 @@ def test_a_holdout_run_is_packaged_with_each_figures_split(tmp_path, holdout_run
     assert {k: v for k, v in vars(again).items() if k not in pw.NOT_RECIPE} == {k: v for k, v in vars(cfg).items() if k not in pw.NOT_RECIPE}
 
 
+@pytest.mark.slow  # packaging evaluates with a loader worker
 def test_an_average_of_kept_epochs_is_packaged_with_how_to_make_it_again(tmp_path, holdout_run, repo_script):
     from dabnet.io.checkpoint import average_checkpoints, save_checkpoint
 
@@ -86,6 +88,7 @@ def test_demo_frames_must_come_from_a_held_out_drive(tmp_path, make_camvid, repo
     assert (samples / "keep.jpg").exists()
 
 
+@pytest.mark.slow  # packaging evaluates with a loader worker
 def test_a_run_on_every_labelled_frame_ships_by_its_rule_with_the_history_of_earlier_weights(tmp_path, holdout_run, repo_script):
     from dabnet.io.checkpoint import average_checkpoints, make_checkpoint, save_checkpoint, save_safetensors
 
@@ -122,6 +125,7 @@ def test_a_run_on_every_labelled_frame_ships_by_its_rule_with_the_history_of_ear
     assert "trained on every labelled CamVid drive (train+val)" in lines[0] and "val mIoU" not in lines[0]
 
 
+@pytest.mark.slow  # packaging evaluates with a loader worker
 def test_a_distilled_run_with_ema_ships_its_last_epoch_with_the_teacher_on_its_card(tmp_path, holdout_run, repo_script, monkeypatch):
     """v4's shape: every frame, from earlier weights, taught by their ensemble, EMA; the last epoch ships by the rule."""
     import sys
@@ -178,6 +182,7 @@ def test_inputs_that_would_fail_at_the_end_are_refused_before_any_evaluation(tmp
     assert (run / "best.pth").read_bytes() == before and not card.parent.exists()
 
 
+@pytest.mark.slow  # packaging evaluates with a loader worker
 def test_the_output_folders_are_made(tmp_path, holdout_run, repo_script):
     root, run, _ = holdout_run(tmp_path)
     out, card = tmp_path / "new" / "w.safetensors", tmp_path / "other" / "docs" / "MODEL_CARD.md"

@@ -60,6 +60,7 @@ def test_labels_from_logits_is_argmax_ties_included():
     assert labels_from_logits(logits)[:, :5].eq(3).all()
 
 
+@pytest.mark.slow  # the default backend quantizes (NNCF)
 def test_segmenter_handles_any_size_and_mode(ckpt):
     seg = Segmenter.from_checkpoint(ckpt)
     for shape in [(97, 131, 3), (60, 80), (48, 64, 4), (33, 200, 1)]:
@@ -167,11 +168,26 @@ def test_untraceable_net_is_a_clear_export_error_and_enet_now_traces(tmp_path, e
     export_parity(enet, tmp_path / "e.pt", "fp32")
 
 
+def _trained_batchnorms(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with BatchNorms as a run leaves them (statistics, scale and shift away from the identity), and checked
+    so: a fresh network's BatchNorms are the identity, and would hide a fold that drops them."""
+    g = torch.Generator().manual_seed(0)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in bns:
+            for t, lo, hi in ((bn.running_mean, -0.3, 0.3), (bn.running_var, 0.6, 1.6), (bn.weight, 0.7, 1.4), (bn.bias, -0.3, 0.3)):
+                t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+    assert bns and all((bn.running_var - 1).abs().max() > 0.1 and bn.bias.abs().max() > 0.1 for bn in bns)
+    return model
+
+
 @pytest.mark.parametrize("backend", ["eager", "fold", pytest.param("compile", marks=pytest.mark.slow), "onnxruntime"])
-def test_every_backend_agrees_with_eager_fp32(ckpt, backend):
+def test_every_backend_agrees_with_eager_fp32(ckpt, backend, tmp_path):
     from dabnet.runtimes import prepare
 
-    model = dabnet.load_model(ckpt)
+    model = _trained_batchnorms(dabnet.load_model(ckpt))
+    ckpt = save_checkpoint(make_checkpoint(model, **{k: model.checkpoint_meta[k] for k in ("class_names", "palette", "mean", "std")}),
+                           tmp_path / "bn.pth")  # fmt: skip
     x = torch.randn(1, 3, 72, 96)
     with torch.inference_mode():
         ref = model(x)
@@ -277,13 +293,14 @@ def test_bf16_precision_keeps_the_labels_of_fp32_on_a_real_frame():
 def test_folding_batchnorm_removes_them_and_keeps_outputs():
     from dabnet.runtimes import fold_batchnorm
 
-    model = dabnet.create_model("dabnet", 11).eval()
+    model = _trained_batchnorms(dabnet.create_model("dabnet", 11)).eval()
     folded = fold_batchnorm(model)
     n_bn = lambda m: sum(isinstance(q, torch.nn.BatchNorm2d) for q in m.modules())  # noqa: E731
     assert n_bn(folded) < n_bn(model) // 2
     x = torch.randn(1, 3, 64, 96)
     with torch.inference_mode():
-        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-3)
+        ref = model(x)
+        assert (folded(x) - ref).abs().max() <= 1e-4 * ref.abs().max(), float((folded(x) - ref).abs().max() / ref.abs().max())
 
 
 @pytest.mark.parametrize("name", dabnet.list_models())

@@ -147,23 +147,34 @@ def test_slow_model_answers_504():
 
 
 def test_concurrent_requests_are_batched_and_all_answered():
-    """Eight requests at once, while the worker is busy: answered, and run in batches the worker saw (up to
-    --max-batch), each request's labels those of its own image."""
+    """Eight requests at once, each with its own image, while the worker is busy: answered, and run in batches the
+    worker saw (up to --max-batch), each request's labels those of its own image (as `Segmenter.predict` gives)."""
     seg = SlowSegmenter(0.2)
     seen = []
     real = seg.predict_batch
     seg.predict_batch = lambda images: (seen.append(len(images)), real(images))[1]
     app = _app(ServeConfig(checkpoint="test", max_batch=4, batch_wait_ms=50), seg)
-    results = []
+    bodies = [_png(seed=i) for i in range(8)]
+    direct = _segmenter()
+    expected = [direct.predict(np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))) for b in bodies]
+    assert max((a == b).mean() for i, a in enumerate(expected) for b in expected[i + 1 :]) < 0.9  # a mix-up would show
+    answers = {}
+
+    def ask(i: int) -> None:
+        res = c.post("/v1/segment?format=label", content=bodies[i], headers={"content-type": "image/png"})
+        answers[i] = (res.status_code, res.content)
+
     with TestClient(app, base_url=LOCAL) as c:
-        threads = [threading.Thread(target=lambda: results.append(
-            c.post("/v1/segment", content=_png(seed=1), headers={"content-type": "image/png"}).status_code)) for _ in range(8)]  # fmt: skip
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    assert results == [200] * 8
+    assert sorted(answers) == list(range(8)) and all(code == 200 for code, _ in answers.values()), answers
     assert sum(seen) == 8 and max(seen) > 1 and max(seen) <= 4, seen
+    for i, (_, png) in answers.items():
+        label = np.asarray(Image.open(io.BytesIO(png)))
+        assert label.shape == expected[i].shape and (label == expected[i]).mean() >= 0.99, i  # batched: rounding may flip a tie
 
 
 def test_fuzz_random_bytes_never_take_the_server_down(client):

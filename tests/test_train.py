@@ -358,6 +358,7 @@ def _sigterm_validation_workers(root: Path, out: Path, read_first: int) -> None:
     assert len(got) == len(loader.dataset)
 
 
+@pytest.mark.slow  # two loader workers
 def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_camvid, tmp_path):
     """A SIGTERM sent to every process (`pkill -f`, systemd's control group) while the trainer validates: the
     validation's workers leave it to the trainer and the validation ends, instead of a killed worker making
@@ -365,6 +366,7 @@ def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_
     _sigterm_validation_workers(tiny_camvid, tmp_path / "run", read_first=2)  # one batch from each worker: both past their init
 
 
+@pytest.mark.slow  # two loader workers
 def test_a_stop_signal_as_loader_workers_start_is_left_to_the_trainer(tiny_camvid, tmp_path, monkeypatch):
     """The same signal in the moment between a worker's start and its worker_init_fn (made a second long here):
     the worker started with the signal blocked, and drops it once it ignores it."""
@@ -526,6 +528,7 @@ def test_torchrun_two_processes_on_cpu(tiny_camvid, tmp_path):
 # ----------------------------------------------------------------------------- eval
 
 
+@pytest.mark.slow  # eval's loader workers
 def test_eval_json_png_flip_multiscale(tiny_camvid, tmp_path, capsys):
     out = tmp_path / "run"
     train_mod.train(_cfg(tiny_camvid, out, epochs=1), log=lambda *a: None)
@@ -603,6 +606,7 @@ def test_gradient_clipping_bounds_the_step():
     assert step(0.0).norm() > 0.5
 
 
+@pytest.mark.slow  # the fused kernels compile
 def test_training_on_a_user_folder_dataset(tmp_path, make_folder):
     spec = make_folder(tmp_path / "toy")
     cfg = build_config(TrainConfig, "folder_example", data_root=str(spec), out=str(tmp_path / "run"), epochs=1,
@@ -787,6 +791,7 @@ def test_restart_moves_the_previous_run_aside_so_average_never_mixes_runs(camvid
     assert any("--restart: moved the previous run's" in m for m in logs)
 
 
+@pytest.mark.slow  # a loader worker
 def test_resume_with_a_different_model_refuses_in_one_line_and_other_changes_are_named(camvid4, tmp_path):
     out = tmp_path / "run"
     train_mod.train(_two_epochs(camvid4, out, epochs=1), log=lambda *a: None)

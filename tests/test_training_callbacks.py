@@ -19,6 +19,7 @@ from dabnet.data.transforms import TrainTransform, soft_window
 from dabnet.io.checkpoint import make_checkpoint
 from dabnet.training import Callback
 from dabnet.training import callbacks as callbacks_mod
+from dabnet.training import distill as distill_mod
 from dabnet.training.distill import CACHE_STRIDE, DistillError, distillation_loss, teacher_probabilities
 from dabnet.training.ema import EMA
 
@@ -317,14 +318,21 @@ def test_distilled_run_caches_the_teacher_once_and_resumes_bit_exactly(tiny_camv
     cache = tmp_path / "cache"
     cfg_of = lambda out: _cfg(tiny_camvid, out, epochs=3, distill_from=str(teacher), distill_scales=[1.0, 1.5],  # noqa: E731
                               distill_flip=True, distill_weight=2.0, distill_temperature=2.0, distill_cache=str(cache), ema=0.5)
+    passes = []  # (frame's height, width) of every teacher pass, over all four runs below
+    real = distill_mod.teacher_probabilities
+    monkeypatch.setattr(distill_mod, "teacher_probabilities", lambda teacher, image, *a: passes.append(image.shape[:2]) or real(teacher, image, *a))
     logs = []
     train_mod.train(cfg_of(tmp_path / "first"), log=logs.append)
     assert any("8 teacher maps" in m and "8 computed now" in m for m in logs), logs
     entries = [json.loads(p.read_text())["key"] for p in cache.glob("*/entry.json")]
     assert len(entries) == 8 and all(e["scales"] == [1.0, 1.5] and e["flip"] for e in entries)
     maps = sorted(cache.glob("*/map.npy"))
-    assert len(maps) == 8 and np.load(maps[0]).shape == (360 // CACHE_STRIDE, 480 // CACHE_STRIDE, 11) or np.load(maps[0]).ndim == 3
+    assert len(maps) == 8 and passes == [(48, 64)] * 8
+    # 48x64 frames at 1/CACHE_STRIDE (2): 24x32, a probability per class as uint8, summing to 255 up to rounding
+    assert all(np.load(p).shape == (24, 32, 11) and np.load(p).dtype == np.uint8 for p in maps)
+    assert np.abs(np.load(maps[0]).astype(int).sum(-1) - 255).max() <= 6
     a, b = _run_stopped_and_resumed(cfg_of, tmp_path, monkeypatch, sigterm_at)
+    assert len(passes) == 8, len(passes)  # the three later runs, one of them resumed, read the cache: no teacher pass
     for key in ("model", "train_model"):
         assert _equal_weights(a[key], b[key]), key
     assert [h["train_loss"] for h in a["history"]] == pytest.approx([h["train_loss"] for h in b["history"]], rel=1e-6)

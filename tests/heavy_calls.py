@@ -1,0 +1,169 @@
+"""What makes a test slow, measured while it runs: a subprocess, a started process (loader workers, DDP ranks,
+spawn), a fork, `torch.compile`, or an int8 quantizer (NNCF, PT2E). conftest.py uses this module's two hooks:
+each test's call, and each fixture's setup, records what it set off, wherever the call came from (the test's
+body, a helper in another module, a fixture), and a test not marked slow that set off any fails, naming it."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.abc
+import importlib.util
+import multiprocessing.process
+import sys
+import threading
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+import torch
+
+# module -> its functions that quantize; each is wrapped when the module is imported (they are imported lazily)
+QUANTIZERS = {
+    "nncf": ("quantize", "quantize_with_accuracy_control"),
+    "torchao.quantization.pt2e.quantize_pt2e": ("prepare_pt2e", "prepare_qat_pt2e"),
+    "torch.ao.quantization.quantize_pt2e": ("prepare_pt2e", "prepare_qat_pt2e"),
+}
+# audit events (sys.addaudithook) that start another program or process
+AUDITED = {"subprocess.Popen": "ran a subprocess", "os.system": "ran a shell", "os.posix_spawn": "spawned a process",
+           "os.spawn": "spawned a process", "os.fork": "forked", "os.forkpty": "forked"}  # fmt: skip
+# Processes that are no work of the test's: OpenVINO's converter starts openvino_telemetry's sender on each conversion
+# (unless the user opted out); keeping it from sending is issue 51's section 3, not a reason to mark a test slow.
+NOT_THE_TESTS = ("openvino_telemetry.",)
+
+_stack: List[Optional[List[str]]] = []  # open recorders; None hides what is recorded above it from those below
+_by_fixture: Dict[object, List[str]] = {}  # FixtureDef -> what its setup set off
+_quiet = threading.local()  # set while a process in NOT_THE_TESTS starts: its fork is not recorded either
+
+
+def record(event: str) -> None:
+    """Adds `event` to every open recorder (up to an isolating one)."""
+    for sink in reversed(_stack):
+        if sink is None:
+            break
+        sink.append(event)
+
+
+@contextlib.contextmanager
+def recording(isolated: bool = False) -> Iterator[List[str]]:
+    """The heavy calls made inside the block; `isolated`: kept from the recorders outside it (a test of this module)."""
+    events: List[str] = []
+    depth = len(_stack)
+    _stack.extend([None, events] if isolated else [events])
+    try:
+        yield events
+    finally:
+        del _stack[depth:]
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _stack and event in AUDITED and not getattr(_quiet, "on", False):  # never raise here: the audited call would fail
+        record(AUDITED[event] + (f" ({args[0]})" if event == "subprocess.Popen" else ""))
+
+
+def _recorded(fn, what: str):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        record(what)
+        return fn(*args, **kwargs)
+
+    wrapper.__heavy_call__ = True
+    return wrapper
+
+
+def _wrap_quantizers(module) -> None:
+    for name in QUANTIZERS.get(module.__name__, ()):
+        fn = getattr(module, name, None)
+        if fn is not None and not getattr(fn, "__heavy_call__", False):
+            setattr(module, name, _recorded(fn, f"quantized ({module.__name__}.{name})"))
+
+
+def _recorded_start(start):
+    @functools.wraps(start)
+    def wrapper(self):
+        target = getattr(self, "_target", None)
+        if f"{getattr(target, '__module__', '')}.".startswith(NOT_THE_TESTS):
+            _quiet.on = True
+            try:
+                return start(self)
+            finally:
+                _quiet.on = False
+        record("started a process")
+        return start(self)
+
+    return wrapper
+
+
+class _WrapOnImport(importlib.abc.MetaPathFinder):
+    """Finds the quantizers' modules as the other finders do, and wraps their functions once they have run."""
+
+    def __init__(self) -> None:
+        self.busy: set = set()
+
+    def find_spec(self, name, path, target=None):
+        if name not in QUANTIZERS or name in self.busy:
+            return None
+        self.busy.add(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.busy.discard(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                _wrap_quantizers(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+_installed = False
+
+
+def install() -> None:
+    """Starts recording what tests set off (once per process; each wrapper is a call and a list append)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    sys.addaudithook(_audit)
+    start = multiprocessing.process.BaseProcess.start  # every start method's processes: fork, spawn, forkserver
+    multiprocessing.process.BaseProcess.start = _recorded_start(start)
+    torch.compile = _recorded(torch.compile, "called torch.compile")
+    for name in QUANTIZERS:
+        if name in sys.modules:
+            _wrap_quantizers(sys.modules[name])
+    sys.meta_path.insert(0, _WrapOnImport())
+
+
+def _fixture_events(item: pytest.Item) -> List[str]:
+    defs = getattr(item, "_fixtureinfo", None)
+    found = []
+    for name in getattr(item, "fixturenames", ()):
+        chain = defs.name2fixturedefs.get(name) if defs is not None else None
+        if chain:
+            found += [f"{e} in fixture {name}" for e in _by_fixture.get(chain[-1], [])]
+    return found
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """What a fixture's setup sets off counts for every test that uses it, whichever test set it up."""
+    with recording() as events:
+        result = yield
+    if events:
+        _by_fixture.setdefault(fixturedef, []).extend(events)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A test that set off a subprocess, a process, a compile or a quantizer, itself or through its fixtures,
+    fails unless it is marked slow (`pytest -m "not slow"` is the inner loop)."""
+    with recording() as events:
+        result = yield
+    heavy = list(dict.fromkeys(events + _fixture_events(item)))
+    if heavy and item.get_closest_marker("slow") is None:
+        pytest.fail(f"{item.nodeid} is not marked slow, but it {'; '.join(heavy[:4])}: mark it @pytest.mark.slow", pytrace=False)
+    return result
