@@ -221,7 +221,7 @@ def describe(f: dataclasses.Field, hint: Any) -> str:
     if choices is not None:
         listed = choices() if callable(choices) else choices
         words = "one of " + ", ".join(map(str, listed))
-        return ("a list of " + words) if _is_list(hint) else words
+        return ("a list, each item " + words) if _is_list(hint) else words
     rng, length, integer = meta.get("range"), meta.get("length"), _integer_only(hint)
     if rng is None:
         words = type_name(hint)
