@@ -36,7 +36,7 @@ SHRINK = {  # appended to these commands: the same code path, on tiny data, for 
     "bench": "--frames 2 --warmup 0 --sizes 32x64",
 }
 SHOWS = {  # what each `dabnet` command of the guides prints when it did its work (an exit code of 0 is not enough)
-    "demo": r"weights: dabnet-camvid .*\n(.*\n)*\d+ frames, median [\d.]+ ms/frame = [\d.]+ FPS",
+    "demo": r"weights: dabnet-camvid .*\n(.*\n)*\d+ timed predictions of \d+ frames after \d+ warm-up calls: median [\d.]+ ms/frame = [\d.]+ FPS",
     "predict": r"(^|\n)([1-9]\d* image\(s\) segmented, 0 skipped|\S+: [1-9]\d* frame\(s\)), [\d.e+]+ FPS",
     "describe": r"chosen by: the mean of the last \d+ epochs",
     "models": r"(^|\n)dabnet +[\d,]+ +[\d.]+ ",
