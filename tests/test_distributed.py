@@ -257,4 +257,4 @@ def test_only_rank0_writes_the_statistics_cache(make_camvid, tmp_path, monkeypat
     assert ranks[0]["weights"] == ranks[1]["weights"] == ranks[2]["weights"]
     assert ranks[1]["writes"] == ranks[2]["writes"] == []
     assert ranks[0]["writes"] and all(cache.resolve() in Path(w).parents for w in ranks[0]["writes"])
-    assert len(list(cache.glob("stats-*.json"))) == 1
+    assert len(list(cache.glob("stats/*/entry.json"))) == 1  # one entry, in the content-checked store
