@@ -50,15 +50,24 @@ SHOWS = {  # what each `dabnet` command of the guides prints when it did its wor
 }
 
 
-def _check_shown(guide: str, line: str, command: str, text: str, work: Path) -> None:
-    """A `dabnet` line printed what its command prints when it worked, no skipped backend, and wrote its --out."""
+def _check_shown(guide: str, line: str, argv: list, text: str, work: Path) -> None:
+    """A `dabnet` line printed what its command prints when it worked, no skipped backend, and wrote its --out;
+    predict wrote an output named after each image (and video) it was given."""
+    command = argv[1]
     assert command in SHOWS, f"{guide}: `{line}`: say in SHOWS what `dabnet {command}` prints when it worked"
     assert re.search(SHOWS[command], text), f"{guide}: `{line}` did not print what {command} prints:\n{text[-2000:]}"
     assert "skipped:" not in text, f"{guide}: `{line}`:\n{text[-2000:]}"
-    words = line.split()
-    if "--out" in words:
-        out = work / words[words.index("--out") + 1]
+    out = work / argv[argv.index("--out") + 1] if "--out" in argv else None
+    if out is not None:
         assert out.is_file() or (out.is_dir() and any(out.iterdir())), f"{guide}: `{line}` wrote nothing to {out}"
+    if command == "predict":
+        from dabnet.commands.predict import MANIFEST
+
+        written = [p.name for p in (out or work / "predictions").rglob("*") if p.is_file() and p.name != MANIFEST]
+        given = [work / w for i, w in enumerate(argv[2:], 2) if not argv[i - 1].startswith("--") and (work / w).exists()]
+        stems = [p.stem for g in given for p in ([g] if g.is_file() else sorted(g.iterdir())) if p.is_file()]
+        missing = [stem for stem in stems if not any(name.startswith(stem + "_") or name.startswith(stem + ".") for name in written)]
+        assert stems and not missing, f"{guide}: `{line}` wrote nothing for {missing or 'its inputs'}: {sorted(written)}"
 
 
 def _check_answer(line: str, stdout: str, work: Path) -> None:
@@ -176,10 +185,11 @@ def test_the_commands_of_each_guide_run_as_written(guide, tmp_path, make_camvid,
                 _wait(f"http://127.0.0.1:{port}/healthz", servers[-1])
                 continue
             if words[0] == "dabnet":
-                code = main(_argv(line, work)[1:])
+                argv = _argv(line, work)
+                code = main(argv[1:])
                 out = capsys.readouterr()
                 assert code == 0, f"{guide}: `{line}` exited {code}\n{out.out[-2000:]}\n{out.err[-3000:]}"
-                _check_shown(guide, line, command, out.out, work)
+                _check_shown(guide, line, argv, out.out, work)
                 continue
             if words[0] == "curl":  # -f: an HTTP error status is a failed command, as it is not without it
                 line = "curl -f " + line[len("curl ") :]
