@@ -22,6 +22,18 @@ from heavy_calls import pytest_fixture_setup, pytest_runtest_call  # noqa: F401 
 
 _record_heavy_calls()
 
+# Hypothesis keeps its own caches (constants, unicode tables) in ./.hypothesis even without an example database:
+# tests write nothing into the working folder, so they go to a temporary one.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="dabnet-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REFERENCE_NPZ = SHARED / "reference" / "official_dabnet_19cls.npz"
