@@ -41,6 +41,7 @@ def test_bad_size_is_rejected(capsys):
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the default backend: NNCF quantizes the bundled weights on a cold cache
 def test_demo_writes_pictures_and_reports_fps(tmp_path, monkeypatch):
     from dabnet.commands import demo
     from dabnet.inference.segmenter import Segmenter
