@@ -122,6 +122,7 @@ def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, t
     assert cache_key(doubled, "float") != cache_key(model, "float")
 
 
+@pytest.mark.slow  # NNCF quantizes the bundled weights on a cold cache
 def test_auto_runs_openvino_and_says_why(tmp_path):
     """What auto picks on this machine, by the policy as written (AVX2 and NNCF: int8, whose float layers run in the
     plugin's default precision, which the name says; native bf16: bf16), read from the CPU's own flags (as

@@ -72,6 +72,7 @@ def test_segmenter_handles_any_size_and_mode(ckpt):
     assert np.array_equal(labels[0], seg.predict(batch[0]))
 
 
+@pytest.mark.slow  # the default backend: NNCF quantizes on a cold cache
 def test_predict_folder_writes_three_pictures_and_skips_bad_files(ckpt, images, tmp_path, capsys):
     (images / "broken.png").write_bytes(b"\x89PNG broken")
     out = tmp_path / "out"
