@@ -171,6 +171,7 @@ def test_auto_falls_back_to_fold_when_openvino_fails(monkeypatch):
     assert seg.backend == "fold" and "openvino int8 could not run this model (RuntimeError" in lines[0]
 
 
+@pytest.mark.slow  # NNCF quantizes on a cold cache
 def test_auto_falls_back_when_openvino_fails_only_at_compilation(monkeypatch):
     import dabnet.runtimes.openvino as ovr
 
@@ -198,6 +199,7 @@ def test_predict_labels_uses_the_runners_own_labels():
     assert predict_labels(Runner().__call__, x).eq(0).all()  # a plain callable: arg-max of its logits
 
 
+@pytest.mark.slow  # NNCF quantizes on a cold cache
 def test_auto_drops_int8_that_disagrees_with_fp32(monkeypatch):
     pytest.importorskip("nncf")
     import dabnet.runtimes.auto as S

@@ -109,6 +109,7 @@ def test_cityscapes_format_writes_label_ids(tmp_path, images):
     assert set(np.unique(ids).tolist()) <= valid
 
 
+@pytest.mark.slow  # NNCF quantizes on a cold cache
 def test_video_round_trip(ckpt, tmp_path):
     cv2 = pytest.importorskip("cv2")
     src = tmp_path / "clip.avi"
