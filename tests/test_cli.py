@@ -41,6 +41,7 @@ def test_bad_size_is_rejected(capsys):
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the default backend's int8 IR (NNCF)
 def test_demo_writes_pictures_and_reports_fps(tmp_path):
     lines = []
     result = run_demo(DemoConfig(out=str(tmp_path / "demo")), log=lines.append)
