@@ -1,5 +1,6 @@
 """What makes a test slow, measured while it runs: a subprocess, a started process (loader workers, DDP ranks,
-spawn), a fork, `torch.compile`, or an int8 quantizer (NNCF, PT2E). conftest.py uses this module's two hooks:
+spawn), a fork, `torch.compile`, or an int8 quantizer (NNCF, PT2E), and the use of what a session compiles or
+quantizes once (dabnet's fused kernels, its int8 IR), which only the first test to need it makes. conftest.py uses this module's two hooks:
 each test's call, and each fixture's setup, records what it set off, wherever the call came from (the test's
 body, a helper in another module, a fixture), and a test not marked slow that set off any fails, naming it."""
 
@@ -22,6 +23,14 @@ QUANTIZERS = {
     "nncf": ("quantize", "quantize_with_accuracy_control"),
     "torchao.quantization.pt2e.quantize_pt2e": ("prepare_pt2e", "prepare_qat_pt2e"),
     "torch.ao.quantization.quantize_pt2e": ("prepare_pt2e", "prepare_qat_pt2e"),
+}
+# dabnet's functions that use what a session compiles or quantizes once and then caches: what they call counts
+# whether this test or an earlier one made it (else a test's mark would depend on the order tests run in)
+# module -> {function: (what it sets off, when: args, kwargs -> bool)}
+CACHED = {
+    "dabnet.models.fused": {"run_compiled": ("ran kernels compiled by torch.compile (compiled once a session)", lambda a, k: True)},
+    "dabnet.runtimes.openvino": {"cached_ir": ("used an int8 IR quantized by NNCF (quantized once a session)",
+                                               lambda a, k: bool(a[1] if len(a) > 1 else k.get("int8")))},
 }
 # audit events (sys.addaudithook) that start another program or process
 AUDITED = {"subprocess.Popen": "ran a subprocess", "os.system": "ran a shell", "os.posix_spawn": "spawned a process",
@@ -75,6 +84,21 @@ def _wrap_quantizers(module) -> None:
         fn = getattr(module, name, None)
         if fn is not None and not getattr(fn, "__heavy_call__", False):
             setattr(module, name, _recorded(fn, f"quantized ({module.__name__}.{name})"))
+    for name, (what, when) in CACHED.get(module.__name__, {}).items():
+        fn = getattr(module, name, None)
+        if fn is None or getattr(fn, "__heavy_call__", False):
+            continue
+
+        def wrapper(*args, _fn=fn, _what=what, _when=when, **kwargs):
+            if _when(args, kwargs):
+                record(_what)
+            return _fn(*args, **kwargs)
+
+        wrapper.__heavy_call__ = True
+        functools.update_wrapper(wrapper, fn)
+        for other in list(sys.modules.values()):  # and where it was imported by name already (`from .fused import ...`)
+            if getattr(other, "__name__", "").startswith("dabnet") and getattr(other, name, None) is fn:
+                setattr(other, name, wrapper)
 
 
 def _recorded_start(start):
@@ -100,7 +124,7 @@ class _WrapOnImport(importlib.abc.MetaPathFinder):
         self.busy: set = set()
 
     def find_spec(self, name, path, target=None):
-        if name not in QUANTIZERS or name in self.busy:
+        if (name not in QUANTIZERS and name not in CACHED) or name in self.busy:
             return None
         self.busy.add(name)
         try:
@@ -131,7 +155,7 @@ def install() -> None:
     start = multiprocessing.process.BaseProcess.start  # every start method's processes: fork, spawn, forkserver
     multiprocessing.process.BaseProcess.start = _recorded_start(start)
     torch.compile = _recorded(torch.compile, "called torch.compile")
-    for name in QUANTIZERS:
+    for name in [*QUANTIZERS, *CACHED]:
         if name in sys.modules:
             _wrap_quantizers(sys.modules[name])
     sys.meta_path.insert(0, _WrapOnImport())

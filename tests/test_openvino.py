@@ -122,7 +122,7 @@ def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, t
     assert cache_key(doubled, "float") != cache_key(model, "float")
 
 
-@pytest.mark.slow  # NNCF quantizes the bundled weights on a cold cache
+@pytest.mark.slow  # auto's int8 IR (NNCF)
 def test_auto_runs_openvino_and_says_why(tmp_path):
     """What auto picks on this machine, by the policy as written (AVX2 and NNCF: int8, whose float layers run in the
     plugin's default precision, which the name says; native bf16: bf16), read from the CPU's own flags (as
@@ -171,7 +171,7 @@ def test_auto_falls_back_to_fold_when_openvino_fails(monkeypatch):
     assert seg.backend == "fold" and "openvino int8 could not run this model (RuntimeError" in lines[0]
 
 
-@pytest.mark.slow  # NNCF quantizes on a cold cache
+@pytest.mark.slow  # auto's int8 IR (NNCF)
 def test_auto_falls_back_when_openvino_fails_only_at_compilation(monkeypatch):
     import dabnet.runtimes.openvino as ovr
 
@@ -199,7 +199,7 @@ def test_predict_labels_uses_the_runners_own_labels():
     assert predict_labels(Runner().__call__, x).eq(0).all()  # a plain callable: arg-max of its logits
 
 
-@pytest.mark.slow  # NNCF quantizes on a cold cache
+@pytest.mark.slow  # auto's int8 IR (NNCF)
 def test_auto_drops_int8_that_disagrees_with_fp32(monkeypatch):
     pytest.importorskip("nncf")
     import dabnet.runtimes.auto as S

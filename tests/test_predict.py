@@ -72,7 +72,7 @@ def test_segmenter_handles_any_size_and_mode(ckpt):
     assert np.array_equal(labels[0], seg.predict(batch[0]))
 
 
-@pytest.mark.slow  # the default backend: NNCF quantizes on a cold cache
+@pytest.mark.slow  # the default backend's int8 IR (NNCF)
 def test_predict_folder_writes_three_pictures_and_skips_bad_files(ckpt, images, tmp_path, capsys):
     (images / "broken.png").write_bytes(b"\x89PNG broken")
     out = tmp_path / "out"
@@ -109,7 +109,7 @@ def test_cityscapes_format_writes_label_ids(tmp_path, images):
     assert set(np.unique(ids).tolist()) <= valid
 
 
-@pytest.mark.slow  # NNCF quantizes on a cold cache
+@pytest.mark.slow  # the default backend's int8 IR (NNCF)
 def test_video_round_trip(ckpt, tmp_path):
     cv2 = pytest.importorskip("cv2")
     src = tmp_path / "clip.avi"

@@ -86,6 +86,7 @@ def test_bundled_model_keeps_its_accuracy_on_the_sample_frames():
 
 
 @bundled
+@pytest.mark.slow  # the default backend's int8 IR (NNCF)
 def test_demo_uses_the_bundled_weights(tmp_path):
     lines = []
     run_demo(DemoConfig(out=str(tmp_path / "demo")), log=lines.append)

@@ -100,6 +100,23 @@ def test_a_quantizer_imported_later_is_recorded_too():
     assert events == ["quantized (torchao.quantization.pt2e.quantize_pt2e.prepare_pt2e)"]
 
 
+def test_what_a_session_makes_once_counts_for_every_test_that_uses_it(monkeypatch):
+    """dabnet's fused kernels and int8 IR are made by the first test that needs them and cached: using them counts."""
+    import heavy_calls
+
+    from dabnet.models import fused
+    from dabnet.runtimes import openvino
+
+    monkeypatch.setattr(fused, "_broken", "no compiler here")  # run_compiled returns at once
+    with heavy_calls.recording(isolated=True) as events:
+        assert fused.run_compiled(lambda x: x, 1) is None
+        for int8 in (False, True):
+            with pytest.raises(Exception):  # no model: fails at once, after the call is recorded
+                openvino.cached_ir(None, int8, None)
+    assert events == ["ran kernels compiled by torch.compile (compiled once a session)",
+                      "used an int8 IR quantized by NNCF (quantized once a session)"]  # fmt: skip
+
+
 def test_no_generated_files_in_the_repository_root():  # row 16
     debris = [p.name for p in ROOT.iterdir() if p.suffix in (".onnx", ".data", ".xml", ".bin") or p.name.startswith("sym_shape_infer")]
     assert debris == []

@@ -633,7 +633,7 @@ def test_init_from_another_class_count_keeps_the_body_and_starts_a_new_head(name
     assert f"{len(ours) - len(new)} tensors kept, {len(new)} new for 11 classes instead of 19" in line and new[0] in line
 
 
-@pytest.mark.slow  # the finetune config compiles its fused kernels
+@pytest.mark.slow  # the fused kernels compile
 def test_the_finetune_config_trains_a_new_head_on_the_bundled_weights(tmp_path, make_folder):
     spec = make_folder(tmp_path / "toy")
     cfg = build_config(TrainConfig, "finetune", data_root=str(spec), out=str(tmp_path / "run"), epochs=1, batch_size=2,
