@@ -16,7 +16,7 @@ files and `entry.json`: each file's size and CRC-32, the key's description and w
 CRC-32 finds what a disk, a full filesystem or a power cut does to a file (truncation, zeroed or flipped ranges) at
 several GB/s; keys, which must tell entries apart, are SHA-256.
 
-A leaf module (it imports nothing of dabnet's), so every layer may use it.
+It imports only util.files (itself importing nothing of dabnet's), so every layer may use it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, TypeVar, Union
+
+from .files import _fsync_dir, _umask  # a rename or a file made in a folder reaches the disk when the folder is synced
 
 PathLike = Union[str, os.PathLike]
 T = TypeVar("T")
@@ -115,21 +117,6 @@ def _tell(message: str) -> None:
     """`message` as a CacheWarning on one line (a plain warning adds its caller's source line, which says nothing
     to whoever runs the command)."""
     warnings.warn_explicit(message, CacheWarning, "dabnet", 0, module="dabnet.util.store")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: PathLike) -> None:
-    # A rename, or a file made in a folder, reaches the disk only when the folder is synced.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_at(dir_fd: int, name: str) -> bytes:
