@@ -36,6 +36,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(base: str, tries: int) -> None:
+    """Poll the server's /healthz until it answers 200, at most `tries` times (a refused connection waits 0.1 s)."""
+    for _ in range(tries):
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+
+
 def run_level(url: str, bodies, clients: int, requests: int, deadline_s: float):
     latencies, codes, lock = [], [], threading.Lock()
     counter = iter(range(requests))
@@ -77,12 +87,7 @@ def main() -> None:
                                args.backend, "--port", str(port), "--max-per-client", "64"])  # the clients share one address
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_up(base, 600)
         bodies = [f.read_bytes() for f in sample_frames()]
         run_level(base + "/v1/segment", bodies, 1, 3, 60)  # warm-up
         rows = []

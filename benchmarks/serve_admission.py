@@ -22,13 +22,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from load_test import free_port, wait_until_up
 
 
 def png(width: int, height: int, noise: bool = False) -> bytes:
@@ -190,12 +184,7 @@ def main() -> None:
                                "--port", str(port), "--max-inflight-mb", args.max_inflight_mb, *args.server_args.split()])  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(1200):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_up(base, 1200)
         post(base + "/v1/segment", png(480, 360, noise=True))  # warm-up
         print(f"server up: RSS {rss_mb(server.pid):.0f} MiB")
         if "2" in cases:
