@@ -110,7 +110,7 @@ def main() -> None:
         f"{args.requests}` on {cpu['model']} (flags: {' '.join(cpu['flags']) or cpu['capability']}), weights "
         f"{weights_version(args.checkpoint)}: the server (`--backend {args.backend}`, which ran {ran}; queue "
         f"{ServeConfig.max_queue} and the other limits at their defaults, but `--max-per-client 64`: every client here "
-        "has the same address) and the clients share this {os.cpu_count()}-core machine over loopback; "
+        f"has the same address) and the clients share this {os.cpu_count()}-core machine over loopback; "
         "each request posts one 480x360 CamVid JPEG and gets JSON back.",
         "",
         "| clients | requests | 200 | 503 (busy) | unanswered | requests/s | p50 ms | p90 ms | p99 ms |",
