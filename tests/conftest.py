@@ -3,6 +3,7 @@ the shared data and official reference, skipping when absent."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -268,6 +269,10 @@ def pytest_configure(config):
     # The suite sends no usage statistics either: test code imports OpenVINO directly (dabnet.util.telemetry).
     config._dabnet_quiet = telemetry_off()
     config._dabnet_quiet.__enter__()
+    # matplotlib builds its font list (running fc-list) the first time it is imported on a machine: done here, before
+    # any test, it is not counted against whichever test happens to plot first (a fresh CI clone's first run).
+    with contextlib.suppress(ImportError):
+        import matplotlib.font_manager  # noqa: F401
     kind = config.getoption("--cpu-kind")
     if kind:
         os.environ.update(KINDS[kind].env)  # oneDNN and ATen read these on first use, after this
