@@ -504,7 +504,7 @@ def test_serve_gives_memory_back_after_a_burst():
 
     calls = []
     real = S.release_memory
-    S.release_memory = lambda: calls.append(1)
+    S.release_memory = lambda *seg: calls.append(seg)
     try:
         seg = Segmenter(dabnet.create_model("dabnet", 11), CAMVID_MEAN, CAMVID_STD, CAMVID_CLASSES, CAMVID_PALETTE)
         worker = S.InferenceWorker(seg, S.ServeConfig(checkpoint="test"))
@@ -518,6 +518,7 @@ def test_serve_gives_memory_back_after_a_burst():
                 while len(calls) < (shape == (64, 64)) and time.time() < deadline:
                     time.sleep(0.01)
                 assert len(calls) == (1 if shape == (64, 64) else 0)
+            assert calls == [(seg,)]  # the worker's own model lets go of its buffers too, from the inference thread
         finally:
             loop.close()
     finally:

@@ -32,6 +32,7 @@ from ..io.header import ImageHeader, ImageTooLarge, NotAnImage, decode, decode_p
 from ..io.images import ImageReadError, encode_png
 from ..io.visualize import colorize, overlay
 from ..runtimes import resolve_device
+from ..util.state import trim_heap
 
 log = logging.getLogger("dabnet.serve")
 
@@ -201,7 +202,7 @@ class InferenceWorker:
             job.done()
         del live
         if pixels > self.RELEASE_AFTER_PIXELS and self.queue.empty():
-            release_memory()
+            release_memory(self.seg)
 
     def _answer(self, items: List[Tuple[Job, np.ndarray]]) -> bool:
         """Run `items` as one batch and answer each; on failure answer only a lone item (its own error) and
@@ -219,15 +220,13 @@ class InferenceWorker:
         return True
 
 
-def release_memory() -> None:
-    """Give freed memory back to the OS (glibc keeps large freed blocks in its arenas: a burst of big images
-    would leave the process at its peak size while idle)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
+def release_memory(seg: Optional[Segmenter] = None) -> None:
+    """Give memory back to the OS: what `seg`'s runtime keeps for the largest image so far (from the inference
+    thread only, while it runs nothing), and the heap freed since (glibc keeps large freed blocks)."""
+    if seg is not None:
+        seg.release_memory()
+    else:
+        trim_heap()
 
 
 def _release_soon() -> None:

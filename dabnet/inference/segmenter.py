@@ -25,6 +25,7 @@ from ..runtimes import (
     prepare_auto,
     resolve_device,
 )
+from ..util.state import trim_heap
 from .spec import ModelSpec, describe
 
 
@@ -271,6 +272,12 @@ class Segmenter:
             h, w = seen.shape[:2]
             label = self._tiled(seen) if label is None else self._label_map(label[:h, :w])
             yield key, image, self._restored(label, image.shape[:2])
+
+    def release_memory(self) -> None:
+        """Lets go of what the runtime keeps sized for the largest image seen so far and returns the freed heap to
+        the OS, so that one large image does not hold the process at its peak while idle. Only while nothing runs."""
+        self.run.release_memory()
+        trim_heap()
 
     def predict(self, image: Any) -> np.ndarray:
         """HxW label map of one image (uint8; uint16 for models of more than 256 classes): an RGB (or grey/RGBA)

@@ -55,6 +55,10 @@ class Runner:
         for key, image in items:
             yield key, None if image is None else self.image_labels(image[None], normalize)[0].cpu().numpy()
 
+    def release_memory(self) -> None:
+        """Lets go of buffers kept sized for the largest input run so far; the next call makes what it needs.
+        Nothing here: PyTorch's allocator frees a tensor when it dies. Call it only while nothing runs."""
+
 
 class FunctionRunner(Runner):
     """A runner around a callable `NCHW tensor -> logits` (a PyTorch network, a compiled function)."""

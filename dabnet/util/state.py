@@ -53,3 +53,14 @@ def shared_setting(owner: Any, name: str, value: Any) -> Iterator[None]:
             if entry[0] == 0:
                 del _shared[key]
                 setattr(owner, name, entry[1])
+
+
+def trim_heap() -> None:
+    """Gives freed heap memory back to the OS (glibc keeps large freed blocks in its arenas: a burst of big images
+    would leave the process at its peak size while idle); nothing where the C library is not glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
