@@ -2,7 +2,7 @@
 Labelme exports given to `dabnet data import`.
 
 The property, for every input: a result of the right shape and dtype, or a one-line error of dabnet's own type,
-within a time bound; never another exception, a hang or a crash. Budgets and seeds: tests/fuzz_profiles.py
+within a time bound; never another exception, a hang or a crash. Budgets and seeds: tests/fuzz.py
 (`DABNET_FUZZ=deep` runs longer). Each defect the fuzzer found is pinned as an @example."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from fuzz_profiles import fuzz, time_bound
+from fuzz import fuzz, time_bound
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 from PIL import Image

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from pathlib import Path
 from typing import Any, Union
 
 import pytest
 import yaml
-from fuzz import fuzz, within
+from fuzz import fuzz, time_bound
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -109,7 +110,7 @@ def test_any_values_for_a_commands_options_make_a_config_or_one_line_of_error(na
     """Every option of every command, through its dataclass: the same check the command line, YAML and --set reach."""
     cls = CLASSES[name]
     values = _draw_options(data.draw, cls)
-    with within(SECONDS):
+    with time_bound(SECONDS):
         try:
             cfg = cls(**values)
         except ConfigError as e:
@@ -135,7 +136,7 @@ def test_any_set_text_makes_a_config_or_one_line_of_error(data):
     """`--set key=value` for every option of TrainConfig: the same reading and check as a YAML file."""
     fields = [f.name for f in dataclasses.fields(TrainConfig)] + ["amp", "no_such_option"]
     sets = [f"{data.draw(st.sampled_from(fields))}={data.draw(_set_text())}" for _ in range(data.draw(st.integers(1, 3)))]
-    with within(SECONDS):
+    with time_bound(SECONDS):
         try:
             build_config(TrainConfig, "camvid", sets)
         except ConfigError as e:
@@ -170,7 +171,7 @@ def test_any_command_line_makes_a_config_or_one_line_of_error(name, data, capsys
 
     cls = CLASSES[name]
     argv = _cli_words(data.draw, name.split(), cls)
-    with within(SECONDS):
+    with time_bound(SECONDS):
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as e:
@@ -235,7 +236,7 @@ def test_any_dataset_yaml_makes_a_dataset_or_one_line_of_error(tmp_path_factory,
         (folder / sub).mkdir(parents=True, exist_ok=True)
     spec = folder / "dataset.yaml"
     spec.write_text(data.draw(dataset_yaml()))
-    with within(SECONDS):
+    with time_bound(SECONDS):
         try:
             splits = dataset_splits("folder", str(spec))
             for split in splits[:2]:
@@ -252,17 +253,21 @@ def test_any_yaml_text_reads_or_is_one_line(data):
     from dabnet.util.options import load_yaml
 
     text = data.draw(st.one_of(_set_text(), st.text(max_size=200)))
-    with within(SECONDS):
+    with time_bound(SECONDS):
         try:
             load_yaml(text, "x.yaml")
         except ConfigError as e:
             _assert_one_line(e)
 
 
-def test_the_fuzz_budget_and_seed_are_set():
-    """The default profile is small (CI runs it every time); the deep one is far larger; the seed is this run's."""
+def test_the_fuzz_budget_and_seed_are_set(monkeypatch):
+    """CI runs each fuzz test's own small budget from a fixed seed (the same inputs every run); the deep profile
+    runs DEEP_FACTOR times as many from a fresh seed; neither keeps an example database in the tree."""
     import fuzz as F
 
-    assert settings.get_profile("dabnet-default").max_examples <= 50 < settings.get_profile("dabnet-deep").max_examples
-    assert settings.get_profile("dabnet-default").database is None and settings.get_profile("dabnet-default").print_blob
+    assert settings.get_profile("dabnet-ci").database is None and settings.get_profile("dabnet-ci").print_blob
     assert 0 <= F.SEED < 2**32 and Path(F.__file__).name == "fuzz.py"
+    if F.PROFILE == "ci":
+        assert F.examples(40) == 40 and (F.SEED == int(os.environ.get("DABNET_FUZZ_SEED") or 0))
+    monkeypatch.setattr(F, "PROFILE", "deep")
+    assert F.examples(40) == 40 * F.DEEP_FACTOR > 40
