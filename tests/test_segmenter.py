@@ -50,6 +50,21 @@ def test_large_images_run_as_tiles_no_pass_over_the_budget_and_tiles_match_their
     assert max(seen) <= seg.max_pixels and sum(seen) == 9 * 1600
 
 
+def test_a_thin_image_runs_as_few_strips_that_fill_the_budget_and_match_their_crops(ckpt):
+    from dabnet.inference.segmenter import Segmenter
+
+    seg = Segmenter.from_checkpoint(ckpt, backend="eager", log=None)
+    seg.max_pixels, seg.tile_margin = 96 * 96, 16
+    seen, real = [], seg.run
+    seg.run = lambda x: seen.append(x.shape[-2] * x.shape[-1] * x.shape[0]) or real(x)
+    image = np.random.default_rng(2).integers(0, 255, (20, 1000, 3), dtype=np.uint8)
+    labels = seg.predict(image)
+    core = (96 * 96 // 20 - 2 * 16) // 8 * 8  # 424 columns a strip, all 20 rows: 3 passes, where squares took 16
+    assert labels.shape == (20, 1000) and len(seen) == 3 and max(seen) <= seg.max_pixels
+    crop = seg.predict(image[:, core - 16 : 2 * core + 16])  # the pixels the network saw for the second strip
+    np.testing.assert_array_equal(labels[:, core : 2 * core], crop[:, 16 : 16 + core])
+
+
 def test_segmenter_takes_pil_paths_tensors_and_refuses_the_rest_in_one_line(ckpt, tmp_path):
     from dabnet.inference.segmenter import Segmenter
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..io.preprocessing import MIN_SIDE
 from ..runtimes.runner import predict_image_labels
+from .segmenter import tile_cores
 
 
 class Refused(Exception):
@@ -107,8 +108,8 @@ class CostModel:
             h, w = max(1, round(height * seg.scale)), max(1, round(width * seg.scale))
         if h * w > seg.max_pixels:  # as Segmenter._tiled cuts it
             m = seg.tile_margin
-            core = max(8, (int(seg.max_pixels**0.5) - 2 * m) // 8 * 8)
-            (ny, sy), (nx, sx) = _axis(h, core, m), _axis(w, core, m)
+            core_h, core_w = tile_cores(h, w, seg.max_pixels, m)
+            (ny, sy), (nx, sx) = _axis(h, core_h, m), _axis(w, core_w, m)
             passes, seen = ny * nx, sy * sx
         else:
             passes, seen = 1, max(MIN_SIDE, h) * max(MIN_SIDE, w)

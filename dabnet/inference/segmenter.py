@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data.classes import default_palette
 from ..io.images import PathLike, read_image
-from ..io.preprocessing import ImageTypeError, Normalize, as_rgb_array, edge_pad_images
+from ..io.preprocessing import MIN_SIDE, ImageTypeError, Normalize, as_rgb_array, edge_pad_images
 from ..models import pretrained_config
 from ..runtimes import (
     AUTO,
@@ -27,6 +27,18 @@ from ..runtimes import (
 )
 from ..util.state import trim_heap
 from .spec import ModelSpec, describe
+
+
+def tile_cores(height: int, width: int, max_pixels: int, margin: int) -> Tuple[int, int]:
+    """(rows, columns) of the centre of each tile an image over `max_pixels` is cut into (each seen with `margin`
+    pixels of context on its inner sides): squares, except that a side fitting in one square is taken whole and
+    the other stretched to fill the budget, so a thin strip runs as a few long passes, not thousands of padded ones."""
+    square = max(8, (int(max_pixels**0.5) - 2 * margin) // 8 * 8)  # multiples of 8: tiles start on the output grid
+    if height <= square < width:
+        return height, max(square, (max_pixels // max(height, MIN_SIDE) - 2 * margin) // 8 * 8)
+    if width <= square < height:
+        return max(square, (max_pixels // max(width, MIN_SIDE) - 2 * margin) // 8 * 8), width
+    return square, square
 
 
 def label_map_dtype(num_classes: int) -> np.dtype:
@@ -243,11 +255,11 @@ class Segmenter:
         """The label map of an image over `max_pixels`, tile by tile: each tile's centre, seen with its margin."""
         h, w = image.shape[:2]
         m = self.tile_margin
-        core = max(8, (int(self.max_pixels**0.5) - 2 * m) // 8 * 8)
+        core_h, core_w = tile_cores(h, w, self.max_pixels, m)
         out = np.empty((h, w), dtype=self.label_dtype)
-        for y0 in range(0, h, core):
-            for x0 in range(0, w, core):
-                y1, x1 = min(y0 + core, h), min(x0 + core, w)
+        for y0 in range(0, h, core_h):
+            for x0 in range(0, w, core_w):
+                y1, x1 = min(y0 + core_h, h), min(x0 + core_w, w)
                 ya, xa = max(0, y0 - m), max(0, x0 - m)
                 tile = self._labels([image[ya : min(h, y1 + m), xa : min(w, x1 + m)]])[0]
                 out[y0:y1, x0:x1] = tile[y0 - ya : y1 - ya, x0 - xa : x1 - xa]
