@@ -1,17 +1,18 @@
-"""The `dabnet` command line: builds each subcommand's options from its config dataclass
-(`dabnet.config`: defaults, choices and help live there) and calls library functions."""
+"""The `dabnet` command line: builds each subcommand's options from its config dataclass (`dabnet.config`:
+defaults, choices, ranges and help live there) and dispatches to its function in `dabnet.commands`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import importlib
+import shutil
 import sys
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from . import config as C
-from .util.options import one_line
+from .util.options import one_line, options_help
 
 
 def _field_kind(hint: Any) -> Tuple[Any, bool]:
@@ -91,178 +92,60 @@ def config_from(cls: Type, args: argparse.Namespace) -> Any:
 # ----------------------------------------------------------------------------- commands
 
 
-def _models(cfg: C.ModelsConfig) -> int:
-    from .commands.bench import format_models_table, models_table
+def _command(target: str) -> Callable[[Any], int]:
+    """The function `module:name` of dabnet.commands, imported when its command runs (so that `dabnet models` never
+    imports the server). A command returns its exit status; a library function that returns its result instead (a
+    dict of metrics) has succeeded when it returns: 0."""
+    module, name = target.split(":")
 
-    rows = models_table(cfg.names or None, cfg.num_classes, cfg.size)
-    print(json.dumps(rows, indent=2) if cfg.json else format_models_table(rows, cfg.size))
-    return 0
+    def run(cfg: Any) -> int:
+        status = getattr(importlib.import_module(f"{__package__}.commands.{module}"), name)(cfg)
+        return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
-
-def _runtimes(cfg: C.RuntimesConfig) -> int:
-    from .runtimes import runtimes_table
-
-    rows = runtimes_table()
-    if cfg.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'backend':<12} {'precisions':<16} {'devices':<9} {'runs files':<11} {'exports':<12} summary")
-    for r in rows:
-        print(f"{r['backend']:<12} {','.join(r['precisions']):<16} {','.join(r['devices']):<9} {','.join(r['runs_files']) or '-':<11} "
-              f"{r['export_format'] or '-':<12} {r['summary']}")  # fmt: skip
-    return 0
-
-
-def _describe(cfg: C.DescribeConfig) -> int:
-    from .inference.spec import describe
-
-    info = describe(cfg.checkpoint).summary()
-    if cfg.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    print(f"{info['source']}: {info['format']}, network {info['network']}, {info['num_classes']} classes"
-          + (f", run by {info['runtime']}" if info["runtime"] else ""))  # fmt: skip
-    print("classes: " + ", ".join(info["class_names"]))
-    print(f"input: 0-255 RGB, mean {info['mean']}, std {info['std']}")
-    if info["note"]:
-        print(f"note: {info['note']}")
-    for key, value in info["card"].items():  # the model card's key figures, from the file's own metadata
-        print(f"{key}: {value}")
-    return 0
-
-
-def _demo(cfg: C.DemoConfig) -> int:
-    from .commands.demo import run_demo
-
-    run_demo(cfg)
-    return 0
-
-
-def _train(cmd: C.TrainCommand) -> int:
-    from .commands.train import train
-
-    cfg = C.build_config(C.TrainConfig, cmd.config, cmd.set or [], out=cmd.out)
-    C.check_io(cfg)  # the config's own files (data_root, init_from, distill_cache), as main checked the command's
-    summary = train(cfg, resume=cmd.resume, restart=cmd.restart)
-    if "interrupted" in summary:
-        import signal
-
-        return 128 + int(getattr(signal, summary["interrupted"]))
-    return 0
-
-
-def _average(cfg: C.AverageConfig) -> int:
-    from .io.checkpoint import average_checkpoints, save_checkpoint
-    from .util.files import check_output_file
-
-    check_output_file(cfg.out, "--out", cfg.checkpoints)
-    ckpt = average_checkpoints(cfg.checkpoints)
-    epochs = ", ".join(str(c["epoch"]) for c in ckpt["averaged_from"])
-    save_checkpoint(ckpt, cfg.out)
-    print(f"averaged {len(cfg.checkpoints)} checkpoints (epochs {epochs}) -> {cfg.out}; "
-          f"measure it with: dabnet eval --checkpoint {cfg.out}")  # fmt: skip
-    return 0
-
-
-def _eval(cfg: C.EvalConfig) -> int:
-    from .commands.evaluate import run_evaluation
-
-    run_evaluation(cfg)
-    return 0
-
-
-def _predict(cfg: C.PredictConfig) -> int:
-    from .commands.predict import run_predict
-
-    return run_predict(cfg)
-
-
-def _export(cfg: C.ExportConfig) -> int:
-    from .commands.export import check_summary, run_export
-
-    res = run_export(cfg.checkpoint, cfg.format, cfg.out)
-    print(f"exported {res['path']} ({res['format']}); checked against PyTorch at {res['checked_sizes']}: {check_summary(res)}")
-    return 0
-
-
-def _bench(cfg: C.BenchConfig) -> int:
-    from .commands.bench import run_bench
-
-    run_bench(cfg)
-    return 0
-
-
-def _serve(cfg: C.ServeConfig) -> int:
-    from .commands.serve import serve
-
-    serve(cfg)
-    return 0
-
-
-def _data_check(cfg: C.DataCheckConfig) -> int:
-    from .data.check import check_dataset, format_report, is_clean
-
-    reports = check_dataset(cfg.dataset, cfg.root, cfg.splits or None, progress=not cfg.quiet)
-    print(format_report(reports))
-    clean = is_clean(reports)
-    print("dataset is clean" if clean else "dataset has problems (see PROBLEM lines above)")
-    return 0 if clean else 1
-
-
-def _data_stats(cfg: C.DataStatsConfig) -> int:
-    from .data.stats import stats_report
-
-    print(stats_report(cfg.dataset, cfg.root, cfg.split, cfg.enet_c, cfg.json))
-    return 0
-
-
-def _data_pack(cfg: C.DataPackConfig) -> int:
-    from .data.pack import pack_camvid
-
-    res = pack_camvid(cfg.root, cfg.out, cfg.splits, cfg.quality)
-    print(f"packed {res['images']} into {res['out']} ({res['mb']} MB)")
-    return 0
-
-
-def _data_import(cfg: C.DataImportConfig) -> int:
-    from .data.check import check_dataset, format_report, is_clean
-    from .data.importers import finetune_command, import_annotations
-
-    res = import_annotations(cfg.format, cfg.source, cfg.images, cfg.out, cfg.val_fraction, cfg.classes, cfg.overwrite)
-    print(f"imported {res['images']} image(s), {len(res['classes'])} classes ({', '.join(res['classes'])}) -> {res['yaml']}")
-    reports = check_dataset("folder", res["yaml"], progress=False)  # what training will read, checked now
-    print(format_report(reports))
-    clean = is_clean(reports)
-    batch = C.build_config(C.TrainConfig, "finetune").batch_size
-    print(f"dataset is clean; train on it with: {finetune_command(res, cfg.out, batch)}" if clean else "dataset has problems (see PROBLEM lines above)")
-    return 0 if clean else 1
+    run.__name__ = run.__qualname__ = name
+    run.target = target  # type: ignore[attr-defined]
+    run.__doc__ = f"dabnet.commands.{module}.{name}, imported when run."
+    return run
 
 
 COMMANDS: Dict[str, Tuple[Type, Callable[[Any], int]]] = {
-    "models": (C.ModelsConfig, _models),
-    "describe": (C.DescribeConfig, _describe),
-    "runtimes": (C.RuntimesConfig, _runtimes),
-    "demo": (C.DemoConfig, _demo),
-    "train": (C.TrainCommand, _train),
-    "eval": (C.EvalConfig, _eval),
-    "average": (C.AverageConfig, _average),
-    "predict": (C.PredictConfig, _predict),
-    "export": (C.ExportConfig, _export),
-    "bench": (C.BenchConfig, _bench),
-    "serve": (C.ServeConfig, _serve),
+    "models": (C.ModelsConfig, _command("info:models_command")),
+    "describe": (C.DescribeConfig, _command("info:describe_command")),
+    "runtimes": (C.RuntimesConfig, _command("info:runtimes_command")),
+    "demo": (C.DemoConfig, _command("demo:run_demo")),
+    "train": (C.TrainCommand, _command("train_command:train_command")),
+    "eval": (C.EvalConfig, _command("evaluate:run_evaluation")),
+    "average": (C.AverageConfig, _command("average:average_command")),
+    "predict": (C.PredictConfig, _command("predict:run_predict")),
+    "export": (C.ExportConfig, _command("export:export_command")),
+    "bench": (C.BenchConfig, _command("bench:run_bench")),
+    "serve": (C.ServeConfig, _command("serve:serve")),
 }
 DATA_COMMANDS: Dict[str, Tuple[Type, Callable[[Any], int]]] = {
-    "check": (C.DataCheckConfig, _data_check),
-    "stats": (C.DataStatsConfig, _data_stats),
-    "pack": (C.DataPackConfig, _data_pack),
-    "import": (C.DataImportConfig, _data_import),
+    "check": (C.DataCheckConfig, _command("data:data_check_command")),
+    "stats": (C.DataStatsConfig, _command("data:data_stats_command")),
+    "pack": (C.DataPackConfig, _command("data:data_pack_command")),
+    "import": (C.DataImportConfig, _command("data:data_import_command")),
 }
+
+
+SETTABLE_TITLE = "every option of the run, by group: set one with --set KEY=VALUE or in the --config YAML"
+
+
+class _ListedOptionsFormatter(argparse.RawDescriptionHelpFormatter, _HelpFormatter):
+    """_HelpFormatter that prints the epilog as it is: the options a command takes through --set, laid out already."""
 
 
 def _add_commands(sub, commands: Dict[str, Tuple[Type, Callable[[Any], int]]]) -> None:
     for name, (cls, fn) in commands.items():
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        p = sub.add_parser(name, help=doc, description=doc, formatter_class=_HelpFormatter)
+        settable = getattr(cls, "settable", None)  # (options class, groups) of the options --set takes
+        if settable is None:
+            p = sub.add_parser(name, help=doc, description=doc, formatter_class=_HelpFormatter)
+        else:
+            width = max(shutil.get_terminal_size().columns - 2, 60)  # as argparse wraps its own text
+            p = sub.add_parser(name, help=doc, description=doc, formatter_class=_ListedOptionsFormatter,
+                               epilog=options_help(*settable, width=width, title=SETTABLE_TITLE))  # fmt: skip
         add_options(p, cls)
         p.set_defaults(func=fn, config_cls=cls)
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import ExportConfig
 from ..inference.spec import describe
 from ..models.layers import MaxUnpool2x
 from ..runtimes import export_formats, runtime_for_export
@@ -152,3 +153,10 @@ def run_export(checkpoint: PathLike, fmt: str, out: PathLike) -> Dict[str, Any]:
     for i, path in enumerate(runtime_for_export(fmt).export_files(Path(out))):
         check_output_file(path, "--out" if i == 0 else f"--out (its {path.suffix})", inputs)
     return export_model(describe(checkpoint).build(), fmt, out)
+
+
+def export_command(cfg: ExportConfig) -> int:
+    """`dabnet export` from the command line: export, then say what the check against PyTorch found."""
+    res = run_export(cfg.checkpoint, cfg.format, cfg.out)
+    print(f"exported {res['path']} ({res['format']}); checked against PyTorch at {res['checked_sizes']}: {check_summary(res)}")
+    return 0

@@ -4,6 +4,6 @@ and importers; may import io and util."""
 # Importing the module registers its datasets; a new kind is one module that calls register_dataset, imported here.
 from . import datasets  # noqa: F401  isort: skip
 from .classes import default_palette
-from .registry import DatasetError, DatasetKind, get_dataset, known_classes, list_datasets, register_dataset
+from .registry import DATASETS, DatasetError, DatasetKind, get_dataset, known_classes, list_datasets, register_dataset
 
-__all__ = ["DatasetError", "DatasetKind", "default_palette", "get_dataset", "known_classes", "list_datasets", "register_dataset"]
+__all__ = ["DATASETS", "DatasetError", "DatasetKind", "default_palette", "get_dataset", "known_classes", "list_datasets", "register_dataset"]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from ..io.images import IMAGE_SUFFIXES, READ_FORMATS, PathLike
+from ..util.registry import Registry
 from .datasets import IGNORE_INDEX, DatasetError, identity_lut
 
 Pair = Tuple[Path, np.ndarray]
@@ -41,17 +42,12 @@ class Records:
 
 
 Importer = Callable[..., Tuple[List[str], Optional[List[Tuple[int, int, int]]], Records]]
-IMPORTERS: Dict[str, Importer] = {}
+IMPORTERS: Registry[Importer] = Registry("annotation format")
 
 
-def register_importer(name: str) -> Callable[[Importer], Importer]:
-    """Make an importer available as `dabnet data import NAME`."""
-
-    def add(fn: Importer) -> Importer:
-        IMPORTERS[name] = fn
-        return fn
-
-    return add
+def register_importer(name: str, help: Optional[str] = None) -> Callable[[Importer], Importer]:
+    """Make an importer available as `dabnet data import NAME` (help: `help`, else the function's docstring)."""
+    return IMPORTERS.register(name, help=help)
 
 
 def _find_image(images: Path, name: str) -> Path:
@@ -397,8 +393,7 @@ def import_annotations(fmt: str, source: PathLike, images: PathLike, out: PathLi
     import yaml
     from PIL import Image
 
-    if fmt not in IMPORTERS:
-        raise ValueError(f"unknown annotation format {fmt!r}; choose {', '.join(IMPORTERS)}")
+    importer = IMPORTERS.get(fmt)
     source, images, out = Path(source), Path(images), Path(out)
     if not source.exists():
         raise FileNotFoundError(f"annotation export not found: {source}")
@@ -410,7 +405,7 @@ def import_annotations(fmt: str, source: PathLike, images: PathLike, out: PathLi
         raise ValueError(f"--out {out} exists and is not empty: an import would mix with what is there. Choose a new "
                          "folder, or add --overwrite to replace it whole")  # fmt: skip
     kwargs = {"log": log} if fmt == "labelme" else {}
-    names, palette, records = IMPORTERS[fmt](source, images, classes, **kwargs)
+    names, palette, records = importer(source, images, classes, **kwargs)
     if len(names) != len(set(names)):
         dup = sorted(n for n, c in Counter(names).items() if c > 1)
         raise DatasetError(f"{source} names the classes {dup} more than once; each class needs its own name")

@@ -6,7 +6,9 @@ predictions get, and `build_dataset` all come from it. A new dataset is one modu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
+
+from ..util.registry import Registry
 
 Colour = Tuple[int, int, int]
 
@@ -30,29 +32,24 @@ class DatasetKind:
     std: Tuple[float, ...] = ()
 
 
-_DATASETS: Dict[str, DatasetKind] = {}
+DATASETS: Registry[DatasetKind] = Registry("dataset", error=DatasetError, summary=lambda kind: kind.summary)
 
 
 def register_dataset(kind: DatasetKind) -> DatasetKind:
     """Add a kind of dataset (a name taken already is an error)."""
-    if kind.name in _DATASETS:
-        raise ValueError(f"a dataset named {kind.name!r} is registered already")
-    _DATASETS[kind.name] = kind
-    return kind
+    return DATASETS.register(kind.name, kind)
 
 
 def get_dataset(name: str) -> DatasetKind:
-    """The dataset kind registered as `name`; the error lists the others."""
-    if name not in _DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(_DATASETS)}")
-    return _DATASETS[name]
+    """The dataset kind registered as `name`; the error names the closest ones."""
+    return DATASETS.get(name)
 
 
 def list_datasets() -> List[str]:
     """Registered dataset names, in registration order (what --dataset accepts)."""
-    return list(_DATASETS)
+    return DATASETS.names()
 
 
 def known_classes(name: str) -> bool:
     """Whether `name` is a registered dataset whose classes are fixed (camvid, cityscapes; not folder)."""
-    return name in _DATASETS and bool(_DATASETS[name].classes)
+    return name in DATASETS and bool(DATASETS[name].classes)

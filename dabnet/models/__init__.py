@@ -3,6 +3,8 @@ may import util."""
 
 from . import dabnet, enet, erfnet, espnet, icnet, segnet  # noqa: F401  (each registers its models)
 from .registry import (
+    MODELS,
+    PRETRAINED,
     PretrainedConfig,
     create_model,
     list_models,
@@ -13,5 +15,5 @@ from .registry import (
     register_pretrained,
 )
 
-__all__ = ["PretrainedConfig", "create_model", "list_models", "list_pretrained", "model_description", "pretrained_config",
-           "register_model", "register_pretrained"]
+__all__ = ["MODELS", "PRETRAINED", "PretrainedConfig", "create_model", "list_models", "list_pretrained", "model_description",
+           "pretrained_config", "register_model", "register_pretrained"]

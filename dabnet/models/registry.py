@@ -1,52 +1,40 @@
 """The model registry: `create_model(name, num_classes)`, `list_models()`, and the pretrained weights declared
-beside the networks they fit (`register_pretrained`, `pretrained_config`), as timm keeps them."""
+beside the networks they fit (`register_pretrained`, `pretrained_config`), as timm keeps them. Both are
+`util.registry.Registry`s: `MODELS` and `PRETRAINED`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 from torch import nn
 
-_MODELS: Dict[str, Callable[..., nn.Module]] = {}
-_DESCRIPTIONS: Dict[str, str] = {}
+from ..util.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", sort=True)
 
 
 def register_model(name: str, description: str = "") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that registers a model constructor under `name`."""
-
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = fn
-        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().splitlines()[0]
-        return fn
-
-    return wrap
+    """Decorator that registers a model constructor under `name` (help: `description`, else its docstring's first line)."""
+    return MODELS.register(name, help=description or None)
 
 
 def list_models() -> List[str]:
     """Names of every registered model, sorted."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def model_description(name: str) -> str:
     """One-line description of a registered model."""
-    _check_name(name)
-    return _DESCRIPTIONS[name]
-
-
-def _check_name(name: str) -> None:
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    return MODELS.help(name)
 
 
 def create_model(name: str, num_classes: int = 19, **kwargs: Any) -> nn.Module:
     """Build a registered model; its name and arguments are kept on it for checkpoints."""
-    _check_name(name)
+    build = MODELS.get(name)
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    model = _MODELS[name](num_classes=int(num_classes), **kwargs)
+    model = build(num_classes=int(num_classes), **kwargs)
     # Recorded so that a checkpoint can rebuild the exact network with nothing else.
     model.model_name = name
     model.model_kwargs = dict(kwargs)
@@ -69,23 +57,21 @@ class PretrainedConfig:
     version: str = ""  # which release of these weights the file is: reports name it beside their figures
 
 
-_PRETRAINED: Dict[str, PretrainedConfig] = {}
+PRETRAINED: Registry[PretrainedConfig] = Registry("pretrained weights", sort=True,
+                                                  summary=lambda cfg: cfg.summary or f"{cfg.model} trained on {cfg.dataset}")
 
 
 def register_pretrained(cfg: PretrainedConfig) -> PretrainedConfig:
     """Declare bundled weights for a registered model, addressable by name wherever a checkpoint is."""
-    _check_name(cfg.model)
-    if cfg.name in _PRETRAINED:
-        raise ValueError(f"pretrained weights {cfg.name!r} are registered twice")
-    _PRETRAINED[cfg.name] = cfg
-    return cfg
+    MODELS.get(cfg.model)
+    return PRETRAINED.register(cfg.name, cfg)
 
 
 def pretrained_config(name: str) -> Optional[PretrainedConfig]:
     """The declaration of bundled weights `name`, or None when no such name is registered."""
-    return _PRETRAINED.get(str(name))
+    return PRETRAINED.get(str(name), None)
 
 
 def list_pretrained() -> List[str]:
     """Names of every bundled set of weights."""
-    return sorted(_PRETRAINED)
+    return PRETRAINED.names()

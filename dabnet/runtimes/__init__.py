@@ -20,6 +20,7 @@ from .prepare import load_exported, open_exported, prepare
 from .pytorch import fold_batchnorm
 from .registry import (
     AUTO,
+    RUNTIMES,
     ExportedFile,
     Runtime,
     backend_help,
@@ -34,8 +35,8 @@ from .registry import (
 )
 from .runner import FunctionRunner, Runner, as_runner, predict_image_labels, predict_labels
 
-__all__ = ["AUTO", "MIN_INT8_AGREEMENT", "PRECISIONS", "ExportedFile", "FunctionRunner", "Runner", "Runtime", "as_runner",
-           "backend_help", "backend_names", "calibration_batches", "calibration_frames", "choose_auto", "cpu_has_bf16",
-           "export_formats", "exported_suffixes", "fold_batchnorm", "get_runtime", "load_exported", "open_exported",
-           "predict_image_labels", "predict_labels", "prepare", "prepare_auto", "register_runtime", "resolve_device",
-           "runtime_for_export", "runtime_for_file", "runtimes_table"]
+__all__ = ["AUTO", "MIN_INT8_AGREEMENT", "PRECISIONS", "RUNTIMES", "ExportedFile", "FunctionRunner", "Runner", "Runtime",
+           "as_runner", "backend_help", "backend_names", "calibration_batches", "calibration_frames", "choose_auto",
+           "cpu_has_bf16", "export_formats", "exported_suffixes", "fold_batchnorm", "get_runtime", "load_exported",
+           "open_exported", "predict_image_labels", "predict_labels", "prepare", "prepare_auto", "register_runtime",
+           "resolve_device", "runtime_for_export", "runtime_for_file", "runtimes_table"]

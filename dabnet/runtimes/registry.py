@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..util.registry import Registry
 from .runner import Runner
 
 
@@ -61,7 +62,7 @@ class Runtime:
         if precision == "fp32" and "fp32" not in self.precisions:
             return self.precisions[0]
         if precision not in self.precisions:
-            others = [r.name for r in _RUNTIMES.values() if precision in r.precisions]
+            others = [r.name for r in RUNTIMES.values() if precision in r.precisions]
             hint = f"; {precision} runs with --backend {' or '.join(others)}" if others else ""
             raise ValueError(f"the {self.name} backend runs {', '.join(self.precisions)}, not {precision}{hint}")
         return precision
@@ -83,15 +84,12 @@ class Runtime:
             raise ValueError(f"the {self.name} backend runs on {' or '.join(self.devices)} (--device {self.devices[0]}), not {kind}")
 
 
-_RUNTIMES: Dict[str, Runtime] = {}
 AUTO = "auto"  # not a runtime: runtimes.auto picks one per device
 
 
-def register_runtime(runtime: Runtime) -> Runtime:
-    """Add a runtime (a name taken already, or an exported suffix or format claimed by another, is an error)."""
-    if runtime.name in _RUNTIMES or runtime.name == AUTO:
-        raise ValueError(f"a runtime named {runtime.name!r} is registered already")
-    for other in _RUNTIMES.values():
+def _check_runtime(name: str, runtime: Runtime) -> None:
+    """A runtime joins only with its own exported suffixes and format, and with what its export and files need."""
+    for other in RUNTIMES.values():
         clash = set(runtime.suffixes) & set(other.suffixes)
         if clash:
             raise ValueError(f"runtime {runtime.name!r}: suffix {sorted(clash)[0]} is {other.name!r}'s already")
@@ -101,35 +99,40 @@ def register_runtime(runtime: Runtime) -> Runtime:
         raise ValueError(f"runtime {runtime.name!r}: files of {', '.join(runtime.suffixes)} need an `open`")
     if runtime.export is not None and (runtime.open is None or not runtime.export_format):
         raise ValueError(f"runtime {runtime.name!r}: an `export` needs an `export_format` and an `open` (the export is checked through it)")
-    _RUNTIMES[runtime.name] = runtime
-    return runtime
+
+
+RUNTIMES: Registry[Runtime] = Registry("backend", summary=lambda r: r.summary, reserved=(AUTO,), check=_check_runtime)
+_RUNTIMES = RUNTIMES  # the name tests patch
+
+
+def register_runtime(runtime: Runtime) -> Runtime:
+    """Add a runtime (a name taken already, or an exported suffix or format claimed by another, is an error)."""
+    return RUNTIMES.register(runtime.name, runtime)
 
 
 def unregister_runtime(name: str) -> None:
     """Remove a runtime (tests register toy ones)."""
-    _RUNTIMES.pop(name, None)
+    RUNTIMES.unregister(name)
 
 
 def get_runtime(name: str) -> Runtime:
-    """The runtime registered as `name`; the error lists the others."""
-    if name not in _RUNTIMES:
-        raise ValueError(f"unknown backend {name!r}; choose {', '.join(backend_names())}")
-    return _RUNTIMES[name]
+    """The runtime registered as `name`; the error names the closest ones."""
+    return RUNTIMES.get(name)
 
 
 def backend_names() -> List[str]:
     """What --backend accepts: auto and every registered runtime."""
-    return [AUTO, *_RUNTIMES]
+    return [AUTO, *RUNTIMES]
 
 
 def export_formats() -> List[str]:
     """What `dabnet export --format` accepts."""
-    return [r.export_format for r in _RUNTIMES.values() if r.export_format]
+    return [r.export_format for r in RUNTIMES.values() if r.export_format]
 
 
 def runtime_for_export(fmt: str) -> Runtime:
     """The runtime that writes export format `fmt`."""
-    for r in _RUNTIMES.values():
+    for r in RUNTIMES.values():
         if r.export_format == fmt:
             return r
     raise ValueError(f"unknown export format {fmt!r}; choose {', '.join(export_formats())}")
@@ -137,7 +140,7 @@ def runtime_for_export(fmt: str) -> Runtime:
 
 def exported_suffixes() -> Tuple[str, ...]:
     """Suffixes of the exported files some runtime runs as they are."""
-    return tuple(s for r in _RUNTIMES.values() for s in r.suffixes)
+    return tuple(s for r in RUNTIMES.values() for s in r.suffixes)
 
 
 def runtime_for_file(path: Any) -> Optional[Runtime]:
@@ -146,18 +149,18 @@ def runtime_for_file(path: Any) -> Optional[Runtime]:
     if not isinstance(path, (str, Path)) and not hasattr(path, "__fspath__"):
         return None
     name = str(path).lower()
-    return next((r for r in _RUNTIMES.values() if name.endswith(tuple(s.lower() for s in r.suffixes))), None)
+    return next((r for r in RUNTIMES.values() if name.endswith(tuple(s.lower() for s in r.suffixes))), None)
 
 
 def runtimes_table() -> List[Dict[str, Any]]:
     """One row per registered runtime: what `dabnet runtimes` prints."""
     return [{"backend": r.name, "precisions": list(r.precisions), "devices": list(r.devices), "runs_files": list(r.suffixes),
              "export_format": r.export_format, "labels_inside": r.computes_labels, "calibrated": list(r.calibrated),
-             "summary": r.summary} for r in _RUNTIMES.values()]  # fmt: skip
+             "summary": r.summary} for r in RUNTIMES.values()]  # fmt: skip
 
 
 def backend_help() -> str:
     """The --backend help: each runtime's one-line summary."""
     return "how to run the network: auto picks the fastest accurate one for the device and says why; " + "; ".join(
-        f"{r.name}: {r.summary}" for r in _RUNTIMES.values()
+        f"{r.name}: {r.summary}" for r in RUNTIMES.values()
     )

@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
+from ..util.registry import Registry
+
 Weights = Dict[str, torch.Tensor]
 
 
@@ -49,24 +51,19 @@ class Callback:
 
 
 Factory = Callable[[Any, torch.device, Callable[..., None]], Optional[Callback]]
-_FACTORIES: Dict[str, Factory] = {}
+CALLBACKS: Registry[Factory] = Registry("training callback")
+_FACTORIES = CALLBACKS  # the name tests patch
 
 
-def register_callback(name: str) -> Callable[[Factory], Factory]:
-    """Register `factory(cfg, device, log) -> Callback | None` under `name`; runs build them in registration order."""
-
-    def wrap(factory: Factory) -> Factory:
-        if name in _FACTORIES:
-            raise ValueError(f"a training callback named {name!r} is already registered")
-        _FACTORIES[name] = factory
-        return factory
-
-    return wrap
+def register_callback(name: str, help: Optional[str] = None) -> Callable[[Factory], Factory]:
+    """Register `factory(cfg, device, log) -> Callback | None` under `name` (help: `help`, else the factory's docstring);
+    runs build them in registration order."""
+    return CALLBACKS.register(name, help=help)
 
 
 def list_callbacks() -> List[str]:
     """Names of the registered kinds of training callback."""
-    return list(_FACTORIES)
+    return CALLBACKS.names()
 
 
 class Callbacks(List[Callback]):
@@ -112,7 +109,7 @@ class Callbacks(List[Callback]):
 
 def build_callbacks(cfg: Any, device: torch.device, log: Callable[..., None] = print) -> Callbacks:
     """The callbacks `cfg` turns on, in registration order."""
-    made = (factory(cfg, device, log) for factory in _FACTORIES.values())
+    made = (factory(cfg, device, log) for factory in CALLBACKS.values())
     return Callbacks(cb for cb in made if cb is not None)
 
 

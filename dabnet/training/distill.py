@@ -283,7 +283,7 @@ def load_teacher(source: str) -> nn.Module:
         raise DistillError(f"distill_from={source} cannot be read as a teacher: {e}") from None
 
 
-@register_callback("distill")
+@register_callback("distill", "distillation from a teacher's (ensemble's) probabilities (distill_from)")
 def _from_config(cfg: Any, device: torch.device, log) -> Optional[Distill]:
     if not getattr(cfg, "distill_from", None):
         return None

@@ -54,6 +54,6 @@ class EMA(Callback):
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()} if state.get("shadow") is not None else None
 
 
-@register_callback("ema")
+@register_callback("ema", "an exponential moving average of the weights, validated and saved as the model (ema > 0)")
 def _from_config(cfg: Any, device: torch.device, log) -> Optional[EMA]:
     return EMA(cfg.ema) if getattr(cfg, "ema", 0.0) else None

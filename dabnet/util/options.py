@@ -102,7 +102,8 @@ def option(default: Any = dataclasses.MISSING, help: Any = "", *, factory: Any =
     function called when needed: registries grow at run time; for a list option each item is one); `valid` (what the
     error says is valid, where the words made from the rest would say less); `check` (a function of the value that
     raises ConfigError, for a rule no declaration states). `cli` holds argparse details (positional, required,
-    nargs, type, metavar, flag, hidden, flag_only, action) and `io` (the option's role with files; `config.check_io`)."""
+    nargs, type, metavar, flag, hidden, flag_only, action), `io` (the option's role with files; `config.check_io`) and
+    `group` (the heading `options_help` lists it under)."""
     meta = {"help": help, **cli}
     for key, value in (("range", Range.parse(range) if range else None), ("length", length), ("item_length", item_length),
                        ("valid", valid), ("check", check)):  # fmt: skip
@@ -234,7 +235,7 @@ def describe(f: dataclasses.Field, hint: Any) -> str:
             words = f"a list of {count + ' ' if count else ''}[{', '.join('N' * meta['item_length'])}] with {items}"
     else:
         words = rng.describe(integer)
-    if type(None) in typing.get_args(hint):
+    if rng is not None and type(None) in typing.get_args(hint):  # type_name says "or null" itself
         words += " or null"
     return words
 
@@ -277,6 +278,67 @@ def declared_range(f: dataclasses.Field) -> Optional[str]:
     """The range a field declares, as written ('(0, 8]'), or None."""
     rng = f.metadata.get("range")
     return rng.text if rng is not None else None
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+UNGROUPED = "ungrouped"  # where a field that names no group (or an unknown one) is listed: a test refuses it
+
+
+def grouped_fields(cls: type, groups: Sequence[str]) -> Dict[str, List[dataclasses.Field]]:
+    """The fields of an options class by the `group` each declares, in the order of `groups`, each field in its
+    declaration order; fields naming no group, or one not in `groups`, under UNGROUPED (last)."""
+    found: Dict[str, List[dataclasses.Field]] = {g: [] for g in groups}
+    for f in dataclasses.fields(cls):
+        group = f.metadata.get("group")
+        found.setdefault(group if group in groups else UNGROUPED, []).append(f)
+    return {g: fs for g, fs in found.items() if fs}
+
+
+def shown_default(value: Any) -> str:
+    """A default as it is written in YAML or after --set KEY=: true, null, 0.001, [360, 480], {}."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown_default(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {shown_default(v)}" for k, v in value.items()) + "}"
+    return str(value) if value != "" else '""'
+
+
+def option_line(f: dataclasses.Field, hint: Any) -> str:
+    """A field's help with its default and what it accepts (choices, range, length: the words its errors use)."""
+    help = f.metadata.get("help", "")
+    help = help() if callable(help) else help
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return f"{help} (default: {shown_default(default)}; {describe(f, hint)})".strip()
+
+
+def options_help(cls: type, groups: Sequence[str], width: int = 100, title: str = "") -> str:
+    """Every field of an options class, group by group (`grouped_fields`): its name, then its help, default and
+    what it accepts, wrapped to `width` columns; made from the declarations, so it lists every option there is."""
+    import textwrap
+
+    hints = hints_of(cls)
+    fields = [f for fs in grouped_fields(cls, groups).values() for f in fs]
+    column = min(max((len(f.name) for f in fields), default=0) + 4, 26)
+    lines = [title] if title else []
+    for group, members in grouped_fields(cls, groups).items():
+        lines += ["", f"{group}:"]
+        for f in members:
+            head = f"  {f.name}".ljust(column)
+            wrapped = textwrap.wrap(option_line(f, hints[f.name]), max(width - column, 30), break_on_hyphens=False) or [""]
+            if len(head) > column:  # a name longer than the column: its help starts on the next line
+                lines.append(head.rstrip())
+                head = " " * column
+            lines.append(head + wrapped[0])
+            lines += [" " * column + w for w in wrapped[1:]]
+    return "\n".join(lines).lstrip("\n")
 
 
 # ----------------------------------------------------------------------------- YAML
