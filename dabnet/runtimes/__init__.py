@@ -37,5 +37,5 @@ from .runner import FunctionRunner, Runner, as_runner, predict_image_labels, pre
 __all__ = ["AUTO", "MIN_INT8_AGREEMENT", "PRECISIONS", "ExportedFile", "FunctionRunner", "Runner", "Runtime", "as_runner",
            "backend_help", "backend_names", "calibration_batches", "calibration_frames", "choose_auto", "cpu_has_bf16",
            "export_formats", "exported_suffixes", "fold_batchnorm", "get_runtime", "load_exported", "open_exported",
-           "predict_image_labels", "predict_labels", "predict_logits", "prepare", "prepare_auto", "register_runtime", "resolve_device",
-           "runtime_for_export", "runtime_for_file", "runtimes_table"]
+           "predict_image_labels", "predict_labels", "predict_logits", "prepare", "prepare_auto", "register_runtime",
+           "resolve_device", "runtime_for_export", "runtime_for_file", "runtimes_table"]

@@ -103,7 +103,8 @@ def predict_logits(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
         elif int(size[0] * s) >= 1 and int(size[1] * s) >= 1:
             xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
         else:  # a scale that leaves no pixel: one pixel per side at least
-            xs = F.interpolate(x, size=(max(1, int(size[0] * s)), max(1, int(size[1] * s))), mode="bilinear", align_corners=False)
+            least = (max(1, int(size[0] * s)), max(1, int(size[1] * s)))
+            xs = F.interpolate(x, size=least, mode="bilinear", align_corners=False)
         for mirrored in ((False, True) if flip else (False,)):
             v = xs.flip(3) if mirrored else xs
             logits = runner(pad_to_min_side(v)).float()[..., : v.shape[2], : v.shape[3]]
@@ -117,8 +118,8 @@ def predict_logits(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     return out
 
 
-def predict_image_labels(runner: Runner, images: Sequence[np.ndarray], normalize: Normalize, scales: Sequence[float] = (1.0,),
-                         flip: bool = False) -> torch.Tensor:  # fmt: skip
+def predict_image_labels(runner: Runner, images: Sequence[np.ndarray], normalize: Normalize,
+                         scales: Sequence[float] = (1.0,), flip: bool = False) -> torch.Tensor:
     """NxHxW class indices of same-size HxWx3 RGB uint8 `images` of any size: the one route from images to labels,
     taken by `Segmenter` (predict, serve), `dabnet eval` and training's validation alike, so that what is scored is
     what is written. One view goes through the runner's own `image_labels` (OpenVINO normalises in its graph and
