@@ -78,7 +78,7 @@ def _evaluated(cfg: EvalConfig, device, log) -> Dict[str, Any]:
     loader = DataLoader(Subset(ds, shard(len(ds))), batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_eval)
     # The labels predict would write (runtimes.predict_image_labels, the Segmenter's runner and normalisation), scored.
     cm = evaluate(seg.run, loader, ds.num_classes, device, ds.ignore_index, scales=cfg.scales, flip=cfg.flip,
-                  normalize=seg.normalize)  # fmt: skip
+                  normalize=seg.normalize)
     res = cm.compute()
     result = {
         "miou": res["miou"],
