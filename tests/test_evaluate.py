@@ -107,9 +107,11 @@ def test_validation_in_training_scores_what_the_network_predicts(ckpt, make_camv
     root = make_camvid(tmp_path / "cv", splits=("val",), n=4)
     model = dabnet.load_model(ckpt)
     seg = dabnet.Segmenter.for_model(model)
+    want = _matrix(CamVid(root, "val"), lambda i, path: seg.predict(path))
     ds = CamVid(root, "val", transform=EvalTransform())
     loader = DataLoader(ds, batch_size=2, collate_fn=collate_eval)
+    model.train()  # as training leaves it: validation runs it in eval mode (BatchNorm's running statistics)
     got = evaluate(model, loader, len(ds.classes), torch.device("cpu"), ds.ignore_index, normalize=seg.normalize)
-    want = _matrix(CamVid(root, "val"), lambda i, path: seg.predict(path))
     assert want.sum() > 0
     np.testing.assert_array_equal(got.mat.numpy(), want)
+    assert not model.training
