@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import dabnet.commands.train as train_mod
+import dabnet.inference.segmenter as segmenter_module
 from dabnet.config import BenchConfig, EvalConfig, TrainConfig, build_config
 from dabnet.inference.segmenter import Segmenter
+from dabnet.runtimes import FunctionRunner
 from dabnet.util.state import KEEP, scoped, setting, shared_setting
 
 # ----------------------------------------------------------------------------- Segmenter's device
@@ -21,12 +23,13 @@ def test_segmenter_device_defaults_to_auto(ckpt, monkeypatch):
     assert Segmenter.from_checkpoint(ckpt, backend="eager", log=None).device == torch.device("cpu")  # no GPU here
     chosen = []
 
-    def made(cls, spec, device, *args):  # where the Segmenter would be built: nothing touches CUDA
+    def prepared(spec, device, *args):  # where the network would be built and prepared: nothing touches CUDA
         chosen.append(device)
-        return types.SimpleNamespace()
+        return types.SimpleNamespace(), FunctionRunner(lambda x: x)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(Segmenter, "_made", classmethod(made))
+    monkeypatch.setattr(segmenter_module, "_prepared", prepared)
+    monkeypatch.setattr(segmenter_module, "Normalize", lambda mean, std, device: types.SimpleNamespace(mean=mean, std=std))
     seg = Segmenter.from_checkpoint(ckpt, log=None)
     assert chosen == ["cuda"] and seg._recipe[1]["device"] == "cuda"  # a pickled copy is rebuilt on the same device
     Segmenter.from_checkpoint(ckpt, backend="fold", log=None)

@@ -556,12 +556,13 @@ def _tta_miou_by_hand(ckpt, root, scales) -> float:
 
     model = dabnet.load_model(ckpt).eval()
     meta = model.checkpoint_meta
-    ds = CamVid(root, "val", transform=EvalTransform(meta["mean"], meta["std"]))
+    ds = CamVid(root, "val", transform=EvalTransform())
+    mean, std = torch.tensor(meta["mean"]).view(1, 3, 1, 1), torch.tensor(meta["std"]).view(1, 3, 1, 1)
     conf = np.zeros((11, 11), np.int64)
     with torch.no_grad():
         for i in range(len(ds)):
             x, y = ds[i]
-            x = x[None]
+            x = (x.permute(2, 0, 1)[None].float() - mean) / std
             h, w = x.shape[2:]
             prob = torch.zeros(1, 11, h, w)
             for s in scales:

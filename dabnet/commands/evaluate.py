@@ -73,10 +73,12 @@ def _evaluated(cfg: EvalConfig, device, log) -> Dict[str, Any]:
             f"checkpoint {cfg.checkpoint} predicts {len(seg.class_names)} classes but {ds.name} has {ds.num_classes}; "
             "evaluate it on a dataset with the same classes"
         )
-    ds.transform = EvalTransform(seg.mean, seg.std)  # the normalisation the checkpoint was trained with
+    ds.transform = EvalTransform()  # the images as they are: normalised below as predict normalises them
     # Each rank its own images, none twice; `evaluate` sums the confusion matrices of all ranks.
     loader = DataLoader(Subset(ds, shard(len(ds))), batch_size=cfg.batch_size, num_workers=cfg.workers, collate_fn=collate_eval)
-    cm = evaluate(seg.run, loader, ds.num_classes, device, ds.ignore_index, scales=cfg.scales, flip=cfg.flip)
+    # The labels predict would write (runtimes.predict_image_labels, the Segmenter's runner and normalisation), scored.
+    cm = evaluate(seg.run, loader, ds.num_classes, device, ds.ignore_index, scales=cfg.scales, flip=cfg.flip,
+                  normalize=seg.normalize)
     res = cm.compute()
     result = {
         "miou": res["miou"],

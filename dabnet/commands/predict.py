@@ -421,7 +421,7 @@ def _run_predict(cfg: PredictConfig, log) -> int:
               f"({', '.join(names[:3])}, ...), not Cityscapes' 19; use the default format")  # fmt: skip
         return 2
     device = resolve_device(cfg.device, cfg.backend, cfg.checkpoint)
-    seg = Segmenter.from_spec(spec, device, cfg.backend, cfg.precision, cfg.channels_last, scale=cfg.scale)
+    seg = Segmenter.from_checkpoint(spec, device, cfg.backend, cfg.precision, cfg.channels_last, scale=cfg.scale)
     failures = len(missing)
     if images:
         failures += len(predict_images(seg, images, out, cfg.format, cfg.batch_size, log, cfg.save, cfg.workers)["skipped"])

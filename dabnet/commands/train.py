@@ -39,6 +39,7 @@ from ..io.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from ..io.preprocessing import Normalize
 from ..models import create_model
 from ..models.fused import set_fused
 from ..models.layers import BROKEN_LIMIT, broken_channels, reinit_channels
@@ -183,11 +184,11 @@ def build_datasets(cfg: TrainConfig):
     train_ds.mean, train_ds.std = mean, std
     val_sets = {}
     if cfg.holdout:
-        val_sets["holdout"] = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, EvalTransform(mean, std), include=cfg.holdout)
+        val_sets["holdout"] = build_dataset(cfg.dataset, cfg.data_root, cfg.train_split, EvalTransform(), include=cfg.holdout)
     if cfg.val_split:
         # In-sequence validation: val_split without the held-out sequences, which it may or may not hold;
         # none when it holds nothing else (then the held-out sequences are the only validation).
-        val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, EvalTransform(mean, std))
+        val_ds = build_dataset(cfg.dataset, cfg.data_root, cfg.val_split, EvalTransform())
         held = tuple(s for s in cfg.holdout if any(i.name.startswith(s) for i, _ in val_ds.pairs))  # select_sequences refuses absent ones
         if any(not i.name.startswith(held) for i, _ in val_ds.pairs):  # startswith(()) is False: nothing held keeps all
             val_sets["val"] = select_sequences(val_ds, exclude=held)
@@ -466,7 +467,8 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
             with weights_in(run.model, weights):
                 for key, loader in run.val_loaders.items():
                     metrics = evaluate(run.model, loader, run.train_ds.num_classes, run.device, run.train_ds.ignore_index,
-                                       precision=cfg.precision, channels_last=cfg.channels_last).compute()  # fmt: skip
+                                       precision=cfg.precision, channels_last=cfg.channels_last,
+                                       normalize=Normalize(run.train_ds.mean, run.train_ds.std, run.device)).compute()  # fmt: skip
                     record[f"{key}{suffix}_miou"] = round(metrics["miou"], 6)
                     if not suffix:
                         record[f"{key}_pixel_acc"] = round(metrics["pixel_acc"], 6)

@@ -122,10 +122,8 @@ class TrainTransform:
 
 @dataclass
 class EvalTransform:
-    """Evaluation: no resize, only normalisation (whole images at full resolution)."""
-
-    mean: Sequence[float] = (0.0, 0.0, 0.0)
-    std: Sequence[float] = (1.0, 1.0, 1.0)
+    """Evaluation: whole images as they are, HxWx3 RGB uint8, and their masks (HxW int64). No resize and no
+    normalisation here: the evaluation normalises as predict does (`runtimes.predict_image_labels`)."""
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-        return normalize_to_tensor(image, mask, self.mean, self.std)
+        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(mask)).long()

@@ -54,6 +54,29 @@ def _rebuild(source: str, options: dict) -> "Segmenter":
     return Segmenter.from_checkpoint(source, log=None, **options)
 
 
+def _prepared(spec: ModelSpec, device: torch.device, backend: str, precision: str, channels_last: Optional[bool],
+              log: Optional[Callable[[str], None]]) -> Tuple[Any, Runner]:  # fmt: skip
+    """(model, runner) for what `describe` found: an exported file's runner is both (it carries its metadata); a network
+    is built and run by `backend`, `auto` choosing one and saying what through `log`."""
+    if spec.exported:  # runs as exported: what its runtime cannot honour is refused, not ignored
+        if channels_last is not None:
+            raise ValueError(f"--channels-last sets the layout of a PyTorch network; {spec.source} runs as exported by "
+                             f"{spec.runtime}: drop the option")  # fmt: skip
+        runner = load_exported(spec.weights or spec.source, precision, str(device))
+        return runner, runner
+    model = spec.build()
+    calibration = lambda: calibration_batches(spec.mean, spec.std)  # noqa: E731  read only if the runtime quantizes
+    if backend != AUTO:
+        return model, prepare(model, backend, precision, str(device), channels_last, calibration)
+    if channels_last is not None:
+        raise ValueError("--channels-last chooses a PyTorch backend's layout, but --backend auto picks the backend "
+                         "(and its layout) itself: give --backend fold or eager with it, or drop it")  # fmt: skip
+    runner = prepare_auto(model, str(device), Normalize(spec.mean, spec.std, device), calibration)
+    if log:
+        log(f"backend auto -> {runner.label}: {runner.reason}")
+    return model, runner
+
+
 class Segmenter:
     """Load a model once and segment RGB images: `predict(HxWx3 uint8) -> HxW uint8` (uint16 past 256 classes).
 
@@ -93,8 +116,8 @@ class Segmenter:
         self.class_names = list(class_names) if class_names else [f"class {i}" for i in range(n)]
         self.palette = [tuple(c) for c in palette] if palette else default_palette(n)
         self.label_dtype = label_map_dtype(max(n, len(self.class_names)))  # what predict returns: uint8, uint16 past 256 classes
-        self.backend_reason = ""
-        self.spec: Optional[ModelSpec] = None  # set by from_spec: what describe found
+        self.backend_reason = self.run.reason  # why `auto` chose it (empty when it was not chosen)
+        self.spec: Optional[ModelSpec] = None  # what describe found (set by from_checkpoint and for_model)
         self.normalize = Normalize(mean, std, self.device)
         self.mean, self.std = self.normalize.mean, self.normalize.std
 
@@ -108,16 +131,9 @@ class Segmenter:
         return dict(getattr(self.model, "checkpoint_meta", {}))
 
     @classmethod
-    def from_checkpoint(cls, path: Union[PathLike, nn.Module], *args: Any, **options: Any) -> "Segmenter":
-        """A Segmenter for a checkpoint file, a bundled name, an exported model, or a network already loaded by
-        `dabnet.load_model`: `from_spec(describe(path), ...)` with from_spec's options (device, backend,
-        precision, channels_last, log)."""
-        return cls.from_spec(describe(path), *args, **options)
-
-    @classmethod
-    def from_spec(
+    def from_checkpoint(
         cls,
-        spec: ModelSpec,
+        source: Union[PathLike, nn.Module, ModelSpec],
         device: Union[str, torch.device] = "auto",
         backend: str = "auto",
         precision: str = "fp32",
@@ -125,40 +141,36 @@ class Segmenter:
         log: Optional[Callable[[str], None]] = print,
         scale: float = 1.0,
     ) -> "Segmenter":
-        """A Segmenter for what `describe` found, run by `backend` (one of `runtimes.backend_names()`) on `device`,
-        on images resized by `scale` (labels at each image's own size). The default device, `auto`, is the GPU when
-        there is one and the backend (or an exported file's runtime) runs there, else the CPU (`runtimes.resolve_device`).
+        """A Segmenter for a checkpoint file, a bundled name, an exported model, a network already loaded by
+        `dabnet.load_model`, or what `describe` found of one (a ModelSpec: nothing is read again), run by `backend`
+        (one of `runtimes.backend_names()`) on `device`, on images resized by `scale` (labels at each image's own size).
+        The default device, `auto`, is the GPU when there is one and the backend (or an exported file's runtime) runs
+        there, else the CPU (`runtimes.resolve_device`).
 
-        Normalisation, class names and colours come from the spec. The default, `auto`, picks the fastest
-        accurate runtime for the device (`runtimes.choose_auto`) and says what it chose and why through `log`;
+        Normalisation, class names and colours come from the description. The default backend, `auto`, picks the
+        fastest accurate runtime for the device (`runtimes.choose_auto`) and says what it chose and why through `log`;
         `precision` then follows that choice. An exported file runs with the runtime its suffix names.
         int8 calibrates on the bundled train frames."""
+        spec = source if isinstance(source, ModelSpec) else describe(source)
         device = resolve_device(str(device), backend, spec.source if isinstance(spec.source, str) else None)
-        seg = cls._made(spec, device, backend, precision, channels_last, log, scale)
+        model, runner = _prepared(spec, device, backend, precision, channels_last, log)
+        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, runner.label, scale)
+        seg.spec = spec
         if isinstance(spec.source, str) and Path(spec.source).exists() or pretrained_config(spec.source) is not None:
             seg._recipe = (spec.source, dict(device=str(device), backend=backend, precision=precision,
                                              channels_last=channels_last, scale=scale))  # fmt: skip
         return seg
 
     @classmethod
-    def _made(cls, spec: ModelSpec, device, backend: str, precision: str, channels_last, log, scale: float) -> "Segmenter":
-        if spec.exported:  # runs as exported: what its runtime cannot honour is refused, not ignored
-            if channels_last is not None:
-                raise ValueError(f"--channels-last sets the layout of a PyTorch network; {spec.source} runs as exported by "
-                                 f"{spec.runtime}: drop the option")  # fmt: skip
-            runner = load_exported(spec.weights or spec.source, precision, str(device))
-            return cls._of(spec, runner, device, runner, scale)
-        model = spec.build()
-        calibration = lambda: calibration_batches(spec.mean, spec.std)  # noqa: E731  read only if the runtime quantizes
-        if backend == AUTO:
-            if channels_last is not None:
-                raise ValueError("--channels-last chooses a PyTorch backend's layout, but --backend auto picks the backend "
-                                 "(and its layout) itself: give --backend fold or eager with it, or drop it")  # fmt: skip
-            runner = prepare_auto(model, str(device), Normalize(spec.mean, spec.std, device), calibration)
-            if log:
-                log(f"backend auto -> {runner.label}: {runner.reason}")
-            return cls._of(spec, model, device, runner, scale)
-        return cls._of(spec, model, device, prepare(model, backend, precision, str(device), channels_last, calibration), scale)
+    def for_model(cls, model: Any, device: Union[str, torch.device] = "cpu", runner=None, backend: str = "eager") -> "Segmenter":
+        """A Segmenter for a network in memory built by dabnet, described by `describe` (normalisation, class names and
+        colours from its checkpoint metadata), run as it is or by `runner` if given (named `backend`)."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"for_model takes a network built by dabnet, got a {type(model).__name__}; use from_checkpoint")
+        spec = describe(model)
+        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, backend)
+        seg.spec = spec
+        return seg
 
     def __reduce__(self):
         """Pickled (and deep-copied) as what made it: the file or bundled name and the options, prepared again on
@@ -168,21 +180,6 @@ class Segmenter:
                             "Segmenter.from_checkpoint(PATH or bundled name), which pickles, or send the path instead")  # fmt: skip
         source, options = self._recipe
         return _rebuild, (source, options)
-
-    @classmethod
-    def _of(cls, spec: ModelSpec, model: Any, device, runner: Optional[Runner], scale: float = 1.0,
-            backend: Optional[str] = None) -> "Segmenter":  # fmt: skip
-        seg = cls(model, spec.mean, spec.std, spec.class_names, spec.palette, device, runner, scale=scale)
-        seg.backend, seg.backend_reason = backend or seg.run.label, seg.run.reason  # seg.run: any callable, as a Runner
-        seg.spec = spec
-        return seg
-
-    @classmethod
-    def for_model(cls, model: Any, device: Union[str, torch.device] = "cpu", runner=None, backend: str = "eager") -> "Segmenter":
-        """A Segmenter for a network already built by dabnet, described by `describe`, run by `runner` if given."""
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"for_model takes a network built by dabnet, got a {type(model).__name__}; use from_checkpoint")
-        return cls._of(describe(model), model, device, runner, backend=backend)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Stack same-size RGB uint8 images into a normalised NCHW float tensor."""

@@ -33,10 +33,10 @@ from .registry import (
     runtime_for_file,
     runtimes_table,
 )
-from .runner import FunctionRunner, Runner, as_runner, predict_image_labels, predict_labels
+from .runner import FunctionRunner, Runner, as_runner, predict_image_labels, predict_labels, predict_logits
 
 __all__ = ["AUTO", "MIN_INT8_AGREEMENT", "PRECISIONS", "RUNTIMES", "ExportedFile", "FunctionRunner", "Runner", "Runtime",
            "as_runner", "backend_help", "backend_names", "calibration_batches", "calibration_frames", "choose_auto",
            "cpu_has_bf16", "export_formats", "exported_suffixes", "fold_batchnorm", "get_runtime", "load_exported",
-           "open_exported", "predict_image_labels", "predict_labels", "prepare", "prepare_auto", "register_runtime",
+           "open_exported", "predict_image_labels", "predict_labels", "predict_logits", "prepare", "prepare_auto", "register_runtime",
            "resolve_device", "runtime_for_export", "runtime_for_file", "runtimes_table"]

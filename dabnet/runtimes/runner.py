@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, 
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..io.preprocessing import Normalize, edge_pad_images, pad_to_min_side
 from ..util.metrics import labels_from_logits
@@ -92,8 +93,45 @@ def predict_labels(runner: Runner, x: torch.Tensor) -> torch.Tensor:
     return as_runner(runner).labels(pad_to_min_side(x))[..., :h, :w]
 
 
-def predict_image_labels(runner: Runner, images: Sequence[np.ndarray], normalize: Normalize) -> torch.Tensor:
-    """NxHxW class indices of same-size HxWx3 RGB uint8 `images` of any size."""
+def predict_logits(runner: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scales: Sequence[float] = (1.0,),
+                   flip: bool = False) -> torch.Tensor:  # fmt: skip
+    """fp32 logits of a normalised NCHW batch at its own size; over several test-time views (`scales`, horizontal
+    `flip`), the sum of their softmax. Each view is resized from `x` (bilinear, one pixel a side at least), padded as
+    `predict_labels` pads, run, mirrored back and resized to `x`'s size."""
+    size = (x.shape[2], x.shape[3])
+    views = len(scales) * (2 if flip else 1)
+    out: Optional[torch.Tensor] = None
+    for s in scales:
+        if s == 1.0:
+            xs = x
+        elif int(size[0] * s) >= 1 and int(size[1] * s) >= 1:
+            xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        else:  # a scale that leaves no pixel: one pixel per side at least
+            least = (max(1, int(size[0] * s)), max(1, int(size[1] * s)))
+            xs = F.interpolate(x, size=least, mode="bilinear", align_corners=False)
+        for mirrored in ((False, True) if flip else (False,)):
+            v = xs.flip(3) if mirrored else xs
+            logits = runner(pad_to_min_side(v)).float()[..., : v.shape[2], : v.shape[3]]
+            if mirrored:
+                logits = logits.flip(3)
+            if logits.shape[2:] != x.shape[2:]:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            prob = logits.softmax(1) if views > 1 else logits
+            out = prob if out is None else out + prob
+    assert out is not None
+    return out
+
+
+def predict_image_labels(runner: Runner, images: Sequence[np.ndarray], normalize: Normalize,
+                         scales: Sequence[float] = (1.0,), flip: bool = False) -> torch.Tensor:
+    """NxHxW class indices of same-size HxWx3 RGB uint8 `images` of any size: the one route from images to labels,
+    taken by `Segmenter` (predict, serve), `dabnet eval` and training's validation alike, so that what is scored is
+    what is written. One view goes through the runner's own `image_labels` (OpenVINO normalises in its graph and
+    takes the arg-max from the low-resolution logits); test-time `scales` and `flip` sum the views' softmax
+    (`predict_logits`) and take its arg-max."""
     images = np.stack(images)
     h, w = images.shape[1:3]
-    return as_runner(runner).image_labels(edge_pad_images(images), normalize)[..., :h, :w]
+    runner = as_runner(runner)
+    if tuple(scales) == (1.0,) and not flip:
+        return runner.image_labels(edge_pad_images(images), normalize)[..., :h, :w]
+    return labels_from_logits(predict_logits(runner, normalize(images), scales, flip))

@@ -23,11 +23,11 @@ from torch.utils.data import Dataset
 from ..io.checkpoint import CheckpointError, load_model
 from ..models.fused import run_compiled
 from ..runtimes.cache import hash_weights, source_digest
+from ..runtimes.runner import predict_logits
 from ..util import distributed as D
 from ..util.files import check_output_folder
 from ..util.store import TAG, DamagedEntry, Entry, Store, file_digest, key_digest, package_versions
 from .callbacks import Callback, register_callback
-from .engine import predict_logits
 
 # The maps are stored at 1/CACHE_STRIDE of the frame's size: DABNet's logits are at 1/8 of its input, so even
 # the teacher's 2x scale carries no detail finer than 1/4 of the frame, and a quarter of the pixels loses nothing

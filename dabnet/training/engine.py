@@ -6,12 +6,12 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..io.preprocessing import pad_to_min_side
+from ..io.preprocessing import Normalize
+from ..runtimes.runner import FunctionRunner, Runner, predict_image_labels
 from ..util.distributed import any_rank
-from ..util.metrics import ConfusionMatrix, labels_from_logits
+from ..util.metrics import ConfusionMatrix
 from ..util.precision import autocast
 
 
@@ -145,43 +145,22 @@ def train_one_epoch(
     }
 
 
-def predict_logits(
-    model: nn.Module,
-    x: torch.Tensor,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    precision: str = "fp32",
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Summed softmax over test-time scales (and horizontal flips), at the input's size."""
-    size = (x.shape[2], x.shape[3])
-    out: Optional[torch.Tensor] = None
-    for s in scales:
-        if s == 1.0:
-            xs = x
-        elif int(size[0] * s) >= 1 and int(size[1] * s) >= 1:
-            xs = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-        else:  # a scale that leaves no pixel: one pixel per side at least
-            xs = F.interpolate(x, size=(max(1, int(size[0] * s)), max(1, int(size[1] * s))), mode="bilinear", align_corners=False)
-        views = [xs, xs.flip(3)] if flip else [xs]
-        for k, v in enumerate(views):
-            if channels_last:
-                v = v.contiguous(memory_format=torch.channels_last)
-            with autocast(x.device, precision):
-                logits = model(pad_to_min_side(v)).float()[..., : v.shape[2], : v.shape[3]]  # as runtimes.predict_labels
-            if k == 1:
-                logits = logits.flip(3)
-            if logits.shape[2:] != x.shape[2:]:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            prob = logits.softmax(1) if (len(scales) > 1 or flip) else logits
-            out = prob if out is None else out + prob
-    assert out is not None
-    return out
+def live_runner(model: nn.Module, device: torch.device, precision: str = "fp32", channels_last: bool = False) -> Runner:
+    """The network being trained as a runner, in place (no copy, no folding): autocast to `precision`, NHWC input when
+    `channels_last`, fp32 logits."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            return model(x.to(device)).float()
+
+    return FunctionRunner(forward)
 
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module,
+    model: Union[nn.Module, Runner],
     batches: Iterable[Tuple[Union[torch.Tensor, List[torch.Tensor]], Union[torch.Tensor, List[torch.Tensor]]]],
     num_classes: int,
     device: torch.device,
@@ -190,17 +169,20 @@ def evaluate(
     flip: bool = False,
     precision: str = "fp32",
     channels_last: bool = False,
+    *,
+    normalize: Normalize,
 ) -> ConfusionMatrix:
-    """Confusion matrix of whole, full-resolution images, summed over DDP ranks; `model` is a network
-    or any runner `NCHW tensor -> logits` (dabnet.runtimes)."""
+    """Confusion matrix of whole, full-resolution images (NxHxWx3 RGB uint8, as `EvalTransform` gives them), summed
+    over DDP ranks. Labels come from `runtimes.predict_image_labels`, the route predict takes, with `normalize`;
+    `model` is the network being trained (run by `live_runner`) or a runner (dabnet.runtimes)."""
     if isinstance(model, nn.Module):
         model.eval()
+        model = live_runner(model, device, precision, channels_last)
     cm = ConfusionMatrix(num_classes, ignore_index, device)
     for images, masks in batches:
         # Batches of one size arrive stacked; images of mixed sizes arrive as lists.
         pairs = [(images, masks)] if isinstance(images, torch.Tensor) else [(i[None], m[None]) for i, m in zip(images, masks)]
         for x, y in pairs:
-            x, y = x.to(device), y.to(device)
-            pred = labels_from_logits(predict_logits(model, x, scales, flip, precision, channels_last))
+            pred = predict_image_labels(model, x.cpu().numpy(), normalize, scales, flip)
             cm.update(pred.to(cm.mat.device), y.to(cm.mat.device))  # a runner on the CPU (an exported file) beside a GPU matrix
     return cm.all_reduce()
