@@ -358,22 +358,18 @@ def _bits(t: torch.Tensor) -> bytes:
     return t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
 
 
-@pytest.mark.slow  # three torchrun launchers, twice
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
-def test_two_machines_stopped_and_resumed_equal_one_machine_bit_for_bit(make_camvid, tmp_path):
-    root = make_camvid(tmp_path / "camvid", n=8)
-    deadline = time.monotonic() + 240
-    one, two = tmp_path / "one", tmp_path / "two"
+def _stopped_and_resumed(root: Path, one: Path, two: Path, tmp_path: Path, deadline: float, started: List[subprocess.Popen]) -> None:
+    """One launcher of 2 processes trains into `one`; meanwhile two launchers of 1 process each train into `two`,
+    are stopped by a SIGTERM, and resume. Each launcher is added to `started` as it starts."""
     single_log = tmp_path / "one.log"
-    single = _launch(["--standalone", "--nproc_per_node", "2"], root, one, single_log)
-    first_log = tmp_path / "first.log"
-    first = _two_machines(root, two, first_log, "first")
-    logs = [first_log.with_name(f"first-node{n}.log") for n in (0, 1)]
+    started.append(_launch(["--standalone", "--nproc_per_node", "2"], root, one, single_log))
+    first = _two_machines(root, two, tmp_path / "first.log", "first")
+    started += first
+    logs = [tmp_path / f"first-node{n}.log" for n in (0, 1)]
     # Stop the two-machine run as a scheduler would stop one of its processes: SIGTERM to rank 0 (whose pid is in
     # OUT/.lock) once it trains; every rank stops at the same step, and rank 0 saves where they stand.
     while not any("training dabnet on" in log.read_text() for log in logs):
         if all(p.poll() is not None for p in first) or time.monotonic() > deadline:
-            _wait(first + [single], time.monotonic(), logs + [single_log])
             pytest.fail("the two-machine run ended before it trained:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
         time.sleep(0.02)
     os.kill(int((two / ".lock").read_text().split()[1]), signal.SIGTERM)
@@ -382,11 +378,27 @@ def test_two_machines_stopped_and_resumed_equal_one_machine_bit_for_bit(make_cam
     stopped = torch.load(two / "last.pth", weights_only=True)
     assert "SIGTERM: saved" in said and stopped["iteration"] < 4, said[-3000:]  # 2 epochs of 8 images / (2 x 2)
     second = _two_machines(root, two, tmp_path / "second.log", "second")
+    started += second
     logs = [tmp_path / f"second-node{n}.log" for n in (0, 1)]
-    assert _wait(second + [single], deadline, logs + [single_log]) == [0, 0, 0], "\n".join(
+    assert _wait(second + started[:1], deadline, logs + [single_log]) == [0, 0, 0], "\n".join(
         p.read_text()[-3000:] for p in logs + [single_log])
     said = "".join(log.read_text() for log in logs)
     assert "resuming" in said and "done" in said, said[-3000:]
+
+
+@pytest.mark.slow  # three torchrun launchers, twice
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
+def test_two_machines_stopped_and_resumed_equal_one_machine_bit_for_bit(make_camvid, tmp_path):
+    root = make_camvid(tmp_path / "camvid", n=8)
+    deadline = time.monotonic() + 300  # against a hang; generous, for a machine shared with other work
+    one, two = tmp_path / "one", tmp_path / "two"
+    started: List[subprocess.Popen] = []
+    try:
+        _stopped_and_resumed(root, one, two, tmp_path, deadline, started)
+    finally:
+        for p in started:  # whatever a failed assertion left running: the launchers and their ranks
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
 
     a, b = (torch.load(folder / "last.pth", weights_only=True) for folder in (one, two))
     ta, tb = _tensors(a), _tensors(b)
