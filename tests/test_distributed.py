@@ -7,6 +7,8 @@ import datetime
 import io
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -258,3 +260,151 @@ def test_only_rank0_writes_the_statistics_cache(make_camvid, tmp_path, monkeypat
     assert ranks[1]["writes"] == ranks[2]["writes"] == []
     assert ranks[0]["writes"] and all(cache.resolve() in Path(w).parents for w in ranks[0]["writes"])
     assert len(list(cache.glob("stats/*/entry.json"))) == 1  # one entry, in the content-checked store
+
+
+# ----------------------------------------------------------------------------- several machines
+
+
+def _group_settings(rank: int, saved: Dict[str, Any]) -> Dict[str, Any]:
+    """The thread count init_distributed gives a CPU process of a group (OMP_NUM_THREADS unset, then 3) and after
+    cleanup; then _same_resume_point on ranks that find the same checkpoint, and on ranks that do not."""
+    from dabnet.commands.train import _same_resume_point
+    from dabnet.config import TrainConfig
+
+    out: Dict[str, Any] = {"threads": []}
+    for omp in (None, "3"):
+        os.environ.pop("OMP_NUM_THREADS", None)
+        if omp:
+            os.environ["OMP_NUM_THREADS"] = omp
+        torch.set_num_threads(2)  # as a launcher of one process leaves it on a machine of 2 cores
+        D.init_distributed("cpu")
+        inside = torch.get_num_threads()
+        D.cleanup()  # the group is the harness's: it stays; the thread count goes back
+        out["threads"].append([inside, torch.get_num_threads(), D.is_dist()])
+    cfg = TrainConfig(out=f"/runs/r{rank}")
+    _same_resume_point(cfg, saved, None)  # the same checkpoint on every rank: nothing to say
+    try:
+        _same_resume_point(cfg, saved if rank == 0 else None, None)  # rank 1's machine holds no run folder
+    except Exception as e:
+        out.update(raised=type(e).__name__, message=str(e))
+    return out
+
+
+@pytest.mark.slow  # spawns 2 gloo processes
+def test_group_threads_and_resume_point_agree_on_every_rank(tmp_path):
+    ranks = run_group(2, tmp_path / "group", _group_settings, {"epoch": 1, "iteration": 4})
+    for o in ranks:
+        # OMP_NUM_THREADS unset: 1 thread (torchrun's own choice for several processes on one machine), then as set;
+        # the count the process had is back after cleanup, and the caller's group still up
+        assert o["threads"] == [[1, 2, True], [3, 2, True]], o
+        assert o["raised"] == "CheckpointError", o
+    host = socket.gethostname()
+    assert ranks[0]["message"] == ranks[1]["message"] == (  # the same line on every rank, naming both
+        f"cannot resume: rank 0 (on {host}) finds one at epoch 1, iteration 4 in /runs/r0/last.pth, rank 1 (on {host}) "
+        "finds no checkpoint in /runs/r1/last.pth; every machine must see the same run folder: put --out on a filesystem "
+        "they all share")
+
+
+# One tiny CPU run, as a user would launch it: no OMP_NUM_THREADS set (torchrun sets 1 itself only for a launcher
+# of several processes).
+NODE_SETTINGS = ["epochs=2", "batch_size=2", "crop_size=[32,48]", "workers=0", "check_data=false", "warmup_iters=1",
+                 "fused=false", "val_batch_size=4", "log_every=1"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(torchrun: List[str], root: Path, out: Path, log: Path) -> subprocess.Popen:
+    """One `torchrun ... -m dabnet train` launcher (its own process group, for the kill on timeout), output to `log`."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["PYTHONUNBUFFERED"] = "1"  # rank 0's lines reach the log as printed: the test waits for one
+    cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun, "-m", "dabnet", "train", "--config", "camvid",
+           "--out", str(out)] + sum((["--set", s] for s in [f"data_root={root}", *NODE_SETTINGS]), [])  # fmt: skip
+    with log.open("w") as f:
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _two_machines(root: Path, out: Path, log: Path, run_id: str) -> List[subprocess.Popen]:
+    """Two launchers of one process each, as on two machines: the c10d rendezvous on 127.0.0.1, which gives the
+    global ranks in its own order (not by --node_rank)."""
+    rdzv = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{_free_port()}",
+            "--rdzv_id", run_id]  # fmt: skip
+    return [_launch(rdzv + ["--node_rank", str(n)], root, out, log.with_name(f"{log.stem}-node{n}.log")) for n in (0, 1)]
+
+
+def _wait(procs: List[subprocess.Popen], deadline: float, logs: List[Path]) -> List[int]:
+    """The launchers' exit codes; all of them (launchers and ranks) killed, and the test failed, past `deadline`."""
+    try:
+        return [p.wait(timeout=max(deadline - time.monotonic(), 0.1)) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("torchrun still running at the deadline:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
+
+
+def _tensors(obj: Any, where: str = "") -> Dict[str, torch.Tensor]:
+    """Every tensor in a checkpoint, by its path in the nested dicts and lists."""
+    if isinstance(obj, torch.Tensor):
+        return {where: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _tensors(value, f"{where}/{key}").items()}
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    return t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def _stopped_and_resumed(root: Path, one: Path, two: Path, tmp_path: Path, deadline: float, started: List[subprocess.Popen]) -> None:
+    """One launcher of 2 processes trains into `one`; meanwhile two launchers of 1 process each train into `two`,
+    are stopped by a SIGTERM, and resume. Each launcher is added to `started` as it starts."""
+    single_log = tmp_path / "one.log"
+    started.append(_launch(["--standalone", "--nproc_per_node", "2"], root, one, single_log))
+    first = _two_machines(root, two, tmp_path / "first.log", "first")
+    started += first
+    logs = [tmp_path / f"first-node{n}.log" for n in (0, 1)]
+    # Stop the two-machine run as a scheduler would stop one of its processes: SIGTERM to rank 0 (whose pid is in
+    # OUT/.lock) once it trains; every rank stops at the same step, and rank 0 saves where they stand.
+    while not any("training dabnet on" in log.read_text() for log in logs):
+        if all(p.poll() is not None for p in first) or time.monotonic() > deadline:
+            pytest.fail("the two-machine run ended before it trained:\n" + "\n".join(log.read_text()[-3000:] for log in logs))
+        time.sleep(0.02)
+    os.kill(int((two / ".lock").read_text().split()[1]), signal.SIGTERM)
+    _wait(first, deadline, logs)
+    said = "".join(log.read_text() for log in logs)
+    stopped = torch.load(two / "last.pth", weights_only=True)
+    assert "SIGTERM: saved" in said and stopped["iteration"] < 4, said[-3000:]  # 2 epochs of 8 images / (2 x 2)
+    second = _two_machines(root, two, tmp_path / "second.log", "second")
+    started += second
+    logs = [tmp_path / f"second-node{n}.log" for n in (0, 1)]
+    assert _wait(second + started[:1], deadline, logs + [single_log]) == [0, 0, 0], "\n".join(
+        p.read_text()[-3000:] for p in logs + [single_log])
+    said = "".join(log.read_text() for log in logs)
+    assert "resuming" in said and "done" in said, said[-3000:]
+
+
+@pytest.mark.slow  # three torchrun launchers, twice
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs torchrun")
+def test_two_machines_stopped_and_resumed_equal_one_machine_bit_for_bit(make_camvid, tmp_path):
+    root = make_camvid(tmp_path / "camvid", n=8)
+    deadline = time.monotonic() + 300  # against a hang; generous, for a machine shared with other work
+    one, two = tmp_path / "one", tmp_path / "two"
+    started: List[subprocess.Popen] = []
+    try:
+        _stopped_and_resumed(root, one, two, tmp_path, deadline, started)
+    finally:
+        for p in started:  # whatever a failed assertion left running: the launchers and their ranks
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+
+    a, b = (torch.load(folder / "last.pth", weights_only=True) for folder in (one, two))
+    ta, tb = _tensors(a), _tensors(b)
+    assert sorted(ta) == sorted(tb) and any(k.startswith("/model/") for k in ta) and any(k.startswith("/optimizer/") for k in ta)
+    differ = [k for k in ta if ta[k].dtype != tb[k].dtype or ta[k].shape != tb[k].shape or _bits(ta[k]) != _bits(tb[k])]
+    assert not differ, f"{len(differ)} of {len(ta)} tensors differ, e.g. {differ[:5]}"
+    keys = ("epoch", "iteration", "lr", "train_loss", "val_miou")
+    assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
+    assert (a["epoch"], a["iteration"], a["finished"]) == (b["epoch"], b["iteration"], b["finished"]) == (2, 4, True)

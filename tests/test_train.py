@@ -240,6 +240,7 @@ def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypa
     b = torch.load(resumed / "last.pth", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])  # the resumed pass of epoch 3 drew nothing more from it
     assert [h["val_miou"] for h in a["history"]] == [h["val_miou"] for h in b["history"]]
     # The interrupted epoch's train_loss is the mean over all of its steps, not only those after the resume,
     # and its seconds and img/s count the steps before the stop too.

@@ -142,7 +142,14 @@ def _worker_ignores_stop_signals(worker_id: int) -> None:
 class _Loader(DataLoader):
     """A DataLoader whose workers start with the stop signals blocked (they inherit the mask of the thread that
     forks them): a signal between a worker's start and its `_worker_ignores_stop_signals` would kill it. In the
-    trainer the block lasts while the workers are made, and a signal that came then is handled after it."""
+    trainer the block lasts while the workers are made, and a signal that came then is handled after it. Each pass
+    draws its workers' base seed from a generator of its own, not torch's global one: a run resumed mid-epoch
+    starts that epoch's pass again, and an extra draw there would leave the global RNG (dropout's) one draw off
+    the run it continues, and the checkpoints' RNG state unequal."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("generator", torch.Generator())
+        super().__init__(*args, **kwargs)
 
     def __iter__(self):
         if not hasattr(signal, "pthread_sigmask"):
@@ -526,6 +533,22 @@ def _resume_point(cfg: TrainConfig, resume: Optional[str], restart: bool) -> Opt
     return ckpt
 
 
+def _same_resume_point(cfg: TrainConfig, ckpt: Optional[Dict[str, Any]], resume: Optional[str]) -> None:
+    """Stop every rank with the same one-line error unless all of them resume from the same point: each reads the
+    run folder on its own machine, and a rank that starts afresh beside ranks that resume trains other steps."""
+    import socket
+
+    point = None if ckpt is None else (ckpt.get("epoch"), ckpt.get("iteration"))
+    seen = D.gather_object((point, socket.gethostname(), str(resume or Path(cfg.out) / "last.pth")))
+    other = next((r for r, s in enumerate(seen) if s[0] != seen[0][0]), None)
+    if other is not None:
+        (p0, host0, path0), (p, host, path) = seen[0], seen[other]
+        finds = lambda p: "no checkpoint" if p is None else f"one at epoch {p[0]}, iteration {p[1]}"  # noqa: E731
+        raise CheckpointError(f"cannot resume: rank 0 (on {host0}) finds {finds(p0)} in {path0}, rank {other} (on {host}) finds "
+                              f"{finds(p)}{'' if path == path0 else ' in ' + path}; every machine must see the same run "
+                              "folder: put --out on a filesystem they all share")  # fmt: skip
+
+
 RUN_FILES = ("last.pth", "best.pth", "epoch_*.pth", "config.yaml", "metrics.jsonl", "metrics.csv", "loss.png", "miou.png")
 
 
@@ -597,6 +620,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[
     device = _resolve_device(cfg)
     log = log if D.is_main() else (lambda *a, **k: None)
     ckpt = _resume_point(cfg, resume, restart)
+    _same_resume_point(cfg, ckpt, resume)  # before any rank acts on it alone
     if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
         # A longer schedule (--set epochs=N) continues a finished run; the poly decay stretches to it.
         log(f"{resume or Path(cfg.out) / 'last.pth'} already finished {ckpt['epoch']} epochs; raise epochs, use --restart or another --out")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Callable, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
 
 _CREATED = False  # whether init_distributed made the process group (and so cleanup ends it)
+_THREADS_BEFORE: Optional[int] = None  # the thread count init_distributed replaced (cleanup puts it back)
 T = TypeVar("T")
 
 
@@ -31,13 +32,27 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def group_cpu_threads() -> int:
+    """The CPU threads of each process of a torchrun group: OMP_NUM_THREADS where set, else 1. torchrun sets 1
+    itself only for a launcher that starts several processes, and a CPU kernel's sums depend on how many threads
+    share them: without this, 2 machines x 1 process would train other weights than 1 machine x 2 processes."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 def init_distributed(device: str = "auto") -> Tuple[torch.device, bool]:
-    """Join the process group that `torchrun` describes (NCCL on GPU, gloo on CPU), if any."""
+    """Join the process group that `torchrun` describes (NCCL on GPU, gloo on CPU), if any; on the CPU each
+    process runs `group_cpu_threads()` threads, whatever the number of processes per machine."""
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
         local = int(os.environ.get("LOCAL_RANK", 0))
         if want_cuda:
             torch.cuda.set_device(local)
+        elif torch.get_num_threads() != group_cpu_threads():
+            global _THREADS_BEFORE
+            if _THREADS_BEFORE is None:
+                _THREADS_BEFORE = torch.get_num_threads()
+            torch.set_num_threads(group_cpu_threads())
         if not is_dist():
             global _CREATED
             dist.init_process_group("nccl" if want_cuda else "gloo")
@@ -69,6 +84,15 @@ def shard(n: int) -> List[int]:
     """This rank's share of `n` items to evaluate: every world_size-th from its rank, none repeated or padded (a
     DistributedSampler pads the shares to one length, which counts some images twice); all of them outside DDP."""
     return list(range(rank(), n, world_size()))
+
+
+def gather_object(value: T) -> List[T]:
+    """Every rank's `value` (it must pickle), by rank, on every rank; outside DDP: [value]."""
+    if not is_dist():
+        return [value]
+    values: List[Any] = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def _portable(error: BaseException) -> BaseException:
@@ -114,8 +138,12 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
-    """Tear down the process group init_distributed made (one the caller made is the caller's to end)."""
-    global _CREATED
+    """Tear down the process group init_distributed made (one the caller made is the caller's to end), and give
+    back the thread count it replaced."""
+    global _CREATED, _THREADS_BEFORE
     if _CREATED and is_dist():
         dist.destroy_process_group()
     _CREATED = False
+    if _THREADS_BEFORE is not None:
+        torch.set_num_threads(_THREADS_BEFORE)
+        _THREADS_BEFORE = None
