@@ -168,7 +168,8 @@ def test_the_workers_share_the_session_cache_and_one_of_them_builds_an_entry():
         (folder / "x.bin").write_bytes(b"made once")
 
     name, got = f"entry-{uuid.uuid4().hex}", []
-    fill = lambda: got.append(Store(Path(os.environ["DABNET_CACHE"]) / "suite").get(name, build).files["x.bin"])  # noqa: E731
+    store = Path(os.environ["DABNET_CACHE"]) / "suite"
+    fill = lambda: got.append(Store(store).get(name, build).files["x.bin"])  # noqa: E731  (a Store per caller)
     threads = [threading.Thread(target=fill), threading.Thread(target=fill)]
     threads[0].start()
     assert building.wait(30)
