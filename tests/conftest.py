@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sharing
 import torch
 import yaml
 from cpu_kinds import KINDS, emulate
@@ -305,6 +306,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cpu_kind" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.cpu_kind)
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    if workers > 1:
+        items[:] = sharing.longest_first(items, workers)
 
 
 @pytest.fixture
@@ -333,9 +337,17 @@ def _cpu_kind(request):
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Statistics and OpenVINO IR caches go to a temporary folder, never the user's ~/.cache."""
+    """Statistics and OpenVINO IR caches go to a temporary folder of this run, never the user's ~/.cache; the xdist
+    workers share it, and one of them builds each entry (the others wait and read it)."""
+    from dabnet.util.store import Store
+
+    run = sharing.session_folder(tmp_path_factory)
+    cache = run / "dabnet-cache"
+    cache.mkdir(exist_ok=True)
     mp = pytest.MonkeyPatch()
-    mp.setenv("DABNET_CACHE", str(tmp_path_factory.mktemp("dabnet-cache")))
+    mp.setenv("DABNET_CACHE", str(cache))
+    if importlib.util.find_spec("fcntl") is not None:  # POSIX; elsewhere each worker builds its own copy, as before
+        mp.setattr(Store, "get", sharing.one_builder_per_entry(Store.get, cache.resolve(), run / "dabnet-cache-locks"))
     yield
     mp.undo()
 

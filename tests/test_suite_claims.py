@@ -120,3 +120,60 @@ def test_what_a_session_makes_once_counts_for_every_test_that_uses_it(monkeypatc
 def test_no_generated_files_in_the_repository_root():  # row 16
     debris = [p.name for p in ROOT.iterdir() if p.suffix in (".onnx", ".data", ".xml", ".bin") or p.name.startswith("sym_shape_infer")]
     assert debris == []
+
+
+class _Item:
+    """What `sharing.longest_first` reads of a collected test: its node id and its slow mark."""
+
+    def __init__(self, nodeid: str, slow: bool = False) -> None:
+        self.nodeid, self.slow = nodeid, slow
+
+    def get_closest_marker(self, name: str):
+        return object() if name == "slow" and self.slow else None
+
+    def __repr__(self) -> str:
+        return self.nodeid
+
+
+def test_each_worker_starts_with_the_longest_tests_and_ends_with_the_shortest():
+    """The order the xdist workers get: LONGEST first, dealt between the workers, then the other slow tests, then
+    the rest, in each worker's block (worksteal hands each worker a block, and steals from the end of one)."""
+    import sharing
+
+    fast = [_Item(f"tests/test_a.py::test_fast{i}") for i in range(4)]
+    slow = [_Item(f"tests/test_b.py::test_slow{i}", slow=True) for i in range(2)]
+    first, second = (_Item(f"tests/{name}[case]", slow=True) for name in sharing.LONGEST[:2])
+    items = [fast[0], slow[0], second, fast[1], first, fast[2], slow[1], fast[3]]
+    order = sharing.longest_first(items, 2)
+    assert sorted(order, key=repr) == sorted(items, key=repr)
+    assert order[:4] == [first, slow[0], fast[0], fast[2]] and order[4:] == [second, slow[1], fast[1], fast[3]]
+
+
+def test_the_workers_share_the_session_cache_and_one_of_them_builds_an_entry():
+    """A missing entry of the session's cache (DABNET_CACHE, one for all the xdist workers) wanted by two at once:
+    one builds it while the other waits, then reads it (each would otherwise quantize the same weights)."""
+    import os
+    import threading
+    import time
+    import uuid
+
+    from dabnet.util.store import Store
+
+    building, built = threading.Event(), []
+
+    def build(folder: Path) -> None:
+        built.append(folder)
+        building.set()
+        time.sleep(0.5)  # the second caller arrives meanwhile
+        (folder / "x.bin").write_bytes(b"made once")
+
+    name, got = f"entry-{uuid.uuid4().hex}", []
+    store = Path(os.environ["DABNET_CACHE"]) / "suite"
+    fill = lambda: got.append(Store(store).get(name, build).files["x.bin"])  # noqa: E731  (a Store per caller)
+    threads = [threading.Thread(target=fill), threading.Thread(target=fill)]
+    threads[0].start()
+    assert building.wait(30)
+    threads[1].start()
+    for t in threads:
+        t.join(60)
+    assert got == [b"made once"] * 2 and len(built) == 1, built
