@@ -1,5 +1,6 @@
 """What makes a test slow, measured while it runs: a subprocess, a started process (loader workers, DDP ranks,
-spawn), a fork, `torch.compile`, or an int8 quantizer (NNCF, PT2E), and the use of what a session compiles or
+spawn), a fork, `torch.compile`, an export or a compile (ONNX, torch.export, TorchScript tracing, OpenVINO's converter
+and compiler), or an int8 quantizer (NNCF, PT2E), and the use of what a session compiles or
 quantizes once (dabnet's fused kernels, its int8 IR), which only the first test to need it makes. conftest.py uses this module's two hooks:
 each test's call, and each fixture's setup, records what it set off, wherever the call came from (the test's
 body, a helper in another module, a fixture), and a test not marked slow that set off any fails, naming it."""
@@ -31,6 +32,16 @@ CACHED = {
     "dabnet.models.fused": {"run_compiled": ("ran kernels compiled by torch.compile (compiled once a session)", lambda a, k: True)},
     "dabnet.runtimes.openvino": {"cached_ir": ("used an int8 IR quantized by NNCF (quantized once a session)",
                                                lambda a, k: bool(a[1] if len(a) > 1 else k.get("int8")))},
+}
+# module -> {"function" or "Class.method": what it sets off}: compiles and exports, paid by each test that needs one (an
+# OpenVINO model imported from the blob this session compiled stands for its compile, so the mark is order-free)
+COMPILERS = {
+    "openvino": {"convert_model": "converted a model to OpenVINO"},
+    "openvino._ov_api": {"Core.compile_model": "compiled an OpenVINO model",
+                         "Core.import_model": "imported a compiled OpenVINO model (compiled once a session)"},
+    "torch.onnx": {"export": "exported to ONNX"},
+    "torch.export": {"export": "ran torch.export"},
+    "torch.jit": {"trace": "traced to TorchScript"},
 }
 # audit events (sys.addaudithook) that start another program or process
 AUDITED = {"subprocess.Popen": "ran a subprocess", "os.system": "ran a shell", "os.posix_spawn": "spawned a process",
@@ -80,6 +91,12 @@ def _recorded(fn, what: str):
 
 
 def _wrap_quantizers(module) -> None:
+    for dotted, what in COMPILERS.get(module.__name__, {}).items():
+        owner_name, _, name = dotted.rpartition(".")
+        owner = getattr(module, owner_name) if owner_name else module
+        fn = getattr(owner, name, None)
+        if fn is not None and not getattr(fn, "__heavy_call__", False):
+            setattr(owner, name, _recorded(fn, what))
     for name in QUANTIZERS.get(module.__name__, ()):
         fn = getattr(module, name, None)
         if fn is not None and not getattr(fn, "__heavy_call__", False):
@@ -124,7 +141,7 @@ class _WrapOnImport(importlib.abc.MetaPathFinder):
         self.busy: set = set()
 
     def find_spec(self, name, path, target=None):
-        if (name not in QUANTIZERS and name not in CACHED) or name in self.busy:
+        if (name not in QUANTIZERS and name not in CACHED and name not in COMPILERS) or name in self.busy:
             return None
         self.busy.add(name)
         try:
@@ -155,7 +172,7 @@ def install() -> None:
     start = multiprocessing.process.BaseProcess.start  # every start method's processes: fork, spawn, forkserver
     multiprocessing.process.BaseProcess.start = _recorded_start(start)
     torch.compile = _recorded(torch.compile, "called torch.compile")
-    for name in [*QUANTIZERS, *CACHED]:
+    for name in [*QUANTIZERS, *CACHED, *COMPILERS]:
         if name in sys.modules:
             _wrap_quantizers(sys.modules[name])
     sys.meta_path.insert(0, _WrapOnImport())

@@ -217,6 +217,7 @@ def test_finetune_benchmark_runs_differ_only_in_init_from(repo_script, monkeypat
     assert {k: v for k, v in vars(seen[0]).items() if k != "init_from"} == {k: v for k, v in vars(seen[1]).items() if k != "init_from"}
 
 
+@pytest.mark.slow  # it converted a model to OpenVINO
 def test_openvino_profile_sums_each_node_kind_of_the_labels_graph(repo_script):
     pytest.importorskip("openvino")
     import benchlib as script

@@ -12,6 +12,7 @@ from dabnet.cli import main
 from dabnet.models.layers import MaxUnpool2x, PaddedNet
 
 
+@pytest.mark.slow  # it exported to ONNX
 def test_export_tolerance_follows_the_logits_and_a_failed_check_keeps_no_file(ckpt, tmp_path, monkeypatch):  # row 2
     pytest.importorskip("onnxruntime")
     import dabnet.commands.export as E
@@ -36,6 +37,7 @@ def test_export_tolerance_follows_the_logits_and_a_failed_check_keeps_no_file(ck
     assert not (tmp_path / "bad.onnx").exists()
 
 
+@pytest.mark.slow  # it exported to ONNX
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_a_failed_or_interrupted_export_leaves_the_good_file_in_place(ckpt, tmp_path, monkeypatch, fmt):
     """Every export is written and checked in a temporary folder, then renamed: a good file already at --out
@@ -80,6 +82,7 @@ def test_export_never_writes_over_its_checkpoint(ckpt, tmp_path, capsys, fmt):
     assert "is a folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # it exported to ONNX
 @pytest.mark.parametrize("name", dabnet.list_models())
 def test_every_registered_model_exports_to_onnx_and_runs_in_onnxruntime(name, tmp_path, export_parity):
     pytest.importorskip("onnxruntime")
@@ -96,6 +99,7 @@ def test_every_registered_model_exports_to_onnx_and_runs_in_onnxruntime(name, tm
     export_parity(model, tmp_path / f"{name}.onnx", "fp32")
 
 
+@pytest.mark.slow  # it converted a model to OpenVINO
 @pytest.mark.parametrize("name", ["enet", "segnet"])
 def test_max_unpooling_networks_export_to_openvino(name, tmp_path, export_parity):
     """Compared in fp32, pinned: on CPUs with native bf16 the plugin's default is bf16, whose rounding moves the
@@ -128,6 +132,7 @@ class TinyUnpool(PaddedNet):
         return self.head(self.unpool(self.mid(self.unpool(y, second)), first))
 
 
+@pytest.mark.slow  # it converted a model to OpenVINO
 def test_openvino_export_reports_labels_at_fp32_and_at_the_plugins_default_precision(tmp_path, cpu_kind, export_parity):
     """A user who loads the IR with plain OpenVINO gets the plugin's default on their CPU (bf16 where the CPU has it):
     export measures the labels there too and names that precision; fp32 decides whether the file is kept. Compared

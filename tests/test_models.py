@@ -91,6 +91,7 @@ def test_eval_mode_output_of_an_image_does_not_depend_on_its_batch(name):
 UNTRACEABLE = {"enet", "segnet"}
 
 
+@pytest.mark.slow  # it traced to TorchScript
 @pytest.mark.parametrize("name", [n for n in ALL_MODELS if n not in UNTRACEABLE])
 def test_traced_torchscript_matches_eager_at_another_size(name):
     model = _build(name).eval()
@@ -102,6 +103,7 @@ def test_traced_torchscript_matches_eager_at_another_size(name):
         torch.testing.assert_close(traced(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # it ran torch.export
 @pytest.mark.parametrize("name", ["dabnet", "enet", "segnet"])
 def test_torch_export_with_dynamic_size(name):
     model = _build(name).eval()

@@ -40,6 +40,7 @@ def bundled():
 # the runner pins (int8's float layers: the plugin's default, which the runner names).
 @pytest.mark.parametrize("precision,min_agreement", [("fp32", 0.9999), ("bf16", 0.995),
                                                      pytest.param("int8", MIN_INT8_AGREEMENT, marks=pytest.mark.slow)])  # NNCF quantizes
+@pytest.mark.slow  # it compiled an OpenVINO model
 def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement):
     if precision == "bf16" and not cpu_has_bf16():
         with pytest.raises(ValueError, match="native bf16"):
@@ -76,6 +77,7 @@ def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement
     assert inside.dtype == torch.uint8 and (inside == run.labels(seg.preprocess(images))).float().mean() > 0.999
 
 
+@pytest.mark.slow  # it imported a compiled OpenVINO model
 def test_segmenter_feeds_openvino_uint8_frames_tiny_ones_padded_as_the_float_path_pads(bundled, monkeypatch):
     model, seg, _ = bundled
     ov_seg = Segmenter.for_model(model, runner=prepare(model, "openvino", "fp32"), backend="openvino")
@@ -237,6 +239,7 @@ def test_auto_choice_for_each_kind_of_cpu(monkeypatch, kind, have_nncf):
         assert precision == "fp32" and not H.cpu_has_bf16()
 
 
+@pytest.mark.slow  # it converted a model to OpenVINO
 def test_ir_export_round_trip(bundled, tmp_path, capsys):
     model, seg, x = bundled
     xml = tmp_path / "m.xml"
@@ -254,6 +257,7 @@ def test_ir_export_round_trip(bundled, tmp_path, capsys):
         export_ir(model, tmp_path / "m.ir")
 
 
+@pytest.mark.slow  # it converted a model to OpenVINO
 def test_eval_with_a_backend_and_precision(tmp_path, make_camvid, capsys):
     root = make_camvid(tmp_path / "cv", n=4)
     ckpt = tmp_path / "c.pth"
@@ -285,6 +289,7 @@ def _tiny_ir(path: Path, classes: int = 11, quantized: bool = False) -> Path:
     return path
 
 
+@pytest.mark.slow  # it compiled an OpenVINO model
 def test_openvino_runners_name_the_precision_the_plugin_runs(tmp_path, cpu_kind):
     """fp32 and bf16 are pinned by their hint; int8 leaves the float layers to the plugin's default on this kind of
     CPU, which its label names; what each compiles to is what it says; auto's choice follows the kind's flags."""
@@ -310,6 +315,7 @@ def test_openvino_runners_name_the_precision_the_plugin_runs(tmp_path, cpu_kind)
         assert choose_auto("cpu") == ("openvino", "int8", f"{cpu_kind.model} has {kernels}; first and last convolutions stay in float")
 
 
+@pytest.mark.slow  # it compiled an OpenVINO model
 def test_an_exported_ir_runs_only_the_precisions_it_holds(tmp_path, make_camvid, capsys):
     """Issue 50, case 6: `eval --checkpoint m.xml --precision int8` on a float IR ran the plugin's default and
     called it "openvino int8". int8 quantizes the network, which an IR no longer is: refused in one line that says
@@ -346,6 +352,7 @@ class _Upsampled(torch.nn.Module):
         return F.interpolate(y, size=x.shape[2:], mode="nearest") if self.mode == "nearest" else y
 
 
+@pytest.mark.slow  # it converted a model to OpenVINO
 @pytest.mark.parametrize("mode,host", [("bilinear", True), ("corners", False), ("nearest", False), (None, False)])
 def test_labels_come_from_low_resolution_logits_only_after_a_half_pixel_bilinear_upsampling(mode, host):
     from dabnet.runtimes.openvino import OpenVINORunner, convert
@@ -365,6 +372,7 @@ def test_labels_come_from_low_resolution_logits_only_after_a_half_pixel_bilinear
         assert outputs[0].shape == (2, 5, 15, 12) and outputs[1].tolist() == [61, 50]  # the last run: the 61x50 crop
 
 
+@pytest.mark.slow  # it compiled an OpenVINO model
 def test_openvino_stream_keeps_the_order_and_the_labels_of_one_at_a_time(bundled):
     model, _, _ = bundled
     ov_seg = Segmenter.for_model(model, runner=prepare(model, "openvino", "fp32"), backend="openvino")
@@ -381,6 +389,7 @@ def test_openvino_stream_keeps_the_order_and_the_labels_of_one_at_a_time(bundled
     assert [k for k, _ in passed] == ["a", "b", "c"] and passed[0][1] is None and passed[1][1].shape == (32, 32)
 
 
+@pytest.mark.slow  # it imported a compiled OpenVINO model
 def test_predict_folder_through_openvino_streams_writes_what_batches_write(bundled, tmp_path):
     from PIL import Image
 
@@ -407,6 +416,7 @@ def test_predict_folder_through_openvino_streams_writes_what_batches_write(bundl
             assert labels.shape == written["stream"][k].shape and (labels == written["stream"][k]).mean() > 0.999
 
 
+@pytest.mark.slow  # it imported a compiled OpenVINO model
 @pytest.mark.parametrize("threads", [2, 4])
 def test_one_openvino_segmenter_is_safe_from_many_threads(threads):
     """Each thread has its own infer requests of the one compiled model: every result equals the single-thread
@@ -425,6 +435,7 @@ def test_one_openvino_segmenter_is_safe_from_many_threads(threads):
     assert all(all(np.array_equal(a, b) for a, b in zip(run, expected)) for run in streamed)
 
 
+@pytest.mark.slow  # it imported a compiled OpenVINO model
 def test_a_segmenter_pickles_as_what_made_it_and_comes_back_working(tmp_path):
     import copy
     import pickle
@@ -525,6 +536,7 @@ def test_a_damaged_compiled_blob_is_found_and_rebuilt(wide_cache, tmp_path):
     assert "damaged" in line and (labels.long() == want).float().mean() > 0.9999
 
 
+@pytest.mark.slow  # it imported a compiled OpenVINO model
 def test_a_large_image_leaves_no_memory_held_once_the_segmenter_releases_it(bundled):
     """OpenVINO keeps its intermediate buffers sized for the largest input it has run: after one 2048x2048 image
     a server would sit hundreds of MB above its size while idle. `release_memory` gives them back, and the next

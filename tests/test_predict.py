@@ -126,6 +126,7 @@ def test_video_round_trip(ckpt, tmp_path):
     assert frames == 6 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 96
 
 
+@pytest.mark.slow  # it exported to ONNX
 def test_onnx_export_matches_pytorch_and_runs_in_predict(ckpt, images, tmp_path):
     pytest.importorskip("onnxruntime")
     model = dabnet.load_model(ckpt)
@@ -146,6 +147,7 @@ def test_onnx_export_matches_pytorch_and_runs_in_predict(ckpt, images, tmp_path)
     assert (out / "odd_overlay.png").is_file()
 
 
+@pytest.mark.slow  # it traced to TorchScript
 def test_torchscript_export_and_cli(ckpt, tmp_path, capsys):
     res = export_model(dabnet.load_model(ckpt), "torchscript", tmp_path / "m.pt")
     assert res["max_abs_error"] < 1e-4
@@ -155,6 +157,7 @@ def test_torchscript_export_and_cli(ckpt, tmp_path, capsys):
     assert loaded(torch.randn(1, 3, 40, 56)).shape == (1, 11, 40, 56)
 
 
+@pytest.mark.slow  # it traced to TorchScript
 def test_untraceable_net_is_a_clear_export_error_and_enet_now_traces(tmp_path, export_parity):
     class DictNet(torch.nn.Module):  # a dict output cannot be traced
         model_name, num_classes, size_multiple = "dictnet", 2, 8
@@ -183,7 +186,8 @@ def _trained_batchnorms(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("backend", ["eager", "fold", pytest.param("compile", marks=pytest.mark.slow), "onnxruntime"])
+@pytest.mark.parametrize("backend", ["eager", "fold", pytest.param("compile", marks=pytest.mark.slow),
+                                     pytest.param("onnxruntime", marks=pytest.mark.slow)])  # compiled or exported
 def test_every_backend_agrees_with_eager_fp32(ckpt, backend, tmp_path):
     from dabnet.runtimes import prepare
 
@@ -524,6 +528,7 @@ def test_an_image_over_the_decoding_limit_says_which_option_reads_it(ckpt, tmp_p
     assert main(args + ["--max-image-pixels", "4000"]) == 0
 
 
+@pytest.mark.slow  # it exported to ONNX
 def test_exported_files_refuse_what_they_cannot_honour(ckpt, tmp_path, monkeypatch):
     """--device, --precision and --channels-last on an exported file are honoured or refused in one line, never
     ignored; --channels-last under auto likewise (issue 42, 15)."""
@@ -834,6 +839,7 @@ def test_a_video_whose_name_is_not_utf8_is_segmented_not_a_crash(ckpt, tmp_path)
     assert cv2.VideoCapture(str(out / "b_overlay.mp4")).get(cv2.CAP_PROP_FRAME_COUNT) == 4
 
 
+@pytest.mark.slow  # it exported to ONNX
 def test_a_full_disk_in_predict_and_export_names_the_file_and_its_file_systems_free_space(ckpt, tmp_path, capsys, monkeypatch):
     """Issue 50 (11): `disk full writing (72247 MiB free)`: no file, and the current folder's free space."""
     import errno

@@ -181,6 +181,7 @@ def test_one_device_rule_for_every_command(monkeypatch, tmp_path):
     assert resolve_device("cpu", "eager") == "cpu" and resolve_device("cuda:1", "eager") == "cuda:1"
 
 
+@pytest.mark.slow  # it imported a compiled OpenVINO model
 def test_eval_with_a_cpu_backend_on_a_gpu_machine_runs_on_the_cpu(monkeypatch, tmp_path, make_camvid):
     """The README's `eval --backend openvino` on a machine with a GPU: auto picks the CPU for that backend
     (it refused before), and predictions meet the confusion matrix on its device."""

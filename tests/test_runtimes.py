@@ -8,6 +8,7 @@ import pytest
 import dabnet
 
 
+@pytest.mark.slow  # it exported to ONNX
 def test_onnxruntime_backend_leaves_no_temporary_files(ckpt, tmp_path, monkeypatch):  # row 10
     pytest.importorskip("onnxruntime")
     import tempfile
@@ -19,11 +20,12 @@ def test_onnxruntime_backend_leaves_no_temporary_files(ckpt, tmp_path, monkeypat
 
 
 def _backends():
-    names = ["eager", "fold", "onnxruntime"]
+    slow = pytest.mark.slow  # exported to ONNX, compiled by OpenVINO
+    names = ["eager", "fold", pytest.param("onnxruntime", marks=slow)]
     try:
         import openvino  # noqa: F401
 
-        names.append("openvino")
+        names.append(pytest.param("openvino", marks=slow))
     except ImportError:
         pass
     return names
