@@ -86,9 +86,9 @@ def train_one_epoch(
                 failure = e
             # One agreement per step, before the forward (DDP's first collective), so that every rank leaves the loop
             # at the same step and in the same way: a loader that failed or ran dry on one rank, or a stop signal that
-            # reached one process, is every rank's. The trainer's loader workers ignore SIGINT/SIGTERM,
-            # but a loader that fails while a stop is pending (a worker killed along with the group) is that stop.
-            # should_stop() is asked once per step taken (and on a failure), as a stop after the step would be.
+            # reached one process, is every rank's. The trainer's loader workers ignore SIGINT/SIGTERM, but a loader
+            # that fails while a stop is pending (a worker killed along with the group) is that stop. should_stop() is
+            # asked once per step taken (and on a failure): a stop that came during a step ends the epoch after it.
             stop_here = should_stop() if (steps > 0 or failure is not None) else False
             own_failure = failure if failure is not None and not stop_here else None
             failed, ran_dry, stop_now = agree(own_failure is not None, ran_dry, stop_here)
