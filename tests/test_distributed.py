@@ -7,14 +7,15 @@ import datetime
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
+from contextlib import ExitStack, redirect_stdout
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 import torch
@@ -25,10 +26,15 @@ from dabnet.util import distributed as D
 
 
 def _record_writes(into: List[str], under: str) -> None:
-    """Append to `into` every file under `under` this process opens for writing, whatever opens it (an audit hook)."""
+    """Append to `into` every file under `under` this process opens for writing or renames into place, whatever
+    does it (an audit hook: it sees files that C++ code writes, as torch.save's, where they are renamed)."""
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 
     def hook(event: str, args: Any) -> None:
+        if event == "os.rename" and isinstance(args[1], (str, os.PathLike)):  # os.replace's event too
+            if os.path.abspath(args[1]).startswith(under):
+                into.append(os.path.abspath(args[1]))
+            return
         if event != "open" or not isinstance(args[0], (str, os.PathLike)):
             return
         path, mode, flags = os.fspath(args[0]), args[1], args[2]
@@ -408,3 +414,332 @@ def test_two_machines_stopped_and_resumed_equal_one_machine_bit_for_bit(make_cam
     keys = ("epoch", "iteration", "lr", "train_loss", "val_miou")
     assert [[h[k] for k in keys] for h in a["history"]] == [[h[k] for k in keys] for h in b["history"]]
     assert (a["epoch"], a["iteration"], a["finished"]) == (b["epoch"], b["iteration"], b["finished"]) == (2, 4, True)
+
+
+# ----------------------------------------------------------------------------- faults: no rank hangs the others
+
+
+def _dabnet(argv: List[str]) -> Dict[str, Any]:
+    """`python -m dabnet ARGV` in this process: its exit status, what it printed, and how long it took."""
+    from contextlib import redirect_stderr
+
+    from dabnet.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.monotonic()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = main(argv)
+    errors = [line for line in err.getvalue().splitlines() if line.startswith(f"dabnet {argv[0]}: ")]  # not warnings
+    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "errors": errors, "seconds": time.monotonic() - t0}
+
+
+def _train_argv(root: str, out: str, *settings: str) -> List[str]:
+    base = ["epochs=1", "batch_size=2", "crop_size=[32, 48]", "workers=0", "val_batch_size=4", "check_data=false",
+            "fused=false", "class_weights=none", "warmup_iters=0", "device=cpu", f"data_root={root}"]  # fmt: skip
+    return ["train", "--config", "camvid", "--out", out] + [a for s in base + list(settings) for a in ("--set", s)]
+
+
+class _Patched:
+    """`setattr(obj, name, value)` for a block, undone after it."""
+
+    def __init__(self, obj: Any, name: str, value: Any) -> None:
+        self.obj, self.name, self.value = obj, name, value
+
+    def __enter__(self) -> None:
+        self.old = getattr(self.obj, self.name)
+        setattr(self.obj, self.name, self.value)
+
+    def __exit__(self, *exc: Any) -> None:
+        setattr(self.obj, self.name, self.old)
+
+
+def _on_item(rank: int, only: int, at: int, act: Callable[[], None]) -> Callable:
+    """SegmentationDataset.__getitem__ that runs `act` in process `only` when it reads its `at`-th item."""
+    from dabnet.data.datasets import SegmentationDataset
+    from dabnet.data.transforms import TrainTransform
+
+    real, calls = SegmentationDataset.__getitem__, {"n": 0}
+
+    def getitem(self, index):
+        if rank == only and isinstance(self.transform, TrainTransform):  # a training image, not a validation one
+            calls["n"] += 1
+            if calls["n"] == at:
+                act()
+        return real(self, index)
+
+    return getitem
+
+
+def _nan_loss(rank: int, only: int, at: int) -> Callable:
+    """train.build_loss whose loss turns NaN in process `only` at its `at`-th step."""
+    import dabnet.commands.train as train_mod
+
+    real = train_mod.build_loss
+
+    def build(*a: Any, **k: Any) -> torch.nn.Module:
+        inner, calls = real(*a, **k), {"n": 0}
+
+        class NanAt(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, logits, target):
+                calls["n"] += 1
+                loss = self.inner(logits, target)
+                return loss * float("nan") if rank == only and calls["n"] == at else loss
+
+        return NanAt()
+
+    return build
+
+
+def _fault_ranks(rank: int, root: str, bad_root: str, teacher: str, work: str) -> Dict[str, Any]:
+    """Every fault scenario in turn, in one group of processes (each scenario a `dabnet train` or `eval`): what
+    each ended with, and the files this rank wrote in it."""
+    import errno
+    import signal
+
+    import dabnet.commands.train as train_mod
+    import dabnet.training.distill as distill_mod
+    from dabnet.data.datasets import DatasetError, SegmentationDataset
+    from dabnet.training.distill import DistillError
+
+    writes: List[str] = []
+    _record_writes(writes, work)
+
+    def fail(error: BaseException) -> Callable:
+        def raiser(*a: Any, **k: Any) -> Any:
+            raise error
+
+        return raiser
+
+    def sigterm() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def train(name: str, *settings: str, data: str = root) -> List[str]:
+        return _train_argv(data, f"{work}/{name}", *settings)
+
+    ckpt = f"{work}/trained/last.pth"
+    scenarios = {
+        "check_data": (train("check_data", "check_data=true", data=bad_root), []),
+        "stats": (train("stats", "class_weights=enet"), [(train_mod, "compute_stats", fail(DatasetError("statistics of f002.png failed (injected)")))]),
+        "teacher": (train("teacher", f"distill_from={teacher}"),
+                    [(distill_mod, "teacher_probabilities", fail(DistillError("teacher map of f001.png failed (injected)")))]),
+        "save": (train("save"), [(train_mod, "save_checkpoint", fail(OSError(errno.ENOSPC, "No space left on device", f"{work}/save/last.pth")))]),
+        "loader": (train("loader"), [(SegmentationDataset, "__getitem__", _on_item(rank, 1, 3, fail(DatasetError("f005.png: cannot read (injected)"))))]),
+        "nan": (train("nan"), [(train_mod, "build_loss", _nan_loss(rank, 2, 2))]),
+        "stop": (train("stop"), [(SegmentationDataset, "__getitem__", _on_item(rank, 1, 3, sigterm))]),
+        "refuse": (train("refuse"), []),
+        "boundary": (train("boundary", "epochs=2"), []),
+        "trained": (train("trained", "class_weights=enet"), []),  # then evaluated
+        "eval": (["eval", "--checkpoint", ckpt, "--data-root", root, "--workers", "0", "--device", "cpu", "--backend", "eager",
+                  "--json", f"{work}/eval/result.json", "--confusion-png", f"{work}/eval/confusion.png"], []),  # fmt: skip
+    }
+    outcomes = {}
+    for name, (argv, patches) in scenarios.items():
+        del writes[:]
+        with ExitStack() as stack:
+            for obj, attr, value in patches:
+                stack.enter_context(_Patched(obj, attr, value))
+            outcomes[name] = dict(_dabnet(argv), writes=list(writes))
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory, make_camvid, ckpt, sigterm_at) -> Dict[str, Any]:
+    """The fault scenarios run once by 3 gloo processes (_fault_ranks), between the single-process runs that some
+    of them resume or that resume them; the outcomes by scenario and rank, and the folders."""
+    import dabnet.commands.train as train_mod
+
+    base = tmp_path_factory.mktemp("faults").resolve()
+    root, bad, work = make_camvid(base / "camvid", n=12), make_camvid(base / "bad", n=12), base / "work"
+    (bad / "trainannot" / "f002.png").write_bytes(b"not a png")  # what the data check finds
+    work.mkdir()
+    cache = os.environ.get("DABNET_CACHE")
+    os.environ["DABNET_CACHE"] = str(work / "cache")  # the ranks inherit it: the statistics cache is theirs to write
+    steps: List[int] = []
+    real = train_mod.train_one_epoch
+
+    def counted(*a: Any, **k: Any) -> Dict[str, Any]:
+        result = real(*a, **k)
+        steps.append(result["steps"])
+        return result
+
+    try:
+        with _threads(1):
+            with _Patched(train_mod, "train_one_epoch", sigterm_at(real, 1, 1)):
+                stopped = _dabnet(_train_argv(str(root), f"{work}/refuse"))  # 1 process, stopped after step 1
+            finished = _dabnet(_train_argv(str(root), f"{work}/boundary"))  # 1 process, 1 epoch
+            assert (stopped["rc"], finished["rc"]) == (143, 0), (stopped, finished)
+            ranks = run_group(3, base / "group", _fault_ranks, str(root), str(bad), str(ckpt), str(work), timeout=300)
+            with _Patched(train_mod, "train_one_epoch", counted):  # the 3 processes' "stop" run, resumed by 1
+                mapped = _dabnet(_train_argv(str(root), f"{work}/stop"))
+    finally:
+        if cache is None:
+            os.environ.pop("DABNET_CACHE", None)
+        else:
+            os.environ["DABNET_CACHE"] = cache
+    return {"ranks": ranks, "root": root, "work": work, "mapped": dict(mapped, steps=steps)}
+
+
+FAILURES = {  # scenario -> what its one error line says
+    "check_data": r"1 problem\(s\) in camvid:train, found before training: .*f002\.png",
+    "stats": r"statistics of f002\.png failed \(injected\)",
+    "teacher": r"teacher map of f001\.png failed \(injected\)",
+    "save": r"disk full writing \S+/save/last\.pth",
+    "loader": r"f005\.png: cannot read \(injected\)",
+    "nan": r"loss is nan in process 2 after 1 step\(s\) of this epoch \(epoch 1\)\. Training stopped; no epoch finished",
+    "refuse": r"cannot resume \S+/refuse/last\.pth mid-epoch \(epoch 1, step 1\) with 3 process\(es\): it was trained with 1, "
+              r"and its 1 step\(s\) of 1 process\(es\) do not divide among 3; resume with 1",
+}
+
+
+def _scenario(faults: Dict[str, Any], name: str) -> List[Dict[str, Any]]:
+    return [o[name] for o in faults["ranks"]]
+
+
+@pytest.mark.slow  # 3 spawned processes
+@pytest.mark.parametrize("scenario", sorted(FAILURES))
+def test_a_failure_in_one_process_ends_every_process_with_the_same_line(faults, scenario):
+    # rank 0's sections (data check, statistics, teacher maps, checkpoint), one rank's loader or NaN, a refused resume
+    ranks = _scenario(faults, scenario)
+    lines = [tuple(o["errors"]) for o in ranks]
+    assert [o["rc"] for o in ranks] == [2, 2, 2], [o["stderr"] for o in ranks]
+    assert len(set(lines)) == 1 and len(lines[0]) == 1, lines  # a rank left waiting would fail later, with the group's timeout
+    (line,) = lines[0]
+    assert re.search(FAILURES[scenario], line), line
+    assert all(o["seconds"] < 30 for o in ranks), [o["seconds"] for o in ranks]
+
+
+@pytest.mark.slow  # 3 spawned processes
+def test_a_stop_signal_to_one_process_stops_every_process_at_the_same_step(faults):
+    ranks = _scenario(faults, "stop")
+    assert [o["rc"] for o in ranks] == [128 + 15] * 3, [o["stderr"] for o in ranks]  # SIGTERM's status, on each
+    assert re.search(r"SIGTERM: saved \S+/stop/last\.pth at epoch 1, iteration 1;", ranks[0]["stdout"]), ranks[0]["stdout"]
+    assert all(o["seconds"] < 30 for o in ranks)
+
+
+@pytest.mark.slow  # 3 spawned processes
+def test_only_rank0_writes_in_a_training_run_and_an_evaluation(faults):
+    work = faults["work"]
+    for name in ("trained", "eval"):
+        ranks = _scenario(faults, name)
+        assert [o["rc"] for o in ranks] == [0] * 3, [o["stderr"] for o in ranks]
+        assert ranks[1]["writes"] == ranks[2]["writes"] == [], (ranks[1]["writes"], ranks[2]["writes"])
+        assert ranks[1]["stdout"] == ranks[2]["stdout"] == ""
+    written = {Path(w).relative_to(work).as_posix() for w in _scenario(faults, "trained")[0]["writes"]}
+    wanted = {"trained/last.pth", "trained/best.pth", "trained/config.yaml", "trained/metrics.jsonl", "trained/metrics.csv"}
+    wanted |= {"trained/loss.png", "trained/miou.png"} if _importable("matplotlib") else set()
+    assert wanted <= written, sorted(written)
+    assert any(w.startswith("cache/stats/") for w in written), sorted(written)  # the class weights' statistics
+    if _importable("tensorboard"):
+        assert any(w.startswith("trained/tb/") for w in written), sorted(written)
+    evaluated = {Path(w).relative_to(work).as_posix() for w in _scenario(faults, "eval")[0]["writes"]}
+    assert {"eval/result.json", "eval/confusion.png"} <= evaluated, sorted(evaluated)
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.slow  # 3 spawned processes
+def test_the_logged_validation_miou_is_that_of_the_saved_checkpoint(faults):
+    # Each process's BatchNorm statistics come from its own batches; the validation, sharded over the processes,
+    # must measure the statistics last.pth holds (rank 0's).
+    from dabnet.commands.evaluate import run_evaluation
+    from dabnet.config import EvalConfig
+
+    work = faults["work"]
+    logged = [json.loads(line) for line in (work / "trained" / "metrics.jsonl").read_text().splitlines()][-1]["val_miou"]
+    with _threads(1):
+        result = run_evaluation(EvalConfig(checkpoint=str(work / "trained" / "last.pth"), data_root=str(faults["root"]), workers=0,
+                                           device="cpu", backend="eager"), log=lambda *a: None)  # fmt: skip
+    assert round(result["miou"], 6) == logged
+    assert json.loads((work / "eval" / "result.json").read_text())["miou"] == result["miou"]  # the 3 processes' eval
+
+
+@pytest.mark.slow  # 3 spawned processes
+def test_a_resume_with_more_processes_at_an_epoch_boundary_recomputes_the_schedule(faults):
+    from dabnet.io.checkpoint import read_checkpoint
+
+    ranks = _scenario(faults, "boundary")
+    assert [o["rc"] for o in ranks] == [0] * 3, [o["stderr"] for o in ranks]
+    assert ("resuming with 3 process(es) a run trained with 1: 2 steps per epoch now; epoch 2 goes on at step 0, "
+            "the schedule at step 2 (was 6)") in ranks[0]["stdout"]  # fmt: skip
+    ck = read_checkpoint(faults["work"] / "boundary" / "last.pth")
+    # 6 steps of 1 process (12 images, batch 2), then 2 of 3 processes; the poly schedule over 2 epochs of 2 steps.
+    assert (ck["epoch"], ck["iteration"], ck["world_size"]) == (2, 4, 3)
+    assert ck["history"][-1]["lr"] == 0.0  # the schedule's end, reached at the run's end
+
+
+@pytest.mark.slow  # 3 spawned processes
+def test_a_resume_with_fewer_processes_mid_epoch_goes_on_from_the_same_image(faults):
+    mapped = faults["mapped"]
+    assert mapped["rc"] == 0, mapped["stderr"]
+    assert ("resuming with 1 process(es) a run trained with 3: 6 steps per epoch now; epoch 1 goes on at step 3, "
+            "the schedule at step 3 (was 1)") in mapped["stdout"]  # fmt: skip
+    assert mapped["steps"] == [3]  # 1 step of 3 processes = 3 steps of 1: the other half of the epoch's 12 images
+
+
+@pytest.mark.parametrize("saved,world,step", [(3, 1, 1), (2, 1, 1), (2, 3, 3), (1, 2, 4), (3, 2, 2)])
+def test_resume_step_goes_on_at_the_first_image_not_trained(monkeypatch, saved, world, step):
+    from dabnet.commands.train import ResumableSampler
+    from dabnet.training.reshard import resume_step
+
+    batch, n = 2, 13
+
+    def drawn(processes: int, skip: int, take: Optional[int] = None) -> List[int]:
+        """The images `processes` processes train in an epoch, from step `skip` on (`take` steps, else all)."""
+        out: List[int] = []
+        for r in range(processes):
+            monkeypatch.setattr(D, "rank", lambda r=r: r)
+            monkeypatch.setattr(D, "world_size", lambda: processes)
+            sampler = ResumableSampler(list(range(n)), seed=3, batch_size=batch)
+            sampler.set_epoch(4, skip)
+            order = list(sampler)
+            order = order[: len(order) // batch * batch]  # the loader's drop_last
+            out += order[: take * batch] if take is not None else order
+        return out
+
+    before = drawn(saved, 0, take=step)
+    after = drawn(world, resume_step(saved, world, step, False, "last.pth", 0))
+    assert not set(before) & set(after)
+    assert sorted(before + after) == sorted(drawn(world, 0))  # the whole epoch of `world` processes, once
+
+
+def test_resume_step_refuses_what_it_cannot_map_in_one_line_naming_both_sizes():
+    from dabnet.io.checkpoint import CheckpointError
+    from dabnet.training.reshard import resume_step, saved_world_size
+
+    with pytest.raises(CheckpointError, match=r"mid-epoch \(epoch 2, step 1\) with 3 process\(es\): it was trained with 2, .*"
+                                              r"resume with 2 \(torchrun --nproc_per_node=2\)"):  # fmt: skip
+        resume_step(2, 3, 1, False, "last.pth", 1)
+    with pytest.raises(CheckpointError, match="data_on_device gives each process a fixed share"):
+        resume_step(2, 1, 2, True, "last.pth", 0)
+    assert resume_step(2, 3, 0, True, "last.pth", 0) == 0  # at an epoch's start any number goes on
+    assert saved_world_size({"world_size": 4}) == 4
+    assert saved_world_size({"hardware": "Xeon (avx2 amx_bf16), 2 threads x3, capped by ONEDNN_MAX_CPU_ISA=AVX2"}) == 3
+    assert saved_world_size({"hardware": "NVIDIA H100 x2"}) == 2 and saved_world_size({}) is None
+
+
+def test_group_timeout_reads_dabnet_dist_timeout(monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.delenv("DABNET_DIST_TIMEOUT", raising=False)
+    assert D.group_timeout() == datetime.timedelta(seconds=D.DEFAULT_TIMEOUT_S)
+    monkeypatch.setenv("DABNET_DIST_TIMEOUT", "90")
+    got = {}
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **k: got.update(k, backend=backend))
+    monkeypatch.setattr(D, "is_dist", lambda: False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(D, "_CREATED", False)
+    D.init_distributed("cpu")
+    assert got == {"backend": "gloo", "timeout": datetime.timedelta(seconds=90)}
+    for bad in ("abc", "0", "-5"):
+        monkeypatch.setenv("DABNET_DIST_TIMEOUT", bad)
+        with pytest.raises(ValueError, match=rf"DABNET_DIST_TIMEOUT='{bad}' is not a number of seconds above 0"):
+            D.group_timeout()

@@ -90,14 +90,16 @@ def _evaluated(cfg: EvalConfig, device, log) -> Dict[str, Any]:
     log(f"{cfg.checkpoint} on {ds.name}: {len(ds)} images, backend {seg.backend}, scales {list(cfg.scales)}, flip {cfg.flip}")
     log(per_class_table(res["iou"], ds.classes))
     log(f"mIoU {100 * res['miou']:.2f}%   pixel accuracy {100 * res['pixel_acc']:.2f}%")
-    if not is_main():  # one writer: every rank holds the same result
-        return result
-    if cfg.json:
-        with atomic_output(cfg.json, fsync=False) as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
-        log(f"wrote {cfg.json}")
-    if cfg.confusion_png:
-        with atomic_output(cfg.confusion_png, fsync=False) as tmp:
-            save_confusion_png(cm.mat.cpu().numpy(), ds.classes, str(tmp))
-        log(f"wrote {cfg.confusion_png}")
+
+    def write() -> None:  # one writer: every rank holds the same result; an output rank 0 cannot write fails them all
+        if cfg.json:
+            with atomic_output(cfg.json, fsync=False) as tmp:
+                tmp.write_text(json.dumps(result, indent=2))
+            log(f"wrote {cfg.json}")
+        if cfg.confusion_png:
+            with atomic_output(cfg.confusion_png, fsync=False) as tmp:
+                save_confusion_png(cm.mat.cpu().numpy(), ds.classes, str(tmp))
+            log(f"wrote {cfg.confusion_png}")
+
+    rank0_first(write)
     return result

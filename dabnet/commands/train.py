@@ -47,6 +47,7 @@ from ..training import Callbacks, build_callbacks
 from ..training.callbacks import weights_in
 from ..training.engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
 from ..training.losses import build_loss
+from ..training.reshard import reshard
 from ..util import distributed as D
 from ..util.compiler import usable_compile_cache
 from ..util.files import check_output_folder
@@ -410,9 +411,8 @@ def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
     torch.manual_seed(cfg.seed)  # after the callbacks: building a teacher draws from the generator
     train_ds, val_sets = build_datasets(cfg)  # file lists only
     drawn = callbacks.on_data(train_ds)  # checks against the data (a teacher's classes) before any work
-    if cfg.check_data and D.is_main() and fresh:
-        _check_files(cfg, log)
-    D.barrier()
+    if cfg.check_data and fresh:  # rank 0 reads every file; a problem it finds is every rank's error
+        D.rank0_first(lambda: _check_files(cfg, log))
     select_on = selection_set(cfg)
     for key, ds in val_sets.items():
         if shares_frames(ds, train_ds):
@@ -435,6 +435,7 @@ def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
     loss_fn = build_loss(cfg.loss, weights, train_ds.ignore_index, cfg.ohem_thresh, min_kept, cfg.fused).to(device)
     loader, val_loaders = _loaders(cfg, train_ds, drawn, val_sets, sampler, device)
     meta = dict(train_ds.describe(), config=dataclasses.asdict(cfg), selected_on=select_on, hardware=describe_hardware(device),
+                world_size=D.world_size(),  # a resume with another number of processes maps its schedule (reshard)
                 data_splits={"train": cfg.train_split, "val": cfg.val_split, "holdout": list(cfg.holdout)})  # fmt: skip
     return Run(cfg, device, Path(cfg.out), model, forward, optimizer, scheduler, scaler, loss_fn, train_ds, sampler, loader,
                val_loaders, select_on, meta, callbacks)  # fmt: skip
@@ -466,9 +467,14 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
               "seconds": round(state.seconds_sum, 2), "val_miou": None, "val_pixel_acc": None}  # fmt: skip
     finished = epoch == cfg.epochs
     run.callbacks.on_epoch_end(record)
+    trained = run.model.state_dict()
+    published = run.callbacks.published(trained)
+    # Each rank's BatchNorm statistics (and EMA's average of them) come from its own batches: rank 0's, the ones it
+    # saves, go to every rank, so that the validation, sharded over the ranks, measures the saved weights.
+    D.broadcast_from_rank0(trained.values())
+    if published is not trained:
+        D.broadcast_from_rank0(published.values())
     if epoch % max(cfg.val_every, 1) == 0 or finished:
-        trained = run.model.state_dict()
-        published = run.callbacks.published(trained)
         # The published weights (EMA's) are the run's figures; the trained ones, where they differ, are shown beside.
         for weights, suffix in [(published, "")] + ([(trained, "_trained")] if published is not trained else []):
             with weights_in(run.model, weights):
@@ -486,7 +492,8 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
     state.close_epoch()
     if improved:
         state.best_miou = score
-    if D.is_main():
+
+    def write() -> None:
         ckpt = run.checkpoint(state, finished=finished)
         save_checkpoint(ckpt, run.out / "last.pth")
         if improved:
@@ -498,6 +505,8 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
             for k in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "holdout_miou"):
                 if record.get(k) is not None:
                     writer.add_scalar(k, record[k], epoch)
+
+    D.rank0_first(write)  # a checkpoint rank 0 cannot write (a full disk) stops every rank with its error
     mious = "".join(f"  {k} mIoU {100 * record[f'{k}_miou']:.2f}%{' (best)' if improved and k == run.select_on else ''}"
                     for k in run.val_loaders if record.get(f"{k}_miou") is not None)  # fmt: skip
     mious += "".join(f" ({100 * record[f'{k}_trained_miou']:.2f}% trained weights)" for k in run.val_loaders
@@ -514,8 +523,8 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
 
 def stop_run(run: Run, state: RunState, signum: int, log, saved: bool = False) -> Dict[str, Any]:
     """The one way a run stops early: save where it stands (unless the epoch's end just did) and say how to go on."""
-    if D.is_main() and not saved:
-        save_checkpoint(run.checkpoint(state), run.out / "last.pth")
+    if not saved:
+        D.rank0_first(lambda: save_checkpoint(run.checkpoint(state), run.out / "last.pth"))
     name = signal.Signals(signum).name
     where = f"at epoch {state.epoch + 1}, iteration {state.iter_in_epoch}" if state.iter_in_epoch else f"after epoch {state.epoch}"
     log(f"{name}: saved {run.out / 'last.pth'} {where}; run the same command to resume")
@@ -629,11 +638,13 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[
         _check_resume_config(ckpt.get("config") or {}, cfg, resume or str(Path(cfg.out) / "last.pth"), log)
     run = build_run(cfg, device, fresh=ckpt is None, log=log)
     state = run.restore(ckpt) if ckpt is not None else RunState()
+    if ckpt is not None:  # another number of processes than the checkpoint's: its schedule, or a one-line refusal
+        reshard(state, ckpt, D.world_size(), run.iters_per_epoch, run.scheduler, cfg.data_on_device,
+                resume or str(Path(cfg.out) / "last.pth"), log)  # fmt: skip
     run.callbacks.on_start(run.model)
     if ckpt is not None:
         log(f"resuming {run.out} at epoch {state.epoch + 1}, iteration {state.iter_in_epoch} of {run.iters_per_epoch}")
-    if D.is_main():
-        save_config(cfg, run.out / "config.yaml")
+    D.rank0_first(lambda: save_config(cfg, run.out / "config.yaml"))
     writer = _tensorboard(run.out) if D.is_main() else None
     stop = StopFlag()
     stop.install()

@@ -236,7 +236,8 @@ class Distill(Callback):
     def on_start(self, model: nn.Module) -> None:
         """The teacher's maps of every training frame not cached yet (by the main process; the others wait)."""
         todo = self.cache.index([image for image, _ in self.dataset.pairs])  # every rank: its loader reads by these names
-        if D.is_main():
+
+        def make_maps() -> None:
             if todo:
                 from ..runtimes import prepare
                 from ..util.progress import progress_bar
@@ -250,7 +251,9 @@ class Distill(Callback):
                 del runner
             self.log(f"distilling from {self.source} ({len(self.dataset)} teacher maps in {self.cache_folder}, "
                      f"{len(todo)} computed now), weight {self.weight:g}, temperature {self.temperature:g}")  # fmt: skip
-        D.barrier()
+
+        # The others wait for rank 0 under the group's timeout (DABNET_DIST_TIMEOUT), and raise its error if it fails.
+        D.rank0_first(make_maps)
 
     def on_loss(self, batch: Sequence[torch.Tensor], logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         if len(batch) < 3:

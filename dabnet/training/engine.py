@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from ..io.preprocessing import Normalize
 from ..runtimes.runner import FunctionRunner, Runner, predict_image_labels
-from ..util.distributed import any_rank
+from ..util.distributed import agree, every_rank, raise_together, rank
 from ..util.metrics import ConfusionMatrix
 from ..util.precision import autocast
 
@@ -76,17 +77,29 @@ def train_one_epoch(
     it = iter(batches)
     try:
         while True:
+            batch, failure, ran_dry = None, None, False
             try:
                 batch = next(it)
             except StopIteration:
+                ran_dry = True
+            except Exception as e:
+                failure = e
+            # One agreement per step, before the forward (DDP's first collective), so that every rank leaves the loop
+            # at the same step and in the same way: a loader that failed or ran dry on one rank, or a stop signal that
+            # reached one process, is every rank's. The trainer's loader workers ignore SIGINT/SIGTERM, but a loader
+            # that fails while a stop is pending (a worker killed along with the group) is that stop. should_stop() is
+            # asked once per step taken (and on a failure): a stop that came during a step ends the epoch after it.
+            stop_here = should_stop() if (steps > 0 or failure is not None) else False
+            own_failure = failure if failure is not None and not stop_here else None
+            failed, ran_dry, stop_now = agree(own_failure is not None, ran_dry, stop_here)
+            if failed:
+                raise_together(own_failure)
+            if stop_now:
+                stopped = True
                 break
-            except Exception:
-                # The trainer's loader workers ignore SIGINT/SIGTERM, but a loader that fails while a
-                # stop was requested (a worker killed along with the group) ends the epoch as that stop.
-                if should_stop():
-                    stopped = True
-                    break
-                raise
+            if ran_dry:
+                break
+            assert batch is not None
             x, y, *extra = (t.to(device, non_blocking=True) for t in batch)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -95,9 +108,12 @@ def train_one_epoch(
             loss = loss_fn(logits, y)
             if callbacks is not None:
                 loss = callbacks.on_loss((x, y, *extra), logits, loss)
-            if any_rank(not bool(torch.isfinite(loss))):  # every rank stops together, the bad one or not
-                raise NonFiniteLossError(f"loss is {loss.item()} after {steps} step(s) of this epoch" if not torch.isfinite(loss)
-                                         else f"another process's loss became non-finite after {steps} step(s) of this epoch")
+            losses = every_rank(loss)  # every rank stops together on a non-finite loss, the bad one or not
+            bad = next((r for r, v in enumerate(losses) if not math.isfinite(v)), None)
+            if bad is not None:
+                where = f" in process {bad}" if len(losses) > 1 else ""
+                raise NonFiniteLossError(f"loss is {losses[bad]}{where} after {steps} step(s) of this epoch")
+            own_loss = losses[rank()]  # this rank's, read once: no further host sync for the logs
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:  # fp16: the scaler skips steps with inf/NaN gradients itself
                 scaler.scale(loss).backward()
@@ -121,12 +137,9 @@ def train_one_epoch(
             scheduler.step()
             steps += 1
             images += x.shape[0]
-            total_loss += loss.item()
+            total_loss += own_loss
             if on_step is not None:
-                on_step(steps, loss.item(), optimizer.param_groups[0]["lr"], images / (time.perf_counter() - t0))
-            if any_rank(should_stop()):  # a signal that reached one process stops them all at this step
-                stopped = True
-                break
+                on_step(steps, own_loss, optimizer.param_groups[0]["lr"], images / (time.perf_counter() - t0))
     finally:
         # An exception's traceback keeps this frame alive, and with it the loader's workers; they ignore
         # SIGTERM (see train.py), so the terminate() of interpreter exit could not end them and the process

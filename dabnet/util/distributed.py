@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
-from typing import Any, Callable, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Iterable, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -12,6 +13,11 @@ import torch.distributed as dist
 _CREATED = False  # whether init_distributed made the process group (and so cleanup ends it)
 _THREADS_BEFORE: Optional[int] = None  # the thread count init_distributed replaced (cleanup puts it back)
 T = TypeVar("T")
+
+# How long a rank waits for the others at one collective before the group fails. The longest wait is a rank-0
+# section (the data check, the teacher maps), which the other ranks sit out at its broadcast: the default leaves
+# room for those on a large dataset while a rank that is truly gone still ends the run. DABNET_DIST_TIMEOUT sets it.
+DEFAULT_TIMEOUT_S = 3600
 
 
 def is_dist() -> bool:
@@ -40,6 +46,21 @@ def group_cpu_threads() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
+def group_timeout() -> datetime.timedelta:
+    """The process group's timeout: $DABNET_DIST_TIMEOUT seconds, else DEFAULT_TIMEOUT_S."""
+    raw = os.environ.get("DABNET_DIST_TIMEOUT", "").strip()
+    if not raw:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ValueError(f"DABNET_DIST_TIMEOUT={raw!r} is not a number of seconds above 0; unset it for the default "
+                         f"({DEFAULT_TIMEOUT_S} s) or give e.g. DABNET_DIST_TIMEOUT=7200")  # fmt: skip
+    return datetime.timedelta(seconds=seconds)
+
+
 def init_distributed(device: str = "auto") -> Tuple[torch.device, bool]:
     """Join the process group that `torchrun` describes (NCCL on GPU, gloo on CPU), if any; on the CPU each
     process runs `group_cpu_threads()` threads, whatever the number of processes per machine."""
@@ -55,7 +76,7 @@ def init_distributed(device: str = "auto") -> Tuple[torch.device, bool]:
             torch.set_num_threads(group_cpu_threads())
         if not is_dist():
             global _CREATED
-            dist.init_process_group("nccl" if want_cuda else "gloo")
+            dist.init_process_group("nccl" if want_cuda else "gloo", timeout=group_timeout())
             _CREATED = True
         return (torch.device("cuda", local) if want_cuda else torch.device("cpu")), True
     if want_cuda:
@@ -70,14 +91,54 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is true on any (outside DDP: `flag`). Ranks that decide alone to stop, or
-    to raise, leave the others blocked in the next all-reduce until the backend's timeout."""
+def agree(*flags: bool) -> Tuple[bool, ...]:
+    """Each flag true on every rank where it is true on any, in one all-reduce (outside DDP: as given). Every exit
+    from a loop of collectives goes through one: a rank that decides alone to stop, or to raise, leaves the others
+    blocked in the next collective until the group's timeout."""
     if not is_dist():
-        return bool(flag)
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (outside DDP: `flag`)."""
+    return agree(flag)[0]
+
+
+def every_rank(value: torch.Tensor) -> List[float]:
+    """Every rank's scalar `value`, indexed by rank, on every rank (one all-reduce; outside DDP: [value])."""
+    v = value.detach().reshape(()).float()
+    if not is_dist():
+        return [float(v)]
+    t = torch.zeros(world_size(), dtype=torch.float32, device=_device())
+    t[rank()] = v.to(t.device)  # the other slots stay 0, so the sum is each rank's own value (NaN and inf kept)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def raise_together(error: Optional[BaseException]) -> None:
+    """Called by every rank at the same point with its own failure or None: where any rank failed, every rank
+    raises the failure of the lowest such rank (same type and message; see _portable), so that all end with one
+    error line; else each goes on. Outside DDP: raises `error` if there is one."""
+    if not is_dist():
+        if error is not None:
+            raise error
+        return
+    gathered: List[Optional[bytes]] = [None] * world_size()
+    dist.all_gather_object(gathered, None if error is None else pickle.dumps(_portable(error)))
+    first = next((r for r, e in enumerate(gathered) if e is not None), None)
+    if first is None:
+        return
+    if first == rank() and error is not None:
+        raise error
+    raise pickle.loads(gathered[first]) from None
+
+
+def _device() -> torch.device:
+    """Where the group's collectives take their tensors: this rank's GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def shard(n: int) -> List[int]:
@@ -147,3 +208,16 @@ def cleanup() -> None:
     if _THREADS_BEFORE is not None:
         torch.set_num_threads(_THREADS_BEFORE)
         _THREADS_BEFORE = None
+
+
+def broadcast_from_rank0(tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrite `tensors`, in place and in order, with rank 0's (every rank passes the same ones; outside DDP: nothing)."""
+    if not is_dist():
+        return
+    for t in tensors:
+        if t.is_contiguous():
+            dist.broadcast(t, src=0)
+        else:  # channels_last weights: the backends take dense row-major buffers
+            buf = t.contiguous()
+            dist.broadcast(buf, src=0)
+            t.copy_(buf)
