@@ -139,16 +139,9 @@ def _demo(cfg: C.DemoConfig) -> int:
 
 
 def _train(cmd: C.TrainCommand) -> int:
-    from .commands.train import train
+    from .commands.train import run_train
 
-    cfg = C.build_config(C.TrainConfig, cmd.config, cmd.set or [], out=cmd.out)
-    C.check_io(cfg)  # the config's own files (data_root, init_from, distill_cache), as main checked the command's
-    summary = train(cfg, resume=cmd.resume, restart=cmd.restart)
-    if "interrupted" in summary:
-        import signal
-
-        return 128 + int(getattr(signal, summary["interrupted"]))
-    return 0
+    return run_train(cmd)
 
 
 def _average(cfg: C.AverageConfig) -> int:

@@ -235,7 +235,7 @@ def test_torchrun_eval_prints_once_and_equals_one_process(seven_val, ckpt, tmp_p
 
 
 def _stats_rank(rank: int, root: str) -> Dict[str, Any]:
-    import dabnet.commands.train as train_mod
+    import dabnet.training.run as train_mod
     from dabnet.config import TrainConfig, build_config
     from dabnet.data.datasets import build_dataset
 

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-import dabnet.commands.train as train_mod
+import dabnet.training.run as train_mod
 from dabnet.config import BenchConfig, EvalConfig, TrainConfig, build_config
 from dabnet.inference.segmenter import Segmenter
 from dabnet.util.state import KEEP, scoped, setting, shared_setting

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from helpers import digest
 
 import dabnet
-import dabnet.commands.train as train_mod
+import dabnet.training.run as train_mod
 from dabnet.commands.evaluate import run_evaluation
 from dabnet.config import ConfigError, EvalConfig, TrainConfig, build_config
 from dabnet.io.checkpoint import CheckpointError
@@ -370,13 +370,15 @@ def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_
 def test_a_stop_signal_as_loader_workers_start_is_left_to_the_trainer(tiny_camvid, tmp_path, monkeypatch):
     """The same signal in the moment between a worker's start and its worker_init_fn (made a second long here):
     the worker started with the signal blocked, and drops it once it ignores it."""
-    real = train_mod._worker_ignores_stop_signals
+    import dabnet.training.sampling as sampling
+
+    real = sampling.worker_ignores_stop_signals
 
     def slow_to_start(worker_id: int) -> None:
         time.sleep(1.0)
         real(worker_id)
 
-    monkeypatch.setattr(train_mod, "_worker_ignores_stop_signals", slow_to_start)
+    monkeypatch.setattr(sampling, "worker_ignores_stop_signals", slow_to_start)
     _sigterm_validation_workers(tiny_camvid, tmp_path / "run", read_first=0)
 
 

@@ -129,7 +129,7 @@ def train_one_epoch(
                 break
     finally:
         # An exception's traceback keeps this frame alive, and with it the loader's workers; they ignore
-        # SIGTERM (see train.py), so the terminate() of interpreter exit could not end them and the process
+        # SIGTERM (see signals.py), so the terminate() of interpreter exit could not end them and the process
         # would hang. Dropping the iterator now shuts them down in order.
         del it
     seconds = time.perf_counter() - t0
