@@ -254,9 +254,11 @@ def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypa
 
 
 def test_a_stop_on_an_epochs_last_step_saves_once_and_resumes_at_the_next_epoch(tiny_camvid, tmp_path, monkeypatch, sigterm_at):
-    real, save, saved = train_mod.train_one_epoch, train_mod.save_checkpoint, []
+    from dabnet.training import outputs
+
+    real, save, saved = train_mod.train_one_epoch, outputs.save_checkpoint, []
     monkeypatch.setattr(train_mod, "train_one_epoch", sigterm_at(real, epoch=2, step=4))  # tiny_camvid: 4 steps an epoch
-    monkeypatch.setattr(train_mod, "save_checkpoint", lambda ckpt, path: saved.append((ckpt["epoch"], Path(path).name)) or save(ckpt, path))
+    monkeypatch.setattr(outputs, "save_checkpoint", lambda ckpt, path: saved.append((ckpt["epoch"], Path(path).name)) or save(ckpt, path))
     result = train_mod.train(_cfg(tiny_camvid, tmp_path / "run", epochs=3), log=lambda *a: None)
     assert result["interrupted"] == "SIGTERM" and result["epoch"] == 2 and result["iter_in_epoch"] == 0
     assert [s for s in saved if s[1] == "last.pth"] == [(1, "last.pth"), (2, "last.pth")]  # not twice for epoch 2

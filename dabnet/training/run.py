@@ -5,13 +5,12 @@ moment, validation, logs and plots; single process or DDP. `train(cfg)` (`dabnet
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader
 from ..data.datasets import DatasetError, SegmentationDataset, build_dataset, select_sequences, shares_frames
 from ..data.stats import class_weights, compute_stats
 from ..data.transforms import EvalTransform, TrainTransform
-from ..io.checkpoint import TRAINING_STATE, CheckpointError, RunState, load_model, make_checkpoint, save_checkpoint
+from ..io.checkpoint import TRAINING_STATE, CheckpointError, RunState, load_model, make_checkpoint
 from ..models import create_model
 from ..models.fused import set_fused
 from ..models.layers import BROKEN_LIMIT, broken_channels, reinit_channels
@@ -31,7 +30,7 @@ from ..util.compiler import usable_compile_cache
 from ..util.hardware import describe_hardware
 from ..util.options import ConfigError
 from ..util.state import setting
-from .callbacks import Callbacks, build_callbacks, weights_in
+from .callbacks import CallbackSpec, Callbacks, build_callbacks, weights_in
 from .engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
 from .losses import build_loss
 from .resume import check_resume_config, claim_out, resume_point, rng_state, set_rng_state
@@ -102,46 +101,6 @@ def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-
-
-def _write_logs(out: Path, history: List[Dict[str, Any]], class_names: List[str]) -> None:
-    """metrics.jsonl, metrics.csv and the loss/mIoU curves, rewritten from the checkpoint's history."""
-    (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    keys = ["epoch", "iteration", "lr", "train_loss", "images_per_s", "val_miou", "val_pixel_acc", "holdout_miou",
-            "holdout_pixel_acc", "seconds", "val_trained_miou", "holdout_trained_miou", "distill_kl"]
-    rows = [",".join(keys)] + [",".join("" if h.get(k) is None else str(h.get(k)) for k in keys) for h in history]
-    (out / "metrics.csv").write_text("\n".join(rows) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    for keys, name, ylabel in [(["train_loss"], "loss.png", "train loss"), (["val_miou", "holdout_miou", "val_trained_miou", "holdout_trained_miou"], "miou.png", "mIoU")]:
-        curves = {k: [(h["epoch"], h[k]) for h in history if h.get(k) is not None] for k in keys}
-        curves = {k: pts for k, pts in curves.items() if pts}
-        if not curves:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-        for k, pts in curves.items():
-            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=k.replace("_miou", ""))
-        if len(curves) > 1:
-            ax.legend()
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / name)
-        plt.close(fig)
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(out / "tb"))
 
 
 @dataclass
@@ -260,9 +219,11 @@ def _build_model(cfg: TrainConfig, num_classes: int, device: torch.device, init:
     return model, (torch.compile(net) if cfg.compile else net)
 
 
-def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log) -> Run:
-    """Datasets, model, optimiser, schedule, scaler, loss and loaders of `cfg` (`fresh`: not a resume)."""
-    callbacks = build_callbacks(cfg, device, log)  # a teacher that cannot be read stops the run here
+def build_run(cfg: TrainConfig, device: torch.device, fresh: bool, log: Callable[..., None],
+              callbacks: Optional[Sequence[CallbackSpec]] = None) -> Run:
+    """Datasets, model, optimiser, schedule, scaler, loss, loaders and callbacks of `cfg` (`fresh`: not a resume;
+    `callbacks`: as `train` takes them)."""
+    callbacks = build_callbacks(cfg, device, log, callbacks)  # a teacher that cannot be read stops the run here
     torch.manual_seed(cfg.seed)  # after the callbacks: building a teacher draws from the generator
     train_ds, val_sets = build_datasets(cfg)  # file lists only
     drawn = callbacks.on_data(train_ds)  # checks against the data (a teacher's classes) before any work
@@ -314,8 +275,8 @@ def _progress(run: Run, state: RunState) -> Tuple[Any, Callable[..., None]]:
     return bar, on_step
 
 
-def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
-    """Validate when due, record the epoch, save last.pth (best.pth, epoch_NNNN.pth when due), write the logs."""
+def end_of_epoch(run: Run, state: RunState, log: Callable[..., None]) -> None:
+    """Validate when due, record the epoch, and hand it to the callbacks (which save the checkpoints and write the logs)."""
     cfg, epoch = run.cfg, state.epoch + 1
     record = {"epoch": epoch, "iteration": run.scheduler.last_epoch, "lr": run.optimizer.param_groups[0]["lr"],
               "train_loss": round(state.loss_sum / max(state.loss_steps, 1), 6), "images_per_s": round(state.images_sum / max(state.seconds_sum, 1e-9), 2),
@@ -341,18 +302,7 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
     state.close_epoch()
     if improved:
         state.best_miou = score
-    if D.is_main():
-        ckpt = run.checkpoint(state, finished=finished)
-        save_checkpoint(ckpt, run.out / "last.pth")
-        if improved:
-            save_checkpoint(ckpt, run.out / "best.pth")
-        if cfg.keep_every and epoch % cfg.keep_every == 0:
-            save_checkpoint(ckpt, run.out / f"epoch_{epoch:04d}.pth")
-        _write_logs(run.out, state.history, run.train_ds.classes)
-        if writer is not None:
-            for k in ("train_loss", "lr", "images_per_s", "val_miou", "val_pixel_acc", "holdout_miou"):
-                if record.get(k) is not None:
-                    writer.add_scalar(k, record[k], epoch)
+    run.callbacks.on_epoch_complete(run, state, improved)  # last.pth, best.pth, epoch_NNNN.pth, the logs (training.outputs)
     mious = "".join(f"  {k} mIoU {100 * record[f'{k}_miou']:.2f}%{' (best)' if improved and k == run.select_on else ''}"
                     for k in run.val_loaders if record.get(f"{k}_miou") is not None)  # fmt: skip
     mious += "".join(f" ({100 * record[f'{k}_trained_miou']:.2f}% trained weights)" for k in run.val_loaders
@@ -368,29 +318,37 @@ def end_of_epoch(run: Run, state: RunState, writer, log) -> None:
 
 
 def stop_run(run: Run, state: RunState, signum: int, log, saved: bool = False) -> Dict[str, Any]:
-    """The one way a run stops early: save where it stands (unless the epoch's end just did) and say how to go on."""
-    if D.is_main() and not saved:
-        save_checkpoint(run.checkpoint(state), run.out / "last.pth")
+    """The one way a run stops early: the callbacks save where it stands (unless the epoch's end just did); say how to go on."""
+    run.callbacks.on_stop(run, state, saved)
     name = signal.Signals(signum).name
     where = f"at epoch {state.epoch + 1}, iteration {state.iter_in_epoch}" if state.iter_in_epoch else f"after epoch {state.epoch}"
-    log(f"{name}: saved {run.out / 'last.pth'} {where}; run the same command to resume")
+    last = run.out / "last.pth"
+    log(f"{name}: saved {last} {where}; run the same command to resume" if last.exists() else
+        f"{name}: stopped {where}; no checkpoint was written (no `checkpoints` callback), so there is nothing to resume")  # fmt: skip
     return {"interrupted": name, "epoch": state.epoch, "iter_in_epoch": state.iter_in_epoch, "best_miou": state.best_miou, "out": str(run.out)}
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False, log=print) -> Dict[str, Any]:
-    """Run (or continue) training as `cfg` says; returns a summary. Exits cleanly on SIGINT/SIGTERM."""
+def train(cfg: TrainConfig, resume: Optional[str] = None, restart: bool = False, log: Callable[..., None] = print,
+          callbacks: Optional[Sequence[CallbackSpec]] = None) -> Dict[str, Any]:  # fmt: skip
+    """Run (or continue) training as `cfg` (a dabnet.config.TrainConfig) says; returns a summary (with `interrupted`
+    after a stop). Continues OUT/last.pth unless `restart`, or `resume` names another checkpoint; exits cleanly on
+    SIGINT/SIGTERM. `callbacks`: the run's callbacks in call order, registered names or Callback objects (None: every
+    registered kind, `training.list_callbacks()`); leave out "tensorboard", say, or put your own beside them."""
+    if not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type) and hasattr(cfg, "epochs")):
+        raise TypeError(f"train() takes a dabnet.config.TrainConfig, e.g. build_config(TrainConfig, 'camvid', data_root=...), "
+                        f"not {type(cfg).__name__}")  # fmt: skip
     # torchrun's processes all get here before the process group exists: RANK tells the first one.
     lock = claim_out(cfg, restart, log) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
         with setting(torch.backends.cudnn, "benchmark"):  # _resolve_device turns it on for CUDA: for this run only
-            return _train(cfg, resume, restart, log)
+            return _train(cfg, resume, restart, log, callbacks)
     finally:
         D.cleanup()  # the process group of a torchrun run ends with it
         if lock is not None:
             lock.close()
 
 
-def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[str, Any]:
+def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log, callbacks: Optional[Sequence[CallbackSpec]]) -> Dict[str, Any]:
     usable_compile_cache()  # before the optimizer, the fused kernels or compile import torch._dynamo, which needs it
     device = _resolve_device(cfg)
     log = log if D.is_main() else (lambda *a, **k: None)
@@ -401,14 +359,13 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[
         return {"best_miou": ckpt.get("best_miou"), "epoch": ckpt["epoch"], "out": cfg.out, "finished": True}
     if ckpt is not None:
         check_resume_config(ckpt.get("config") or {}, cfg, resume or str(Path(cfg.out) / "last.pth"), log)
-    run = build_run(cfg, device, fresh=ckpt is None, log=log)
+    run = build_run(cfg, device, fresh=ckpt is None, log=log, callbacks=callbacks)
     state = run.restore(ckpt) if ckpt is not None else RunState()
     run.callbacks.on_start(run.model)
     if ckpt is not None:
         log(f"resuming {run.out} at epoch {state.epoch + 1}, iteration {state.iter_in_epoch} of {run.iters_per_epoch}")
     if D.is_main():
         _save_config(cfg, run.out / "config.yaml")
-    writer = _tensorboard(run.out) if D.is_main() else None
     stop = StopFlag()
     stop.install()
     log(f"training {cfg.model} on {run.train_ds.name} ({len(run.train_ds)} images, {run.iters_per_epoch} it/epoch, "
@@ -433,7 +390,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[
             state.add_steps(result)
             epoch_done = state.iter_in_epoch >= run.iters_per_epoch or not result["stopped"]  # the loader ran dry
             if epoch_done:
-                end_of_epoch(run, state, writer, log)
+                end_of_epoch(run, state, log)
             if result["stopped"]:  # agreed by every process (train_one_epoch): the one signalled, or not
                 return stop_run(run, state, stop.signum or signal.SIGTERM, log, saved=epoch_done)
     except NonFiniteLossError as e:
@@ -443,8 +400,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log) -> Dict[
                                  "or check the data.") from None  # fmt: skip
     finally:
         stop.restore()
-        if writer is not None:
-            writer.close()
+        run.callbacks.on_end(run)
     best = run.out / "best.pth"
     log(f"done: {cfg.epochs} epochs, best {run.select_on} mIoU {100 * state.best_miou:.2f}% -> {best}" if state.best_miou >= 0 else f"done -> {run.out / 'last.pth'}")
     return {"epochs": cfg.epochs, "epoch": state.epoch, "best_miou": state.best_miou, "out": str(run.out), "minutes": round((time.time() - t_start) / 60, 2)}
