@@ -113,7 +113,7 @@ COMMANDS: Dict[str, Tuple[Type, Callable[[Any], int]]] = {
     "describe": (C.DescribeConfig, _command("info:describe_command")),
     "runtimes": (C.RuntimesConfig, _command("info:runtimes_command")),
     "demo": (C.DemoConfig, _command("demo:run_demo")),
-    "train": (C.TrainCommand, _command("train_command:train_command")),
+    "train": (C.TrainCommand, _command("train:run_train")),
     "eval": (C.EvalConfig, _command("evaluate:run_evaluation")),
     "average": (C.AverageConfig, _command("average:average_command")),
     "predict": (C.PredictConfig, _command("predict:run_predict")),

@@ -23,7 +23,7 @@ ALLOWED = {
     "config": {"inference", "runtimes", "data", "io", "models", "util"},
     "commands": {"config", "training", "inference", "runtimes", "data", "io", "models", "util"},
     "cli": {"commands", "config", "training", "inference", "runtimes", "data", "io", "models", "util", "__init__"},  # __version__
-    "__init__": {"inference", "io", "models"},
+    "__init__": {"training", "inference", "io", "models"},
     "__main__": {"cli"},
 }
 

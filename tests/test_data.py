@@ -312,7 +312,7 @@ def test_shared_camvid(camvid_root):
 
 
 def test_device_batches_match_the_cpu_pipeline_on_cpu(camvid_tree):
-    from dabnet.commands.train import ResumableSampler
+    from dabnet.training.sampling import ResumableSampler
     from dabnet.data.device import DeviceBatches
 
     ds = CamVid(camvid_tree, "train", seed=3)
@@ -370,7 +370,7 @@ def test_data_on_device_under_ddp_decodes_only_its_ranks_share(camvid_tree, monk
     """Each rank keeps a fixed share of the images on its device, not all of them: rank 1 of 2 decodes and
     draws only its own, reshuffled every epoch."""
     import dabnet.util.distributed as D
-    from dabnet.commands.train import ResumableSampler
+    from dabnet.training.sampling import ResumableSampler
     from dabnet.data.device import DeviceBatches
 
     monkeypatch.setattr(D, "world_size", lambda: 2)

@@ -243,7 +243,7 @@ def test_torchrun_eval_prints_once_and_equals_one_process(seven_val, ckpt, tmp_p
 
 
 def _stats_rank(rank: int, root: str) -> Dict[str, Any]:
-    import dabnet.commands.train as train_mod
+    import dabnet.training.run as train_mod
     from dabnet.config import TrainConfig, build_config
     from dabnet.data.datasets import build_dataset
 
@@ -274,7 +274,7 @@ def test_only_rank0_writes_the_statistics_cache(make_camvid, tmp_path, monkeypat
 def _group_settings(rank: int, saved: Dict[str, Any]) -> Dict[str, Any]:
     """The thread count init_distributed gives a CPU process of a group (OMP_NUM_THREADS unset, then 3) and after
     cleanup; then _same_resume_point on ranks that find the same checkpoint, and on ranks that do not."""
-    from dabnet.commands.train import _same_resume_point
+    from dabnet.training.resume import same_resume_point as _same_resume_point
     from dabnet.config import TrainConfig
 
     out: Dict[str, Any] = {"threads": []}
@@ -472,7 +472,7 @@ def _on_item(rank: int, only: int, at: int, act: Callable[[], None]) -> Callable
 
 def _nan_loss(rank: int, only: int, at: int) -> Callable:
     """train.build_loss whose loss turns NaN in process `only` at its `at`-th step."""
-    import dabnet.commands.train as train_mod
+    import dabnet.training.run as train_mod
 
     real = train_mod.build_loss
 
@@ -500,7 +500,7 @@ def _fault_ranks(rank: int, root: str, bad_root: str, teacher: str, work: str) -
     import errno
     import signal
 
-    import dabnet.commands.train as train_mod
+    import dabnet.training.run as train_mod
     import dabnet.training.distill as distill_mod
     from dabnet.data.datasets import DatasetError, SegmentationDataset
     from dabnet.training.distill import DistillError
@@ -550,7 +550,7 @@ def _fault_ranks(rank: int, root: str, bad_root: str, teacher: str, work: str) -
 def faults(tmp_path_factory, make_camvid, ckpt, sigterm_at) -> Dict[str, Any]:
     """The fault scenarios run once by 3 gloo processes (_fault_ranks), between the single-process runs that some
     of them resume or that resume them; the outcomes by scenario and rank, and the folders."""
-    import dabnet.commands.train as train_mod
+    import dabnet.training.run as train_mod
 
     base = tmp_path_factory.mktemp("faults").resolve()
     root, bad, work = make_camvid(base / "camvid", n=12), make_camvid(base / "bad", n=12), base / "work"
@@ -686,7 +686,7 @@ def test_a_resume_with_fewer_processes_mid_epoch_goes_on_from_the_same_image(fau
 
 @pytest.mark.parametrize("saved,world,step", [(3, 1, 1), (2, 1, 1), (2, 3, 3), (1, 2, 4), (3, 2, 2)])
 def test_resume_step_goes_on_at_the_first_image_not_trained(monkeypatch, saved, world, step):
-    from dabnet.commands.train import ResumableSampler
+    from dabnet.training.sampling import ResumableSampler
     from dabnet.training.reshard import resume_step
 
     batch, n = 2, 13

@@ -9,8 +9,8 @@ import types
 import pytest
 import torch
 
-import dabnet.commands.train as train_mod
 import dabnet.inference.segmenter as segmenter_module
+import dabnet.training.run as train_mod
 from dabnet.config import BenchConfig, EvalConfig, TrainConfig, build_config
 from dabnet.inference.segmenter import Segmenter
 from dabnet.runtimes import FunctionRunner

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from helpers import digest
 
 import dabnet
-import dabnet.commands.train as train_mod
+import dabnet.training.run as train_mod
 from dabnet.commands.evaluate import run_evaluation
 from dabnet.config import ConfigError, EvalConfig, TrainConfig, build_config
 from dabnet.io.checkpoint import CheckpointError
@@ -255,9 +255,11 @@ def test_resume_after_sigterm_mid_epoch_is_exact(tiny_camvid, tmp_path, monkeypa
 
 
 def test_a_stop_on_an_epochs_last_step_saves_once_and_resumes_at_the_next_epoch(tiny_camvid, tmp_path, monkeypatch, sigterm_at):
-    real, save, saved = train_mod.train_one_epoch, train_mod.save_checkpoint, []
+    from dabnet.training import outputs
+
+    real, save, saved = train_mod.train_one_epoch, outputs.save_checkpoint, []
     monkeypatch.setattr(train_mod, "train_one_epoch", sigterm_at(real, epoch=2, step=4))  # tiny_camvid: 4 steps an epoch
-    monkeypatch.setattr(train_mod, "save_checkpoint", lambda ckpt, path: saved.append((ckpt["epoch"], Path(path).name)) or save(ckpt, path))
+    monkeypatch.setattr(outputs, "save_checkpoint", lambda ckpt, path: saved.append((ckpt["epoch"], Path(path).name)) or save(ckpt, path))
     result = train_mod.train(_cfg(tiny_camvid, tmp_path / "run", epochs=3), log=lambda *a: None)
     assert result["interrupted"] == "SIGTERM" and result["epoch"] == 2 and result["iter_in_epoch"] == 0
     assert [s for s in saved if s[1] == "last.pth"] == [(1, "last.pth"), (2, "last.pth")]  # not twice for epoch 2
@@ -371,13 +373,15 @@ def test_a_stop_signal_during_validation_leaves_its_loader_workers_running(tiny_
 def test_a_stop_signal_as_loader_workers_start_is_left_to_the_trainer(tiny_camvid, tmp_path, monkeypatch):
     """The same signal in the moment between a worker's start and its worker_init_fn (made a second long here):
     the worker started with the signal blocked, and drops it once it ignores it."""
-    real = train_mod._worker_ignores_stop_signals
+    import dabnet.training.sampling as sampling
+
+    real = sampling.worker_ignores_stop_signals
 
     def slow_to_start(worker_id: int) -> None:
         time.sleep(1.0)
         real(worker_id)
 
-    monkeypatch.setattr(train_mod, "_worker_ignores_stop_signals", slow_to_start)
+    monkeypatch.setattr(sampling, "worker_ignores_stop_signals", slow_to_start)
     _sigterm_validation_workers(tiny_camvid, tmp_path / "run", read_first=0)
 
 

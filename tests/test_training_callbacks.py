@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import dabnet
-import dabnet.commands.train as train_mod
+import dabnet.training.run as train_mod
 from dabnet.config import ConfigError, TrainConfig, build_config
 from dabnet.data.transforms import TrainTransform, soft_window
 from dabnet.io.checkpoint import make_checkpoint

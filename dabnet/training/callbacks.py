@@ -1,12 +1,13 @@
 """The extension points of a training run. A `Callback` overrides the hooks it needs; `train()` and
 `train_one_epoch` call the run's `Callbacks` at fixed points and know nothing of what they do. A kind of
 callback is one module that registers a factory (`register_callback`), which reads the run's config and
-returns a callback, or None where the config leaves it off."""
+returns a callback, or None where the config leaves it off. What a run writes (checkpoints, metrics, plots,
+TensorBoard: `outputs`) is callbacks too, so `train(cfg, callbacks=[...])` chooses, orders or replaces all of it."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -37,6 +38,17 @@ class Callback:
 
     def on_epoch_end(self, record: Dict[str, Any]) -> None:
         """End of an epoch: add this callback's figures to the epoch's record (logs and metrics.jsonl)."""
+
+    def on_epoch_complete(self, run: Any, state: Any, improved: bool) -> None:
+        """End of an epoch after its validation, on every process: `state.history[-1]` is the epoch's whole record and
+        `improved` says it is the best so far (`run`: training.run.Run, `state`: RunState); write the run's files here,
+        on the main process (`util.distributed.is_main`)."""
+
+    def on_stop(self, run: Any, state: Any, saved: bool) -> None:
+        """A stop signal ends the run at a step boundary; `saved`: on_epoch_complete has just run for the epoch ended."""
+
+    def on_end(self, run: Any) -> None:
+        """The run's loop is over, however it ended (finished, stopped, failed): close what the callback opened."""
 
     def published(self, weights: Weights) -> Weights:
         """The weights a run validates and saves as its model, given the trained ones."""
@@ -92,13 +104,27 @@ class Callbacks(List[Callback]):
         for cb in self:
             cb.on_epoch_end(record)
 
+    def on_epoch_complete(self, run: Any, state: Any, improved: bool) -> None:
+        for cb in self:
+            cb.on_epoch_complete(run, state, improved)
+
+    def on_stop(self, run: Any, state: Any, saved: bool) -> None:
+        for cb in self:
+            cb.on_stop(run, state, saved)
+
+    def on_end(self, run: Any) -> None:
+        for cb in self:
+            cb.on_end(run)
+
     def published(self, weights: Weights) -> Weights:
         for cb in self:
             weights = cb.published(weights)
         return weights
 
     def state_dict(self) -> Dict[str, Dict[str, Any]]:
-        return {cb.name: cb.state_dict() for cb in self}
+        """Each callback's state by its name; one with none (the writers of files) adds no entry to the checkpoint."""
+        states = ((cb.name, cb.state_dict()) for cb in self)
+        return {name: state for name, state in states if state}
 
     def load_state_dict(self, states: Optional[Dict[str, Dict[str, Any]]]) -> None:
         """Each callback's own state; one the checkpoint lacks (it was added on this resume) starts fresh."""
@@ -107,10 +133,25 @@ class Callbacks(List[Callback]):
                 cb.load_state_dict(states[cb.name])
 
 
-def build_callbacks(cfg: Any, device: torch.device, log: Callable[..., None] = print) -> Callbacks:
-    """The callbacks `cfg` turns on, in registration order."""
-    made = (factory(cfg, device, log) for factory in CALLBACKS.values())
-    return Callbacks(cb for cb in made if cb is not None)
+CallbackSpec = Union[str, Callback]
+
+
+def build_callbacks(cfg: Any, device: torch.device, log: Callable[..., None] = print,
+                    kinds: Optional[Sequence[CallbackSpec]] = None) -> Callbacks:  # fmt: skip
+    """The callbacks of a run, called in this order: `kinds` names registered kinds (each made from `cfg`, skipped
+    where `cfg` leaves it off) or gives Callback objects, used as they are; None: every registered kind, in
+    registration order."""
+    kinds = CALLBACKS.names() if kinds is None else [kinds] if isinstance(kinds, (str, Callback)) else list(kinds)
+    unknown = [k for k in kinds if not isinstance(k, Callback) and (not isinstance(k, str) or k not in CALLBACKS)]
+    if unknown:  # before any is made: a teacher is not loaded for a list that is refused
+        raise ValueError(f"{CALLBACKS.unknown(unknown[0])} (or give a dabnet.training.Callback)")
+    made = [kind if isinstance(kind, Callback) else CALLBACKS.get(kind)(cfg, device, log) for kind in kinds]
+    made = [cb for cb in made if cb is not None]
+    names = [cb.name for cb in made]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # a checkpoint keeps each callback's state under its name
+        raise ValueError(f"two training callbacks named {twice[0]!r}: give each its own `name` (a class attribute)")
+    return Callbacks(made)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -142,7 +142,7 @@ def train_one_epoch(
                 on_step(steps, own_loss, optimizer.param_groups[0]["lr"], images / (time.perf_counter() - t0))
     finally:
         # An exception's traceback keeps this frame alive, and with it the loader's workers; they ignore
-        # SIGTERM (see train.py), so the terminate() of interpreter exit could not end them and the process
+        # SIGTERM (see signals.py), so the terminate() of interpreter exit could not end them and the process
         # would hang. Dropping the iterator now shuts them down in order.
         del it
     seconds = time.perf_counter() - t0
