@@ -273,7 +273,8 @@ def test_checkpoints_written_before_the_redesign_still_resume(tiny_camvid, tmp_p
     out = tmp_path / "old"
     train_mod.train(_cfg(tiny_camvid, out, epochs=1), log=lambda *a: None)
     ckpt = torch.load(out / "last.pth", weights_only=True)
-    new_keys = ("loss_sum", "loss_steps", "seconds_sum", "images_sum", "selected_on", "hardware", "train_model", "callbacks")
+    new_keys = ("loss_sum", "loss_steps", "seconds_sum", "images_sum", "selected_on", "hardware", "train_model", "callbacks",
+                "world_size")
     old = {k: v for k, v in ckpt.items() if k not in new_keys}
     old["config"] = {("amp" if k == "precision" else k): ("none" if k == "precision" else v) for k, v in ckpt["config"].items()}
     old["data_splits"] = {"train": "train", "val": "val"}

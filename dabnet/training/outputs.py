@@ -139,21 +139,21 @@ class TensorBoard(Callback):
         self.tried = False
 
 
-@register_callback("checkpoints")
+@register_callback("checkpoints", "last.pth every epoch and at a stop, best.pth on a better selection mIoU, epoch_NNNN.pth every keep_every epochs")
 def _checkpoints(cfg: Any, device: torch.device, log) -> Checkpoints:
     return Checkpoints(getattr(cfg, "keep_every", 0))
 
 
-@register_callback("metrics")
+@register_callback("metrics", "metrics.jsonl and metrics.csv, rewritten at each epoch's end")
 def _metrics(cfg: Any, device: torch.device, log) -> Metrics:
     return Metrics()
 
 
-@register_callback("plots")
+@register_callback("plots", "loss.png and miou.png, the run's curves")
 def _plots(cfg: Any, device: torch.device, log) -> Plots:
     return Plots()
 
 
-@register_callback("tensorboard")
+@register_callback("tensorboard", "TensorBoard scalars in OUT/tb, where TensorBoard is installed")
 def _tensorboard(cfg: Any, device: torch.device, log) -> TensorBoard:
     return TensorBoard()
