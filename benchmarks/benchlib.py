@@ -168,7 +168,7 @@ def profile_report(seg: Segmenter, size, frames: int, top: int = 15, presets=())
         text += ("\n## Labels from the low-resolution logits against the graph's own upsample + arg-max, interleaved\n\n"
                  "The graph stops at the 1/8 logits; `dabnet.runtimes.upsample.upsampled_argmax` gives each pixel the label its "
                  "cells share and interpolates (fp32) only where they differ. The graph's own path upsamples all the "
-                 "logits (in bf16 on this plugin's int8 graph) before its arg-max.\n\n"
+                 f"logits (in {seg.run.inference_precision}, this plugin's precision for the graph's float layers) before its arg-max.\n\n"
                  + predict_against_graph_upsample(seg, images, frames) + "\n")  # fmt: skip
     if presets:
         text += ("\n## NNCF presets\n\n`auto` keeps int8 only above 98.5% agreement (`runtimes.MIN_INT8_AGREEMENT`); "
