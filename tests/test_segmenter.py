@@ -65,6 +65,22 @@ def test_a_thin_image_runs_as_few_strips_that_fill_the_budget_and_match_their_cr
     np.testing.assert_array_equal(labels[:, core : 2 * core], crop[:, 16 : 16 + core])
 
 
+@pytest.mark.parametrize("shape", [(1, 96 * 96), (96 * 96, 3), (15, 600)])
+def test_no_pass_over_the_budget_counting_the_padding_of_thin_images(ckpt, shape):
+    """A strip of exactly max_pixels pixels, or fewer, is padded to 16 rows in its pass: the budget counts the padded
+    pass (issue 50 round 5: a 1x4,194,304 PNG ran as one pass of 67 million pixels and took 11 GB)."""
+    from dabnet.inference.segmenter import Segmenter
+
+    seg = Segmenter.from_checkpoint(ckpt, backend="eager", log=None)
+    seg.max_pixels, seg.tile_margin = 96 * 96, 16
+    seen, real = [], seg.run
+    seg.run = lambda x: seen.append(x.shape[-2] * x.shape[-1] * x.shape[0]) or real(x)
+    image = np.random.default_rng(3).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    assert seg.predict(image).shape == shape and max(seen) <= seg.max_pixels
+    seen.clear()
+    assert [lab.shape for lab in seg.predict_batch([image] * 2)] == [shape] * 2 and max(seen) <= seg.max_pixels
+
+
 def test_segmenter_takes_pil_paths_tensors_and_refuses_the_rest_in_one_line(ckpt, tmp_path):
     from dabnet.inference.segmenter import Segmenter
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..config import ServeConfig
 from ..inference.admission import ClientLimit, CostModel, MemoryBudget, Plan, Refused, Ticket, WorkLedger
-from ..inference.segmenter import Segmenter
+from ..inference.segmenter import Segmenter, pass_pixels
 from ..io.header import ImageHeader, ImageTooLarge, NotAnImage, decode, decode_peak_bytes, read_header
 from ..io.images import ImageReadError, encode_png
 from ..io.visualize import colorize, overlay
@@ -196,7 +196,7 @@ class InferenceWorker:
         if not ok and len(live) > 1:
             for item in live:  # one request's bad input must not fail the others batched with it
                 self._answer([item])
-        pixels = sum(image.shape[0] * image.shape[1] for _, image in live)
+        pixels = sum(pass_pixels(*image.shape[:2]) for _, image in live)  # what the passes held, padding included
         for job, _ in live:
             job.image = None
             job.done()

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..io.preprocessing import MIN_SIDE
 from ..runtimes.runner import predict_image_labels
-from .segmenter import tile_cores
+from .segmenter import pass_pixels, tile_cores
 
 
 class Refused(Exception):
@@ -106,13 +106,13 @@ class CostModel:
         h, w = height, width
         if seg.scale != 1.0:  # as Segmenter._rescaled sizes it
             h, w = max(1, round(height * seg.scale)), max(1, round(width * seg.scale))
-        if h * w > seg.max_pixels:  # as Segmenter._tiled cuts it
+        if pass_pixels(h, w) > seg.max_pixels:  # as Segmenter._tiled cuts it
             m = seg.tile_margin
             core_h, core_w = tile_cores(h, w, seg.max_pixels, m)
             (ny, sy), (nx, sx) = _axis(h, core_h, m), _axis(w, core_w, m)
             passes, seen = ny * nx, sy * sx
         else:
-            passes, seen = 1, max(MIN_SIDE, h) * max(MIN_SIDE, w)
+            passes, seen = 1, pass_pixels(h, w)
         model_s = passes * self.per_pass_s + seen * self.per_pixel_s
         return Plan(width, height, passes, seen, model_s, model_s * self.factor)
 

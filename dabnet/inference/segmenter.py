@@ -29,6 +29,12 @@ from ..util.state import trim_heap
 from .spec import ModelSpec, describe
 
 
+def pass_pixels(height: int, width: int) -> int:
+    """The pixels one pass over an image sees: sides under MIN_SIDE are padded to it, so a 1-pixel-high strip costs
+    16 rows (what `max_pixels` bounds, and what admission counts)."""
+    return max(MIN_SIDE, height) * max(MIN_SIDE, width)
+
+
 def tile_cores(height: int, width: int, max_pixels: int, margin: int) -> Tuple[int, int]:
     """(rows, columns) of the centre of each tile an image over `max_pixels` is cut into (each seen with `margin`
     pixels of context on its inner sides): squares, except that a side fitting in one square is taken whole and
@@ -205,11 +211,11 @@ class Segmenter:
         for i, im in enumerate(images):
             by_size.setdefault(im.shape[:2], []).append(i)
         for (h, w), idx in by_size.items():
-            if h * w > self.max_pixels:
+            if pass_pixels(h, w) > self.max_pixels:
                 for i in idx:
                     out[i] = self._tiled(images[i])
                 continue
-            per_pass = max(1, self.max_pixels // (h * w))
+            per_pass = max(1, self.max_pixels // pass_pixels(h, w))
             for start in range(0, len(idx), per_pass):
                 chunk = idx[start : start + per_pass]
                 labels = self._labels([images[i] for i in chunk])
@@ -274,7 +280,7 @@ class Segmenter:
                 seen = self._rescaled(image)
                 kept[i] = (key, image, seen)
                 h, w = seen.shape[:2]
-                yield i, None if h * w > self.max_pixels else edge_pad_images(seen)  # None: tiled at its turn below
+                yield i, None if pass_pixels(h, w) > self.max_pixels else edge_pad_images(seen)  # None: tiled at its turn below
 
         for i, label in self.run.image_label_stream(feed(), self.normalize):
             key, image, seen = kept.pop(i)
