@@ -502,6 +502,7 @@ def _fault_ranks(rank: int, root: str, bad_root: str, teacher: str, work: str) -
 
     import dabnet.training.run as train_mod
     import dabnet.training.distill as distill_mod
+    import dabnet.training.outputs as outputs_mod
     from dabnet.data.datasets import DatasetError, SegmentationDataset
     from dabnet.training.distill import DistillError
 
@@ -526,7 +527,7 @@ def _fault_ranks(rank: int, root: str, bad_root: str, teacher: str, work: str) -
         "stats": (train("stats", "class_weights=enet"), [(train_mod, "compute_stats", fail(DatasetError("statistics of f002.png failed (injected)")))]),
         "teacher": (train("teacher", f"distill_from={teacher}"),
                     [(distill_mod, "teacher_probabilities", fail(DistillError("teacher map of f001.png failed (injected)")))]),
-        "save": (train("save"), [(train_mod, "save_checkpoint", fail(OSError(errno.ENOSPC, "No space left on device", f"{work}/save/last.pth")))]),
+        "save": (train("save"), [(outputs_mod, "save_checkpoint", fail(OSError(errno.ENOSPC, "No space left on device", f"{work}/save/last.pth")))]),
         "loader": (train("loader"), [(SegmentationDataset, "__getitem__", _on_item(rank, 1, 3, fail(DatasetError("f005.png: cannot read (injected)"))))]),
         "nan": (train("nan"), [(train_mod, "build_loss", _nan_loss(rank, 2, 2))]),
         "stop": (train("stop"), [(SegmentationDataset, "__getitem__", _on_item(rank, 1, 3, sigterm))]),
