@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -66,6 +67,9 @@ def test_demo_writes_pictures_and_reports_fps(tmp_path, monkeypatch):
         assert side.shape[1] > 3 * 480  # image | overlay | ground truth
     text = "\n".join(lines)
     assert "FPS" in text and str((tmp_path / "demo").resolve()) in text
+    ms, fps = map(float, re.search(r"median ([\d.]+) ms/frame = ([\d.]+) FPS", text).groups())
+    assert ms == pytest.approx(float(np.median(timed)), abs=0.051)
+    assert fps == pytest.approx(1000 / float(np.median(timed)), abs=0.051)  # frames per second: 1000 / ms per frame
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cpu_kinds import KINDS
+from cpu_kinds import KINDS, assert_onednn_capped
 
 from dabnet.util.hardware import cpu_flags, isa_caps
 
@@ -26,6 +26,7 @@ def test_this_process_runs_as_its_kind_of_cpu(cpu_kind, request):
     assert cpu["model"] == cpu_kind.model and set(cpu["flags"]) <= set(cpu_kind.flags) and "avx2" in cpu["flags"]
     if request.config.getoption("--cpu-kind"):
         assert isa_caps() == cpu_kind.env
+        assert_onednn_capped(cpu_kind)  # the variable took effect: oneDNN names the kind's instruction set
         if cpu_kind.aten == "avx2":
             assert torch.backends.cpu.get_cpu_capability() == "AVX2"
 

@@ -34,6 +34,9 @@ def test_other_pixel_formats_read_as_rgb(tmp_path, mode):
     im.save(tmp_path / f"x.{suffix}")
     rgb = read_image(tmp_path / f"x.{suffix}")
     assert rgb.shape == (24, 32, 3) and rgb.dtype == np.uint8 and 0 < rgb.mean() < 255
+    if mode in ("CMYK", "P", "RGBA"):  # colour kept: the pixel reads as Pillow's own conversion of it to RGB
+        want = np.asarray(Image.open(tmp_path / f"x.{suffix}").convert("RGB"))
+        np.testing.assert_allclose(rgb.astype(int), want.astype(int), atol=1)
 
 
 def test_bomb_message_reads_cleanly(tmp_path, monkeypatch):

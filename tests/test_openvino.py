@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from cpu_kinds import KINDS
+from cpu_kinds import KINDS, assert_onednn_capped
 
 import dabnet
 from dabnet.cli import main
@@ -290,7 +290,7 @@ def _tiny_ir(path: Path, classes: int = 11, quantized: bool = False) -> Path:
 
 
 @pytest.mark.slow  # it compiled an OpenVINO model
-def test_openvino_runners_name_the_precision_the_plugin_runs(tmp_path, cpu_kind):
+def test_openvino_runners_name_the_precision_the_plugin_runs(tmp_path, cpu_kind, request):
     """fp32 and bf16 are pinned by their hint; int8 leaves the float layers to the plugin's default on this kind of
     CPU, which its label names; what each compiles to is what it says; auto's choice follows the kind's flags."""
     from dabnet.runtimes import load_exported
@@ -309,6 +309,8 @@ def test_openvino_runners_name_the_precision_the_plugin_runs(tmp_path, cpu_kind)
     assert quantized.precision == "int8" and quantized.label == f"openvino int8 (float layers in {default})"
     assert load_exported(float_ir).label == "openvino"
     native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_kind.flags))
+    if request.config.getoption("--cpu-kind"):
+        assert_onednn_capped(cpu_kind)  # oneDNN's answers here are the kind's only if its cap took effect
     assert cpu_has_bf16() == (native_bf16 and onednn_bf16())  # oneDNN's own answer: capped by the kind under --cpu-kind
     if importlib.util.find_spec("nncf") is not None:
         kernels = "VNNI/AMX int8 dot products" if "avx512_vnni" in cpu_kind.flags else "AVX2 int8 kernels"

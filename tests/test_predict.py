@@ -292,7 +292,14 @@ def test_bf16_precision_keeps_the_labels_of_fp32_on_a_real_frame():
     image = read_image(sample_frames()[0])[:176, :240]  # a corner: bf16 is emulated, slowly, on CPUs without it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bf16 = Segmenter.from_checkpoint("dabnet-camvid", backend="eager", precision="bf16", log=None).predict(image)
+        seg = Segmenter.from_checkpoint("dabnet-camvid", backend="eager", precision="bf16", log=None)
+        convs = [m for m in seg.model.modules() if isinstance(m, torch.nn.Conv2d)]
+        seen = []  # the convolutions' output dtypes: bf16 runs them in bf16, not fp32 under another name
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.dtype)) for m in convs]
+        bf16 = seg.predict(image)
+        for h in hooks:
+            h.remove()
+    assert seen and set(seen) == {torch.bfloat16}, set(seen)
     assert (bf16 == Segmenter.from_checkpoint("dabnet-camvid", backend="eager", log=None).predict(image)).mean() >= 0.995
 
 

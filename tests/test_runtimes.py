@@ -44,3 +44,20 @@ def test_tiny_images_run_on_every_backend_and_agree(ckpt, backend):
         assert lab.shape == im.shape[:2]
         same, total = same + int((lab == want).sum()), total + lab.size
     assert same / total >= 0.999, backend  # the same padded input, fp32 on each backend: equal but for float ties
+
+
+def test_eager_backend_labels_are_the_networks_own(ckpt):
+    """The reference above, eager, against the network called directly on the same edge-padded input."""
+    import torch
+
+    from dabnet.inference.segmenter import Segmenter
+    from dabnet.io.preprocessing import edge_pad_images
+
+    seg = Segmenter.from_checkpoint(ckpt, backend="eager", log=None)
+    net = dabnet.load_model(ckpt).eval()
+    rng = np.random.default_rng(0)
+    for h, w in [(2, 2), (15, 9), (40, 56)]:
+        im = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        with torch.no_grad():
+            want = net(seg.normalize(edge_pad_images(im[None]))).argmax(1)[0, :h, :w].numpy()
+        assert (seg.predict(im) == want).mean() >= 0.999, (h, w)

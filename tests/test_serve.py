@@ -81,7 +81,8 @@ def test_segment_json_label_overlay_and_multipart(client):
     res = client.post("/v1/segment", content=_png(), headers={"content-type": "image/png"})
     assert res.status_code == 200
     body = res.json()
-    assert (body["width"], body["height"]) == (80, 60) and body["latency_ms"] > 0
+    assert (body["width"], body["height"]) == (80, 60) and body["latency_ms"] >= body["model_ms"] > 0
+    assert body["latency_ms"] == pytest.approx(float(res.headers["X-Latency-Ms"]), abs=0.051)  # the header's time, measured
     assert sum(body["class_fractions"].values()) == pytest.approx(1.0, abs=1e-4)
     label = np.asarray(Image.open(io.BytesIO(client.post("/v1/segment?format=label", content=_png(), headers={"content-type": "image/png"}).content)))
     assert label.shape == (60, 80) and label.max() < 11
