@@ -153,7 +153,8 @@ def test_openvino_export_reports_labels_at_fp32_and_at_the_plugins_default_preci
         assert "plain load" not in line
     elif onednn_bf16():  # bf16 runs here (natively, or within the session's oneDNN cap): measured, a number
         assert isinstance(at["bf16"], float) and 0.0 <= at["bf16"] <= 1.0, at
-        assert f"{100 * at['bf16']:.2f}% at bf16 (bf16: what a plain load of the file runs in on this CPU; docs/deploying.md shows how to pin fp32)" in line
+        plain = "(bf16: what a plain load of the file runs in on this CPU; docs/deploying.md shows how to pin fp32)"
+        assert f"{100 * at['bf16']:.2f}% at bf16 {plain}" in line, line
     else:  # oneDNN capped below bf16: not measured, and the line says so
         assert at["bf16"] is None and "(not measured: cannot run here) at bf16 (bf16:" in line, line
     export_parity(model, tmp_path / "m.xml", "fp32")
