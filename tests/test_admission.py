@@ -58,6 +58,27 @@ def test_the_cost_model_is_calibrated_from_timed_passes():
     assert cost.plan(2000, 2000).seconds > cost.plan(100, 100).seconds > cost.plan(1, 1).seconds > 0
 
 
+def test_the_cost_model_fits_its_two_timings_from_the_passes_it_timed(monkeypatch):
+    """On a clock where a pass takes 20 ms plus 0.3 us a pixel (the first at each size, the warm-up, 1 s more), the
+    fit is the smallest pass's time per pass and the larger pass's extra time over its pixels."""
+    import dabnet.inference.admission as admission
+
+    now, seen = [0.0], []
+
+    def timed_pass(run, images, normalize):
+        h, w = images[0].shape[:2]
+        now[0] += 0.02 + 3e-7 * h * w + (1.0 if (h, w) not in seen else 0.0)
+        seen.append((h, w))
+        return torch.zeros(1)
+
+    monkeypatch.setattr(admission, "predict_image_labels", timed_pass)
+    monkeypatch.setattr(admission.time, "perf_counter", lambda: now[0])
+    cost = CostModel(_segmenter()).calibrate(side=128, repeats=2)
+    assert seen == [(MIN_SIDE, MIN_SIDE)] * 3 + [(128, 128)] * 3
+    assert cost.per_pass_s == pytest.approx(0.02 + 3e-7 * MIN_SIDE**2)
+    assert cost.per_pixel_s == pytest.approx(3e-7 * (128**2 - MIN_SIDE**2) / 128**2)
+
+
 def test_measured_times_correct_the_estimate():
     cost = CostModel(_segmenter(), per_pass_s=0.01, per_pixel_s=0.0)
     assert cost.factor == 1.0

@@ -14,6 +14,7 @@ import torch
 
 import dabnet
 from dabnet.inference.segmenter import Segmenter
+from dabnet.runtimes import MIN_INT8_AGREEMENT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,10 +191,23 @@ def test_avx2_emulation_caps_onednn_and_reports_what_auto_keeps(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "avx2_emulated.py"), "--folder", str(folder), "--checkpoint", str(ckpt),
                     "--frames", "2", "--repeats", "1", "--out", str(out)], check=True, env={**os.environ, "DABNET_CACHE": str(tmp_path / "cache")})  # fmt: skip
     text = out.read_text()
-    assert "int8 label agreement with fp32" in text and ("keeps int8" in text or "drops int8" in text)
+    agreement = float(text.split("int8 label agreement with fp32 on the calibration frames: **")[1].split("%")[0]) / 100
+    verdict = "keeps int8" if agreement >= MIN_INT8_AGREEMENT else "drops int8 for fp32"
+    assert f"`auto` {verdict} here." in text, text
     assert "jit_avx2_I8" in text or "brgconv_avx2" in text  # oneDNN's convolutions ran at the capped ISA
     assert "Convolution jit_avx512" not in text and "Convolution brgconv_avx512" not in text
     assert text.count("| openvino ") == 2 and "| eager fp32 |" in text and "| 1.00x |" in text
+
+
+@pytest.mark.parametrize("agreement", [MIN_INT8_AGREEMENT + 0.005, MIN_INT8_AGREEMENT - 0.005])
+def test_avx2_emulation_report_says_what_auto_does_with_int8_at_that_agreement(repo_script, agreement):
+    bench = repo_script("benchmarks/avx2_emulated.py")
+    keeps = agreement >= MIN_INT8_AGREEMENT
+    result = {"agreement": agreement, "keeps_int8": keeps, "kernels": {"Convolution jit_avx2_I8": 3},
+              "avx512_nodes": [], "ms": {"eager fp32": 20.0, "openvino int8": 10.0}}  # fmt: skip
+    text = bench.report(result, "a CPU", "python3 benchmarks/avx2_emulated.py", (64, 48))
+    assert f"**{100 * agreement:.2f}%**: `auto` {'keeps int8' if keeps else 'drops int8 for fp32'} here." in text, text
+    assert "| openvino int8 | 10.00 | 100.0 | 2.00x |" in text and "No AVX-512 kernel ran." in text
 
 
 def test_finetune_benchmark_runs_differ_only_in_init_from(repo_script, monkeypatch, tmp_path):

@@ -27,6 +27,14 @@ from dabnet.util.metrics import labels_from_logits
 pytest.importorskip("openvino")
 
 
+def quantized_ops(ov_model) -> int:
+    """How many ops of `ov_model` are NNCF's quantization: FakeQuantize / FakeConvert nodes, or u8/i8 constants (the
+    compressed int8 weights). The float IR has none."""
+    return sum(op.get_type_name() in ("FakeQuantize", "FakeConvert")
+               or (op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in ("u8", "i8"))
+               for op in ov_model.get_ops())  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def bundled():
     """The bundled weights, its Segmenter (eager fp32) and the bundled frames, normalised."""
@@ -50,6 +58,7 @@ def test_each_precision_agrees_with_eager_fp32(bundled, precision, min_agreement
     model, seg, x = bundled
     calibration = calibration_batches(seg.mean, seg.std) if precision == "int8" else None
     run = prepare(model, "openvino", precision, calibration=calibration)
+    assert (quantized_ops(run.ov_model) > 0) == (precision == "int8"), precision  # int8 really is the quantized IR
     hint = run.compiled().get_property("INFERENCE_PRECISION_HINT").get_type_name()
     assert hint == {"fp32": "f32", "bf16": "bf16"}.get(precision, run.inference_precision), (precision, hint)
     with torch.inference_mode():
@@ -100,7 +109,7 @@ def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, t
     calibration = calibration_batches(seg.mean, seg.std)
     first = ovr.openvino_runner(model, "int8", calibration, cache_dir=tmp_path)
     (folder,) = [p for p in (tmp_path / "openvino").iterdir() if p.is_dir()]
-    assert (folder / "model.xml").is_file() and first.info["agreement"] > 0.98
+    assert (folder / "model.xml").is_file() and first.info["agreement"] > 0.98 and quantized_ops(first.ov_model) > 0
     assert json.loads((folder / "entry.json").read_text())["info"]["versions"]["openvino"]
 
     def no_quantizing(*a, **k):
@@ -109,6 +118,7 @@ def test_int8_is_quantized_once_then_read_from_the_cache(bundled, monkeypatch, t
     monkeypatch.setattr(ovr, "quantize", no_quantizing)
     monkeypatch.setattr(ovr, "convert", no_quantizing)
     second = ovr.openvino_runner(model, "int8", calibration, cache_dir=tmp_path)
+    assert quantized_ops(second.ov_model) == quantized_ops(first.ov_model)  # the quantized IR, read back
     assert torch.equal(first(x), second(x))
     # Other weights are another cache entry.
     other = dabnet.create_model("dabnet", 11).eval()
@@ -144,6 +154,7 @@ def test_auto_runs_openvino_and_says_why(tmp_path):
     seg = Segmenter.from_checkpoint("dabnet-camvid", log=lines.append)
     _, _, why = choose_auto("cpu")
     assert seg.backend == expected and lines == [f"backend auto -> {seg.backend}: {why}"]
+    assert (quantized_ops(seg.run.ov_model) > 0) == ("int8" in expected)  # int8 runs the quantized IR
     label = seg.predict(read_image(sample_frames()[0]))
     eager = Segmenter.from_checkpoint("dabnet-camvid", backend="eager").predict(read_image(sample_frames()[0]))
     assert (label == eager).mean() > 0.98

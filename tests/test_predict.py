@@ -208,16 +208,29 @@ def test_every_backend_agrees_with_eager_fp32(ckpt, backend, tmp_path):
 
 
 @pytest.mark.slow
-def test_int8_backend_keeps_real_frames_labels():
+def test_int8_backend_keeps_real_frames_labels(monkeypatch):
     """PT2E int8 (bundled weights, bundled train frames for calibration) against eager fp32 on the
-    bundled frames; a size that is not a multiple of 8 runs the folded fp32 net instead."""
+    bundled frames; a size that is not a multiple of 8 runs the folded fp32 net instead. The graph the
+    runner compiles is the quantized one: it holds quantize / dequantize nodes."""
     pytest.importorskip("torchao")
+    import dabnet.runtimes.int8 as int8
     from dabnet.commands.demo import sample_frames
     from dabnet.runtimes import calibration_batches, prepare
 
+    graphs = []
+    real = int8.quantize_int8
+
+    def kept(*a, **k):
+        graphs.append(real(*a, **k))
+        return graphs[-1]
+
+    monkeypatch.setattr(int8, "quantize_int8", kept)
     model = dabnet.load_model("dabnet-camvid")
     seg = Segmenter.from_checkpoint("dabnet-camvid", backend="eager")
     run = prepare(model, "int8", calibration=calibration_batches(seg.mean, seg.std))
+    (graph,) = graphs
+    quantized = [n for n in graph.graph.nodes if n.op == "call_function" and "quantize" in str(n.target)]
+    assert len(quantized) > 10, sorted({str(n.target) for n in graph.graph.nodes if n.op == "call_function"})
     for size, min_agreement in [((248, 184), 0.97), ((241, 179), 0.9999)]:
         frames = [np.asarray(Image.open(p).convert("RGB").resize(size)) for p in sample_frames()[:2]]
         x = torch.cat([seg.preprocess([f]) for f in frames])
