@@ -4,7 +4,7 @@ default, help, choices (from the registries), range and role with files; `valida
 they share, and `load` makes a config from defaults, YAML and `--set`. Every name is importable from here; may
 import inference, runtimes, data, io, models and util."""
 
-from ..util.options import ConfigError, Options, option
+from ..util.options import ConfigError, Options, option, save_config
 from .average import AverageConfig
 from .bench import BenchConfig
 from .data import PACK_SPLITS, DataCheckConfig, DataImportConfig, DataPackConfig, DataStatsConfig
@@ -12,7 +12,7 @@ from .demo import DemoConfig
 from .evaluate import EvalConfig
 from .export import ExportConfig
 from .info import DescribeConfig, ModelsConfig, RuntimesConfig
-from .load import RENAMED, build_config, config_names, find_config, from_saved, save_config
+from .load import RENAMED, build_config, config_names, find_config, from_saved
 from .predict import PredictConfig
 from .serve import ServeConfig
 from .train import CLASS_WEIGHTS, LOSSES, OPTIMIZERS, TRAIN_GROUPS, TRAIN_PRECISIONS, TrainCommand, TrainConfig

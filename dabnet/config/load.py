@@ -1,5 +1,5 @@
 """Configs made from defaults, a YAML file and `--set key=value` overrides (`build_config`), saved beside a run
-(`save_config`) and read back as they were saved (`from_saved`); the shipped configs are dabnet/configs/*.yaml."""
+(`util.options.save_config`) and read back as they were saved (`from_saved`); the shipped configs are dabnet/configs/*.yaml."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import dataclasses
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
-
-import yaml
 
 from ..util.options import ConfigError, hints_of, load_yaml, parse_value, shown
 
@@ -87,9 +85,3 @@ def from_saved(cls: Type[T], values: Dict[str, Any]) -> T:
     reads None as 'not given'), and options renamed since take their new names."""
     valid = {f.name for f in dataclasses.fields(cls)}
     return cls(**dict(_renamed(k, v, valid) for k, v in values.items()))
-
-
-def save_config(cfg: Any, path: Path) -> None:
-    """Write the resolved config as YAML (beside the checkpoints)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -29,7 +28,7 @@ from ..models.layers import BROKEN_LIMIT, broken_channels, reinit_channels
 from ..util import distributed as D
 from ..util.compiler import usable_compile_cache
 from ..util.hardware import describe_hardware
-from ..util.options import ConfigError
+from ..util.options import ConfigError, save_config
 from ..util.state import setting
 from .callbacks import CallbackSpec, Callbacks, build_callbacks, weights_in
 from .engine import NonFiniteLossError, evaluate, poly_warmup_lambda, train_one_epoch
@@ -41,12 +40,6 @@ from .signals import StopFlag
 
 # A dabnet.config.TrainConfig: the config layer sits above this one, so it is read by its fields only.
 TrainConfig = Any
-
-
-def _save_config(cfg: TrainConfig, path: Path) -> None:
-    """The resolved config as YAML beside the checkpoints (as `dabnet.config.save_config` writes it, read by `from_saved`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 
 def _resolve_device(cfg: TrainConfig) -> torch.device:
@@ -378,7 +371,7 @@ def _train(cfg: TrainConfig, resume: Optional[str], restart: bool, log, callback
     run.callbacks.on_start(run.model)
     if ckpt is not None:
         log(f"resuming {run.out} at epoch {state.epoch + 1}, iteration {state.iter_in_epoch} of {run.iters_per_epoch}")
-    D.rank0_first(lambda: _save_config(cfg, run.out / "config.yaml"))
+    D.rank0_first(lambda: save_config(cfg, run.out / "config.yaml"))
     stop = StopFlag()
     stop.install()
     log(f"training {cfg.model} on {run.train_ds.name} ({len(run.train_ds)} images, {run.iters_per_epoch} it/epoch, "

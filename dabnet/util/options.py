@@ -14,6 +14,7 @@ import re
 import reprlib
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import yaml
@@ -432,6 +433,14 @@ def load_yaml(text: Union[str, bytes], source: str, error: Type[Exception] = Con
 
 NULL_WORDS = ("none", "null", "~")
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def save_config(cfg: Any, path: Union[str, Path]) -> None:
+    """Write a resolved config (a dataclass) as YAML, as `dabnet.config.from_saved` reads it back (config.yaml
+    beside a run's checkpoints)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 
 def parse_value(name: str, text: str, hint: Any, choices: Sequence[str] = ()) -> Any:
