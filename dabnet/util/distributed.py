@@ -102,11 +102,6 @@ def agree(*flags: bool) -> Tuple[bool, ...]:
     return tuple(bool(v) for v in t.tolist())
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is true on any (outside DDP: `flag`)."""
-    return agree(flag)[0]
-
-
 def every_rank(value: torch.Tensor) -> List[float]:
     """Every rank's scalar `value`, indexed by rank, on every rank (one all-reduce; outside DDP: [value])."""
     v = value.detach().reshape(()).float()
@@ -126,8 +121,7 @@ def raise_together(error: Optional[BaseException]) -> None:
         if error is not None:
             raise error
         return
-    gathered: List[Optional[bytes]] = [None] * world_size()
-    dist.all_gather_object(gathered, None if error is None else pickle.dumps(_portable(error)))
+    gathered = gather_object(None if error is None else pickle.dumps(_portable(error)))
     first = next((r for r, e in enumerate(gathered) if e is not None), None)
     if first is None:
         return
