@@ -40,12 +40,14 @@ class Callback:
         """End of an epoch: add this callback's figures to the epoch's record (logs and metrics.jsonl)."""
 
     def on_epoch_complete(self, run: Any, state: Any, improved: bool) -> None:
-        """End of an epoch after its validation, on every process: `state.history[-1]` is the epoch's whole record and
-        `improved` says it is the best so far (`run`: training.run.Run, `state`: RunState); write the run's files here,
-        on the main process (`util.distributed.is_main`)."""
+        """End of an epoch after its validation, on the main process alone (the trainer runs it in
+        `util.distributed.rank0_first`, so an error here is every process's): `state.history[-1]` is the epoch's whole
+        record and `improved` says it is the best so far (`run`: training.run.Run, `state`: RunState); write the run's
+        files here."""
 
     def on_stop(self, run: Any, state: Any, saved: bool) -> None:
-        """A stop signal ends the run at a step boundary; `saved`: on_epoch_complete has just run for the epoch ended."""
+        """A stop signal ends the run at a step boundary (on the main process alone, as on_epoch_complete); `saved`:
+        on_epoch_complete has just run for the epoch ended."""
 
     def on_end(self, run: Any) -> None:
         """The run's loop is over, however it ended (finished, stopped, failed): close what the callback opened."""

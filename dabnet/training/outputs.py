@@ -1,7 +1,7 @@
 """What a run leaves in its folder, as callbacks: the checkpoints (`checkpoints`: last.pth, best.pth and
 epoch_NNNN.pth every `keep_every` epochs), the metrics (`metrics`: metrics.jsonl and metrics.csv), the curves
 (`plots`: loss.png and miou.png) and TensorBoard's scalars (`tensorboard`: OUT/tb, where TensorBoard is installed).
-Each writes on the main process only, at the end of an epoch after validation (and `checkpoints` when a signal
+Each writes on the main process only (the trainer calls these hooks there alone), at the end of an epoch after validation (and `checkpoints` when a signal
 stops the run); leave one out of `train(cfg, callbacks=...)` and the run writes none of its files."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..io.checkpoint import save_checkpoint
-from ..util import distributed as D
 from .callbacks import Callback, register_callback
 
 # metrics.csv's columns, in order; a record's other keys (per-class IoU) are in metrics.jsonl only.
@@ -35,8 +34,6 @@ class Checkpoints(Callback):
         self.keep_every = int(keep_every)
 
     def on_epoch_complete(self, run: Any, state: Any, improved: bool) -> None:
-        if not D.is_main():
-            return
         epoch = state.epoch
         ckpt = run.checkpoint(state, finished=epoch >= run.cfg.epochs)
         save_checkpoint(ckpt, run.out / "last.pth")
@@ -46,7 +43,7 @@ class Checkpoints(Callback):
             save_checkpoint(ckpt, run.out / f"epoch_{epoch:04d}.pth")
 
     def on_stop(self, run: Any, state: Any, saved: bool) -> None:
-        if D.is_main() and not saved:  # mid-epoch: where it stands, for the resume to go on from that step
+        if not saved:  # mid-epoch: where it stands, for the resume to go on from that step
             save_checkpoint(run.checkpoint(state), run.out / "last.pth")
 
 
@@ -90,8 +87,7 @@ class Metrics(Callback):
     name = "metrics"
 
     def on_epoch_complete(self, run: Any, state: Any, improved: bool) -> None:
-        if D.is_main():
-            write_metrics(run.out, state.history)
+        write_metrics(run.out, state.history)
 
 
 class Plots(Callback):
@@ -100,8 +96,7 @@ class Plots(Callback):
     name = "plots"
 
     def on_epoch_complete(self, run: Any, state: Any, improved: bool) -> None:
-        if D.is_main():
-            write_plots(run.out, state.history)
+        write_plots(run.out, state.history)
 
 
 class TensorBoard(Callback):
@@ -124,7 +119,7 @@ class TensorBoard(Callback):
         return self.writer
 
     def on_epoch_complete(self, run: Any, state: Any, improved: bool) -> None:
-        writer = self._open(run.out) if D.is_main() else None
+        writer = self._open(run.out)
         if writer is None:
             return
         record = state.history[-1]
